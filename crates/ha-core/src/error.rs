@@ -1,0 +1,279 @@
+//! Errors, and what a caller should do about each.
+//!
+//! | error | did it take effect? | what to do |
+//! |---|---|---|
+//! | [`Error::NotLeader`] | no | retry on `leader_hint` (or anywhere, later) |
+//! | [`Error::Timeout`] | no — it never left this member, or it was a read | retry, maybe with a longer deadline |
+//! | [`Error::ProposalDropped`] | no — raft rejected it here before it left | retry |
+//! | [`Error::OutcomeUnknown`] | maybe | read back to find out, or make the command idempotent |
+//! | [`Error::Overloaded`] | no | back off, then retry |
+//! | [`Error::TooLarge`] | no | split the command |
+//! | [`Error::Shutdown`] | no, unless it already left (then `OutcomeUnknown`) | use another member |
+//! | [`Error::Fatal`] | — | this member stopped; restart it after fixing the cause |
+//! | [`Error::Config`] | — | fix the configuration |
+//! | [`Error::Storage`] | — | the data directory or device needs attention |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ids::{ClusterId, NodeId};
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why raft rejected a proposal on this member before it left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// No leader was known for the whole deadline.
+    NoLeader,
+    /// A leader transfer was in progress (raft-rs refuses proposals then).
+    LeaderTransfer,
+    /// Another membership change is pending or the configuration is joint.
+    MembershipChangeInProgress,
+    /// raft-rs refused it for another reason.
+    Rejected,
+}
+
+/// Why the outcome of a proposal is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnknownCause {
+    /// The deadline passed after the proposal had left this member.
+    DeadlineExceeded,
+    /// The member shut down after the proposal had left it.
+    Shutdown,
+}
+
+/// What is overloaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverloadReason {
+    /// Applying lags too far behind commit; admission waited until the deadline.
+    ApplyLag,
+    /// Too many proposals are outstanding on this member.
+    TooManyPending,
+    /// The member's request queue is full.
+    QueueFull,
+}
+
+/// The error type of every ha operation.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operation must run on the leader and this member is not it.
+    #[error("this member is not the leader (leader hint: {leader_hint:?}); retry there")]
+    NotLeader {
+        /// The leader this member believes in, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The deadline passed before the operation took effect. For a proposal,
+    /// this is only returned when it never left this member, so it did not
+    /// and will not apply: safe to retry.
+    #[error("deadline of {after:?} passed; the operation did not take effect and is safe to retry")]
+    Timeout {
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// raft rejected the proposal on this member before it left; it was not
+    /// applied and will not be. Safe to retry.
+    #[error("proposal dropped before it left this member ({reason:?}); safe to retry")]
+    ProposalDropped {
+        /// Why raft dropped it.
+        reason: DropReason,
+    },
+    /// The proposal left this member but its result is not known: it may or
+    /// may not have been applied, and may still be applied later. Read back
+    /// to find out.
+    #[error("outcome unknown ({cause:?}): the proposal may or may not have been applied")]
+    OutcomeUnknown {
+        /// Why the outcome is unknown.
+        cause: UnknownCause,
+    },
+    /// The member is overloaded; back off. Nothing was applied.
+    #[error("overloaded ({reason:?}); back off and retry")]
+    Overloaded {
+        /// What is overloaded.
+        reason: OverloadReason,
+    },
+    /// The command is larger than the configured maximum.
+    #[error("command of {size} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The size of the rejected command.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The member has shut down (or is shutting down).
+    #[error("the member has shut down")]
+    Shutdown,
+    /// The member stopped because of an unrecoverable error (a storage write
+    /// or sync failure, or a raft invariant violation). Restart it after the
+    /// cause is fixed; it never acknowledges after such a failure.
+    #[error("member stopped after a fatal error: {reason}")]
+    Fatal {
+        /// What happened.
+        reason: Arc<str>,
+    },
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A storage backend failed or found its data unusable.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Error {
+    /// True when the operation certainly did not take effect, so retrying it
+    /// cannot apply it twice.
+    pub fn is_not_applied(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::Timeout { .. }
+                | Error::ProposalDropped { .. }
+                | Error::Overloaded { .. }
+                | Error::TooLarge { .. }
+        )
+    }
+
+    /// Builds a [`Error::Fatal`].
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        Error::Fatal {
+            reason: Arc::from(reason.into()),
+        }
+    }
+}
+
+/// A configuration value that `validate()` refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `node_id` is zero.
+    #[error("node_id must not be 0")]
+    ZeroNodeId,
+    /// The initial member list is empty.
+    #[error("initial_members is empty; a group needs at least one voter")]
+    NoMembers,
+    /// A member id of zero.
+    #[error("initial_members contains member id 0, which raft reserves")]
+    ZeroMemberId,
+    /// The same member id twice.
+    #[error("initial_members lists member {0} more than once")]
+    DuplicateMember(NodeId),
+    /// This member is not in the initial member list.
+    #[error("node_id {0} is not one of initial_members")]
+    NotAMember(NodeId),
+    /// The election timeout must be longer than the heartbeat interval.
+    #[error("election_tick ({election_tick}) must be greater than heartbeat_tick ({heartbeat_tick})")]
+    ElectionTickTooSmall {
+        /// Configured election tick.
+        election_tick: usize,
+        /// Configured heartbeat tick.
+        heartbeat_tick: usize,
+    },
+    /// `max_election_tick` must exceed `election_tick` (raft-rs randomises in between).
+    #[error("max_election_tick ({max}) must be greater than election_tick ({min})")]
+    ElectionRange {
+        /// Configured minimum.
+        min: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A value that must be positive is zero.
+    #[error("{field} must be greater than zero")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A value is out of its allowed range.
+    #[error("{field} = {value} is out of range: {expected}")]
+    OutOfRange {
+        /// The field's name.
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// The allowed range, in words.
+        expected: &'static str,
+    },
+}
+
+/// A storage failure, or stored data that cannot be used.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An I/O error from the device or the backend.
+    #[error("storage I/O error during {op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Stored bytes failed their checksum or could not be decoded.
+    #[error("corrupt data in {what}: {detail}")]
+    Corrupt {
+        /// Which record or file.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The data directory belongs to another cluster.
+    #[error("data belongs to cluster {found}, but this member is configured for cluster {expected}")]
+    ClusterMismatch {
+        /// The configured cluster.
+        expected: ClusterId,
+        /// The stored cluster.
+        found: ClusterId,
+    },
+    /// The data directory belongs to another member.
+    #[error("data belongs to member {found}, but this member is {expected}")]
+    MemberMismatch {
+        /// The configured member.
+        expected: NodeId,
+        /// The stored member.
+        found: NodeId,
+    },
+    /// The data was written by an unknown (newer) format version.
+    #[error("unknown storage format version {found} (this build reads up to {supported})")]
+    UnknownFormat {
+        /// The stored version.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// The requested log entries were compacted away.
+    #[error("log entries before {first_index} are compacted")]
+    Compacted {
+        /// The first index still stored.
+        first_index: u64,
+    },
+    /// The requested log entries do not exist (yet).
+    #[error("log entry {index} is unavailable")]
+    Unavailable {
+        /// The requested index.
+        index: u64,
+    },
+    /// A backend error that fits none of the above.
+    #[error("storage backend error: {0}")]
+    Other(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    /// Wraps an I/O error.
+    pub fn io(op: &'static str, source: std::io::Error) -> Self {
+        StorageError::Io {
+            op,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Builds a [`StorageError::Corrupt`].
+    pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        StorageError::Corrupt {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+}

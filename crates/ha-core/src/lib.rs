@@ -1,0 +1,37 @@
+//! The vocabulary of **ha**: identifiers, errors, configuration, and the
+//! traits that storage backends, transports and state machines implement.
+//!
+//! This crate has no RocksDB and no runtime. Applications normally depend on
+//! `ha-discovery` (or `ha-raft`), which re-export what they need from here.
+//!
+//! ```
+//! use ha_core::{Config, NodeId};
+//!
+//! let cfg = Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)])
+//!     .validate()
+//!     .expect("a valid configuration");
+//! assert_eq!(cfg.election_timeout().as_millis(), 250);
+//! ```
+#![deny(missing_docs)]
+
+mod clock;
+mod config;
+mod error;
+mod ids;
+mod state_machine;
+mod storage;
+mod transport;
+
+pub use clock::Clock;
+pub use config::Config;
+pub use error::{ConfigError, DropReason, Error, OverloadReason, Result, StorageError, UnknownCause};
+pub use ids::{ClusterId, NodeId, RequestId};
+pub use state_machine::{ApplyContext, StateMachine};
+pub use storage::{
+    BatchOp, LogStore, LogWrite, MemberIdentity, RESERVED_PREFIX, RecoveredState, StateStore,
+    WriteBatch,
+};
+pub use transport::{MessageSink, SnapshotOutcome, Transport};
+
+/// raft-rs's wire types, for storage and transport implementors.
+pub use raft_proto::eraftpb;
