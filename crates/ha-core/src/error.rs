@@ -55,6 +55,9 @@ pub enum OverloadReason {
     TooManyPending,
     /// The member's request queue is full.
     QueueFull,
+    /// The leader holds as many uncommitted bytes as it accepts
+    /// (`max_uncommitted_size`); admission waited until the deadline.
+    Uncommitted,
 }
 
 /// The error type of every ha operation.
@@ -165,7 +168,9 @@ pub enum ConfigError {
     #[error("node_id {0} is not one of initial_members")]
     NotAMember(NodeId),
     /// The election timeout must be longer than the heartbeat interval.
-    #[error("election_tick ({election_tick}) must be greater than heartbeat_tick ({heartbeat_tick})")]
+    #[error(
+        "election_tick ({election_tick}) must be greater than heartbeat_tick ({heartbeat_tick})"
+    )]
     ElectionTickTooSmall {
         /// Configured election tick.
         election_tick: usize,
@@ -220,7 +225,9 @@ pub enum StorageError {
         detail: String,
     },
     /// The data directory belongs to another cluster.
-    #[error("data belongs to cluster {found}, but this member is configured for cluster {expected}")]
+    #[error(
+        "data belongs to cluster {found}, but this member is configured for cluster {expected}"
+    )]
     ClusterMismatch {
         /// The configured cluster.
         expected: ClusterId,

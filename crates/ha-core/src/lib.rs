@@ -24,7 +24,9 @@ mod transport;
 
 pub use clock::Clock;
 pub use config::Config;
-pub use error::{ConfigError, DropReason, Error, OverloadReason, Result, StorageError, UnknownCause};
+pub use error::{
+    ConfigError, DropReason, Error, OverloadReason, Result, StorageError, UnknownCause,
+};
 pub use ids::{ClusterId, NodeId, RequestId};
 pub use state_machine::{ApplyContext, StateMachine};
 pub use storage::{

@@ -1,0 +1,724 @@
+//! The sans-IO core: the only owner of `raft::RawNode`.
+//!
+//! The core takes inputs (a tick, a peer message, a proposal, a read, "log
+//! persisted up to Ready n", "applied up to index i") with the current time
+//! passed in, and leaves its outputs in an [`Outbox`]: messages to send, log
+//! writes to persist (and the messages that may go out only after them),
+//! committed entries to apply, reads that may be answered at an index, and
+//! calls that failed. It never reads a clock, sleeps, or touches a thread or
+//! a socket, so the tokio shell and the deterministic simulator drive the
+//! very same code.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ha_core::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
+use ha_core::{
+    Config, DropReason, Error, LogStore, LogWrite, NodeId, OverloadReason, RecoveredState,
+    SnapshotOutcome, UnknownCause,
+};
+use prost::Message as _;
+use raft::{RawNode, StateRole};
+
+use crate::codec::{Envelope, ReadContext};
+use crate::raft_storage::RaftStorage;
+
+/// The role of a member in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking for pre-votes before starting an election.
+    PreCandidate,
+    /// Running an election.
+    Candidate,
+    /// The leader of its term.
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// Who leads, as this member sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LeaderInfo {
+    /// The term.
+    pub term: u64,
+    /// The leader of that term, if known.
+    pub leader: Option<NodeId>,
+}
+
+/// Log writes of one raft Ready, and the messages that may leave only once
+/// they are durable.
+#[derive(Debug)]
+pub(crate) struct PersistTask {
+    pub(crate) number: u64,
+    pub(crate) write: LogWrite,
+    pub(crate) messages: Vec<Message>,
+}
+
+/// Linearizable reads that may be answered once `index` is applied.
+#[derive(Debug)]
+pub(crate) struct ReadReady {
+    pub(crate) index: u64,
+    pub(crate) tokens: Vec<u64>,
+}
+
+/// A call that ended without reaching the state machine.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Proposal { seq: u64, error: Error },
+    Read { token: u64, error: Error },
+}
+
+/// What the core asks its driver to do. The driver drains every field.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pub(crate) messages: Vec<Message>,
+    pub(crate) persist: Vec<PersistTask>,
+    pub(crate) committed: Vec<Entry>,
+    pub(crate) reads: Vec<ReadReady>,
+    pub(crate) failures: Vec<Failure>,
+    pub(crate) leader_changed: Option<LeaderInfo>,
+}
+
+impl Outbox {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+            && self.persist.is_empty()
+            && self.committed.is_empty()
+            && self.reads.is_empty()
+            && self.failures.is_empty()
+            && self.leader_changed.is_none()
+    }
+}
+
+/// Why a proposal that has not left this member is still here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// Not tried yet, or no leader known.
+    NoLeader,
+    /// Applying lags too far behind.
+    ApplyLag,
+    /// raft refused it here.
+    Dropped(DropReason),
+    /// The leader's uncommitted budget is full.
+    Uncommitted,
+}
+
+#[derive(Debug)]
+struct Pending {
+    data: Vec<u8>,
+    deadline: Instant,
+    /// Accepted by raft here: appended (leader) or forwarded (follower).
+    /// From then on the only honest answers are the result or
+    /// `OutcomeUnknown`.
+    left: bool,
+    last_attempt: Instant,
+    held: Held,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ReadWaiter {
+    token: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct ReadBatch {
+    waiters: Vec<ReadWaiter>,
+    issued_at: Instant,
+}
+
+/// A snapshot of the core's state for `status()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CoreStatus {
+    pub(crate) role: Role,
+    pub(crate) term: u64,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) commit: u64,
+    pub(crate) applied: u64,
+    pub(crate) voters: Vec<NodeId>,
+    pub(crate) learners: Vec<NodeId>,
+    pub(crate) pending_proposals: usize,
+    pub(crate) lead_transferee: Option<NodeId>,
+}
+
+/// The engine core. See the module docs.
+pub(crate) struct Core<L: LogStore> {
+    raw: RawNode<RaftStorage<L>>,
+    cfg: Config,
+    id: NodeId,
+    incarnation: u64,
+    /// Ticks since this core started; the vote guard uses it.
+    ticks: u64,
+    applied: u64,
+    pending: BTreeMap<u64, Pending>,
+    waiting: VecDeque<u64>,
+    last_seq: u64,
+    read_counter: u64,
+    queued_reads: Vec<ReadWaiter>,
+    inflight_reads: HashMap<u64, ReadBatch>,
+    /// Persist tasks handed out and not yet reported durable.
+    persisting: usize,
+    leader: LeaderInfo,
+}
+
+impl<L: LogStore> Core<L> {
+    /// Builds the core over a log whose readable view is already loaded and
+    /// the state recovered from the state store.
+    pub(crate) fn new(
+        cfg: Config,
+        log: Arc<L>,
+        recovered: RecoveredState,
+        incarnation: u64,
+        logger: &slog::Logger,
+    ) -> Result<Self, Error> {
+        let raft_cfg = raft::Config {
+            id: cfg.node_id.0,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            applied: recovered.applied,
+            max_size_per_msg: cfg.max_size_per_msg,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: cfg.check_quorum,
+            pre_vote: cfg.pre_vote,
+            min_election_tick: cfg.election_tick,
+            max_election_tick: cfg.max_election_tick,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            skip_bcast_commit: false,
+            batch_append: true,
+            max_uncommitted_size: cfg.max_uncommitted_size,
+            max_committed_size_per_ready: cfg.max_committed_size_per_ready,
+            ..Default::default()
+        };
+        raft_cfg
+            .validate()
+            .map_err(|e| Error::fatal(format!("raft rejected the configuration: {e}")))?;
+        let storage = RaftStorage::new(log, recovered.hard_state, recovered.conf_state);
+        let raw = RawNode::new(&raft_cfg, storage, logger)
+            .map_err(|e| Error::fatal(format!("raft failed to start: {e}")))?;
+        let id = cfg.node_id;
+        Ok(Core {
+            raw,
+            cfg,
+            id,
+            incarnation,
+            ticks: 0,
+            applied: recovered.applied,
+            pending: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            last_seq: 0,
+            read_counter: 0,
+            queued_reads: Vec::new(),
+            inflight_reads: HashMap::new(),
+            persisting: 0,
+            leader: LeaderInfo::default(),
+        })
+    }
+
+    pub(crate) fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub(crate) fn leader(&self) -> LeaderInfo {
+        self.leader
+    }
+
+    pub(crate) fn commit(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Advances logical time by one tick.
+    pub(crate) fn tick(&mut self, now: Instant, out: &mut Outbox) {
+        self.raw.tick();
+        self.ticks += 1;
+        self.expire(now, out);
+        self.retry_proposals(now);
+        self.retry_reads(now);
+        self.admit(now);
+        self.issue_reads(now);
+    }
+
+    /// Steps a message from a peer.
+    pub(crate) fn step(&mut self, msg: Message) {
+        let t = msg.msg_type();
+        if matches!(
+            t,
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && self.ticks < self.cfg.election_tick as u64
+            && msg.context != raft::CAMPAIGN_TRANSFER
+        {
+            // The vote guard: a member that just started may have missed a
+            // live leader whose lease still holds; it grants no vote until
+            // an election timeout has passed (except to a leader transfer).
+            tracing::debug!(from = msg.from, "vote request ignored: member just started");
+            return;
+        }
+        if msg.to != self.id.0 {
+            tracing::debug!(to = msg.to, "message for another member dropped");
+            return;
+        }
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(error = %e, "raft refused a peer message");
+        }
+    }
+
+    /// Queues a proposal. `seq` must grow with every call.
+    pub(crate) fn propose(
+        &mut self,
+        seq: u64,
+        command: Vec<u8>,
+        deadline: Instant,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        if seq <= self.last_seq {
+            out.failures.push(Failure::Proposal {
+                seq,
+                error: Error::fatal(format!(
+                    "proposal sequence went backwards ({seq} after {})",
+                    self.last_seq
+                )),
+            });
+            return;
+        }
+        self.last_seq = seq;
+        if self.pending.len() >= self.cfg.max_pending_proposals {
+            out.failures.push(Failure::Proposal {
+                seq,
+                error: Error::Overloaded {
+                    reason: OverloadReason::TooManyPending,
+                },
+            });
+            return;
+        }
+        let lowest_outstanding = self.pending.keys().next().copied().unwrap_or(seq).min(seq);
+        let data = Envelope {
+            member: self.id.0,
+            incarnation: self.incarnation,
+            seq,
+            lowest_outstanding,
+            command,
+        }
+        .encode_to_vec();
+        self.pending.insert(
+            seq,
+            Pending {
+                data,
+                deadline,
+                left: false,
+                last_attempt: now,
+                held: Held::NoLeader,
+            },
+        );
+        self.waiting.push_back(seq);
+        if self.waiting.len() == 1 {
+            self.admit(now);
+        }
+    }
+
+    /// Queues a linearizable read; it is answered once the read index
+    /// round completes and the index is applied.
+    pub(crate) fn read(&mut self, token: u64, deadline: Instant) {
+        self.queued_reads.push(ReadWaiter { token, deadline });
+    }
+
+    /// Starts a ReadIndex round for every queued read. Called by the driver
+    /// after a batch of inputs, so that many reads share one round.
+    pub(crate) fn issue_reads(&mut self, now: Instant) {
+        if self.queued_reads.is_empty() || self.leader.leader.is_none() {
+            return;
+        }
+        if self.is_leader() && !self.raw.raft.commit_to_current_term() {
+            // raft-rs would drop it silently; wait for the term's first commit.
+            return;
+        }
+        self.read_counter += 1;
+        let ctx = ReadContext {
+            member: self.id.0,
+            incarnation: self.incarnation,
+            counter: self.read_counter,
+        };
+        self.raw.read_index(ctx.encode());
+        self.inflight_reads.insert(
+            self.read_counter,
+            ReadBatch {
+                waiters: std::mem::take(&mut self.queued_reads),
+                issued_at: now,
+            },
+        );
+    }
+
+    /// Hands queued proposals to raft while admission allows.
+    pub(crate) fn admit(&mut self, now: Instant) {
+        while let Some(&seq) = self.waiting.front() {
+            let lag = self
+                .raw
+                .raft
+                .raft_log
+                .committed
+                .saturating_sub(self.applied);
+            let Some(p) = self.pending.get_mut(&seq) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            if lag > self.cfg.max_apply_lag {
+                p.held = Held::ApplyLag;
+                return;
+            }
+            if self.leader.leader.is_none() {
+                p.held = Held::NoLeader;
+                return;
+            }
+            match self.raw.propose(Vec::new(), p.data.clone()) {
+                Ok(()) => {
+                    p.left = true;
+                    p.last_attempt = now;
+                    self.waiting.pop_front();
+                }
+                Err(raft::Error::ProposalDropped) => {
+                    p.held = if self.raw.raft.lead_transferee.is_some() {
+                        Held::Dropped(DropReason::LeaderTransfer)
+                    } else if self.raw.raft.state == StateRole::Leader {
+                        Held::Uncommitted
+                    } else {
+                        Held::Dropped(DropReason::Rejected)
+                    };
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "raft refused a proposal");
+                    p.held = Held::Dropped(DropReason::Rejected);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The durable log has caught up with Ready `number`.
+    pub(crate) fn on_persisted(&mut self, number: u64, tasks: usize) {
+        self.persisting = self.persisting.saturating_sub(tasks);
+        self.raw.on_persist_ready(number);
+    }
+
+    /// The state machine applied everything up to `index`; `completed`
+    /// lists this member's proposals (by seq) that got their answer.
+    pub(crate) fn on_applied(&mut self, index: u64, completed: &[u64], now: Instant) {
+        for seq in completed {
+            self.pending.remove(seq);
+        }
+        if index > self.applied {
+            self.applied = index;
+            self.raw.advance_apply_to(index);
+        }
+        if !self.waiting.is_empty() {
+            self.admit(now);
+        }
+    }
+
+    /// Applies a committed membership change; the caller persists the
+    /// returned `ConfState` with the applied index.
+    pub(crate) fn apply_conf_change(&mut self, entry: &Entry) -> Result<ConfState, Error> {
+        let result = match entry.entry_type() {
+            EntryType::EntryConfChange => {
+                let cc = ha_core::eraftpb::ConfChange::decode(entry.data.as_slice())
+                    .map_err(|e| Error::fatal(format!("undecodable conf change: {e}")))?;
+                self.raw.apply_conf_change(&cc)
+            }
+            EntryType::EntryConfChangeV2 => {
+                let cc = ha_core::eraftpb::ConfChangeV2::decode(entry.data.as_slice())
+                    .map_err(|e| Error::fatal(format!("undecodable conf change: {e}")))?;
+                self.raw.apply_conf_change(&cc)
+            }
+            EntryType::EntryNormal => {
+                return Err(Error::fatal("apply_conf_change on a normal entry"));
+            }
+        };
+        result.map_err(|e| Error::fatal(format!("raft refused a committed conf change: {e}")))
+    }
+
+    /// A peer could not be reached.
+    pub(crate) fn report_unreachable(&mut self, peer: NodeId) {
+        self.raw.report_unreachable(peer.0);
+    }
+
+    /// The outcome of sending a snapshot.
+    pub(crate) fn report_snapshot(&mut self, peer: NodeId, outcome: SnapshotOutcome) {
+        let status = match outcome {
+            SnapshotOutcome::Finished => raft::SnapshotStatus::Finish,
+            SnapshotOutcome::Failed => raft::SnapshotStatus::Failure,
+        };
+        self.raw.report_snapshot(peer.0, status);
+    }
+
+    /// Asks raft to hand leadership to `target`.
+    pub(crate) fn transfer_leader(&mut self, target: NodeId) -> Result<(), Error> {
+        if !self.is_leader() {
+            return Err(Error::NotLeader {
+                leader_hint: self.leader.leader,
+            });
+        }
+        self.raw.transfer_leader(target.0);
+        Ok(())
+    }
+
+    /// The most up-to-date voter other than this member: the best target
+    /// for a leader transfer.
+    pub(crate) fn best_transferee(&self) -> Option<NodeId> {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        conf.voters
+            .iter()
+            .filter(|&&v| v != self.id.0)
+            .filter_map(|&v| self.raw.raft.prs().get(v).map(|p| (p.matched, v)))
+            .max()
+            .map(|(_, v)| NodeId(v))
+    }
+
+    /// Handles every Ready raft has, leaving the work in `out`.
+    ///
+    /// # Errors
+    /// A log write that cannot be made readable is fatal for this member.
+    pub(crate) fn handle_ready(&mut self, now: Instant, out: &mut Outbox) -> Result<(), Error> {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            out.messages.extend(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                return Err(Error::fatal(
+                    "received a raft snapshot, which this storage backend cannot install",
+                ));
+            }
+            for rs in rd.take_read_states() {
+                self.read_state_ready(rs.index, &rs.request_ctx, out);
+            }
+            out.committed.extend(rd.take_committed_entries());
+            let entries = rd.take_entries();
+            if !entries.is_empty() {
+                self.raw.store().log().append_readable(&entries)?;
+            }
+            let write = LogWrite {
+                entries,
+                hard_state: rd.hs().cloned(),
+                sync: rd.must_sync(),
+            };
+            let messages = rd.take_persisted_messages();
+            let number = rd.number();
+            let nothing_to_persist =
+                write.entries.is_empty() && write.hard_state.is_none() && messages.is_empty();
+            self.raw.advance_append_async(rd);
+            if nothing_to_persist && self.persisting == 0 {
+                self.raw.on_persist_ready(number);
+            } else {
+                self.persisting += 1;
+                out.persist.push(PersistTask {
+                    number,
+                    write,
+                    messages,
+                });
+            }
+        }
+        self.observe_leader(now, out);
+        Ok(())
+    }
+
+    fn read_state_ready(&mut self, index: u64, ctx: &[u8], out: &mut Outbox) {
+        let Some(ctx) = ReadContext::decode(ctx) else {
+            return;
+        };
+        if ctx.member != self.id.0 || ctx.incarnation != self.incarnation {
+            return;
+        }
+        if let Some(batch) = self.inflight_reads.remove(&ctx.counter) {
+            out.reads.push(ReadReady {
+                index,
+                tokens: batch.waiters.iter().map(|w| w.token).collect(),
+            });
+        }
+    }
+
+    fn observe_leader(&mut self, now: Instant, out: &mut Outbox) {
+        let current = LeaderInfo {
+            term: self.raw.raft.term,
+            leader: match self.raw.raft.leader_id {
+                0 => None,
+                id => Some(NodeId(id)),
+            },
+        };
+        if current == self.leader {
+            return;
+        }
+        let leader_moved = current.leader != self.leader.leader;
+        self.leader = current;
+        out.leader_changed = Some(current);
+        if current.leader.is_none() {
+            return;
+        }
+        if leader_moved {
+            // A new leader may never have seen what we forwarded to the old
+            // one: propose it again (the dedup table makes that safe), and
+            // ask again for reads whose round the old leader may drop.
+            for p in self.pending.values_mut().filter(|p| p.left) {
+                if self.raw.propose(Vec::new(), p.data.clone()).is_ok() {
+                    p.last_attempt = now;
+                }
+            }
+            for (_, batch) in self.inflight_reads.drain() {
+                self.queued_reads.extend(batch.waiters);
+            }
+        }
+        self.admit(now);
+        self.issue_reads(now);
+    }
+
+    fn retry_proposals(&mut self, now: Instant) {
+        let every = self.cfg.proposal_retry_interval;
+        if self.leader.leader.is_none() {
+            return;
+        }
+        for p in self.pending.values_mut() {
+            if p.left && now.saturating_duration_since(p.last_attempt) >= every {
+                p.last_attempt = now;
+                if let Err(e) = self.raw.propose(Vec::new(), p.data.clone()) {
+                    tracing::debug!(error = %e, "re-proposal refused; will retry");
+                }
+            }
+        }
+    }
+
+    fn retry_reads(&mut self, now: Instant) {
+        let every = self.cfg.read_retry_interval;
+        let stale: Vec<u64> = self
+            .inflight_reads
+            .iter()
+            .filter(|(_, b)| now.saturating_duration_since(b.issued_at) >= every)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in stale {
+            if let Some(b) = self.inflight_reads.remove(&c) {
+                self.queued_reads.extend(b.waiters);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant, out: &mut Outbox) {
+        let timeout = self.cfg.request_timeout;
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in expired {
+            let Some(p) = self.pending.remove(&seq) else {
+                continue;
+            };
+            let error = if p.left {
+                Error::OutcomeUnknown {
+                    cause: UnknownCause::DeadlineExceeded,
+                }
+            } else {
+                match p.held {
+                    Held::NoLeader => Error::Timeout { after: timeout },
+                    Held::ApplyLag => Error::Overloaded {
+                        reason: OverloadReason::ApplyLag,
+                    },
+                    Held::Uncommitted => Error::Overloaded {
+                        reason: OverloadReason::Uncommitted,
+                    },
+                    Held::Dropped(reason) => Error::ProposalDropped { reason },
+                }
+            };
+            out.failures.push(Failure::Proposal { seq, error });
+        }
+        if !self.waiting.is_empty() {
+            let pending = &self.pending;
+            self.waiting.retain(|s| pending.contains_key(s));
+        }
+        let expire_reads = |waiters: &mut Vec<ReadWaiter>, out: &mut Outbox| {
+            waiters.retain(|w| {
+                if w.deadline <= now {
+                    out.failures.push(Failure::Read {
+                        token: w.token,
+                        error: Error::Timeout { after: timeout },
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+        };
+        expire_reads(&mut self.queued_reads, out);
+        for b in self.inflight_reads.values_mut() {
+            expire_reads(&mut b.waiters, out);
+        }
+        self.inflight_reads.retain(|_, b| !b.waiters.is_empty());
+    }
+
+    /// Fails every outstanding call (shutdown or fatal error).
+    pub(crate) fn fail_all(&mut self, fatal: Option<&Error>, out: &mut Outbox) {
+        for (seq, p) in std::mem::take(&mut self.pending) {
+            let error = match fatal {
+                Some(e) => e.clone(),
+                None if p.left => Error::OutcomeUnknown {
+                    cause: UnknownCause::Shutdown,
+                },
+                None => Error::Shutdown,
+            };
+            out.failures.push(Failure::Proposal { seq, error });
+        }
+        self.waiting.clear();
+        let mut readers = std::mem::take(&mut self.queued_reads);
+        for (_, b) in self.inflight_reads.drain() {
+            readers.extend(b.waiters);
+        }
+        for w in readers {
+            let error = match fatal {
+                Some(e) => e.clone(),
+                None => Error::Shutdown,
+            };
+            out.failures.push(Failure::Read {
+                token: w.token,
+                error,
+            });
+        }
+    }
+
+    pub(crate) fn status(&self) -> CoreStatus {
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let mut voters: Vec<NodeId> = conf.voters.iter().map(|&v| NodeId(v)).collect();
+        let mut learners: Vec<NodeId> = conf.learners.iter().map(|&v| NodeId(v)).collect();
+        voters.sort_unstable();
+        learners.sort_unstable();
+        CoreStatus {
+            role: self.raw.raft.state.into(),
+            term: self.raw.raft.term,
+            leader: self.leader.leader,
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.applied,
+            voters,
+            learners,
+            pending_proposals: self.pending.len(),
+            lead_transferee: self.raw.raft.lead_transferee.map(NodeId),
+        }
+    }
+
+    /// Campaign at once (tests and single-member groups).
+    pub(crate) fn campaign(&mut self) -> Result<(), Error> {
+        self.raw
+            .campaign()
+            .map_err(|e| Error::fatal(format!("campaign failed: {e}")))
+    }
+}

@@ -1,0 +1,631 @@
+//! [`Node`]: one member of a group, as the application holds it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::Stream;
+use ha_core::eraftpb::ConfState;
+use ha_core::{
+    ClusterId, Config, Error, LogStore, MemberIdentity, NodeId, OverloadReason, RecoveredState,
+    Result, StateMachine, StateStore, StorageError, Transport, UnknownCause,
+};
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::WatchStream;
+
+use super::threads::{ApplyTask, Input, RaftThread, run_apply, run_log_writer};
+use super::waiters::Waiters;
+use super::{MAX_INBOX, Metrics, NodeSink, RUNNING, STOPPED, STOPPING, Shared};
+use crate::apply::{Applier, bootstrap_meta, load_meta};
+use crate::core::{Core, CoreStatus, LeaderInfo, Role};
+use crate::logging::raft_logger;
+
+/// How a read sees the group's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read started, on any
+    /// member (ReadIndex: the leader confirms it still leads with a quorum
+    /// round shared by a batch of reads, then this member waits until it
+    /// has applied that far).
+    #[default]
+    Linearizable,
+    /// This member's applied state, at once. May be stale.
+    Serializable,
+}
+
+/// Options of a proposal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallOptions {
+    /// Deadline for the call; `None` uses `Config::request_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// Options of a read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Consistency of the read.
+    pub consistency: ReadConsistency,
+    /// Deadline for the call; `None` uses `Config::request_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// A member's view of itself and its group.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// This member.
+    pub id: NodeId,
+    /// Its incarnation (bumped at every start).
+    pub incarnation: u64,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied here.
+    pub applied: u64,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Non-voting members.
+    pub learners: Vec<NodeId>,
+    /// Proposals of this member not answered yet.
+    pub pending_proposals: usize,
+    /// The last tick's lateness (the raft thread could not keep time).
+    pub tick_lag: Duration,
+    /// Why this member stopped, if it stopped on a fatal error.
+    pub fatal: Option<Error>,
+}
+
+/// Counters of one member's engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineMetrics {
+    /// Durable log writes (one per group commit).
+    pub persist_batches: u64,
+    /// Of those, synced ones.
+    pub syncs: u64,
+    /// Entries made durable.
+    pub entries_persisted: u64,
+    /// Entries applied.
+    pub entries_applied: u64,
+    /// Times this member saw a new leader.
+    pub leader_changes: u64,
+    /// Lateness of the last tick, microseconds.
+    pub tick_lag_us: u64,
+    /// Worst tick lateness seen, microseconds.
+    pub max_tick_lag_us: u64,
+}
+
+/// One member of an ha group.
+///
+/// Cheap to clone; every clone is the same member. Every call has a
+/// deadline (`Config::request_timeout` unless the options give one).
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    leader_rx: watch::Receiver<LeaderInfo>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.shared.id).finish()
+    }
+}
+
+/// How long past its deadline a caller keeps waiting for the core's own
+/// verdict (which is more precise) before answering `OutcomeUnknown`.
+const GRACE: Duration = Duration::from_millis(500);
+
+struct Opened {
+    incarnation: u64,
+    recovered: RecoveredState,
+}
+
+/// Checks identity, bumps the incarnation, bootstraps a new group, and
+/// recovers raft's state. Blocking.
+fn open_storage<L: LogStore, S: StateStore + ?Sized>(
+    cfg: &Config,
+    log: &L,
+    state: &S,
+) -> Result<Opened> {
+    let cluster_id = ClusterId::derive(&cfg.initial_members, &cfg.cluster_token);
+    let incarnation = match log.identity()? {
+        Some(id) => {
+            if id.node_id != cfg.node_id {
+                return Err(StorageError::MemberMismatch {
+                    expected: cfg.node_id,
+                    found: id.node_id,
+                }
+                .into());
+            }
+            if id.cluster_id != cluster_id {
+                return Err(StorageError::ClusterMismatch {
+                    expected: cluster_id,
+                    found: id.cluster_id,
+                }
+                .into());
+            }
+            id.incarnation + 1
+        }
+        None => {
+            let meta = load_meta(state)?;
+            if meta.applied != 0 || log.last_index()? != 0 {
+                return Err(StorageError::corrupt(
+                    "data directory",
+                    "state or log present but no member identity",
+                )
+                .into());
+            }
+            let voters: Vec<u64> = cfg.initial_members.iter().map(|m| m.0).collect();
+            let cs = ConfState::from((voters, Vec::<u64>::new()));
+            bootstrap_meta(state, &cs)?;
+            tracing::info!(node = %cfg.node_id, cluster = %cluster_id, "bootstrapped a new group");
+            1
+        }
+    };
+    log.set_identity(&MemberIdentity {
+        cluster_id,
+        node_id: cfg.node_id,
+        incarnation,
+    })?;
+    let meta = load_meta(state)?;
+    let conf_state = meta
+        .conf_state
+        .ok_or_else(|| StorageError::corrupt("state store", "no membership stored"))?;
+    let mut hard_state = log.hard_state()?;
+    let last = log.last_index()?;
+    if meta.applied > last {
+        return Err(StorageError::corrupt(
+            "data directory",
+            format!(
+                "state applied through {} but the log ends at {last}",
+                meta.applied
+            ),
+        )
+        .into());
+    }
+    // A commit-only hard state change is not synced, so the stored commit
+    // can lag what was applied; raft-rs panics if applied > commit.
+    hard_state.commit = hard_state.commit.max(meta.applied);
+    Ok(Opened {
+        incarnation,
+        recovered: RecoveredState {
+            hard_state,
+            conf_state,
+            applied: meta.applied,
+        },
+    })
+}
+
+impl Node {
+    /// Opens storage and starts a member: bootstraps a new group from
+    /// `config.initial_members` on empty storage, or restarts from what
+    /// the storage holds. Must be called within a tokio runtime; the
+    /// member's threads are its own, its async API uses the caller's runtime.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid config; [`Error::Storage`] when the
+    /// storage belongs to another member or cluster, or is corrupt.
+    pub async fn start<L, S, M>(
+        config: Config,
+        log: Arc<L>,
+        state: Arc<S>,
+        state_machine: M,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node>
+    where
+        L: LogStore,
+        S: StateStore,
+        M: StateMachine,
+    {
+        let cfg = config.validate()?;
+        tokio::task::spawn_blocking(move || {
+            Node::start_blocking(cfg, log, state, state_machine, transport)
+        })
+        .await
+        .map_err(|e| Error::fatal(format!("start task failed: {e}")))?
+    }
+
+    fn start_blocking<L, S, M>(
+        cfg: Config,
+        log: Arc<L>,
+        state: Arc<S>,
+        sm: M,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node>
+    where
+        L: LogStore,
+        S: StateStore,
+        M: StateMachine,
+    {
+        let opened = open_storage(&cfg, &*log, &*state)?;
+        let id = cfg.node_id;
+        let logger = raft_logger(id.0);
+        let core = Core::new(
+            cfg.clone(),
+            log.clone(),
+            opened.recovered.clone(),
+            opened.incarnation,
+            &logger,
+        )?;
+        let applier = Applier::open(state, sm, id, opened.incarnation)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
+        let (log_tx, log_rx) = crossbeam_channel::unbounded();
+        let (leader_tx, leader_rx) = watch::channel(LeaderInfo::default());
+        let status = core.status();
+        let shared = Arc::new(Shared {
+            id,
+            cfg: cfg.clone(),
+            incarnation: opened.incarnation,
+            tx: tx.clone(),
+            apply_tx: apply_tx.clone(),
+            inbox: AtomicUsize::new(0),
+            seq: Mutex::new(0),
+            next_read: AtomicU64::new(0),
+            waiters: Waiters::default(),
+            state: AtomicU8::new(RUNNING),
+            killed: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            status: Mutex::new(status),
+            applied: AtomicU64::new(opened.recovered.applied),
+            commit: AtomicU64::new(opened.recovered.hard_state.commit),
+            leader_tx,
+            metrics: Metrics::default(),
+            transport: transport.clone(),
+        });
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| Error::Storage(StorageError::io("spawn thread", e)))
+        };
+        let mut threads = Vec::new();
+        {
+            let (log, tx, shared) = (log.clone(), tx.clone(), shared.clone());
+            threads.push(spawn(
+                format!("ha-log-{id}"),
+                Box::new(move || run_log_writer(log, log_rx, tx, shared)),
+            )?);
+        }
+        {
+            let (tx, shared) = (tx.clone(), shared.clone());
+            threads.push(spawn(
+                format!("ha-apply-{id}"),
+                Box::new(move || run_apply(applier, apply_rx, tx, shared)),
+            )?);
+        }
+        let raft = RaftThread {
+            core,
+            rx,
+            shared: shared.clone(),
+            log_tx,
+            apply_tx,
+        };
+        threads.push(spawn(
+            format!("ha-raft-{id}"),
+            Box::new(move || raft.run()),
+        )?);
+        transport.start(
+            id,
+            Arc::new(NodeSink {
+                shared: shared.clone(),
+            }),
+        );
+        // A single-member group has nobody to wait for.
+        if cfg.initial_members == [id] && opened.recovered.conf_state.voters == [id.0] {
+            let _ = tx.send(Input::Campaign);
+        }
+        tracing::info!(node = %id, incarnation = opened.incarnation, applied = opened.recovered.applied, "member started");
+        Ok(Node {
+            shared,
+            threads: Arc::new(Mutex::new(threads)),
+            leader_rx,
+        })
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// Proposes `command` with the default deadline. Resolves with the
+    /// state machine's response once THIS member has applied it. Works on
+    /// any member: followers forward to the leader, and a member with no
+    /// leader waits for one until the deadline.
+    ///
+    /// # Errors
+    /// See the error table in [`ha_core::Error`]'s module docs.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the proposal: it may still be
+    /// applied.
+    pub async fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes> {
+        self.propose_with(command, CallOptions::default()).await
+    }
+
+    /// [`Node::propose`] with options.
+    ///
+    /// # Errors
+    /// See [`Node::propose`].
+    pub async fn propose_with(
+        &self,
+        command: impl Into<Bytes>,
+        opts: CallOptions,
+    ) -> Result<Bytes> {
+        let command: Bytes = command.into();
+        let sh = &self.shared;
+        sh.check_running()?;
+        if command.len() > sh.cfg.max_command_size {
+            return Err(Error::TooLarge {
+                size: command.len(),
+                max: sh.cfg.max_command_size,
+            });
+        }
+        if sh.inbox.load(Ordering::Relaxed) >= MAX_INBOX {
+            return Err(Error::Overloaded {
+                reason: OverloadReason::QueueFull,
+            });
+        }
+        let timeout = opts.timeout.unwrap_or(sh.cfg.request_timeout);
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = oneshot::channel();
+        let seq = {
+            let mut seq = sh.seq.lock();
+            *seq += 1;
+            sh.waiters.add_proposal(*seq, tx);
+            sh.inbox.fetch_add(1, Ordering::Relaxed);
+            if sh
+                .tx
+                .send(Input::Propose {
+                    seq: *seq,
+                    command: command.to_vec(),
+                    deadline,
+                })
+                .is_err()
+            {
+                sh.waiters.remove_proposal(*seq);
+                return Err(sh.stopped_error());
+            }
+            *seq
+        };
+        match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(sh.stopped_error()),
+            Err(_) => {
+                sh.waiters.remove_proposal(seq);
+                Err(Error::OutcomeUnknown {
+                    cause: UnknownCause::DeadlineExceeded,
+                })
+            }
+        }
+    }
+
+    /// Reads with the state machine's `query`, linearizably by default.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the read could not be confirmed in time —
+    /// a leader cut off from the majority never answers with stale data.
+    pub async fn read(
+        &self,
+        query: impl Into<Bytes>,
+        consistency: ReadConsistency,
+    ) -> Result<Bytes> {
+        self.read_with(
+            query,
+            ReadOptions {
+                consistency,
+                timeout: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Node::read`] with options.
+    ///
+    /// # Errors
+    /// See [`Node::read`].
+    pub async fn read_with(&self, query: impl Into<Bytes>, opts: ReadOptions) -> Result<Bytes> {
+        let sh = &self.shared;
+        sh.check_running()?;
+        let timeout = opts.timeout.unwrap_or(sh.cfg.request_timeout);
+        let deadline = Instant::now() + timeout;
+        let token = sh.next_read.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        sh.waiters.add_read(token, query.into(), tx);
+        let sent = match opts.consistency {
+            ReadConsistency::Linearizable => sh.tx.send(Input::Read { token, deadline }).is_ok(),
+            ReadConsistency::Serializable => {
+                sh.apply_tx.send(ApplyTask::Serializable { token }).is_ok()
+            }
+        };
+        if !sent {
+            sh.waiters.remove_read(token);
+            return Err(sh.stopped_error());
+        }
+        match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(sh.stopped_error()),
+            Err(_) => {
+                sh.waiters.remove_read(token);
+                Err(Error::Timeout { after: timeout })
+            }
+        }
+    }
+
+    /// Hands leadership to `target` (any voter), waiting until it leads.
+    ///
+    /// # Errors
+    /// [`Error::NotLeader`] when called on a follower; [`Error::Timeout`]
+    /// when leadership did not move in time.
+    pub async fn transfer_leader(&self, target: NodeId) -> Result<()> {
+        self.transfer(Some(target), self.shared.cfg.request_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    async fn transfer(&self, target: Option<NodeId>, timeout: Duration) -> Result<NodeId> {
+        self.shared.check_running()?;
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Input::Transfer { target, reply: tx })
+            .map_err(|_| self.shared.stopped_error())?;
+        let target = rx.await.map_err(|_| self.shared.stopped_error())??;
+        let mut leader = self.leader_rx.clone();
+        let wait = leader.wait_for(|l| l.leader == Some(target));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(target),
+            Ok(Err(_)) => Err(self.shared.stopped_error()),
+            Err(_) => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// Who leads, as this member sees it now.
+    pub fn leader(&self) -> LeaderInfo {
+        *self.leader_rx.borrow()
+    }
+
+    /// Leadership as it changes (the current value first). Coalesces
+    /// changes a slow consumer did not see.
+    pub fn leader_changes(&self) -> impl Stream<Item = LeaderInfo> + Send + 'static {
+        WatchStream::new(self.leader_rx.clone())
+    }
+
+    /// Waits until this member knows a leader.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when none is known within `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<LeaderInfo> {
+        let mut rx = self.leader_rx.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|l| l.leader.is_some())).await {
+            Ok(Ok(l)) => Ok(*l),
+            Ok(Err(_)) => Err(self.shared.stopped_error()),
+            Err(_) => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// This member's status (refreshed every tick).
+    pub fn status(&self) -> Status {
+        let s: CoreStatus = self.shared.status.lock().clone();
+        Status {
+            id: self.shared.id,
+            incarnation: self.shared.incarnation,
+            role: s.role,
+            term: s.term,
+            leader: s.leader,
+            commit: self.shared.commit.load(Ordering::Relaxed),
+            applied: self.shared.applied.load(Ordering::Relaxed),
+            voters: s.voters,
+            learners: s.learners,
+            pending_proposals: s.pending_proposals,
+            tick_lag: Duration::from_micros(
+                self.shared.metrics.tick_lag_us.load(Ordering::Relaxed),
+            ),
+            fatal: self.shared.fatal.lock().clone(),
+        }
+    }
+
+    /// Engine counters.
+    pub fn metrics(&self) -> EngineMetrics {
+        let m = &self.shared.metrics;
+        EngineMetrics {
+            persist_batches: m.persist_batches.load(Ordering::Relaxed),
+            syncs: m.syncs.load(Ordering::Relaxed),
+            entries_persisted: m.entries_persisted.load(Ordering::Relaxed),
+            entries_applied: m.entries_applied.load(Ordering::Relaxed),
+            leader_changes: m.leader_changes.load(Ordering::Relaxed),
+            tick_lag_us: m.tick_lag_us.load(Ordering::Relaxed),
+            max_tick_lag_us: m.max_tick_lag_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops this member in order: a leader first hands leadership to the
+    /// most up-to-date voter (within `Config::shutdown_transfer_timeout`),
+    /// then outstanding calls are answered (`Shutdown`, or `OutcomeUnknown`
+    /// for proposals that already left), queued log writes are made
+    /// durable, and the threads stop. Idempotent: later calls wait for the
+    /// first one and return `Ok`.
+    ///
+    /// # Errors
+    /// Only when the member had stopped on a fatal error (returned here).
+    pub async fn shutdown(&self) -> Result<()> {
+        let sh = &self.shared;
+        if sh
+            .state
+            .compare_exchange(RUNNING, STOPPING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let st = self.status();
+            if st.role == Role::Leader && st.voters.len() > 1 {
+                let timeout = sh.cfg.shutdown_transfer_timeout;
+                match self.transfer_while_stopping(timeout).await {
+                    Ok(to) => {
+                        tracing::info!(node = %sh.id, to = %to, "handed leadership over before shutdown")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %sh.id, error = %e, "leadership transfer before shutdown failed")
+                    }
+                }
+            }
+        }
+        self.stop_threads().await;
+        sh.state.store(STOPPED, Ordering::SeqCst);
+        match sh.fatal.lock().clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn transfer_while_stopping(&self, timeout: Duration) -> Result<NodeId> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Input::Transfer {
+                target: None,
+                reply: tx,
+            })
+            .map_err(|_| Error::Shutdown)?;
+        let target = rx.await.map_err(|_| Error::Shutdown)??;
+        let mut leader = self.leader_rx.clone();
+        match tokio::time::timeout(timeout, leader.wait_for(|l| l.leader == Some(target))).await {
+            Ok(Ok(_)) => Ok(target),
+            _ => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// Stops this member at once, as if its process died: no leadership
+    /// transfer, log writes still queued are NOT made durable, nothing more
+    /// is applied. A test double for crashes (pair it with the memory
+    /// stores' `crash()`).
+    pub async fn kill(&self) {
+        self.shared.killed.store(true, Ordering::SeqCst);
+        self.shared.state.store(STOPPING, Ordering::SeqCst);
+        self.stop_threads().await;
+        self.shared.state.store(STOPPED, Ordering::SeqCst);
+    }
+
+    async fn stop_threads(&self) {
+        let _ = self.shared.tx.send(Input::Shutdown);
+        let handles: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
+        if !handles.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for h in handles {
+                    let _ = h.join();
+                }
+            })
+            .await;
+            self.shared.transport.stop();
+        } else {
+            // Another call is stopping the threads; wait for it to finish.
+            while self.shared.state.load(Ordering::SeqCst) != STOPPED {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}

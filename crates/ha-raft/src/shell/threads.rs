@@ -1,0 +1,391 @@
+//! The three threads of a member: raft (owns the core), log writer (makes
+//! the log durable, group commit), apply (runs the state machine).
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use ha_core::eraftpb::{ConfState, Entry, Message};
+use ha_core::{Error, LogStore, LogWrite, NodeId, SnapshotOutcome, StateMachine, StateStore};
+
+use super::Shared;
+use crate::apply::Applier;
+use crate::core::{Core, Failure, Outbox, PersistTask};
+
+/// Everything that reaches the raft thread.
+pub(crate) enum Input {
+    Propose {
+        seq: u64,
+        command: Vec<u8>,
+        deadline: Instant,
+    },
+    Read {
+        token: u64,
+        deadline: Instant,
+    },
+    Peer(Message),
+    Unreachable(NodeId),
+    Snapshot(NodeId, SnapshotOutcome),
+    Persisted {
+        number: u64,
+        tasks: usize,
+    },
+    Applied {
+        index: u64,
+        completed: Vec<u64>,
+    },
+    ConfChange {
+        entry: Entry,
+        reply: Sender<Result<ConfState, Error>>,
+    },
+    Transfer {
+        target: Option<NodeId>,
+        reply: tokio::sync::oneshot::Sender<Result<NodeId, Error>>,
+    },
+    Campaign,
+    Fatal(Error),
+    Shutdown,
+}
+
+/// Work for the apply thread.
+pub(crate) enum ApplyTask {
+    Entries(Vec<Entry>),
+    Reads { index: u64, tokens: Vec<u64> },
+    Serializable { token: u64 },
+    Stop,
+}
+
+/// Inputs taken per loop turn before raft's Ready is handled: large enough
+/// to batch proposals and acks, small enough that ticks stay on time.
+const MAX_INPUTS_PER_TURN: usize = 4096;
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+pub(crate) struct RaftThread<L: LogStore> {
+    pub(crate) core: Core<L>,
+    pub(crate) rx: Receiver<Input>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) log_tx: Sender<PersistTask>,
+    pub(crate) apply_tx: Sender<ApplyTask>,
+}
+
+impl<L: LogStore> RaftThread<L> {
+    pub(crate) fn run(mut self) {
+        let interval = self.shared.cfg.tick_interval;
+        let warn_lag = self.shared.cfg.tick_lag_warn;
+        let mut next_tick = Instant::now() + interval;
+        let mut out = Outbox::default();
+        let mut exit_error: Option<Error> = None;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(i) => Some(i),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let turn = catch_unwind(AssertUnwindSafe(|| -> Result<bool, Error> {
+                let now = Instant::now();
+                let mut stop = false;
+                if let Some(input) = first {
+                    stop |= self.handle(input, now, &mut out)?;
+                }
+                for _ in 0..MAX_INPUTS_PER_TURN {
+                    match self.rx.try_recv() {
+                        Ok(input) => stop |= self.handle(input, now, &mut out)?,
+                        Err(_) => break,
+                    }
+                }
+                let now = Instant::now();
+                let mut ticked = false;
+                if now >= next_tick {
+                    // Delay semantics: a late tick is one tick, never a burst.
+                    let lag = now - next_tick;
+                    self.shared.record_tick_lag(lag);
+                    if lag > warn_lag {
+                        tracing::warn!(
+                            lag_ms = lag.as_millis() as u64,
+                            "raft tick late: this member's thread could not keep time; \
+                             expect elections if it persists"
+                        );
+                    }
+                    self.core.tick(now, &mut out);
+                    next_tick = now + interval;
+                    ticked = true;
+                }
+                self.core.issue_reads(now);
+                self.core.handle_ready(now, &mut out)?;
+                self.shared
+                    .commit
+                    .store(self.core.commit(), Ordering::Relaxed);
+                if ticked || out.leader_changed.is_some() {
+                    self.shared.publish_status(self.core.status());
+                }
+                Ok(stop)
+            }));
+            match turn {
+                Ok(Ok(stop)) => {
+                    self.dispatch(&mut out);
+                    if stop {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    exit_error = Some(e);
+                    break;
+                }
+                Err(p) => {
+                    exit_error = Some(Error::fatal(format!(
+                        "raft invariant violated (panic): {}",
+                        panic_message(p.as_ref())
+                    )));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = &exit_error {
+            tracing::error!(node = %self.core.id(), error = %e, "member stopped");
+            self.shared.set_fatal(e.clone());
+        }
+        // Whatever is still outstanding gets an answer; after a panic the
+        // core may be inconsistent, so the waiters are failed directly.
+        let tidy = catch_unwind(AssertUnwindSafe(|| {
+            self.core.fail_all(exit_error.as_ref(), &mut out);
+        }));
+        if tidy.is_ok() {
+            out.messages.clear();
+            out.persist.clear();
+            out.committed.clear();
+            out.reads.clear();
+            self.dispatch(&mut out);
+        }
+        let last = exit_error.unwrap_or(Error::Shutdown);
+        self.shared.waiters.fail_everything(&last);
+        let _ = self.apply_tx.send(ApplyTask::Stop);
+    }
+
+    /// Returns true when the thread should stop.
+    fn handle(&mut self, input: Input, now: Instant, out: &mut Outbox) -> Result<bool, Error> {
+        match input {
+            Input::Propose {
+                seq,
+                command,
+                deadline,
+            } => {
+                self.shared.inbox.fetch_sub(1, Ordering::Relaxed);
+                self.core.propose(seq, command, deadline, now, out);
+            }
+            Input::Read { token, deadline } => self.core.read(token, deadline),
+            Input::Peer(m) => {
+                self.shared.inbox.fetch_sub(1, Ordering::Relaxed);
+                self.core.step(m);
+            }
+            Input::Unreachable(p) => self.core.report_unreachable(p),
+            Input::Snapshot(p, o) => self.core.report_snapshot(p, o),
+            Input::Persisted { number, tasks } => self.core.on_persisted(number, tasks),
+            Input::Applied { index, completed } => {
+                self.shared.applied.store(index, Ordering::Relaxed);
+                self.core.on_applied(index, &completed, now);
+            }
+            Input::ConfChange { entry, reply } => {
+                let _ = reply.send(self.core.apply_conf_change(&entry));
+            }
+            Input::Transfer { target, reply } => {
+                let result = match target.or_else(|| self.core.best_transferee()) {
+                    None => Err(Error::NotLeader {
+                        leader_hint: self.core.leader().leader,
+                    }),
+                    Some(t) => self.core.transfer_leader(t).map(|()| t),
+                };
+                let _ = reply.send(result);
+            }
+            Input::Campaign => self.core.campaign()?,
+            Input::Fatal(e) => return Err(e),
+            Input::Shutdown => return Ok(true),
+        }
+        Ok(false)
+    }
+
+    fn dispatch(&mut self, out: &mut Outbox) {
+        if out.is_empty() {
+            return;
+        }
+        for m in out.messages.drain(..) {
+            self.shared.transport.send(m);
+        }
+        for t in out.persist.drain(..) {
+            let _ = self.log_tx.send(t);
+        }
+        if !out.committed.is_empty() {
+            let _ = self
+                .apply_tx
+                .send(ApplyTask::Entries(std::mem::take(&mut out.committed)));
+        }
+        for r in out.reads.drain(..) {
+            let _ = self.apply_tx.send(ApplyTask::Reads {
+                index: r.index,
+                tokens: r.tokens,
+            });
+        }
+        if !out.failures.is_empty() {
+            let mut proposals = Vec::new();
+            for f in out.failures.drain(..) {
+                match f {
+                    Failure::Proposal { seq, error } => proposals.push((seq, Err(error))),
+                    Failure::Read { token, error } => self.shared.waiters.fail_read(token, error),
+                }
+            }
+            self.shared.waiters.complete_proposals(proposals);
+        }
+        if let Some(l) = out.leader_changed.take() {
+            self.shared.leader_changed(l);
+        }
+    }
+}
+
+pub(crate) fn run_log_writer<L: LogStore>(
+    log: Arc<L>,
+    rx: Receiver<PersistTask>,
+    raft_tx: Sender<Input>,
+    shared: Arc<Shared>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut tasks = vec![first];
+        tasks.extend(rx.try_iter().take(MAX_INPUTS_PER_TURN));
+        if shared.killed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut write = LogWrite::default();
+        for t in &mut tasks {
+            write.merge(std::mem::take(&mut t.write));
+        }
+        if !write.entries.is_empty() || write.hard_state.is_some() {
+            let entries = write.entries.len() as u64;
+            if let Err(e) = log.persist(&write) {
+                // Never retry a failed write or sync and then acknowledge:
+                // the member stops.
+                let _ = raft_tx.send(Input::Fatal(Error::fatal(format!("log write failed: {e}"))));
+                return;
+            }
+            shared.metrics.record_persist(entries, write.sync);
+        }
+        let Some(number) = tasks.last().map(|t| t.number) else {
+            continue;
+        };
+        for t in &mut tasks {
+            for m in t.messages.drain(..) {
+                shared.transport.send(m);
+            }
+        }
+        let _ = raft_tx.send(Input::Persisted {
+            number,
+            tasks: tasks.len(),
+        });
+    }
+}
+
+pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
+    mut applier: Applier<S, M>,
+    rx: Receiver<ApplyTask>,
+    raft_tx: Sender<Input>,
+    shared: Arc<Shared>,
+) {
+    let mut waiting_reads: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let conf_timeout = Duration::from_secs(30);
+    while let Ok(first) = rx.recv() {
+        let mut tasks = vec![first];
+        tasks.extend(rx.try_iter().take(MAX_INPUTS_PER_TURN));
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut stop = false;
+        let mut serializable = Vec::new();
+        for t in tasks {
+            match t {
+                ApplyTask::Entries(e) => {
+                    if entries.is_empty() {
+                        entries = e;
+                    } else {
+                        entries.extend(e);
+                    }
+                }
+                ApplyTask::Reads { index, tokens } => {
+                    waiting_reads.entry(index).or_default().extend(tokens);
+                }
+                ApplyTask::Serializable { token } => serializable.push(token),
+                ApplyTask::Stop => stop = true,
+            }
+        }
+        if shared.killed.load(Ordering::Relaxed) {
+            return;
+        }
+        if !entries.is_empty() {
+            let mut conf_change = |entry: &Entry| -> Result<ConfState, Error> {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                raft_tx
+                    .send(Input::ConfChange {
+                        entry: entry.clone(),
+                        reply: tx,
+                    })
+                    .map_err(|_| Error::Shutdown)?;
+                rx.recv_timeout(conf_timeout).map_err(|_| Error::Shutdown)?
+            };
+            match applier.apply(&entries, &mut conf_change) {
+                Ok(step) => {
+                    let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
+                    shared.metrics.record_applied(entries.len() as u64);
+                    shared
+                        .waiters
+                        .complete_proposals(step.completed.into_iter().map(|(s, r)| (s, Ok(r))));
+                    let _ = raft_tx.send(Input::Applied {
+                        index: step.applied,
+                        completed: seqs,
+                    });
+                }
+                Err(e) => {
+                    let e = match e {
+                        Error::Fatal { .. } | Error::Shutdown => e,
+                        other => Error::fatal(format!("apply failed: {other}")),
+                    };
+                    let _ = raft_tx.send(Input::Fatal(e));
+                    return;
+                }
+            }
+        }
+        for token in serializable {
+            answer_read(&applier, &shared, token);
+        }
+        let applied = applier.applied();
+        while let Some(entry) = waiting_reads.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for token in entry.remove() {
+                answer_read(&applier, &shared, token);
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn answer_read<S: StateStore + ?Sized, M: StateMachine>(
+    applier: &Applier<S, M>,
+    shared: &Shared,
+    token: u64,
+) {
+    if let Some((query, tx)) = shared.waiters.take_read(token) {
+        let answer: Bytes = applier.query(&query);
+        let _ = tx.send(Ok(answer));
+    }
+}

@@ -1,0 +1,5 @@
+//! Transports between members.
+
+mod mem;
+
+pub use mem::{MemNetwork, MemTransport};

@@ -1,0 +1,733 @@
+//! Whole groups in one process on memory backends: elections, replication,
+//! exactly-once, failover, partitions, stale reads, errors.
+//!
+//! Time bounds here are generous on purpose: they catch hangs, not slowness
+//! (performance lives in `ha-bench`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ha_core::{
+    ApplyContext, Config, Error, NodeId, StateMachine, StateStore, StorageError, WriteBatch,
+};
+use ha_raft::{CallOptions, MemNetwork, Node, ReadConsistency, ReadOptions, Role};
+use ha_storage::{MemLogStore, MemStateStore};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A register plus an audit trail. A command is `id (8 bytes) ++ value`;
+/// applying it sets the register to `value`, counts how often `id` was
+/// applied (must stay 1: exactly-once) and appends `id` to the order.
+/// Everything is also written to the engine's batch so that a restarted
+/// member rebuilds it from its state store.
+struct AuditSm {
+    value: Vec<u8>,
+    counts: HashMap<u64, u64>,
+    order: Vec<u64>,
+}
+
+impl AuditSm {
+    fn open(store: &MemStateStore) -> Self {
+        let mut sm = AuditSm {
+            value: Vec::new(),
+            counts: HashMap::new(),
+            order: Vec::new(),
+        };
+        let mut rows: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+        store
+            .scan(b"a/", Some(b"a0"), &mut |k, v| {
+                let pos = u64::from_be_bytes(k[2..10].try_into().unwrap());
+                let id = u64::from_be_bytes(v[..8].try_into().unwrap());
+                rows.insert(pos, (id, v[8..].to_vec()));
+                true
+            })
+            .unwrap();
+        for (_, (id, value)) in rows {
+            *sm.counts.entry(id).or_default() += 1;
+            sm.order.push(id);
+            sm.value = value;
+        }
+        sm
+    }
+
+    fn digest(&self) -> Vec<u8> {
+        let mut d = Vec::with_capacity(self.order.len() * 8);
+        for id in &self.order {
+            d.extend_from_slice(&id.to_be_bytes());
+        }
+        d
+    }
+}
+
+impl StateMachine for AuditSm {
+    fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
+        if command.len() < 8 {
+            return Bytes::from_static(b"bad");
+        }
+        let id = u64::from_be_bytes(command[..8].try_into().unwrap());
+        let count = self.counts.entry(id).or_default();
+        *count += 1;
+        let pos = self.order.len() as u64;
+        self.order.push(id);
+        self.value = command[8..].to_vec();
+        let mut key = b"a/".to_vec();
+        key.extend_from_slice(&pos.to_be_bytes());
+        batch.put(key, command.to_vec());
+        Bytes::copy_from_slice(&count.to_be_bytes())
+    }
+
+    fn query(&self, query: &[u8]) -> Bytes {
+        match query {
+            b"value" => Bytes::from(self.value.clone()),
+            b"digest" => Bytes::from(self.digest()),
+            b"len" => Bytes::copy_from_slice(&(self.order.len() as u64).to_be_bytes()),
+            b"max-count" => Bytes::copy_from_slice(
+                &self
+                    .counts
+                    .values()
+                    .copied()
+                    .max()
+                    .unwrap_or(0)
+                    .to_be_bytes(),
+            ),
+            q if q.starts_with(b"has:") && q.len() == 12 => {
+                let id = u64::from_be_bytes(q[4..12].try_into().unwrap());
+                Bytes::copy_from_slice(&self.counts.get(&id).copied().unwrap_or(0).to_be_bytes())
+            }
+            _ => Bytes::new(),
+        }
+    }
+}
+
+fn cmd(id: u64, value: &[u8]) -> Bytes {
+    let mut c = id.to_be_bytes().to_vec();
+    c.extend_from_slice(value);
+    Bytes::from(c)
+}
+
+fn as_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b.try_into().expect("8-byte answer"))
+}
+
+struct Cluster {
+    net: MemNetwork,
+    members: Vec<NodeId>,
+    nodes: HashMap<NodeId, Node>,
+    logs: HashMap<NodeId, MemLogStore>,
+    states: HashMap<NodeId, MemStateStore>,
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        let mut c = Cluster {
+            net: MemNetwork::new(),
+            members: members.clone(),
+            nodes: HashMap::new(),
+            logs: HashMap::new(),
+            states: HashMap::new(),
+        };
+        for &id in &members {
+            c.logs.insert(id, MemLogStore::new());
+            c.states.insert(id, MemStateStore::new());
+            c.boot(id).await;
+        }
+        c
+    }
+
+    fn config(&self, id: NodeId) -> Config {
+        Config {
+            request_timeout: Duration::from_secs(10),
+            ..Config::new(id, self.members.clone())
+        }
+    }
+
+    async fn boot(&mut self, id: NodeId) {
+        let log = self.logs[&id].clone();
+        let state = self.states[&id].clone();
+        let sm = AuditSm::open(&state);
+        let node = Node::start(
+            self.config(id),
+            Arc::new(log),
+            Arc::new(state),
+            sm,
+            self.net.transport(id),
+        )
+        .await
+        .expect("member starts");
+        self.nodes.insert(id, node);
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[&id]
+    }
+
+    /// Waits until every running member (or those in `among`) agrees on
+    /// one leader among them.
+    async fn leader_among(&self, among: &[NodeId]) -> NodeId {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let views: HashSet<Option<NodeId>> = among
+                .iter()
+                .map(|id| self.nodes[id].leader().leader)
+                .collect();
+            if views.len() == 1
+                && let Some(Some(l)) = views.into_iter().next()
+                && among.contains(&l)
+                && self.nodes[&l].status().role == Role::Leader
+            {
+                return l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader among {among:?} within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn leader(&self) -> NodeId {
+        let running: Vec<NodeId> = self.nodes.keys().copied().collect();
+        self.leader_among(&running).await
+    }
+
+    /// Crashes a member: no transfer; unsynced writes lost.
+    async fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("running member");
+        node.kill().await;
+        let log = self.logs[&id].crash();
+        let state = self.states[&id].crash();
+        self.logs.insert(id, log);
+        self.states.insert(id, state);
+    }
+
+    /// Waits until all running members applied the same history, and
+    /// returns it.
+    async fn converged(&self) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let mut digests = HashSet::new();
+            for n in self.nodes.values() {
+                let d = n
+                    .read(Bytes::from_static(b"digest"), ReadConsistency::Serializable)
+                    .await
+                    .expect("serializable read");
+                digests.insert(d);
+            }
+            if digests.len() == 1 {
+                return digests.into_iter().next().unwrap().to_vec();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas did not converge: {} different histories",
+                digests.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        for n in self.nodes.values() {
+            n.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+async fn replicate_through_every_member(size: u64) {
+    let c = Cluster::start(size).await;
+    let leader = c.leader().await;
+    let mut id = 0;
+    for round in 0..5 {
+        for &m in &c.members {
+            id += 1;
+            let r = c
+                .node(m)
+                .propose(cmd(id, format!("r{round}-m{m}").as_bytes()))
+                .await
+                .unwrap_or_else(|e| panic!("proposal {id} via member {m} failed: {e}"));
+            assert_eq!(as_u64(&r), 1, "proposal {id} applied more than once");
+        }
+    }
+    let history = c.converged().await;
+    assert_eq!(
+        history.len() as u64,
+        id * 8,
+        "some acknowledged write is missing"
+    );
+    // In proposal order, since each proposal waited for the previous one.
+    let ids: Vec<u64> = history
+        .chunks(8)
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, (1..=id).collect::<Vec<_>>());
+    assert!(c.members.contains(&leader));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_and_apply_in_one_order_everywhere() {
+    replicate_through_every_member(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_elect_and_apply_in_one_order_everywhere() {
+    replicate_through_every_member(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_proposals_all_complete_each_applied_once() {
+    let c = Cluster::start(3).await;
+    c.leader().await;
+    let mut tasks = Vec::new();
+    for id in 1..=1000u64 {
+        let node = c.node(c.members[(id % 3) as usize]).clone();
+        tasks.push(tokio::spawn(
+            async move { node.propose(cmd(id, b"x")).await },
+        ));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("proposal {} failed: {e}", i + 1));
+        assert_eq!(as_u64(&r), 1, "proposal {} applied more than once", i + 1);
+    }
+    let history = c.converged().await;
+    assert_eq!(history.len(), 1000 * 8);
+    let distinct: HashSet<&[u8]> = history.chunks(8).collect();
+    assert_eq!(distinct.len(), 1000, "a proposal was applied twice or lost");
+    for n in c.nodes.values() {
+        let max = n
+            .read(
+                Bytes::from_static(b"max-count"),
+                ReadConsistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(as_u64(&max), 1, "member {} applied a command twice", n.id());
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_write() {
+    let mut c = Cluster::start(3).await;
+    let old = c.leader().await;
+
+    // Writers on every member, running across the crash.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, &m) in c.members.iter().enumerate() {
+        let node = c.node(m).clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut unknown = 0u64;
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let id = (w as u64 + 1) * 1_000_000 + seq;
+                let opts = CallOptions {
+                    timeout: Some(Duration::from_secs(3)),
+                };
+                match node.propose_with(cmd(id, b"w"), opts).await {
+                    Ok(r) => {
+                        assert_eq!(as_u64(&r), 1, "write {id} applied twice");
+                        acked.push(id);
+                    }
+                    Err(Error::OutcomeUnknown { .. }) => unknown += 1,
+                    Err(Error::Shutdown) => break,
+                    Err(e) if e.is_not_applied() => {}
+                    Err(e) => panic!("unexpected error from a proposal during failover: {e}"),
+                }
+            }
+            (acked, unknown)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.crash(old).await;
+    let survivors: Vec<NodeId> = c.members.iter().copied().filter(|&m| m != old).collect();
+    let new = c.leader_among(&survivors).await;
+    assert_ne!(new, old);
+    // Writes resume through the new leader.
+    c.node(new)
+        .propose(cmd(42, b"after-failover"))
+        .await
+        .expect("writes resume after failover");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        let (a, _unknown) = w.await.unwrap();
+        acked.extend(a);
+    }
+    assert!(!acked.is_empty());
+
+    // The crashed member restarts from what its disk kept, catches up,
+    // and its new proposals are not mistaken for duplicates.
+    c.boot(old).await;
+    let fresh = c
+        .node(old)
+        .propose(cmd(7_000_000, b"from-restarted"))
+        .await
+        .expect("the restarted member's proposal is applied");
+    assert_eq!(as_u64(&fresh), 1);
+    assert!(
+        c.node(old).status().incarnation >= 2,
+        "incarnation not bumped"
+    );
+    c.converged().await;
+    for &id in &acked {
+        for n in c.nodes.values() {
+            let mut q = b"has:".to_vec();
+            q.extend_from_slice(&id.to_be_bytes());
+            let count = as_u64(&n.read(q, ReadConsistency::Serializable).await.unwrap());
+            assert_eq!(
+                count,
+                1,
+                "acknowledged write {id} lost or doubled on member {}",
+                n.id()
+            );
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_cannot_commit_a_majority_can_and_healing_converges() {
+    let c = Cluster::start(5).await;
+    let leader = c.leader().await;
+    // Put the leader in the minority: the hardest case.
+    let others: Vec<NodeId> = c.members.iter().copied().filter(|&m| m != leader).collect();
+    let minority = vec![leader, others[0]];
+    let majority = others[1..].to_vec();
+    c.net.partition(&[&minority, &majority]);
+
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(1500)),
+    };
+    let r = c
+        .node(minority[1])
+        .propose_with(cmd(1, b"minority"), short)
+        .await;
+    match r {
+        Err(e) if matches!(e, Error::OutcomeUnknown { .. }) || e.is_not_applied() => {}
+        other => panic!("the minority committed or failed oddly: {other:?}"),
+    }
+    let new = c.leader_among(&majority).await;
+    for i in 0..10 {
+        c.node(new)
+            .propose(cmd(100 + i, b"majority"))
+            .await
+            .expect("the majority commits");
+    }
+    c.net.heal();
+    c.converged().await;
+    // The minority's write, if it ever applied, applied once.
+    for n in c.nodes.values() {
+        let max = n
+            .read(
+                Bytes::from_static(b"max-count"),
+                ReadConsistency::Serializable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(as_u64(&max), 1);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_majority_never_serves_a_stale_read() {
+    let c = Cluster::start(3).await;
+    let old = c.leader().await;
+    c.node(old).propose(cmd(1, b"v1")).await.unwrap();
+    let others: Vec<NodeId> = c.members.iter().copied().filter(|&m| m != old).collect();
+    c.net.partition(&[&[old], &others]);
+    let new = c.leader_among(&others).await;
+    c.node(new).propose(cmd(2, b"v2")).await.unwrap();
+
+    // The old leader may still believe it leads; a linearizable read there
+    // must fail or wait — never return v1.
+    let opts = ReadOptions {
+        consistency: ReadConsistency::Linearizable,
+        timeout: Some(Duration::from_millis(1500)),
+    };
+    match c
+        .node(old)
+        .read_with(Bytes::from_static(b"value"), opts)
+        .await
+    {
+        Err(Error::Timeout { .. }) => {}
+        Ok(v) => assert_eq!(
+            &v[..],
+            b"v2",
+            "STALE READ: the cut-off leader answered {v:?}"
+        ),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    // A serializable read there is allowed to be stale — that is its contract.
+    c.net.heal();
+    let v = c
+        .node(old)
+        .read(Bytes::from_static(b"value"), ReadConsistency::Linearizable)
+        .await
+        .expect("reads work again after healing");
+    assert_eq!(&v[..], b"v2");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_transfer_status_and_leadership_stream() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let target = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let mut changes = c.node(target).leader_changes();
+    assert!(
+        changes.next().await.is_some(),
+        "the stream starts with the current value"
+    );
+
+    // A follower cannot transfer.
+    match c.node(target).transfer_leader(leader).await {
+        Err(Error::NotLeader { leader_hint }) => assert_eq!(leader_hint, Some(leader)),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    c.node(leader)
+        .transfer_leader(target)
+        .await
+        .expect("transfer");
+    assert_eq!(c.leader().await, target);
+    let seen = tokio::time::timeout(PATIENCE, async {
+        while let Some(l) = changes.next().await {
+            if l.leader == Some(target) {
+                return l;
+            }
+        }
+        panic!("stream ended");
+    })
+    .await
+    .expect("the new leader shows up in the stream");
+    assert!(seen.term > 1);
+
+    c.node(target).propose(cmd(1, b"x")).await.unwrap();
+    let st = c.node(target).status();
+    assert_eq!(st.role, Role::Leader);
+    assert_eq!(st.voters, c.members);
+    assert!(
+        st.commit >= 2,
+        "commit index {} after a write in term > 1",
+        st.commit
+    );
+    assert!(st.applied <= st.commit);
+    assert!(st.fatal.is_none());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_hands_over_first_and_shutdown_is_idempotent() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let node = c.node(leader).clone();
+    node.shutdown().await.unwrap();
+    node.shutdown().await.unwrap();
+    let rest: Vec<NodeId> = c.members.iter().copied().filter(|&m| m != leader).collect();
+    let new = c.leader_among(&rest).await;
+    assert_ne!(new, leader);
+    match node.propose(cmd(1, b"x")).await {
+        Err(Error::Shutdown) => {}
+        other => panic!("expected Shutdown, got {other:?}"),
+    }
+    c.node(new).propose(cmd(2, b"y")).await.unwrap();
+    for id in rest {
+        c.node(id).shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_leader_a_proposal_times_out_unapplied() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let lonely = *c.members.iter().find(|&&m| m != leader).unwrap();
+    c.net.isolate(lonely);
+    // Its election timer fires; with pre-vote it forgets the leader but
+    // cannot win, so no leader is known from then on.
+    let mut rx = c.node(lonely).leader_changes();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(l) = rx.next().await {
+            if l.leader.is_none() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("an isolated follower forgets its leader");
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(400)),
+    };
+    match c.node(lonely).propose_with(cmd(1, b"x"), opts).await {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a proposal that never found a leader must be a Timeout: {other:?}"),
+    }
+    c.net.heal();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors() {
+    // Invalid config.
+    let net = MemNetwork::new();
+    let bad = Config {
+        heartbeat_tick: 30,
+        ..Config::new(NodeId(1), vec![NodeId(1)])
+    };
+    match Node::start(
+        bad,
+        Arc::new(MemLogStore::new()),
+        Arc::new(MemStateStore::new()),
+        AuditSm::open(&MemStateStore::new()),
+        net.transport(NodeId(1)),
+    )
+    .await
+    {
+        Err(Error::Config(e)) => assert!(e.to_string().contains("election_tick"), "{e}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+
+    // A single-member group elects itself; oversized commands are refused.
+    let log = MemLogStore::new();
+    let state = MemStateStore::new();
+    let cfg = Config::new(NodeId(1), vec![NodeId(1)]);
+    let max = cfg.max_command_size;
+    let node = Node::start(
+        cfg,
+        Arc::new(log.clone()),
+        Arc::new(state.clone()),
+        AuditSm::open(&state),
+        net.transport(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    node.wait_for_leader(PATIENCE).await.unwrap();
+    node.propose(cmd(1, b"ok")).await.unwrap();
+    match node.propose(Bytes::from(vec![0u8; max + 1])).await {
+        Err(Error::TooLarge { size, max: m }) => assert_eq!((size, m), (max + 1, max)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    node.shutdown().await.unwrap();
+
+    // The same data directory opened as another member is refused.
+    let cfg2 = Config::new(NodeId(2), vec![NodeId(2)]);
+    match Node::start(
+        cfg2,
+        Arc::new(log.clone()),
+        Arc::new(state.clone()),
+        AuditSm::open(&state),
+        net.transport(NodeId(2)),
+    )
+    .await
+    {
+        Err(Error::Storage(StorageError::MemberMismatch { expected, found })) => {
+            assert_eq!((expected, found), (NodeId(2), NodeId(1)));
+        }
+        other => panic!("expected MemberMismatch, got {other:?}"),
+    }
+    // ... and as the same member of another cluster.
+    let other_cluster = Config {
+        cluster_token: "someone-else".into(),
+        ..Config::new(NodeId(1), vec![NodeId(1)])
+    };
+    match Node::start(
+        other_cluster,
+        Arc::new(log.clone()),
+        Arc::new(state.clone()),
+        AuditSm::open(&state),
+        net.transport(NodeId(1)),
+    )
+    .await
+    {
+        Err(Error::Storage(StorageError::ClusterMismatch { .. })) => {}
+        other => panic!("expected ClusterMismatch, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_stops_the_member_with_fatal_and_never_acknowledges() {
+    let net = MemNetwork::new();
+    let log = MemLogStore::new();
+    let state = MemStateStore::new();
+    let node = Node::start(
+        Config::new(NodeId(1), vec![NodeId(1)]),
+        Arc::new(log.clone()),
+        Arc::new(state.clone()),
+        AuditSm::open(&state),
+        net.transport(NodeId(1)),
+    )
+    .await
+    .unwrap();
+    node.wait_for_leader(PATIENCE).await.unwrap();
+    node.propose(cmd(1, b"before")).await.unwrap();
+    log.set_fail_writes(true);
+    match node.propose(cmd(2, b"after")).await {
+        Err(Error::Fatal { reason }) => assert!(reason.contains("injected"), "{reason}"),
+        other => panic!("a failed log write must surface as Fatal, got {other:?}"),
+    }
+    assert!(node.status().fatal.is_some());
+    match node.propose(cmd(3, b"later")).await {
+        Err(Error::Fatal { .. }) => {}
+        other => panic!("a stopped member must keep answering Fatal, got {other:?}"),
+    }
+    assert!(matches!(node.shutdown().await, Err(Error::Fatal { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_group_recovers_its_state_from_storage() {
+    let mut c = Cluster::start(3).await;
+    c.leader().await;
+    for id in 1..=20 {
+        c.node(c.members[(id % 3) as usize])
+            .propose(cmd(id, b"x"))
+            .await
+            .unwrap();
+    }
+    let before = c.converged().await;
+    for id in c.members.clone() {
+        c.crash(id).await;
+    }
+    for id in c.members.clone() {
+        c.boot(id).await;
+    }
+    c.leader().await;
+    c.node(c.members[0]).propose(cmd(21, b"y")).await.unwrap();
+    let after = c.converged().await;
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "history changed across a full restart"
+    );
+    assert_eq!(after.len(), before.len() + 8);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_on_followers_see_writes_acknowledged_before_them() {
+    let c = Cluster::start(3).await;
+    c.leader().await;
+    for i in 0..20u64 {
+        let writer = c.node(c.members[(i % 3) as usize]);
+        let value = format!("v{i}");
+        writer.propose(cmd(i + 1, value.as_bytes())).await.unwrap();
+        for &m in &c.members {
+            let v = c
+                .node(m)
+                .read(Bytes::from_static(b"value"), ReadConsistency::Linearizable)
+                .await
+                .unwrap();
+            assert_eq!(v, value.as_bytes(), "member {m} read a stale value");
+        }
+    }
+    c.shutdown().await;
+}

@@ -1,0 +1,86 @@
+//! Shared pieces of the ha examples: a tiny key-value state machine and
+//! helpers to run a group in one process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ha_core::{ApplyContext, Config, NodeId, StateMachine, WriteBatch};
+use ha_raft::{MemNetwork, Node};
+use ha_storage::{MemLogStore, MemStateStore};
+
+/// A replicated map. A command is `key \0 value`; a query is a key and
+/// answers its value (empty when absent). Values also go into the engine's
+/// batch, so a restarted member can rebuild the map from its state store.
+#[derive(Default)]
+pub struct KvMachine {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl KvMachine {
+    /// Encodes a put command.
+    pub fn put(key: &str, value: &str) -> Bytes {
+        let mut c = key.as_bytes().to_vec();
+        c.push(0);
+        c.extend_from_slice(value.as_bytes());
+        Bytes::from(c)
+    }
+}
+
+impl StateMachine for KvMachine {
+    fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
+        let Some(split) = command.iter().position(|&b| b == 0) else {
+            return Bytes::from_static(b"ERR malformed command");
+        };
+        let (key, value) = (&command[..split], &command[split + 1..]);
+        let mut stored = b"kv/".to_vec();
+        stored.extend_from_slice(key);
+        batch.put(stored, value.to_vec());
+        self.map.insert(key.to_vec(), value.to_vec());
+        Bytes::from_static(b"OK")
+    }
+
+    fn query(&self, key: &[u8]) -> Bytes {
+        self.map
+            .get(key)
+            .map(|v| Bytes::from(v.clone()))
+            .unwrap_or_default()
+    }
+}
+
+/// Does nothing but count: the benchmark's state machine, so that the
+/// figures measure the engine.
+#[derive(Default)]
+pub struct NoopMachine {
+    applied: u64,
+}
+
+impl StateMachine for NoopMachine {
+    fn apply(&mut self, _ctx: &ApplyContext, _command: &[u8], _batch: &mut WriteBatch) -> Bytes {
+        self.applied += 1;
+        Bytes::new()
+    }
+
+    fn query(&self, _query: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(&self.applied.to_be_bytes())
+    }
+}
+
+/// Starts one member on memory storage.
+pub async fn start_mem_member<M: StateMachine>(
+    config: Config,
+    network: &MemNetwork,
+    log: MemLogStore,
+    state: MemStateStore,
+    machine: M,
+) -> ha_core::Result<Node> {
+    let id: NodeId = config.node_id;
+    Node::start(
+        config,
+        Arc::new(log),
+        Arc::new(state),
+        machine,
+        network.transport(id),
+    )
+    .await
+}
