@@ -231,10 +231,13 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
     }
 
     /// Applies `entries` in order; membership changes go through
-    /// `conf_change`, which returns the resulting `ConfState`.
+    /// `conf_change`, which returns the resulting `ConfState`. With `sync`
+    /// the step's batch is made durable (the driver syncs now and then, so
+    /// that a crash replays a bounded tail of the log).
     pub(crate) fn apply(
         &mut self,
         entries: &[Entry],
+        sync: bool,
         conf_change: &mut dyn FnMut(&Entry) -> Result<ConfState, Error>,
     ) -> Result<ApplyStep, Error> {
         let mut batch = WriteBatch::new();
@@ -268,7 +271,7 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
             self.dedup.write_row(m, &mut batch);
         }
         batch.put(meta_key("applied"), self.applied.to_be_bytes().to_vec());
-        self.store.write(batch, false)?;
+        self.store.write(batch, sync)?;
         self.sm.on_committed(self.applied);
         step.applied = self.applied;
         Ok(step)

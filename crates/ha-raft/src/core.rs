@@ -483,7 +483,10 @@ impl<L: LogStore> Core<L> {
         conf.voters
             .iter()
             .filter(|&&v| v != self.id.0)
-            .filter_map(|&v| self.raw.raft.prs().get(v).map(|p| (p.matched, v)))
+            .filter_map(|&v| self.raw.raft.prs().get(v).map(|p| (v, p)))
+            // A peer we have not heard from lately cannot take over.
+            .filter(|(_, p)| p.recent_active)
+            .map(|(v, p)| (p.matched, v))
             .max()
             .map(|(_, v)| NodeId(v))
     }
@@ -720,5 +723,89 @@ impl<L: LogStore> Core<L> {
         self.raw
             .campaign()
             .map_err(|e| Error::fatal(format!("campaign failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ha_core::eraftpb::HardState;
+    use ha_storage::MemLogStore;
+
+    fn fresh_core() -> Core<MemLogStore> {
+        let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let recovered = RecoveredState {
+            hard_state: HardState::default(),
+            conf_state: ConfState::from((vec![1, 2, 3], Vec::<u64>::new())),
+            applied: 0,
+        };
+        Core::new(
+            Config::new(NodeId(1), members),
+            Arc::new(MemLogStore::new()),
+            recovered,
+            1,
+            &crate::logging::raft_logger(1),
+        )
+        .expect("core starts")
+    }
+
+    fn vote_request(context: &[u8]) -> Message {
+        Message {
+            msg_type: MessageType::MsgRequestVote as i32,
+            from: 2,
+            to: 1,
+            term: 1,
+            context: context.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Every message the core asked to send, before or after persisting.
+    fn sent(out: &mut Outbox) -> Vec<Message> {
+        let mut all: Vec<Message> = out.messages.drain(..).collect();
+        for t in out.persist.drain(..) {
+            all.extend(t.messages);
+        }
+        all
+    }
+
+    fn granted_to_2(msgs: &[Message]) -> bool {
+        msgs.iter()
+            .any(|m| m.msg_type() == MessageType::MsgRequestVoteResponse && m.to == 2 && !m.reject)
+    }
+
+    #[test]
+    fn a_member_that_just_started_grants_no_vote_except_to_a_leader_transfer() {
+        let now = Instant::now();
+        let mut core = fresh_core();
+        let mut out = Outbox::default();
+        core.step(vote_request(b""));
+        core.handle_ready(now, &mut out).unwrap();
+        assert!(
+            !granted_to_2(&sent(&mut out)),
+            "granted a vote right after starting: a rival could win while the old leader's lease holds"
+        );
+
+        core.step(vote_request(raft::CAMPAIGN_TRANSFER));
+        core.handle_ready(now, &mut out).unwrap();
+        assert!(
+            granted_to_2(&sent(&mut out)),
+            "a leader transfer must be able to win at once"
+        );
+
+        let mut core = fresh_core();
+        for _ in 0..core.cfg.election_tick {
+            core.tick(now, &mut out);
+        }
+        core.handle_ready(now, &mut out).unwrap();
+        sent(&mut out);
+        let mut late = vote_request(b"");
+        late.term = 5;
+        core.step(late);
+        core.handle_ready(now, &mut out).unwrap();
+        assert!(
+            granted_to_2(&sent(&mut out)),
+            "after an election timeout the member votes normally"
+        );
     }
 }

@@ -74,3 +74,8 @@ pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
 pub use crate::transport::{MemNetwork, MemTransport};
+
+// The README's embedding example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -731,3 +731,34 @@ async fn linearizable_reads_on_followers_see_writes_acknowledged_before_them() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_proposal_lost_on_the_way_is_retried_and_applied_once() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+    // The follower forwards its proposal to the leader; the network drops
+    // it and nobody tells the follower. Only the retry timer can save it.
+    c.net.cut(follower, leader);
+    let node = c.node(follower).clone();
+    let call = tokio::spawn(async move { node.propose(cmd(1, b"lost once")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.net.heal();
+    let r = call
+        .await
+        .unwrap()
+        .expect("the retry timer re-proposes a dropped forward");
+    assert_eq!(as_u64(&r), 1);
+    c.converged().await;
+    for n in c.nodes.values() {
+        let max = n
+            .read(
+                Bytes::from_static(b"max-count"),
+                ReadConsistency::Serializable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(as_u64(&max), 1, "a retried proposal applied twice");
+    }
+    c.shutdown().await;
+}

@@ -303,6 +303,10 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
 ) {
     let mut waiting_reads: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let conf_timeout = Duration::from_secs(30);
+    // The state store is written without sync (the log is the durable
+    // record); syncing it now and then bounds what a crash must replay.
+    let sync_every = Duration::from_secs(1);
+    let mut last_sync = Instant::now();
     while let Ok(first) = rx.recv() {
         let mut tasks = vec![first];
         tasks.extend(rx.try_iter().take(MAX_INPUTS_PER_TURN));
@@ -339,7 +343,11 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
                     .map_err(|_| Error::Shutdown)?;
                 rx.recv_timeout(conf_timeout).map_err(|_| Error::Shutdown)?
             };
-            match applier.apply(&entries, &mut conf_change) {
+            let sync = last_sync.elapsed() >= sync_every;
+            if sync {
+                last_sync = Instant::now();
+            }
+            match applier.apply(&entries, sync, &mut conf_change) {
                 Ok(step) => {
                     let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
                     shared.metrics.record_applied(entries.len() as u64);
