@@ -15,6 +15,7 @@ use ha_core::{
 };
 use prost::Message as _;
 
+use crate::bugs::Bugs;
 use crate::codec::{CachedResponse, DedupRecord, Envelope};
 
 fn meta_key(name: &str) -> Vec<u8> {
@@ -205,6 +206,7 @@ pub(crate) struct Applier<S: StateStore + ?Sized, M: StateMachine> {
     incarnation: u64,
     applied: u64,
     dedup: DedupTable,
+    bugs: Bugs,
 }
 
 impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
@@ -213,6 +215,7 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
         sm: M,
         me: NodeId,
         incarnation: u64,
+        bugs: Bugs,
     ) -> Result<Self, StorageError> {
         let meta = load_meta(&*store)?;
         let dedup = DedupTable::load(&*store)?;
@@ -223,6 +226,7 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
             incarnation,
             applied: meta.applied,
             dedup,
+            bugs,
         })
     }
 
@@ -247,20 +251,21 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
         };
         let mut touched: Vec<u64> = Vec::new();
         for entry in entries {
-            if entry.index <= self.applied {
+            let replay = entry.index <= self.applied;
+            if replay && !self.bugs.reapply_after_restart {
                 continue;
             }
             match entry.entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => {
-                    self.apply_command(entry, &mut batch, &mut step, &mut touched)?;
+                    self.apply_command(entry, replay, &mut batch, &mut step, &mut touched)?;
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let cs = conf_change(entry)?;
                     batch.put(meta_key("conf_state"), cs.encode_to_vec());
                 }
             }
-            self.applied = entry.index;
+            self.applied = self.applied.max(entry.index);
         }
         if self.applied == step.applied {
             return Ok(step);
@@ -280,6 +285,7 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
     fn apply_command(
         &mut self,
         entry: &Entry,
+        replay: bool,
         batch: &mut WriteBatch,
         step: &mut ApplyStep,
         touched: &mut Vec<u64>,
@@ -293,7 +299,14 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
                 return Ok(());
             }
         };
-        let response = match self.dedup.decide(&env) {
+        let decision = if self.bugs.no_dedup || replay {
+            // Only reachable with an injected bug (see `Bugs`).
+            let _ = self.dedup.decide(&env);
+            Decision::Apply
+        } else {
+            self.dedup.decide(&env)
+        };
+        let response = match decision {
             Decision::Reject => return Ok(()),
             Decision::Duplicate(r) => {
                 self.dedup.record(&env, None);

@@ -9,7 +9,7 @@
 //! a socket, so the tokio shell and the deterministic simulator drive the
 //! very same code.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +20,9 @@ use ha_core::{
 };
 use prost::Message as _;
 use raft::{RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+
+use crate::bugs::Bugs;
 
 use crate::codec::{Envelope, ReadContext};
 use crate::raft_storage::RaftStorage;
@@ -167,10 +170,18 @@ pub(crate) struct Core<L: LogStore> {
     last_seq: u64,
     read_counter: u64,
     queued_reads: Vec<ReadWaiter>,
-    inflight_reads: HashMap<u64, ReadBatch>,
+    inflight_reads: BTreeMap<u64, ReadBatch>,
     /// Persist tasks handed out and not yet reported durable.
     persisting: usize,
     leader: LeaderInfo,
+    /// raft-rs draws election timeouts from the thread's RNG; the core
+    /// overrides each draw from this seeded one, so that a simulated run is
+    /// reproducible from its seed.
+    rng: rand::rngs::StdRng,
+    /// (term, role) after the last raft call: a change means raft-rs reset
+    /// its election timeout.
+    last_reset: (u64, StateRole),
+    bugs: Bugs,
 }
 
 impl<L: LogStore> Core<L> {
@@ -182,12 +193,18 @@ impl<L: LogStore> Core<L> {
         recovered: RecoveredState,
         incarnation: u64,
         logger: &slog::Logger,
+        rng_seed: u64,
+        bugs: Bugs,
     ) -> Result<Self, Error> {
         let raft_cfg = raft::Config {
             id: cfg.node_id.0,
             election_tick: cfg.election_tick,
             heartbeat_tick: cfg.heartbeat_tick,
-            applied: recovered.applied,
+            applied: if bugs.reapply_after_restart {
+                0
+            } else {
+                recovered.applied
+            },
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
             check_quorum: cfg.check_quorum,
@@ -220,10 +237,31 @@ impl<L: LogStore> Core<L> {
             last_seq: 0,
             read_counter: 0,
             queued_reads: Vec::new(),
-            inflight_reads: HashMap::new(),
+            inflight_reads: BTreeMap::new(),
             persisting: 0,
             leader: LeaderInfo::default(),
+            rng: rand::rngs::StdRng::seed_from_u64(rng_seed),
+            last_reset: (u64::MAX, StateRole::Follower),
+            bugs,
         })
+        .map(|mut core| {
+            core.rerandomize();
+            core
+        })
+    }
+
+    /// Replaces raft-rs's election-timeout draw with one from the seeded
+    /// RNG whenever raft-rs has just made one (on every role or term
+    /// change). Called after every call into raft.
+    fn rerandomize(&mut self) {
+        let now = (self.raw.raft.term, self.raw.raft.state);
+        if now == self.last_reset {
+            return;
+        }
+        self.last_reset = now;
+        let (min, max) = (self.cfg.election_tick, self.cfg.max_election_tick);
+        let t = self.rng.gen_range(min..max);
+        self.raw.raft.set_randomized_election_timeout(t);
     }
 
     pub(crate) fn id(&self) -> NodeId {
@@ -245,12 +283,13 @@ impl<L: LogStore> Core<L> {
     /// Advances logical time by one tick.
     pub(crate) fn tick(&mut self, now: Instant, out: &mut Outbox) {
         self.raw.tick();
+        self.rerandomize();
         self.ticks += 1;
         self.expire(now, out);
         self.retry_proposals(now);
         self.retry_reads(now);
         self.admit(now);
-        self.issue_reads(now);
+        self.issue_reads(now, out);
     }
 
     /// Steps a message from a peer.
@@ -275,6 +314,7 @@ impl<L: LogStore> Core<L> {
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "raft refused a peer message");
         }
+        self.rerandomize();
     }
 
     /// Queues a proposal. `seq` must grow with every call.
@@ -339,8 +379,18 @@ impl<L: LogStore> Core<L> {
 
     /// Starts a ReadIndex round for every queued read. Called by the driver
     /// after a batch of inputs, so that many reads share one round.
-    pub(crate) fn issue_reads(&mut self, now: Instant) {
-        if self.queued_reads.is_empty() || self.leader.leader.is_none() {
+    pub(crate) fn issue_reads(&mut self, now: Instant, out: &mut Outbox) {
+        if self.queued_reads.is_empty() {
+            return;
+        }
+        if self.bugs.local_reads {
+            out.reads.push(ReadReady {
+                index: self.applied,
+                tokens: self.queued_reads.drain(..).map(|w| w.token).collect(),
+            });
+            return;
+        }
+        if self.leader.leader.is_none() {
             return;
         }
         if self.is_leader() && !self.raw.raft.commit_to_current_term() {
@@ -350,7 +400,11 @@ impl<L: LogStore> Core<L> {
         self.read_counter += 1;
         let ctx = ReadContext {
             member: self.id.0,
-            incarnation: self.incarnation,
+            incarnation: if self.bugs.reuse_read_context {
+                0
+            } else {
+                self.incarnation
+            },
             counter: self.read_counter,
         };
         self.raw.read_index(ctx.encode());
@@ -496,6 +550,7 @@ impl<L: LogStore> Core<L> {
     /// # Errors
     /// A log write that cannot be made readable is fatal for this member.
     pub(crate) fn handle_ready(&mut self, now: Instant, out: &mut Outbox) -> Result<(), Error> {
+        self.rerandomize();
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             out.messages.extend(rd.take_messages());
@@ -517,7 +572,10 @@ impl<L: LogStore> Core<L> {
                 hard_state: rd.hs().cloned(),
                 sync: rd.must_sync(),
             };
-            let messages = rd.take_persisted_messages();
+            let mut messages = rd.take_persisted_messages();
+            if self.bugs.ack_before_sync {
+                out.messages.append(&mut messages);
+            }
             let number = rd.number();
             let nothing_to_persist =
                 write.entries.is_empty() && write.hard_state.is_none() && messages.is_empty();
@@ -541,7 +599,12 @@ impl<L: LogStore> Core<L> {
         let Some(ctx) = ReadContext::decode(ctx) else {
             return;
         };
-        if ctx.member != self.id.0 || ctx.incarnation != self.incarnation {
+        let incarnation = if self.bugs.reuse_read_context {
+            0
+        } else {
+            self.incarnation
+        };
+        if ctx.member != self.id.0 || ctx.incarnation != incarnation {
             return;
         }
         if let Some(batch) = self.inflight_reads.remove(&ctx.counter) {
@@ -578,12 +641,12 @@ impl<L: LogStore> Core<L> {
                     p.last_attempt = now;
                 }
             }
-            for (_, batch) in self.inflight_reads.drain() {
+            for (_, batch) in std::mem::take(&mut self.inflight_reads) {
                 self.queued_reads.extend(batch.waiters);
             }
         }
         self.admit(now);
-        self.issue_reads(now);
+        self.issue_reads(now, out);
     }
 
     fn retry_proposals(&mut self, now: Instant) {
@@ -684,7 +747,7 @@ impl<L: LogStore> Core<L> {
         }
         self.waiting.clear();
         let mut readers = std::mem::take(&mut self.queued_reads);
-        for (_, b) in self.inflight_reads.drain() {
+        for (_, b) in std::mem::take(&mut self.inflight_reads) {
             readers.extend(b.waiters);
         }
         for w in readers {
@@ -720,9 +783,12 @@ impl<L: LogStore> Core<L> {
 
     /// Campaign at once (tests and single-member groups).
     pub(crate) fn campaign(&mut self) -> Result<(), Error> {
-        self.raw
+        let r = self
+            .raw
             .campaign()
-            .map_err(|e| Error::fatal(format!("campaign failed: {e}")))
+            .map_err(|e| Error::fatal(format!("campaign failed: {e}")));
+        self.rerandomize();
+        r
     }
 }
 
@@ -745,6 +811,8 @@ mod tests {
             recovered,
             1,
             &crate::logging::raft_logger(1),
+            7,
+            Bugs::default(),
         )
         .expect("core starts")
     }

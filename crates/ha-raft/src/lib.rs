@@ -62,6 +62,7 @@
 #![deny(missing_docs)]
 
 mod apply;
+mod bugs;
 mod clock;
 mod codec;
 mod core;
@@ -70,6 +71,7 @@ mod raft_storage;
 mod shell;
 mod transport;
 
+pub use crate::bugs::InjectedBug;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};

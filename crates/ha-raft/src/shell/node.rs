@@ -20,6 +20,7 @@ use super::threads::{ApplyTask, Input, RaftThread, run_apply, run_log_writer};
 use super::waiters::Waiters;
 use super::{MAX_INBOX, Metrics, NodeSink, RUNNING, STOPPED, STOPPING, Shared};
 use crate::apply::{Applier, bootstrap_meta, load_meta};
+use crate::bugs::Bugs;
 use crate::core::{Core, CoreStatus, LeaderInfo, Role};
 use crate::logging::raft_logger;
 
@@ -252,8 +253,10 @@ impl Node {
             opened.recovered.clone(),
             opened.incarnation,
             &logger,
+            rand::random(),
+            Bugs::default(),
         )?;
-        let applier = Applier::open(state, sm, id, opened.incarnation)?;
+        let applier = Applier::open(state, sm, id, opened.incarnation, Bugs::default())?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
         let (log_tx, log_rx) = crossbeam_channel::unbounded();

@@ -124,7 +124,7 @@ impl<L: LogStore> RaftThread<L> {
                     next_tick = now + interval;
                     ticked = true;
                 }
-                self.core.issue_reads(now);
+                self.core.issue_reads(now, &mut out);
                 self.core.handle_ready(now, &mut out)?;
                 self.shared
                     .commit
