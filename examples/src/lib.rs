@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ha_core::{ApplyContext, Config, NodeId, StateMachine, WriteBatch};
+use ha_core::{ApplyContext, Config, NodeId, StateMachine, StateStore, StorageError, WriteBatch};
 use ha_raft::{MemNetwork, Node};
 use ha_storage::{MemLogStore, MemStateStore};
 
@@ -18,6 +18,20 @@ pub struct KvMachine {
 }
 
 impl KvMachine {
+    /// Rebuilds the map from what the engine committed to `store` (what a
+    /// restarted member has); the log replays the rest.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn open<S: StateStore + ?Sized>(store: &S) -> Result<Self, StorageError> {
+        let mut map = BTreeMap::new();
+        store.scan(b"kv/", Some(b"kv0"), &mut |k, v| {
+            map.insert(k[3..].to_vec(), v.to_vec());
+            true
+        })?;
+        Ok(KvMachine { map })
+    }
+
     /// Encodes a put command.
     pub fn put(key: &str, value: &str) -> Bytes {
         let mut c = key.as_bytes().to_vec();

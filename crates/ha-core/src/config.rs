@@ -8,6 +8,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::ids::NodeId;
 
+/// How a member starts on empty storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// One of the `initial_members` of a new group.
+    #[default]
+    Bootstrap,
+    /// A new member of an existing group (`initial_members` is that group's
+    /// bootstrap list, which its cluster id derives from).
+    Join,
+}
+
 /// Configuration of one member. Build it with [`Config::new`] (the LAN
 /// preset) or [`Config::conservative`], adjust fields, then call
 /// [`Config::validate`]; the engine validates again on start.
@@ -24,6 +36,14 @@ pub struct Config {
     /// Mixed into the cluster id, so that two groups with the same member ids
     /// never talk to each other by mistake.
     pub cluster_token: String,
+    /// How this member starts on empty storage: as one of the
+    /// `initial_members` of a new group, or as a new member joining an
+    /// existing group (which must then add it, as a learner or voter). On
+    /// storage that already holds data, both simply restart.
+    pub start_mode: StartMode,
+    /// A learner added with "promote when caught up" is promoted by the
+    /// leader once its log is within this many entries of the leader's.
+    pub promote_within_entries: u64,
 
     /// Length of one raft tick.
     #[serde(with = "humantime_serde")]
@@ -93,6 +113,8 @@ impl Config {
             node_id,
             initial_members,
             cluster_token: "ha".to_owned(),
+            start_mode: StartMode::Bootstrap,
+            promote_within_entries: 1_000,
             tick_interval: Duration::from_millis(10),
             heartbeat_tick: 5,
             election_tick: 25,
@@ -156,8 +178,14 @@ impl Config {
                 return Err(ConfigError::DuplicateMember(*m));
             }
         }
-        if !seen.contains(&self.node_id) {
-            return Err(ConfigError::NotAMember(self.node_id));
+        match self.start_mode {
+            StartMode::Bootstrap if !seen.contains(&self.node_id) => {
+                return Err(ConfigError::NotAMember(self.node_id));
+            }
+            StartMode::Join if seen.contains(&self.node_id) => {
+                return Err(ConfigError::JoinAsInitialMember(self.node_id));
+            }
+            _ => {}
         }
         if self.tick_interval.is_zero() {
             return Err(ConfigError::Zero {

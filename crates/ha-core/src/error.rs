@@ -10,6 +10,11 @@
 //! | [`Error::TooLarge`] | no | split the command |
 //! | [`Error::Shutdown`] | no, unless it already left (then `OutcomeUnknown`) | use another member |
 //! | [`Error::Fatal`] | — | this member stopped; restart it after fixing the cause |
+//! | [`Error::MembershipChangeInProgress`] | no | retry when the pending change finished |
+//! | [`Error::MemberIdReused`] | no | use a new id |
+//! | [`Error::UnsafeMembershipChange`] | no | heal the group first, or force |
+//! | [`Error::InvalidMembershipChange`] | no | fix the request |
+//! | [`Error::Removed`] | — | this member was removed; stop it |
 //! | [`Error::Config`] | — | fix the configuration |
 //! | [`Error::Storage`] | — | the data directory or device needs attention |
 
@@ -118,6 +123,42 @@ pub enum Error {
         /// What happened.
         reason: Arc<str>,
     },
+    /// Another membership change is pending, or the configuration is joint;
+    /// retry once it has finished. Nothing was changed.
+    #[error("another membership change is in progress; retry when it has finished")]
+    MembershipChangeInProgress,
+    /// The id belonged to a member that was removed; ids are never reused (a
+    /// member that lost its data must rejoin under a new id).
+    #[error("member id {member} was removed before and cannot be reused")]
+    MemberIdReused {
+        /// The refused id.
+        member: NodeId,
+    },
+    /// The change would leave fewer healthy voters than a quorum; pass
+    /// `force` to do it anyway.
+    #[error(
+        "unsafe membership change: {healthy} healthy voters would remain, {required} are needed for a quorum"
+    )]
+    UnsafeMembershipChange {
+        /// Voters of the new configuration this leader heard from lately.
+        healthy: usize,
+        /// The quorum of the new configuration.
+        required: usize,
+    },
+    /// A membership change that makes no sense (e.g. promoting a voter).
+    #[error("invalid membership change for member {member}: {reason}")]
+    InvalidMembershipChange {
+        /// The member concerned.
+        member: NodeId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// This member was removed from the group; it takes no further part.
+    #[error("member {member} was removed from the group")]
+    Removed {
+        /// This member.
+        member: NodeId,
+    },
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -134,6 +175,10 @@ impl Error {
             self,
             Error::NotLeader { .. }
                 | Error::Timeout { .. }
+                | Error::MembershipChangeInProgress
+                | Error::MemberIdReused { .. }
+                | Error::UnsafeMembershipChange { .. }
+                | Error::InvalidMembershipChange { .. }
                 | Error::ProposalDropped { .. }
                 | Error::Overloaded { .. }
                 | Error::TooLarge { .. }
@@ -167,6 +212,9 @@ pub enum ConfigError {
     /// This member is not in the initial member list.
     #[error("node_id {0} is not one of initial_members")]
     NotAMember(NodeId),
+    /// A joining member must have an id of its own.
+    #[error("node_id {0} is one of initial_members, so it cannot join: it bootstraps")]
+    JoinAsInitialMember(NodeId),
     /// The election timeout must be longer than the heartbeat interval.
     #[error(
         "election_tick ({election_tick}) must be greater than heartbeat_tick ({heartbeat_tick})"

@@ -23,7 +23,7 @@ mod storage;
 mod transport;
 
 pub use clock::Clock;
-pub use config::Config;
+pub use config::{Config, StartMode};
 pub use error::{
     ConfigError, DropReason, Error, OverloadReason, Result, StorageError, UnknownCause,
 };

@@ -17,6 +17,7 @@ use prost::Message as _;
 
 use crate::bugs::Bugs;
 use crate::codec::{CachedResponse, DedupRecord, Envelope};
+use crate::membership::MemberSet;
 
 fn meta_key(name: &str) -> Vec<u8> {
     let mut k = RESERVED_PREFIX.to_vec();
@@ -35,6 +36,7 @@ fn dedup_key(member: u64) -> Vec<u8> {
 pub(crate) struct EngineMeta {
     pub(crate) applied: u64,
     pub(crate) conf_state: Option<ConfState>,
+    pub(crate) members: MemberSet,
 }
 
 /// Reads the engine's metadata from a state store.
@@ -55,9 +57,15 @@ pub(crate) fn load_meta<S: StateStore + ?Sized>(store: &S) -> Result<EngineMeta,
                 .map_err(|e| StorageError::corrupt("conf state", e.to_string()))?,
         ),
     };
+    let members = match store.get(&meta_key("members"))? {
+        None => MemberSet::default(),
+        Some(v) => MemberSet::decode(&v)
+            .map_err(|e| StorageError::corrupt("member metadata", e.to_string()))?,
+    };
     Ok(EngineMeta {
         applied,
         conf_state,
+        members,
     })
 }
 
@@ -65,10 +73,12 @@ pub(crate) fn load_meta<S: StateStore + ?Sized>(store: &S) -> Result<EngineMeta,
 pub(crate) fn bootstrap_meta<S: StateStore + ?Sized>(
     store: &S,
     conf_state: &ConfState,
+    members: &MemberSet,
 ) -> Result<(), StorageError> {
     let mut batch = WriteBatch::new();
     batch.put(meta_key("applied"), 0u64.to_be_bytes().to_vec());
     batch.put(meta_key("conf_state"), conf_state.encode_to_vec());
+    batch.put(meta_key("members"), members.encode());
     store.write(batch, true)
 }
 
@@ -190,6 +200,10 @@ impl DedupTable {
     }
 }
 
+/// Applies a committed membership change on the raft thread and returns the
+/// new configuration and member metadata, to be persisted with the step.
+pub(crate) type ConfChangeFn<'a> = dyn FnMut(&Entry) -> Result<(ConfState, MemberSet), Error> + 'a;
+
 /// The outcome of one apply step.
 #[derive(Debug, Default)]
 pub(crate) struct ApplyStep {
@@ -242,7 +256,7 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
         &mut self,
         entries: &[Entry],
         sync: bool,
-        conf_change: &mut dyn FnMut(&Entry) -> Result<ConfState, Error>,
+        conf_change: &mut ConfChangeFn<'_>,
     ) -> Result<ApplyStep, Error> {
         let mut batch = WriteBatch::new();
         let mut step = ApplyStep {
@@ -261,8 +275,9 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
                     self.apply_command(entry, replay, &mut batch, &mut step, &mut touched)?;
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cs = conf_change(entry)?;
+                    let (cs, members) = conf_change(entry)?;
                     batch.put(meta_key("conf_state"), cs.encode_to_vec());
+                    batch.put(meta_key("members"), members.encode());
                 }
             }
             self.applied = self.applied.max(entry.index);

@@ -52,6 +52,44 @@ pub(crate) struct CachedResponse {
     pub(crate) response: Vec<u8>,
 }
 
+/// What ha carries in a `ConfChangeV2.context`: who asked (to answer the
+/// caller), and the replicated member metadata that raft does not keep.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ConfContext {
+    #[prost(uint64, tag = "1")]
+    pub(crate) member: u64,
+    #[prost(uint64, tag = "2")]
+    pub(crate) incarnation: u64,
+    #[prost(uint64, tag = "3")]
+    pub(crate) op: u64,
+    /// Addresses (and auto-promotion wishes) of members added or updated.
+    #[prost(message, repeated, tag = "4")]
+    pub(crate) members: Vec<MemberRecord>,
+    /// Only updates addresses; the raft-level change is a no-op.
+    #[prost(bool, tag = "5")]
+    pub(crate) address_update: bool,
+}
+
+/// One member's replicated metadata.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MemberRecord {
+    #[prost(uint64, tag = "1")]
+    pub(crate) id: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) address: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    pub(crate) auto_promote: bool,
+}
+
+/// The member metadata as stored with the applied index.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MemberSetRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) members: Vec<MemberRecord>,
+    #[prost(uint64, repeated, tag = "2")]
+    pub(crate) removed: Vec<u64>,
+}
+
 /// The context of one ReadIndex round: unique across members, restarts
 /// (incarnation) and rounds (counter), so a late answer to an old round is
 /// never mistaken for a new one.

@@ -13,7 +13,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ha_core::eraftpb::{ConfState, Entry, EntryType, Message, MessageType};
+use bytes::Bytes;
+use ha_core::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, Message, MessageType,
+};
 use ha_core::{
     Config, DropReason, Error, LogStore, LogWrite, NodeId, OverloadReason, RecoveredState,
     SnapshotOutcome, UnknownCause,
@@ -24,7 +28,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::bugs::Bugs;
 
-use crate::codec::{Envelope, ReadContext};
+use crate::codec::{ConfContext, Envelope, MemberRecord, ReadContext};
+use crate::membership::{MemberChange, MemberSet, Membership};
 use crate::raft_storage::RaftStorage;
 
 /// The role of a member in its current term.
@@ -92,6 +97,10 @@ pub(crate) struct Outbox {
     pub(crate) reads: Vec<ReadReady>,
     pub(crate) failures: Vec<Failure>,
     pub(crate) leader_changed: Option<LeaderInfo>,
+    /// Membership changes requested here that finished (by token).
+    pub(crate) membership_done: Vec<(u64, Result<(), Error>)>,
+    /// The applied membership, when it changed.
+    pub(crate) membership_changed: Option<Membership>,
 }
 
 impl Outbox {
@@ -102,6 +111,8 @@ impl Outbox {
             && self.reads.is_empty()
             && self.failures.is_empty()
             && self.leader_changed.is_none()
+            && self.membership_done.is_empty()
+            && self.membership_changed.is_none()
     }
 }
 
@@ -154,6 +165,7 @@ pub(crate) struct CoreStatus {
     pub(crate) learners: Vec<NodeId>,
     pub(crate) pending_proposals: usize,
     pub(crate) lead_transferee: Option<NodeId>,
+    pub(crate) removed: bool,
 }
 
 /// The engine core. See the module docs.
@@ -182,7 +194,37 @@ pub(crate) struct Core<L: LogStore> {
     /// its election timeout.
     last_reset: (u64, StateRole),
     bugs: Bugs,
+    /// Replicated member metadata (addresses, removed ids), as applied.
+    members: MemberSet,
+    /// The configuration as last applied.
+    conf_state: ConfState,
+    /// Membership changes requested here, by op number.
+    conf_ops: BTreeMap<u64, ConfOp>,
+    op_counter: u64,
+    /// This member applied its own removal.
+    removed_self: bool,
+    /// When each removed peer was last told it is removed (tick).
+    removed_notices: BTreeMap<u64, u64>,
+    /// Notices to removed members, sent with the next Ready.
+    notices: Vec<Message>,
+    /// Finished membership ops, answered once the apply thread reports the
+    /// entry applied (so that a caller's next change is not refused as
+    /// "in progress" by an applied index that lags).
+    conf_answers: Vec<(u64, u64, Result<(), Error>)>,
+    ready_answers: Vec<(u64, Result<(), Error>)>,
 }
+
+#[derive(Debug)]
+struct ConfOp {
+    token: u64,
+    deadline: Instant,
+    /// Entered a joint configuration: done only when it is left.
+    awaiting_leave: bool,
+}
+
+/// Sent to a removed member that keeps talking to the group (never stepped
+/// into raft: the core intercepts it).
+const REMOVED_NOTICE: &[u8] = b"ha/removed";
 
 impl<L: LogStore> Core<L> {
     /// Builds the core over a log whose readable view is already loaded and
@@ -221,7 +263,7 @@ impl<L: LogStore> Core<L> {
         raft_cfg
             .validate()
             .map_err(|e| Error::fatal(format!("raft rejected the configuration: {e}")))?;
-        let storage = RaftStorage::new(log, recovered.hard_state, recovered.conf_state);
+        let storage = RaftStorage::new(log, recovered.hard_state, recovered.conf_state.clone());
         let raw = RawNode::new(&raft_cfg, storage, logger)
             .map_err(|e| Error::fatal(format!("raft failed to start: {e}")))?;
         let id = cfg.node_id;
@@ -243,6 +285,15 @@ impl<L: LogStore> Core<L> {
             rng: rand::rngs::StdRng::seed_from_u64(rng_seed),
             last_reset: (u64::MAX, StateRole::Follower),
             bugs,
+            members: MemberSet::default(),
+            conf_state: recovered.conf_state.clone(),
+            conf_ops: BTreeMap::new(),
+            op_counter: 0,
+            removed_self: false,
+            removed_notices: BTreeMap::new(),
+            notices: Vec::new(),
+            conf_answers: Vec::new(),
+            ready_answers: Vec::new(),
         })
         .map(|mut core| {
             core.rerandomize();
@@ -286,6 +337,8 @@ impl<L: LogStore> Core<L> {
         self.rerandomize();
         self.ticks += 1;
         self.expire(now, out);
+        self.expire_conf_ops(now, out);
+        self.auto_promote(now);
         self.retry_proposals(now);
         self.retry_reads(now);
         self.admit(now);
@@ -294,6 +347,18 @@ impl<L: LogStore> Core<L> {
 
     /// Steps a message from a peer.
     pub(crate) fn step(&mut self, msg: Message) {
+        if !valid_peer_message(&msg) {
+            // raft-proto's getters panic on enum values they do not know,
+            // and prost decodes them without complaint: one forged message
+            // would stop the member. Whatever the transport checked, the
+            // core refuses them too.
+            tracing::warn!(
+                from = msg.from,
+                msg_type = msg.msg_type,
+                "invalid peer message dropped"
+            );
+            return;
+        }
         let t = msg.msg_type();
         if matches!(
             t,
@@ -309,6 +374,36 @@ impl<L: LogStore> Core<L> {
         }
         if msg.to != self.id.0 {
             tracing::debug!(to = msg.to, "message for another member dropped");
+            return;
+        }
+        if msg.context == REMOVED_NOTICE {
+            if !self.in_config(msg.from) {
+                return;
+            }
+            if !self.removed_self {
+                tracing::warn!(node = %self.id, told_by = msg.from, "this member was removed from the group");
+            }
+            self.removed_self = true;
+            return;
+        }
+        if self.in_config(self.id.0) && !self.in_config(msg.from) {
+            // Only members of the configuration take part. A removed member
+            // is told so (at most once per election timeout), so it stops
+            // campaigning instead of disrupting the group.
+            if self.members.removed.contains(&msg.from) {
+                let last = self.removed_notices.get(&msg.from).copied();
+                if last.is_none_or(|t| self.ticks >= t + self.cfg.election_tick as u64) {
+                    self.removed_notices.insert(msg.from, self.ticks);
+                    self.notices.push(Message {
+                        msg_type: MessageType::MsgHeartbeatResponse as i32,
+                        to: msg.from,
+                        from: self.id.0,
+                        term: self.raw.raft.term,
+                        context: REMOVED_NOTICE.to_vec(),
+                        ..Default::default()
+                    });
+                }
+            }
             return;
         }
         if let Err(e) = self.raw.step(msg) {
@@ -479,30 +574,138 @@ impl<L: LogStore> Core<L> {
             self.applied = index;
             self.raw.advance_apply_to(index);
         }
+        if !self.conf_answers.is_empty() {
+            let applied = self.applied;
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.conf_answers)
+                .into_iter()
+                .partition(|(i, _, _)| *i <= applied);
+            self.conf_answers = later;
+            self.ready_answers
+                .extend(ready.into_iter().map(|(_, t, r)| (t, r)));
+        }
         if !self.waiting.is_empty() {
             self.admit(now);
         }
     }
 
-    /// Applies a committed membership change; the caller persists the
-    /// returned `ConfState` with the applied index.
-    pub(crate) fn apply_conf_change(&mut self, entry: &Entry) -> Result<ConfState, Error> {
-        let result = match entry.entry_type() {
+    /// Applies a committed membership change. Returns the new `ConfState`
+    /// and member metadata, which the caller persists with the applied index.
+    ///
+    /// A change that re-adds a removed id is skipped (on every member alike,
+    /// so replicas stay identical). raft-rs refusing a change (it cannot
+    /// happen for changes ha proposes) keeps the configuration as it was.
+    pub(crate) fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+        out: &mut Outbox,
+    ) -> Result<(ConfState, MemberSet), Error> {
+        let cc = match entry.entry_type() {
             EntryType::EntryConfChange => {
-                let cc = ha_core::eraftpb::ConfChange::decode(entry.data.as_slice())
-                    .map_err(|e| Error::fatal(format!("undecodable conf change: {e}")))?;
-                self.raw.apply_conf_change(&cc)
+                ha_core::eraftpb::ConfChange::decode(entry.data.as_slice())
+                    .map(raft_proto::ConfChangeI::into_v2)
             }
-            EntryType::EntryConfChangeV2 => {
-                let cc = ha_core::eraftpb::ConfChangeV2::decode(entry.data.as_slice())
-                    .map_err(|e| Error::fatal(format!("undecodable conf change: {e}")))?;
-                self.raw.apply_conf_change(&cc)
-            }
+            EntryType::EntryConfChangeV2 => ConfChangeV2::decode(entry.data.as_slice()),
             EntryType::EntryNormal => {
                 return Err(Error::fatal("apply_conf_change on a normal entry"));
             }
         };
-        result.map_err(|e| Error::fatal(format!("raft refused a committed conf change: {e}")))
+        let cc = match cc {
+            Ok(cc) => cc,
+            Err(e) => {
+                tracing::warn!(index = entry.index, error = %e, "skipping undecodable conf change");
+                return Ok((self.conf_state.clone(), self.members.clone()));
+            }
+        };
+        let ctx = ConfContext::decode(cc.context.as_slice()).unwrap_or_default();
+        let own = ctx.member == self.id.0 && ctx.incarnation == self.incarnation;
+        let reused = cc.changes.iter().find(|c| {
+            c.change_type() != ConfChangeType::RemoveNode
+                && self.members.removed.contains(&c.node_id)
+        });
+        if let Some(c) = reused {
+            tracing::warn!(member = c.node_id, "refusing to re-add a removed member id");
+            if own && let Some(op) = self.conf_ops.remove(&ctx.op) {
+                self.conf_answers.push((
+                    entry.index,
+                    op.token,
+                    Err(Error::MemberIdReused {
+                        member: NodeId(c.node_id),
+                    }),
+                ));
+            }
+            return Ok((self.conf_state.clone(), self.members.clone()));
+        }
+        match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => self.conf_state = cs,
+            Err(e) => {
+                tracing::warn!(index = entry.index, error = %e, "raft refused a committed conf change; configuration unchanged");
+                if own && let Some(op) = self.conf_ops.remove(&ctx.op) {
+                    self.conf_answers.push((
+                        entry.index,
+                        op.token,
+                        Err(Error::InvalidMembershipChange {
+                            member: NodeId(cc.changes.first().map(|c| c.node_id).unwrap_or(0)),
+                            reason: "raft refused the change",
+                        }),
+                    ));
+                }
+                return Ok((self.conf_state.clone(), self.members.clone()));
+            }
+        }
+        self.rerandomize();
+        for c in &cc.changes {
+            match c.change_type() {
+                ConfChangeType::RemoveNode => {
+                    self.members.info.remove(&c.node_id);
+                    self.members.removed.insert(c.node_id);
+                }
+                ConfChangeType::AddNode => {
+                    let entry = self.members.info.entry(c.node_id).or_default();
+                    entry.1 = false;
+                }
+                ConfChangeType::AddLearnerNode => {
+                    self.members.info.entry(c.node_id).or_default();
+                }
+            }
+        }
+        for m in &ctx.members {
+            if self.members.info.contains_key(&m.id) {
+                let e = self.members.info.entry(m.id).or_default();
+                e.0 = Bytes::from(m.address.clone());
+                if !ctx.address_update {
+                    e.1 = m.auto_promote;
+                }
+            }
+        }
+        let joint = !self.conf_state.voters_outgoing.is_empty();
+        if own && let Some(op) = self.conf_ops.get_mut(&ctx.op) {
+            if joint {
+                op.awaiting_leave = true;
+            } else if let Some(op) = self.conf_ops.remove(&ctx.op) {
+                self.conf_answers.push((entry.index, op.token, Ok(())));
+            }
+        }
+        if !joint {
+            let waiting: Vec<u64> = self
+                .conf_ops
+                .iter()
+                .filter(|(_, op)| op.awaiting_leave)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in waiting {
+                if let Some(op) = self.conf_ops.remove(&k) {
+                    self.conf_answers.push((entry.index, op.token, Ok(())));
+                }
+            }
+        }
+        if self.members.removed.contains(&self.id.0) {
+            if !self.removed_self {
+                tracing::warn!(node = %self.id, "this member applied its own removal");
+            }
+            self.removed_self = true;
+        }
+        out.membership_changed = Some(self.membership());
+        Ok((self.conf_state.clone(), self.members.clone()))
     }
 
     /// A peer could not be reached.
@@ -551,6 +754,8 @@ impl<L: LogStore> Core<L> {
     /// A log write that cannot be made readable is fatal for this member.
     pub(crate) fn handle_ready(&mut self, now: Instant, out: &mut Outbox) -> Result<(), Error> {
         self.rerandomize();
+        out.messages.append(&mut self.notices);
+        out.membership_done.append(&mut self.ready_answers);
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             out.messages.extend(rd.take_messages());
@@ -735,6 +940,15 @@ impl<L: LogStore> Core<L> {
 
     /// Fails every outstanding call (shutdown or fatal error).
     pub(crate) fn fail_all(&mut self, fatal: Option<&Error>, out: &mut Outbox) {
+        for (_, op) in std::mem::take(&mut self.conf_ops) {
+            let error = match fatal {
+                Some(e) => e.clone(),
+                None => Error::OutcomeUnknown {
+                    cause: UnknownCause::Shutdown,
+                },
+            };
+            out.membership_done.push((op.token, Err(error)));
+        }
         for (seq, p) in std::mem::take(&mut self.pending) {
             let error = match fatal {
                 Some(e) => e.clone(),
@@ -778,6 +992,7 @@ impl<L: LogStore> Core<L> {
             learners,
             pending_proposals: self.pending.len(),
             lead_transferee: self.raw.raft.lead_transferee.map(NodeId),
+            removed: self.removed_self,
         }
     }
 
@@ -789,6 +1004,364 @@ impl<L: LogStore> Core<L> {
             .map_err(|e| Error::fatal(format!("campaign failed: {e}")));
         self.rerandomize();
         r
+    }
+}
+
+/// A message a peer may send: a known, non-local message type whose entries
+/// all have known types.
+pub(crate) fn valid_peer_message(m: &Message) -> bool {
+    match MessageType::from_i32(m.msg_type) {
+        None
+        | Some(
+            MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum,
+        ) => false,
+        Some(_) => m
+            .entries
+            .iter()
+            .all(|e| EntryType::from_i32(e.entry_type).is_some()),
+    }
+}
+
+impl<L: LogStore> Core<L> {
+    /// Sets the replicated member metadata recovered from the state store.
+    pub(crate) fn set_members(&mut self, members: MemberSet) {
+        self.members = members;
+        if self.members.removed.contains(&self.id.0) {
+            self.removed_self = true;
+        }
+    }
+
+    /// The applied membership.
+    pub(crate) fn membership(&self) -> Membership {
+        self.members.view(&self.conf_state)
+    }
+
+    fn in_config(&self, id: u64) -> bool {
+        let cs = &self.conf_state;
+        cs.voters.contains(&id)
+            || cs.voters_outgoing.contains(&id)
+            || cs.learners.contains(&id)
+            || cs.learners_next.contains(&id)
+    }
+
+    /// Proposes a membership change (several changes: one joint change,
+    /// left automatically). Only the leader decides; the answer arrives in
+    /// `Outbox::membership_done` under `token`.
+    pub(crate) fn propose_membership(
+        &mut self,
+        token: u64,
+        changes: Vec<MemberChange>,
+        force: bool,
+        deadline: Instant,
+        out: &mut Outbox,
+    ) {
+        match self.check_membership(&changes, force) {
+            Ok(()) => {}
+            Err(e) => {
+                out.membership_done.push((token, Err(e)));
+                return;
+            }
+        }
+        self.op_counter += 1;
+        let op = self.op_counter;
+        let mut ctx = ConfContext {
+            member: self.id.0,
+            incarnation: self.incarnation,
+            op,
+            members: Vec::new(),
+            address_update: false,
+        };
+        let mut singles = Vec::new();
+        for c in &changes {
+            let (change_type, id) = match c {
+                MemberChange::AddVoter { id, address } => {
+                    ctx.members.push(MemberRecord {
+                        id: id.0,
+                        address: address.to_vec(),
+                        auto_promote: false,
+                    });
+                    (ConfChangeType::AddNode, *id)
+                }
+                MemberChange::AddLearner {
+                    id,
+                    address,
+                    promote_when_caught_up,
+                } => {
+                    ctx.members.push(MemberRecord {
+                        id: id.0,
+                        address: address.to_vec(),
+                        auto_promote: *promote_when_caught_up,
+                    });
+                    (ConfChangeType::AddLearnerNode, *id)
+                }
+                MemberChange::Promote(id) => (ConfChangeType::AddNode, *id),
+                MemberChange::Remove(id) => (ConfChangeType::RemoveNode, *id),
+            };
+            singles.push(ConfChangeSingle {
+                change_type: change_type as i32,
+                node_id: id.0,
+            });
+        }
+        self.submit_conf_change(token, op, ctx, singles, deadline, out);
+    }
+
+    /// Changes a member's address: a conf change that raft sees as a no-op
+    /// (re-adding the member in its current role), keeping the id.
+    pub(crate) fn propose_address_update(
+        &mut self,
+        token: u64,
+        id: NodeId,
+        address: Bytes,
+        deadline: Instant,
+        out: &mut Outbox,
+    ) {
+        let role = if self.conf_state.voters.contains(&id.0) {
+            ConfChangeType::AddNode
+        } else if self.conf_state.learners.contains(&id.0) {
+            ConfChangeType::AddLearnerNode
+        } else {
+            out.membership_done.push((
+                token,
+                Err(Error::InvalidMembershipChange {
+                    member: id,
+                    reason: "not a member",
+                }),
+            ));
+            return;
+        };
+        if let Err(e) = self.check_leader_and_idle() {
+            out.membership_done.push((token, Err(e)));
+            return;
+        }
+        self.op_counter += 1;
+        let op = self.op_counter;
+        let auto_promote = self.members.info.get(&id.0).is_some_and(|(_, p)| *p);
+        let ctx = ConfContext {
+            member: self.id.0,
+            incarnation: self.incarnation,
+            op,
+            members: vec![MemberRecord {
+                id: id.0,
+                address: address.to_vec(),
+                auto_promote,
+            }],
+            address_update: true,
+        };
+        let single = ConfChangeSingle {
+            change_type: role as i32,
+            node_id: id.0,
+        };
+        self.submit_conf_change(token, op, ctx, vec![single], deadline, out);
+    }
+
+    fn submit_conf_change(
+        &mut self,
+        token: u64,
+        op: u64,
+        ctx: ConfContext,
+        changes: Vec<ConfChangeSingle>,
+        deadline: Instant,
+        out: &mut Outbox,
+    ) {
+        let cc = ConfChangeV2 {
+            transition: ConfChangeTransition::Auto as i32,
+            changes,
+            context: ctx.encode_to_vec(),
+        };
+        match self.raw.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => {
+                self.conf_ops.insert(
+                    op,
+                    ConfOp {
+                        token,
+                        deadline,
+                        awaiting_leave: false,
+                    },
+                );
+            }
+            Err(raft::Error::ProposalDropped) => out.membership_done.push((
+                token,
+                Err(Error::ProposalDropped {
+                    reason: if self.raw.raft.lead_transferee.is_some() {
+                        DropReason::LeaderTransfer
+                    } else {
+                        DropReason::Rejected
+                    },
+                }),
+            )),
+            Err(e) => out.membership_done.push((
+                token,
+                Err(Error::InvalidMembershipChange {
+                    member: NodeId(0),
+                    reason: if matches!(e, raft::Error::ConfChangeError(_)) {
+                        "raft refused the change"
+                    } else {
+                        "raft refused the proposal"
+                    },
+                }),
+            )),
+        }
+    }
+
+    fn check_leader_and_idle(&self) -> Result<(), Error> {
+        if self.removed_self {
+            return Err(Error::Removed { member: self.id });
+        }
+        if !self.is_leader() {
+            return Err(Error::NotLeader {
+                leader_hint: self.leader.leader,
+            });
+        }
+        // raft-rs silently turns a change proposed while another is pending
+        // or while the configuration is joint into an empty entry; refuse it
+        // here, with a typed error, instead.
+        if self.raw.raft.pending_conf_index > self.applied
+            || !self.conf_state.voters_outgoing.is_empty()
+            || !self.conf_ops.is_empty()
+        {
+            return Err(Error::MembershipChangeInProgress);
+        }
+        Ok(())
+    }
+
+    fn check_membership(&self, changes: &[MemberChange], force: bool) -> Result<(), Error> {
+        self.check_leader_and_idle()?;
+        let cs = &self.conf_state;
+        let mut voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
+        let mut seen = std::collections::BTreeSet::new();
+        if changes.is_empty() {
+            return Err(Error::InvalidMembershipChange {
+                member: self.id,
+                reason: "no change requested",
+            });
+        }
+        for c in changes {
+            let id = c.id();
+            if id.0 == 0 {
+                return Err(Error::InvalidMembershipChange {
+                    member: id,
+                    reason: "member id 0 is reserved",
+                });
+            }
+            if !seen.insert(id.0) {
+                return Err(Error::InvalidMembershipChange {
+                    member: id,
+                    reason: "the same member twice in one change",
+                });
+            }
+            let known = self.in_config(id.0);
+            match c {
+                MemberChange::AddVoter { .. } | MemberChange::AddLearner { .. } => {
+                    if self.members.removed.contains(&id.0) {
+                        return Err(Error::MemberIdReused { member: id });
+                    }
+                    if known {
+                        return Err(Error::InvalidMembershipChange {
+                            member: id,
+                            reason: "already a member",
+                        });
+                    }
+                    if matches!(c, MemberChange::AddVoter { .. }) {
+                        voters.insert(id.0);
+                    }
+                }
+                MemberChange::Promote(_) => {
+                    if !cs.learners.contains(&id.0) {
+                        return Err(Error::InvalidMembershipChange {
+                            member: id,
+                            reason: "only a learner can be promoted",
+                        });
+                    }
+                    voters.insert(id.0);
+                }
+                MemberChange::Remove(_) => {
+                    if !known {
+                        return Err(Error::InvalidMembershipChange {
+                            member: id,
+                            reason: "not a member",
+                        });
+                    }
+                    if id == self.id {
+                        // The caller hands leadership over first.
+                        return Err(Error::NotLeader {
+                            leader_hint: self.best_transferee(),
+                        });
+                    }
+                    voters.remove(&id.0);
+                }
+            }
+        }
+        if voters.is_empty() {
+            return Err(Error::InvalidMembershipChange {
+                member: self.id,
+                reason: "the group would have no voter left",
+            });
+        }
+        if !force {
+            let healthy = voters
+                .iter()
+                .filter(|&&v| {
+                    v == self.id.0 || self.raw.raft.prs().get(v).is_some_and(|p| p.recent_active)
+                })
+                .count();
+            let required = voters.len() / 2 + 1;
+            if healthy < required {
+                return Err(Error::UnsafeMembershipChange { healthy, required });
+            }
+        }
+        Ok(())
+    }
+
+    fn expire_conf_ops(&mut self, now: Instant, out: &mut Outbox) {
+        let expired: Vec<u64> = self
+            .conf_ops
+            .iter()
+            .filter(|(_, op)| op.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            if let Some(op) = self.conf_ops.remove(&k) {
+                out.membership_done.push((
+                    op.token,
+                    Err(Error::OutcomeUnknown {
+                        cause: UnknownCause::DeadlineExceeded,
+                    }),
+                ));
+            }
+        }
+    }
+
+    /// The leader promotes a learner that asked for it once its log is
+    /// close enough to the leader's.
+    fn auto_promote(&mut self, now: Instant) {
+        if !self.is_leader() || self.check_leader_and_idle().is_err() {
+            return;
+        }
+        let last = self.raw.raft.raft_log.last_index();
+        let within = self.cfg.promote_within_entries;
+        let candidate =
+            self.conf_state.learners.iter().copied().find(|l| {
+                self.members.info.get(l).is_some_and(|(_, p)| *p)
+                    && self.raw.raft.prs().get(*l).is_some_and(|p| {
+                        p.recent_active && p.matched + within >= last && p.matched > 0
+                    })
+            });
+        if let Some(l) = candidate {
+            tracing::info!(learner = l, "promoting a caught-up learner");
+            let mut out = Outbox::default();
+            // An internal op: nobody waits for it (token 0 is never used by callers).
+            self.propose_membership(
+                0,
+                vec![MemberChange::Promote(NodeId(l))],
+                false,
+                now + self.cfg.request_timeout,
+                &mut out,
+            );
+        }
     }
 }
 
@@ -840,6 +1413,28 @@ mod tests {
     fn granted_to_2(msgs: &[Message]) -> bool {
         msgs.iter()
             .any(|m| m.msg_type() == MessageType::MsgRequestVoteResponse && m.to == 2 && !m.reject)
+    }
+
+    #[test]
+    fn forged_enum_values_and_local_messages_from_peers_are_dropped_not_panicked_on() {
+        let now = Instant::now();
+        let mut core = fresh_core();
+        let mut out = Outbox::default();
+        let mut bad_type = vote_request(b"");
+        bad_type.msg_type = 99;
+        core.step(bad_type);
+        let mut bad_entry = vote_request(b"");
+        bad_entry.msg_type = MessageType::MsgAppend as i32;
+        bad_entry.entries.push(Entry {
+            entry_type: 42,
+            ..Default::default()
+        });
+        core.step(bad_entry);
+        let mut hup = vote_request(b"");
+        hup.msg_type = MessageType::MsgHup as i32;
+        core.step(hup);
+        core.handle_ready(now, &mut out).unwrap();
+        assert_eq!(core.status().term, 0, "a forged message changed raft state");
     }
 
     #[test]

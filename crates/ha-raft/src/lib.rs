@@ -67,15 +67,20 @@ mod clock;
 mod codec;
 mod core;
 mod logging;
+mod membership;
 mod raft_storage;
 mod shell;
+pub mod sim;
 mod transport;
 
 pub use crate::bugs::InjectedBug;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
+pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
-pub use crate::transport::{MemNetwork, MemTransport};
+pub use crate::transport::{
+    MemNetwork, MemTransport, TcpConfig, TcpRejections, TcpStats, TcpTransport,
+};
 
 // The README's embedding example is compiled and run as a doctest.
 #[cfg(doctest)]

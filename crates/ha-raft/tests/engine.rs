@@ -11,9 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use ha_core::{
-    ApplyContext, Config, Error, NodeId, StateMachine, StateStore, StorageError, WriteBatch,
+    ApplyContext, Config, Error, NodeId, StartMode, StateMachine, StateStore, StorageError,
+    WriteBatch,
 };
-use ha_raft::{CallOptions, MemNetwork, Node, ReadConsistency, ReadOptions, Role};
+use ha_raft::{
+    CallOptions, MemNetwork, MemberChange, MemberRole, Node, ReadConsistency, ReadOptions, Role,
+};
 use ha_storage::{MemLogStore, MemStateStore};
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -113,6 +116,7 @@ fn as_u64(b: &[u8]) -> u64 {
 }
 
 struct Cluster {
+    tweak: fn(&mut Config),
     net: MemNetwork,
     members: Vec<NodeId>,
     nodes: HashMap<NodeId, Node>,
@@ -122,8 +126,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, |_| {}).await
+    }
+
+    async fn start_with(n: u64, tweak: fn(&mut Config)) -> Cluster {
         let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut c = Cluster {
+            tweak,
             net: MemNetwork::new(),
             members: members.clone(),
             nodes: HashMap::new(),
@@ -139,9 +148,30 @@ impl Cluster {
     }
 
     fn config(&self, id: NodeId) -> Config {
-        Config {
+        let mut cfg = Config {
             request_timeout: Duration::from_secs(10),
+            start_mode: if self.members.contains(&id) {
+                StartMode::Bootstrap
+            } else {
+                StartMode::Join
+            },
             ..Config::new(id, self.members.clone())
+        };
+        (self.tweak)(&mut cfg);
+        cfg
+    }
+
+    /// Starts a brand-new member (empty storage) that will join the group.
+    async fn start_joiner(&mut self, id: NodeId) {
+        self.logs.insert(id, MemLogStore::new());
+        self.states.insert(id, MemStateStore::new());
+        self.boot(id).await;
+    }
+
+    /// Stops a member for good and forgets it.
+    async fn stop(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.remove(&id) {
+            let _ = n.shutdown().await;
         }
     }
 
@@ -189,9 +219,29 @@ impl Cluster {
         }
     }
 
+    /// The leader agreed on by every running member that knows itself to
+    /// be a member (a joiner that has not caught up yet does not count).
     async fn leader(&self) -> NodeId {
-        let running: Vec<NodeId> = self.nodes.keys().copied().collect();
-        self.leader_among(&running).await
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let members: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| n.membership().get(**id).is_some() && !n.status().removed)
+                .map(|(id, _)| *id)
+                .collect();
+            if !members.is_empty() {
+                if let Ok(l) =
+                    tokio::time::timeout(Duration::from_secs(2), self.leader_among(&members)).await
+                {
+                    return l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader within {PATIENCE:?}"
+            );
+        }
     }
 
     /// Crashes a member: no transfer; unsynced writes lost.
@@ -760,5 +810,419 @@ async fn a_forwarded_proposal_lost_on_the_way_is_retried_and_applied_once() {
             .unwrap();
         assert_eq!(as_u64(&max), 1, "a retried proposal applied twice");
     }
+    c.shutdown().await;
+}
+
+// ---------------------------------------------------------------- membership
+
+/// Closed-loop writers on the given members until `stop`; returns the ids
+/// of acknowledged writes.
+fn spawn_writers(
+    c: &Cluster,
+    on: &[NodeId],
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+    on.iter()
+        .enumerate()
+        .map(|(w, &m)| {
+            let node = c.node(m).clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut seq = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    seq += 1;
+                    let id = (w as u64 + 1) * 10_000_000 + seq;
+                    let opts = CallOptions {
+                        timeout: Some(Duration::from_secs(3)),
+                    };
+                    match node.propose_with(cmd(id, b"m"), opts).await {
+                        Ok(r) => {
+                            assert_eq!(as_u64(&r), 1, "write {id} applied twice");
+                            acked.push(id);
+                        }
+                        Err(Error::Removed { .. }) | Err(Error::Shutdown) => break,
+                        Err(Error::OutcomeUnknown { .. }) => {}
+                        Err(e) if e.is_not_applied() => {}
+                        Err(e) => panic!("unexpected error during a membership change: {e}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+async fn assert_all_present(c: &Cluster, acked: &[u64]) {
+    for &id in acked {
+        for n in c.nodes.values() {
+            let mut q = b"has:".to_vec();
+            q.extend_from_slice(&id.to_be_bytes());
+            let count = as_u64(&n.read(q, ReadConsistency::Serializable).await.unwrap());
+            assert_eq!(
+                count,
+                1,
+                "acknowledged write {id} lost or doubled on member {}",
+                n.id()
+            );
+        }
+    }
+}
+
+/// Runs a membership change on whoever leads, following leadership moves.
+async fn on_leader(c: &Cluster, changes: Vec<MemberChange>) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let leader = c.leader().await;
+        match c
+            .node(leader)
+            .change_membership(changes.clone(), false)
+            .await
+        {
+            Ok(()) => return,
+            Err(Error::NotLeader { .. }) | Err(Error::MembershipChangeInProgress) => {}
+            Err(e) => panic!("membership change {changes:?} failed: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "change never went through"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_membership(c: &Cluster, pred: impl Fn(&ha_raft::Membership) -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if c.nodes
+                .values()
+                .filter(|n| !n.status().removed)
+                .all(|n| pred(&n.membership()))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("membership did not reach the expected state on every remaining member");
+}
+
+fn ids(v: &[u64]) -> Vec<NodeId> {
+    v.iter().map(|&i| NodeId(i)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_to_five_to_three_via_learners_under_load_loses_nothing() {
+    let mut c = Cluster::start(3).await;
+    c.leader().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = spawn_writers(&c, &ids(&[1]), stop.clone());
+
+    for id in [4, 5] {
+        c.start_joiner(NodeId(id)).await;
+        on_leader(
+            &c,
+            vec![MemberChange::AddLearner {
+                id: NodeId(id),
+                address: Bytes::from(format!("mem://{id}")),
+                promote_when_caught_up: false,
+            }],
+        )
+        .await;
+        on_leader(&c, vec![MemberChange::Promote(NodeId(id))]).await;
+    }
+    wait_membership(&c, |m| m.voters() == ids(&[1, 2, 3, 4, 5])).await;
+    for id in [2, 3] {
+        on_leader(&c, vec![MemberChange::Remove(NodeId(id))]).await;
+    }
+    wait_membership(&c, |m| m.voters() == ids(&[1, 4, 5])).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(!acked.is_empty(), "no write completed during the changes");
+    for id in [2, 3] {
+        c.stop(NodeId(id)).await;
+    }
+    let final_members = c.node(NodeId(1)).membership();
+    assert_eq!(final_members.voters(), ids(&[1, 4, 5]));
+    assert_eq!(
+        final_members.get(NodeId(4)).unwrap().address,
+        Bytes::from("mem://4")
+    );
+    assert_eq!(final_members.removed, ids(&[2, 3]));
+    c.converged().await;
+    assert_all_present(&c, &acked).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_to_five_to_three_with_joint_consensus_under_load() {
+    let mut c = Cluster::start(3).await;
+    c.leader().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers = spawn_writers(&c, &ids(&[1, 2]), stop.clone());
+    for id in [4, 5] {
+        c.start_joiner(NodeId(id)).await;
+    }
+    on_leader(
+        &c,
+        vec![
+            MemberChange::AddVoter {
+                id: NodeId(4),
+                address: Bytes::from_static(b"mem://4"),
+            },
+            MemberChange::AddVoter {
+                id: NodeId(5),
+                address: Bytes::from_static(b"mem://5"),
+            },
+        ],
+    )
+    .await;
+    wait_membership(&c, |m| m.voters() == ids(&[1, 2, 3, 4, 5]) && !m.joint).await;
+    // Shrink by two at once, keeping the writers' members.
+    on_leader(
+        &c,
+        vec![
+            MemberChange::Remove(NodeId(3)),
+            MemberChange::Remove(NodeId(4)),
+        ],
+    )
+    .await;
+    for id in [1, 2, 5] {
+        let m = c.node(NodeId(id)).membership();
+        if m.voters() == ids(&[1, 2, 5]) {
+            assert!(!m.joint, "the joint configuration was not left");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+    for id in [3, 4] {
+        c.stop(NodeId(id)).await;
+    }
+    wait_membership(&c, |m| m.voters() == ids(&[1, 2, 5]) && !m.joint).await;
+    c.converged().await;
+    assert_all_present(&c, &acked).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_change_is_refused_and_ids_are_never_reused() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    c.start_joiner(NodeId(4)).await;
+    c.start_joiner(NodeId(5)).await;
+    let node = c.node(leader).clone();
+    let first = node.change_membership(
+        vec![
+            MemberChange::AddVoter {
+                id: NodeId(4),
+                address: Bytes::new(),
+            },
+            MemberChange::AddVoter {
+                id: NodeId(5),
+                address: Bytes::new(),
+            },
+        ],
+        false,
+    );
+    let second = node.add_learner(NodeId(9), Bytes::new(), false);
+    let (first, second) = tokio::join!(first, second);
+    first.expect("the first change goes through");
+    match second {
+        Err(Error::MembershipChangeInProgress) => {}
+        other => panic!("a change during a joint change must be refused, got {other:?}"),
+    }
+    assert!(c.node(leader).membership().get(NodeId(9)).is_none());
+
+    // Invalid requests get typed errors.
+    match node.promote(NodeId(2)).await {
+        Err(Error::InvalidMembershipChange { member, .. }) => assert_eq!(member, NodeId(2)),
+        other => panic!("promoting a voter must be refused, got {other:?}"),
+    }
+    let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+    match c
+        .node(follower)
+        .add_learner(NodeId(9), Bytes::new(), false)
+        .await
+    {
+        Err(Error::NotLeader { leader_hint }) => assert_eq!(leader_hint, Some(leader)),
+        other => panic!("a follower must answer NotLeader, got {other:?}"),
+    }
+
+    let victim = NodeId(5);
+    on_leader(&c, vec![MemberChange::Remove(victim)]).await;
+    c.stop(victim).await;
+    let leader = c.leader().await;
+    match c
+        .node(leader)
+        .add_learner(victim, Bytes::new(), false)
+        .await
+    {
+        Err(Error::MemberIdReused { member }) => assert_eq!(member, victim),
+        other => panic!("re-adding a removed id must be refused, got {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_cannot_disrupt_the_group_and_knows_it_was_removed() {
+    // Election timeouts of 1-1.2 s, so that a busy test machine does not
+    // cause elections of its own while we watch for disruption.
+    let c = Cluster::start_with(3, |cfg| {
+        cfg.election_tick = 100;
+        cfg.max_election_tick = 120;
+    })
+    .await;
+    let leader = c.leader().await;
+    let victim = *c.members.iter().find(|&&m| m != leader).unwrap();
+    // Cut it off so it never applies its own removal, then remove it.
+    c.net.isolate(victim);
+    on_leader(&c, vec![MemberChange::Remove(victim)]).await;
+    c.node(leader)
+        .propose(cmd(1, b"after removal"))
+        .await
+        .unwrap();
+    let term_before = c.node(leader).status().term;
+    // Back on the network it campaigns with a stale configuration; the
+    // members drop its messages and tell it it was removed.
+    c.net.heal();
+    tokio::time::timeout(PATIENCE, async {
+        while !c.node(victim).status().removed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the removed member learns that it was removed");
+    match c.node(victim).propose(cmd(2, b"from the removed")).await {
+        Err(Error::Removed { member }) => assert_eq!(member, victim),
+        other => panic!("a removed member must refuse proposals with Removed, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = c.node(leader).status();
+    assert_eq!(
+        st.role,
+        Role::Leader,
+        "the removed member disrupted the leader"
+    );
+    assert_eq!(
+        st.term, term_before,
+        "the removed member forced an election"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_leader_and_rejoining_a_wiped_member_under_a_new_id() {
+    let mut c = Cluster::start(3).await;
+    let old = c.leader().await;
+    // A learner that promotes itself once caught up replaces the leader.
+    c.start_joiner(NodeId(4)).await;
+    on_leader(
+        &c,
+        vec![MemberChange::AddLearner {
+            id: NodeId(4),
+            address: Bytes::new(),
+            promote_when_caught_up: true,
+        }],
+    )
+    .await;
+    wait_membership(&c, |m| {
+        m.get(NodeId(4))
+            .is_some_and(|i| i.role == MemberRole::Voter)
+    })
+    .await;
+    match c.node(old).remove_member(old).await {
+        Err(Error::NotLeader {
+            leader_hint: Some(new),
+        }) => assert_ne!(new, old, "the leader did not hand over first"),
+        other => panic!("removing the leader itself must hand over first, got {other:?}"),
+    }
+    on_leader(&c, vec![MemberChange::Remove(old)]).await;
+    tokio::time::timeout(PATIENCE, async {
+        while !c.node(old).status().removed {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the old leader applies its own removal");
+    c.stop(old).await;
+
+    // A member whose data is lost comes back under a new id.
+    let current = c.leader().await;
+    let wiped = *c
+        .nodes
+        .keys()
+        .find(|&&m| m != NodeId(4) && m != current)
+        .expect("a follower other than the new member");
+    on_leader(&c, vec![MemberChange::Remove(wiped)]).await;
+    c.stop(wiped).await;
+    c.start_joiner(NodeId(6)).await;
+    on_leader(
+        &c,
+        vec![MemberChange::AddLearner {
+            id: NodeId(6),
+            address: Bytes::new(),
+            promote_when_caught_up: true,
+        }],
+    )
+    .await;
+    let leader = c.leader().await;
+    c.node(leader)
+        .propose(cmd(77, b"after the rejoin"))
+        .await
+        .unwrap();
+    wait_membership(&c, |m| {
+        m.get(NodeId(6))
+            .is_some_and(|i| i.role == MemberRole::Voter)
+    })
+    .await;
+    c.converged().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_change_is_refused_unless_forced_and_addresses_change_in_place() {
+    let c = Cluster::start(5).await;
+    let leader = c.leader().await;
+    let others: Vec<NodeId> = c.members.iter().copied().filter(|&m| m != leader).collect();
+    // Two members unreachable: three healthy voters of five.
+    c.net
+        .partition(&[&[leader, others[0], others[1]], &[others[2]], &[others[3]]]);
+    // Let the leader's check-quorum round notice who is unreachable.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Removing a healthy voter leaves 2 healthy of 4: below a quorum of 3.
+    match c.node(leader).remove_member(others[0]).await {
+        Err(Error::UnsafeMembershipChange { healthy, required }) => {
+            assert_eq!((healthy, required), (2, 3));
+        }
+        other => panic!("an unsafe change must be refused, got {other:?}"),
+    }
+    // Removing an unreachable one is safe.
+    c.node(leader)
+        .remove_member(others[3])
+        .await
+        .expect("removing a dead member is safe");
+    c.node(leader)
+        .update_address(others[0], Bytes::from_static(b"10.0.0.9:7000"))
+        .await
+        .unwrap();
+    let m = c.node(leader).membership();
+    let info = m.get(others[0]).unwrap();
+    assert_eq!(info.address, Bytes::from_static(b"10.0.0.9:7000"));
+    assert_eq!(
+        info.role,
+        MemberRole::Voter,
+        "an address change keeps id and role"
+    );
+    c.net.heal();
     c.shutdown().await;
 }

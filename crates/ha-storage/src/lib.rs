@@ -1,11 +1,19 @@
 //! Storage backends for **ha**: the raft log ([`LogStore`]) and the state
 //! store ([`StateStore`]) defined in `ha-core`.
 //!
-//! This build has the in-memory backends only, which are test doubles for
-//! tests and the deterministic simulator: [`MemLogStore`] and
-//! [`MemStateStore`]. They model durability exactly — what was written but
-//! not synced is lost by `crash()` — so crash-recovery logic can be tested
-//! without a disk. RocksDB backends will come behind a `rocksdb` feature.
+//! Two families:
+//!
+//! - the RocksDB backends, behind the `rocksdb` feature (on by default
+//!   here, off in the workspace dependency so that memory-only users never
+//!   build RocksDB): `RocksLogStore` and `RocksStateStore`, two RocksDB
+//!   instances per member sharing a block cache and a thread pool per
+//!   process through a `RocksEnv`, tuned by a `StorageConfig`. What they
+//!   store carries format versions and checksums: damaged or unknown data
+//!   fails the open (or the read) with a typed error.
+//! - the in-memory backends, test doubles for tests and the deterministic
+//!   simulator: [`MemLogStore`] and [`MemStateStore`]. They model
+//!   durability exactly — what was written but not synced is lost by
+//!   `crash()` — so crash-recovery logic can be tested without a disk.
 //!
 //! A tour:
 //!
@@ -63,13 +71,56 @@
 //! # }
 //! ```
 //!
-//! 3. Every backend passes the same conformance suites in [`testing`].
+//! 3. On disk: a member's log and state live in two RocksDB instances
+//!    under one directory, and come back after a reopen (needs the
+//!    `rocksdb` feature).
+//!
+//! ```
+//! # #[cfg(feature = "rocksdb")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ha_core::eraftpb::{Entry, HardState};
+//! use ha_core::{LogStore, LogWrite, StateStore, WriteBatch};
+//! use ha_storage::{RocksEnv, StorageConfig};
+//!
+//! let config = StorageConfig::default().validate()?;
+//! // One per process: the members opened through it share its block cache.
+//! let env = RocksEnv::new(&config)?;
+//! let dir = tempfile::tempdir()?;
+//!
+//! let (log, state) = env.open(dir.path(), &config)?;
+//! let entries = vec![Entry { index: 1, term: 1, ..Default::default() }];
+//! log.append_readable(&entries)?;
+//! let hard_state = HardState { term: 1, vote: 1, commit: 1 };
+//! log.persist(&LogWrite { entries, hard_state: Some(hard_state.clone()), sync: true })?;
+//! let mut batch = WriteBatch::new();
+//! batch.put("key", "value");
+//! state.write(batch, true)?;
+//! drop((log, state));
+//!
+//! let (log, state) = env.open(dir.path(), &config)?;
+//! assert_eq!(log.last_index()?, 1);
+//! assert_eq!(log.hard_state()?, hard_state);
+//! assert_eq!(state.get(b"key")?, Some(b"value".to_vec()));
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "rocksdb"))]
+//! # fn main() {}
+//! ```
+//!
+//! 4. Every backend passes the same conformance suites in [`testing`].
 //!
 //! [`LogStore`]: ha_core::LogStore
 //! [`StateStore`]: ha_core::StateStore
 #![deny(missing_docs)]
 
 mod mem;
+mod misuse;
+#[cfg(feature = "rocksdb")]
+mod rocks;
 pub mod testing;
 
 pub use mem::{MemLogStats, MemLogStore, MemStateStore};
+#[cfg(feature = "rocksdb")]
+pub use rocks::{
+    Compression, RocksEnv, RocksLogStats, RocksLogStore, RocksStateStore, StorageConfig,
+};

@@ -1,12 +1,14 @@
-//! The conformance suites pass against the in-memory backends, and fail —
-//! naming the broken case — against deliberately broken ones, which shows
-//! they can catch a bug at all.
+//! The conformance suites pass against the in-memory backends and the
+//! RocksDB ones, and fail — naming the broken case — against deliberately
+//! broken ones, which shows they can catch a bug at all.
 
 use std::panic::{self, AssertUnwindSafe};
 
 use ha_core::eraftpb::{Entry, HardState};
 use ha_core::{LogStore, LogWrite, MemberIdentity, StateStore, StorageError, WriteBatch};
-use ha_storage::testing::{log_store_suite, state_store_suite};
+use ha_storage::testing::{
+    durable_log_store_suite, durable_state_store_suite, log_store_suite, state_store_suite,
+};
 use ha_storage::{MemLogStore, MemStateStore};
 
 #[test]
@@ -17,6 +19,66 @@ fn mem_log_store_passes() {
 #[test]
 fn mem_state_store_passes() {
     state_store_suite(MemStateStore::new);
+}
+
+#[test]
+fn mem_stores_pass_the_durable_suites_with_a_crash_as_reopen() {
+    durable_log_store_suite(|| (MemLogStore::new(), ()), |store, _| Ok(store.crash()));
+    durable_state_store_suite(|| (MemStateStore::new(), ()), |store, _| Ok(store.crash()));
+}
+
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use ha_storage::testing::{durable_log_store_suite, durable_state_store_suite};
+    use ha_storage::{RocksEnv, RocksLogStore, RocksStateStore, StorageConfig};
+    use tempfile::TempDir;
+
+    fn log_suite(config: StorageConfig) {
+        let env = RocksEnv::new(&config).unwrap();
+        durable_log_store_suite(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = RocksLogStore::open(dir.path(), &config, &env).unwrap();
+                (store, dir)
+            },
+            |store, dir: &TempDir| {
+                drop(store);
+                RocksLogStore::open(dir.path(), &config, &env)
+            },
+        );
+    }
+
+    #[test]
+    fn rocks_log_store_passes() {
+        log_suite(StorageConfig::default());
+    }
+
+    /// Every persisted entry is read back from RocksDB rather than from
+    /// the in-memory tail.
+    #[test]
+    fn rocks_log_store_passes_without_a_tail_cache() {
+        log_suite(StorageConfig {
+            log_cache_bytes: 0,
+            ..StorageConfig::default()
+        });
+    }
+
+    #[test]
+    fn rocks_state_store_passes() {
+        let config = StorageConfig::default();
+        let env = RocksEnv::new(&config).unwrap();
+        durable_state_store_suite(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = RocksStateStore::open(dir.path(), &config, &env).unwrap();
+                (store, dir)
+            },
+            |store, dir: &TempDir| {
+                drop(store);
+                RocksStateStore::open(dir.path(), &config, &env)
+            },
+        );
+    }
 }
 
 /// Runs `suite` and returns its panic message, failing the test if it passed.
@@ -137,5 +199,63 @@ fn state_suite_names_the_case_a_store_panics_in() {
     assert!(
         message.contains("case `put_get_delete`: the store panicked: get is broken"),
         "the panic was not attributed to its case:\n{message}"
+    );
+}
+
+/// A "reopen" that keeps the entries and the identity but forgets the hard
+/// state, as a backend that never wrote it to disk would.
+fn reopen_forgetting_the_hard_state(store: MemLogStore) -> MemLogStore {
+    let survivor = store.crash();
+    let reopened = MemLogStore::new();
+    let (first, last) = (
+        survivor.first_index().unwrap(),
+        survivor.last_index().unwrap(),
+    );
+    let entries = survivor.entries(first, last + 1, None).unwrap();
+    reopened.append_readable(&entries).unwrap();
+    reopened
+        .persist(&LogWrite {
+            entries,
+            hard_state: None,
+            sync: true,
+        })
+        .unwrap();
+    if let Some(identity) = survivor.identity().unwrap() {
+        reopened.set_identity(&identity).unwrap();
+    }
+    reopened
+}
+
+#[test]
+fn durable_log_suite_catches_a_forgotten_hard_state() {
+    let message = suite_failure(|| {
+        durable_log_store_suite(
+            || (MemLogStore::new(), ()),
+            |store, _| Ok(reopen_forgetting_the_hard_state(store)),
+        )
+    });
+    assert!(
+        message.contains("case `hard_state_survives_reopen`: hard_state after a reopen"),
+        "the suite failed, but not on the hard-state reopen case:\n{message}"
+    );
+    assert!(
+        !message.contains("case `entries_survive_reopen`"),
+        "the suite blamed entries that the broken reopen keeps:\n{message}"
+    );
+}
+
+/// A state store whose reopen loses every write since the last reopen,
+/// synced or not.
+#[test]
+fn durable_state_suite_catches_lost_synced_writes() {
+    let message = suite_failure(|| {
+        durable_state_store_suite(
+            || (MemStateStore::new(), ()),
+            |_, _| Ok(MemStateStore::new()),
+        )
+    });
+    assert!(
+        message.contains("case `synced_batches_survive_reopen`"),
+        "the suite failed, but not on the state reopen case:\n{message}"
     );
 }

@@ -1,38 +1,49 @@
-//! ha-demo: a three-member group in one process doing real work.
+//! ha-demo: a three-member group in one process doing real work, each
+//! member on its own embedded RocksDB (in a temporary directory).
 //!
 //! Writes go through every member, the leader is killed as if its process
-//! died, a new leader takes over, writing resumes, the dead member comes
-//! back from what its disk kept and catches up — and every acknowledged
-//! write is read back, linearizably, from every member.
+//! died, a new leader takes over, writing resumes, the dead member reopens
+//! its RocksDB, comes back and catches up — and every acknowledged write is
+//! read back, linearizably, from every member.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ha_core::{Config, NodeId};
-use ha_examples::{KvMachine, start_mem_member};
+use ha_examples::KvMachine;
 use ha_raft::{MemNetwork, Node, ReadConsistency};
-use ha_storage::{MemLogStore, MemStateStore};
+use ha_storage::{RocksEnv, StorageConfig};
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Member {
     node: Option<Node>,
-    log: MemLogStore,
-    state: MemStateStore,
+    dir: PathBuf,
 }
 
+/// Opens (or reopens) a member's RocksDB and starts it.
 async fn start(
     id: NodeId,
     members: &[NodeId],
     network: &MemNetwork,
-    log: MemLogStore,
-    state: MemStateStore,
+    env: &RocksEnv,
+    dir: &Path,
 ) -> DemoResult<Node> {
-    // The KV machine rebuilds from the state store on restart in a real
-    // application; here the log replays into it, which proves the same.
+    let (log, state) = env.open(dir, &StorageConfig::default())?;
+    // The map is rebuilt from what RocksDB holds; the log replays the rest.
+    let machine = KvMachine::open(&state)?;
     let config = Config::new(id, members.to_vec());
-    Ok(start_mem_member(config, network, log, state, KvMachine::default()).await?)
+    Ok(Node::start(
+        config,
+        Arc::new(log),
+        Arc::new(state),
+        machine,
+        network.transport(id),
+    )
+    .await?)
 }
 
 async fn wait_leader(members: &BTreeMap<NodeId, Member>) -> DemoResult<NodeId> {
@@ -63,19 +74,22 @@ async fn main() -> DemoResult<()> {
 
     let ids = vec![NodeId(1), NodeId(2), NodeId(3)];
     let network = MemNetwork::new();
+    // One block cache and thread pool for the RocksDB instances of all members.
+    let env = RocksEnv::new(&StorageConfig::default())?;
+    let root = tempfile::tempdir()?;
     let mut members = BTreeMap::new();
     for &id in &ids {
-        let (log, state) = (MemLogStore::new(), MemStateStore::new());
-        let node = start(id, &ids, &network, log.clone(), state.clone()).await?;
+        let dir = root.path().join(format!("member-{id}"));
+        let node = start(id, &ids, &network, &env, &dir).await?;
         members.insert(
             id,
             Member {
                 node: Some(node),
-                log,
-                state,
+                dir,
             },
         );
     }
+    println!("data directories under {}", root.path().display());
     let t0 = Instant::now();
     let first = wait_leader(&members).await?;
     println!(
@@ -96,16 +110,14 @@ async fn main() -> DemoResult<()> {
     }
     println!("{} writes acknowledged, through every member", acked.len());
 
-    // Kill the leader as if its process died: no handover, unsynced
-    // writes lost.
+    // Kill the leader as if its process died: no handover, queued log
+    // writes abandoned, RocksDB closed.
     let dead = wait_leader(&members).await?;
     let t_kill = Instant::now();
-    if let Some(m) = members.get_mut(&dead) {
-        if let Some(node) = m.node.take() {
-            node.kill().await;
-        }
-        m.log = m.log.crash();
-        m.state = m.state.crash();
+    if let Some(m) = members.get_mut(&dead)
+        && let Some(node) = m.node.take()
+    {
+        node.kill().await;
     }
     println!("killed the leader, member {dead}");
     let new_leader = wait_leader(&members).await?;
@@ -126,12 +138,12 @@ async fn main() -> DemoResult<()> {
         acked.len()
     );
 
-    // The dead member restarts from its disk and catches up.
+    // The dead member reopens its RocksDB and catches up.
     if let Some(m) = members.get_mut(&dead) {
-        let node = start(dead, &ids, &network, m.log.clone(), m.state.clone()).await?;
+        let node = start(dead, &ids, &network, &env, &m.dir).await?;
         m.node = Some(node);
     }
-    println!("member {dead} restarted from its storage");
+    println!("member {dead} restarted from its RocksDB and caught up");
 
     let mut checked = 0;
     for m in members.values() {

@@ -4,6 +4,7 @@ mod node;
 mod threads;
 mod waiters;
 
+pub(crate) use node::open_engine;
 pub use node::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
 
 use std::sync::Arc;
@@ -72,6 +73,7 @@ pub(crate) struct Shared {
     applied: AtomicU64,
     commit: AtomicU64,
     leader_tx: tokio::sync::watch::Sender<LeaderInfo>,
+    membership_tx: tokio::sync::watch::Sender<crate::membership::Membership>,
     metrics: Metrics,
     transport: Arc<dyn Transport>,
 }

@@ -7,22 +7,30 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
-use ha_core::eraftpb::ConfState;
+use ha_core::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState,
+};
 use ha_core::{
-    ClusterId, Config, Error, LogStore, MemberIdentity, NodeId, OverloadReason, RecoveredState,
-    Result, StateMachine, StateStore, StorageError, Transport, UnknownCause,
+    ClusterId, Config, Error, LogStore, LogWrite, MemberIdentity, NodeId, OverloadReason,
+    RecoveredState, Result, StartMode, StateMachine, StateStore, StorageError, Transport,
+    UnknownCause,
 };
 use parking_lot::Mutex;
+use prost::Message as _;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::WatchStream;
 
+use super::threads::MembershipRequest;
 use super::threads::{ApplyTask, Input, RaftThread, run_apply, run_log_writer};
 use super::waiters::Waiters;
 use super::{MAX_INBOX, Metrics, NodeSink, RUNNING, STOPPED, STOPPING, Shared};
 use crate::apply::{Applier, bootstrap_meta, load_meta};
 use crate::bugs::Bugs;
+use crate::codec::{ConfContext, MemberRecord};
 use crate::core::{Core, CoreStatus, LeaderInfo, Role};
 use crate::logging::raft_logger;
+use crate::membership::{MemberChange, MemberSet, Membership};
 
 /// How a read sees the group's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -80,6 +88,8 @@ pub struct Status {
     pub tick_lag: Duration,
     /// Why this member stopped, if it stopped on a fatal error.
     pub fatal: Option<Error>,
+    /// This member was removed from the group.
+    pub removed: bool,
 }
 
 /// Counters of one member's engine.
@@ -110,6 +120,8 @@ pub struct Node {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     leader_rx: watch::Receiver<LeaderInfo>,
+    membership_rx: watch::Receiver<Membership>,
+    next_token: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -122,9 +134,63 @@ impl std::fmt::Debug for Node {
 /// verdict (which is more precise) before answering `OutcomeUnknown`.
 const GRACE: Duration = Duration::from_millis(500);
 
-struct Opened {
-    incarnation: u64,
-    recovered: RecoveredState,
+pub(crate) struct Opened {
+    pub(crate) incarnation: u64,
+    pub(crate) recovered: RecoveredState,
+    members: MemberSet,
+}
+
+/// Writes a new group's first entries: one configuration change per
+/// initial voter at term 1, committed, exactly as on every other initial
+/// member. A member that joins later replays them from the log and so
+/// learns the configuration the same way the others did.
+fn bootstrap<L: LogStore, S: StateStore + ?Sized>(cfg: &Config, log: &L, state: &S) -> Result<()> {
+    let mut entries = Vec::new();
+    let mut members = MemberSet::default();
+    for (i, m) in cfg.initial_members.iter().enumerate() {
+        let ctx = ConfContext {
+            members: vec![MemberRecord {
+                id: m.0,
+                address: Vec::new(),
+                auto_promote: false,
+            }],
+            ..Default::default()
+        };
+        let cc = ConfChangeV2 {
+            transition: ConfChangeTransition::Auto as i32,
+            changes: vec![ConfChangeSingle {
+                change_type: ConfChangeType::AddNode as i32,
+                node_id: m.0,
+            }],
+            context: ctx.encode_to_vec(),
+        };
+        entries.push(Entry {
+            entry_type: EntryType::EntryConfChangeV2 as i32,
+            term: 1,
+            index: i as u64 + 1,
+            data: cc.encode_to_vec(),
+            ..Default::default()
+        });
+        members.info.insert(m.0, (Bytes::new(), false));
+    }
+    let n = entries.len() as u64;
+    let voters: Vec<u64> = cfg.initial_members.iter().map(|m| m.0).collect();
+    bootstrap_meta(
+        state,
+        &ConfState::from((voters, Vec::<u64>::new())),
+        &members,
+    )?;
+    log.append_readable(&entries)?;
+    log.persist(&LogWrite {
+        entries,
+        hard_state: Some(HardState {
+            term: 1,
+            vote: 0,
+            commit: n,
+        }),
+        sync: true,
+    })?;
+    Ok(())
 }
 
 /// Checks identity, bumps the incarnation, bootstraps a new group, and
@@ -154,18 +220,29 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
             id.incarnation + 1
         }
         None => {
+            // Fresh storage (or a bootstrap that crashed before its identity
+            // was stored: then only the bootstrap entries can be there, and
+            // writing them again is idempotent).
             let meta = load_meta(state)?;
-            if meta.applied != 0 || log.last_index()? != 0 {
+            let bootstrap_len = cfg.initial_members.len() as u64;
+            if meta.applied != 0 || log.last_index()? > bootstrap_len || log.hard_state()?.term > 1
+            {
                 return Err(StorageError::corrupt(
                     "data directory",
                     "state or log present but no member identity",
                 )
                 .into());
             }
-            let voters: Vec<u64> = cfg.initial_members.iter().map(|m| m.0).collect();
-            let cs = ConfState::from((voters, Vec::<u64>::new()));
-            bootstrap_meta(state, &cs)?;
-            tracing::info!(node = %cfg.node_id, cluster = %cluster_id, "bootstrapped a new group");
+            match cfg.start_mode {
+                StartMode::Bootstrap => {
+                    bootstrap(cfg, log, state)?;
+                    tracing::info!(node = %cfg.node_id, cluster = %cluster_id, "bootstrapped a new group");
+                }
+                StartMode::Join => {
+                    bootstrap_meta(state, &ConfState::default(), &MemberSet::default())?;
+                    tracing::info!(node = %cfg.node_id, cluster = %cluster_id, "joining an existing group");
+                }
+            }
             1
         }
     };
@@ -195,12 +272,39 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
     hard_state.commit = hard_state.commit.max(meta.applied);
     Ok(Opened {
         incarnation,
+        members: meta.members,
         recovered: RecoveredState {
             hard_state,
             conf_state,
             applied: meta.applied,
         },
     })
+}
+
+/// Opens a member's storage and builds its core and applier. Every start
+/// goes through here: production's and the simulator's.
+pub(crate) fn open_engine<L: LogStore, S: StateStore + ?Sized, M: StateMachine>(
+    cfg: &Config,
+    log: Arc<L>,
+    state: Arc<S>,
+    sm: M,
+    logger: &slog::Logger,
+    rng_seed: u64,
+    bugs: Bugs,
+) -> Result<(Opened, Core<L>, Applier<S, M>)> {
+    let opened = open_storage(cfg, &*log, &*state)?;
+    let mut core = Core::new(
+        cfg.clone(),
+        log,
+        opened.recovered.clone(),
+        opened.incarnation,
+        logger,
+        rng_seed,
+        bugs,
+    )?;
+    core.set_members(opened.members.clone());
+    let applier = Applier::open(state, sm, cfg.node_id, opened.incarnation, bugs)?;
+    Ok((opened, core, applier))
 }
 
 impl Node {
@@ -244,23 +348,21 @@ impl Node {
         S: StateStore,
         M: StateMachine,
     {
-        let opened = open_storage(&cfg, &*log, &*state)?;
         let id = cfg.node_id;
-        let logger = raft_logger(id.0);
-        let core = Core::new(
-            cfg.clone(),
+        let (opened, core, applier) = open_engine(
+            &cfg,
             log.clone(),
-            opened.recovered.clone(),
-            opened.incarnation,
-            &logger,
+            state,
+            sm,
+            &raft_logger(id.0),
             rand::random(),
             Bugs::default(),
         )?;
-        let applier = Applier::open(state, sm, id, opened.incarnation, Bugs::default())?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
         let (log_tx, log_rx) = crossbeam_channel::unbounded();
         let (leader_tx, leader_rx) = watch::channel(LeaderInfo::default());
+        let (membership_tx, membership_rx) = watch::channel(core.membership());
         let status = core.status();
         let shared = Arc::new(Shared {
             id,
@@ -279,6 +381,7 @@ impl Node {
             applied: AtomicU64::new(opened.recovered.applied),
             commit: AtomicU64::new(opened.recovered.hard_state.commit),
             leader_tx,
+            membership_tx,
             metrics: Metrics::default(),
             transport: transport.clone(),
         });
@@ -329,6 +432,8 @@ impl Node {
             shared,
             threads: Arc::new(Mutex::new(threads)),
             leader_rx,
+            membership_rx,
+            next_token: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -364,6 +469,9 @@ impl Node {
         let command: Bytes = command.into();
         let sh = &self.shared;
         sh.check_running()?;
+        if sh.status.lock().removed {
+            return Err(Error::Removed { member: sh.id });
+        }
         if command.len() > sh.cfg.max_command_size {
             return Err(Error::TooLarge {
                 size: command.len(),
@@ -531,6 +639,7 @@ impl Node {
                 self.shared.metrics.tick_lag_us.load(Ordering::Relaxed),
             ),
             fatal: self.shared.fatal.lock().clone(),
+            removed: s.removed,
         }
     }
 
@@ -545,6 +654,134 @@ impl Node {
             leader_changes: m.leader_changes.load(Ordering::Relaxed),
             tick_lag_us: m.tick_lag_us.load(Ordering::Relaxed),
             max_tick_lag_us: m.max_tick_lag_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The membership as applied on this member.
+    pub fn membership(&self) -> Membership {
+        self.membership_rx.borrow().clone()
+    }
+
+    /// Membership as it changes (the current value first). Coalesces
+    /// changes a slow consumer did not see.
+    pub fn membership_changes(&self) -> impl Stream<Item = Membership> + Send + 'static {
+        WatchStream::new(self.membership_rx.clone())
+    }
+
+    /// Applies membership changes, on the leader: one change is a simple
+    /// change; several are one joint-consensus change (ConfChangeV2), left
+    /// automatically. Resolves once the change (and for a joint change,
+    /// leaving the joint configuration) has been applied here.
+    ///
+    /// Refused with a typed error, changing nothing: on a follower
+    /// ([`Error::NotLeader`]); while another change is pending or the
+    /// configuration is joint ([`Error::MembershipChangeInProgress`]);
+    /// re-adding a removed id ([`Error::MemberIdReused`]); leaving fewer
+    /// healthy voters than a quorum unless `force` ([`Error::UnsafeMembershipChange`]);
+    /// removing the leader itself: it hands leadership to the most
+    /// up-to-date voter first and answers [`Error::NotLeader`] with the new
+    /// leader as hint — ask it.
+    ///
+    /// # Errors
+    /// As above, and `OutcomeUnknown` when the deadline passes after the
+    /// change was proposed.
+    pub async fn change_membership(&self, changes: Vec<MemberChange>, force: bool) -> Result<()> {
+        let removes_self = changes
+            .iter()
+            .any(|c| matches!(c, MemberChange::Remove(id) if *id == self.shared.id));
+        if removes_self && self.status().role == Role::Leader {
+            let timeout = self.shared.cfg.request_timeout;
+            let new = self.transfer(None, timeout).await?;
+            return Err(Error::NotLeader {
+                leader_hint: Some(new),
+            });
+        }
+        self.membership_request(MembershipRequest::Change { changes, force })
+            .await
+    }
+
+    /// Adds a learner (a full, non-voting replica); with
+    /// `promote_when_caught_up` the leader makes it a voter once its log is
+    /// within `Config::promote_within_entries` of the leader's.
+    ///
+    /// # Errors
+    /// See [`Node::change_membership`].
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        address: impl Into<Bytes>,
+        promote_when_caught_up: bool,
+    ) -> Result<()> {
+        self.change_membership(
+            vec![MemberChange::AddLearner {
+                id,
+                address: address.into(),
+                promote_when_caught_up,
+            }],
+            false,
+        )
+        .await
+    }
+
+    /// Makes a learner a voter.
+    ///
+    /// # Errors
+    /// See [`Node::change_membership`].
+    pub async fn promote(&self, id: NodeId) -> Result<()> {
+        self.change_membership(vec![MemberChange::Promote(id)], false)
+            .await
+    }
+
+    /// Removes a member. Its id can never be used again.
+    ///
+    /// # Errors
+    /// See [`Node::change_membership`].
+    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+        self.change_membership(vec![MemberChange::Remove(id)], false)
+            .await
+    }
+
+    /// Changes a member's address, keeping its id.
+    ///
+    /// # Errors
+    /// See [`Node::change_membership`].
+    pub async fn update_address(&self, id: NodeId, address: impl Into<Bytes>) -> Result<()> {
+        self.membership_request(MembershipRequest::Address {
+            id,
+            address: address.into(),
+        })
+        .await
+    }
+
+    async fn membership_request(&self, request: MembershipRequest) -> Result<()> {
+        let sh = &self.shared;
+        sh.check_running()?;
+        let timeout = sh.cfg.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        sh.waiters.add_membership(token, tx);
+        if sh
+            .tx
+            .send(Input::Membership {
+                token,
+                request,
+                deadline,
+            })
+            .is_err()
+        {
+            sh.waiters.remove_membership(token);
+            return Err(sh.stopped_error());
+        }
+        match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(sh.stopped_error()),
+            Err(_) => {
+                sh.waiters.remove_membership(token);
+                Err(Error::OutcomeUnknown {
+                    cause: UnknownCause::DeadlineExceeded,
+                })
+            }
         }
     }
 

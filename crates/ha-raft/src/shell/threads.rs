@@ -15,6 +15,19 @@ use ha_core::{Error, LogStore, LogWrite, NodeId, SnapshotOutcome, StateMachine, 
 use super::Shared;
 use crate::apply::Applier;
 use crate::core::{Core, Failure, Outbox, PersistTask};
+use crate::membership::{MemberChange, MemberSet};
+
+/// A membership request for the raft thread.
+pub(crate) enum MembershipRequest {
+    Change {
+        changes: Vec<MemberChange>,
+        force: bool,
+    },
+    Address {
+        id: NodeId,
+        address: bytes::Bytes,
+    },
+}
 
 /// Everything that reaches the raft thread.
 pub(crate) enum Input {
@@ -40,7 +53,12 @@ pub(crate) enum Input {
     },
     ConfChange {
         entry: Entry,
-        reply: Sender<Result<ConfState, Error>>,
+        reply: Sender<Result<(ConfState, MemberSet), Error>>,
+    },
+    Membership {
+        token: u64,
+        request: MembershipRequest,
+        deadline: Instant,
     },
     Transfer {
         target: Option<NodeId>,
@@ -199,8 +217,22 @@ impl<L: LogStore> RaftThread<L> {
                 self.core.on_applied(index, &completed, now);
             }
             Input::ConfChange { entry, reply } => {
-                let _ = reply.send(self.core.apply_conf_change(&entry));
+                let _ = reply.send(self.core.apply_conf_change(&entry, out));
             }
+            Input::Membership {
+                token,
+                request,
+                deadline,
+            } => match request {
+                MembershipRequest::Change { changes, force } => {
+                    self.core
+                        .propose_membership(token, changes, force, deadline, out);
+                }
+                MembershipRequest::Address { id, address } => {
+                    self.core
+                        .propose_address_update(token, id, address, deadline, out);
+                }
+            },
             Input::Transfer { target, reply } => {
                 let result = match target.or_else(|| self.core.best_transferee()) {
                     None => Err(Error::NotLeader {
@@ -250,6 +282,14 @@ impl<L: LogStore> RaftThread<L> {
         }
         if let Some(l) = out.leader_changed.take() {
             self.shared.leader_changed(l);
+        }
+        if !out.membership_done.is_empty() {
+            self.shared
+                .waiters
+                .complete_membership(out.membership_done.drain(..));
+        }
+        if let Some(m) = out.membership_changed.take() {
+            self.shared.membership_tx.send_replace(m);
         }
     }
 }
@@ -333,7 +373,7 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
             return;
         }
         if !entries.is_empty() {
-            let mut conf_change = |entry: &Entry| -> Result<ConfState, Error> {
+            let mut conf_change = |entry: &Entry| -> Result<(ConfState, MemberSet), Error> {
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 raft_tx
                     .send(Input::ConfChange {

@@ -13,6 +13,7 @@ type Reply = oneshot::Sender<Result<Bytes>>;
 pub(crate) struct Waiters {
     proposals: Mutex<HashMap<u64, Reply>>,
     reads: Mutex<HashMap<u64, (Bytes, Reply)>>,
+    membership: Mutex<HashMap<u64, oneshot::Sender<Result<()>>>>,
 }
 
 impl Waiters {
@@ -51,12 +52,32 @@ impl Waiters {
         }
     }
 
+    pub(crate) fn add_membership(&self, token: u64, reply: oneshot::Sender<Result<()>>) {
+        self.membership.lock().insert(token, reply);
+    }
+
+    pub(crate) fn remove_membership(&self, token: u64) {
+        self.membership.lock().remove(&token);
+    }
+
+    pub(crate) fn complete_membership(&self, done: impl IntoIterator<Item = (u64, Result<()>)>) {
+        let mut map = self.membership.lock();
+        for (token, result) in done {
+            if let Some(tx) = map.remove(&token) {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
     /// Fails everything still waiting (the member stopped).
     pub(crate) fn fail_everything(&self, error: &Error) {
         for (_, tx) in self.proposals.lock().drain() {
             let _ = tx.send(Err(error.clone()));
         }
         for (_, (_, tx)) in self.reads.lock().drain() {
+            let _ = tx.send(Err(error.clone()));
+        }
+        for (_, tx) in self.membership.lock().drain() {
             let _ = tx.send(Err(error.clone()));
         }
     }

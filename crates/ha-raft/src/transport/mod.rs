@@ -1,5 +1,7 @@
 //! Transports between members.
 
 mod mem;
+mod tcp;
 
 pub use mem::{MemNetwork, MemTransport};
+pub use tcp::{TcpConfig, TcpRejections, TcpStats, TcpTransport};

@@ -8,7 +8,8 @@ use ha_core::{LogStore, LogWrite, MemberIdentity, StorageError};
 use parking_lot::Mutex;
 use prost::Message;
 
-use super::{Misuse, injected_write_failure};
+use super::injected_write_failure;
+use crate::misuse::{Misuse, check_contiguous};
 
 /// Counters of a [`MemLogStore`], for benchmarks (entries per sync) and for
 /// tests that check batching.
@@ -192,19 +193,6 @@ impl EntryLog {
         self.first = through + 1;
         self.compacted_term = through_term;
     }
-}
-
-/// Refuses entries that are not contiguous and ascending.
-fn check_contiguous(entries: &[Entry]) -> Result<(), Misuse> {
-    for pair in entries.windows(2) {
-        if pair[1].index != pair[0].index + 1 {
-            return Err(Misuse::NotContiguous {
-                previous: pair[0].index,
-                found: pair[1].index,
-            });
-        }
-    }
-    Ok(())
 }
 
 impl Inner {

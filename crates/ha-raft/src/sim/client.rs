@@ -1,0 +1,228 @@
+//! Simulated clients: async tasks on the simulator's executor that call the
+//! group through a request board, which the world serves.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+
+use super::executor::SECONDS;
+use super::executor::{Nanos, SimClock};
+use super::history::{Consistency, Outcome};
+use super::rng::SimRng;
+
+/// What a client asks a member to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Request {
+    Write { key: u8, value: u64 },
+    Read { key: u8, consistency: Consistency },
+}
+
+/// What the client hears back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) outcome: Outcome,
+    /// The member was down or crashed meanwhile (connection refused or
+    /// reset): the client fails over to another member for a while.
+    pub(crate) member_lost: bool,
+}
+
+/// How long a client avoids a member that it lost.
+const FAILOVER: Nanos = SECONDS;
+
+/// A request the world has not picked up yet.
+pub(crate) struct Submitted {
+    pub(crate) id: u64,
+    pub(crate) client: u64,
+    pub(crate) member: usize,
+    pub(crate) request: Request,
+}
+
+#[derive(Default)]
+struct BoardInner {
+    next_id: u64,
+    submitted: Vec<Submitted>,
+    replies: BTreeMap<u64, Reply>,
+    wakers: BTreeMap<u64, Waker>,
+}
+
+/// Where clients leave requests and find replies.
+#[derive(Clone, Default)]
+pub(crate) struct Board(Arc<Mutex<BoardInner>>);
+
+impl Board {
+    /// Submits a request; the future resolves with the reply.
+    pub(crate) fn call(&self, client: u64, member: usize, request: Request) -> ReplyFuture {
+        let mut b = self.0.lock();
+        let id = b.next_id;
+        b.next_id += 1;
+        b.submitted.push(Submitted {
+            id,
+            client,
+            member,
+            request,
+        });
+        ReplyFuture {
+            board: self.clone(),
+            id,
+        }
+    }
+
+    /// The requests submitted since the last call, in order.
+    pub(crate) fn take_submitted(&self) -> Vec<Submitted> {
+        std::mem::take(&mut self.0.lock().submitted)
+    }
+
+    pub(crate) fn reply(&self, id: u64, reply: Reply) {
+        let waker = {
+            let mut b = self.0.lock();
+            b.replies.insert(id, reply);
+            b.wakers.remove(&id)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The future of [`Board::call`].
+pub(crate) struct ReplyFuture {
+    board: Board,
+    id: u64,
+}
+
+impl Future for ReplyFuture {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let mut b = self.board.0.lock();
+        match b.replies.remove(&self.id) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                b.wakers.insert(self.id, cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// One planned operation of a client.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlannedOp {
+    pub(crate) think: Nanos,
+    pub(crate) member: usize,
+    pub(crate) request: Request,
+}
+
+/// The operations of one client.
+pub(crate) struct ClientPlan {
+    /// A reader that lives in a member's process: it reads through that
+    /// member only (and restarts with it), never fails over.
+    pub(crate) pinned: bool,
+    pub(crate) ops: Vec<PlannedOp>,
+}
+
+/// Draws the operations of every client: `clients` that write and read
+/// through any member, and `readers` per member pinned to it. Values are
+/// unique in the run.
+pub(crate) fn plan_workload(
+    rng: &mut SimRng,
+    clients: usize,
+    readers: usize,
+    ops_per_client: usize,
+    members: usize,
+    keys: usize,
+    span: Nanos,
+) -> Vec<ClientPlan> {
+    let mut next_value = 1u64;
+    let mean_think = span / ops_per_client.max(1) as u64;
+    let mut plans: Vec<ClientPlan> = (0..clients)
+        .map(|_| {
+            // Each client favours one member (its process), sometimes
+            // another.
+            let home = rng.below(members);
+            let ops = (0..ops_per_client)
+                .map(|_| {
+                    let key = rng.below(keys.max(1)) as u8;
+                    let member = if rng.chance(0.7) {
+                        home
+                    } else {
+                        rng.below(members)
+                    };
+                    let request = match rng.below(100) {
+                        0..=44 => {
+                            next_value += 1;
+                            Request::Write {
+                                key,
+                                value: next_value - 1,
+                            }
+                        }
+                        45..=84 => Request::Read {
+                            key,
+                            consistency: Consistency::Linearizable,
+                        },
+                        _ => Request::Read {
+                            key,
+                            consistency: Consistency::Serializable,
+                        },
+                    };
+                    PlannedOp {
+                        think: rng.between(0, 2 * mean_think),
+                        member,
+                        request,
+                    }
+                })
+                .collect();
+            ClientPlan { pinned: false, ops }
+        })
+        .collect();
+    for member in 0..members {
+        for _ in 0..readers {
+            let ops = (0..ops_per_client)
+                .map(|_| {
+                    let key = rng.below(keys.max(1)) as u8;
+                    let consistency = if rng.chance(0.8) {
+                        Consistency::Linearizable
+                    } else {
+                        Consistency::Serializable
+                    };
+                    PlannedOp {
+                        think: rng.between(0, 2 * mean_think),
+                        member,
+                        request: Request::Read { key, consistency },
+                    }
+                })
+                .collect();
+            plans.push(ClientPlan { pinned: true, ops });
+        }
+    }
+    plans
+}
+
+/// A client: its operations one after the other, thinking in between.
+/// An unpinned client fails over to the next member while the planned one
+/// was lost lately.
+pub(crate) async fn run_client(
+    board: Board,
+    clock: SimClock,
+    client: u64,
+    members: usize,
+    plan: ClientPlan,
+) {
+    let mut avoid: BTreeMap<usize, Nanos> = BTreeMap::new();
+    for op in plan.ops {
+        clock.sleep_ns(op.think).await;
+        let now = clock.now_ns();
+        let member = (0..members)
+            .map(|k| (op.member + k) % members)
+            .find(|m| plan.pinned || avoid.get(m).is_none_or(|&until| until <= now))
+            .unwrap_or(op.member);
+        let reply = board.call(client, member, op.request).await;
+        if reply.member_lost && !plan.pinned {
+            avoid.insert(member, clock.now_ns() + FAILOVER);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The fault plan of a seed: what goes wrong, when, and for how long.
+//!
+//! The plan is drawn up front from the seed; who is hit ("the leader", "a
+//! follower") is resolved when the fault starts, so that a fault aimed at
+//! the leader hits whoever leads at that moment.
+//!
+//! Extension point: membership changes (add, remove, promote, joint) are a
+//! planned `FaultKind::Membership` once the engine exposes conf changes;
+//! the world then proposes them through the leader's core and the apply
+//! step's conf-change callback hands them to `Core::apply_conf_change`.
+
+use super::executor::{MILLIS, Nanos, SECONDS};
+use super::rng::SimRng;
+
+/// Whom a fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Leader,
+    Follower,
+    Any,
+}
+
+/// How a partition splits the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PartitionKind {
+    /// A random minority against the rest, both ways.
+    Split,
+    /// The leader alone, both ways.
+    IsolateLeader,
+    /// One member hears nobody, or nobody hears it (one-way).
+    OneWay,
+    /// Two sides that cannot talk, and one member that talks to both.
+    Bridge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum FaultKind {
+    Partition(PartitionKind),
+    /// Power failure of one member (unsynced writes lost), restarted after
+    /// the fault's duration.
+    Crash(Target),
+    /// A member that crashes again soon after each restart; on a sick
+    /// host its links are slow meanwhile (messages from before a crash
+    /// then arrive after the restart).
+    CrashLoop {
+        target: Target,
+        cycles: u32,
+        slow_links: Option<Nanos>,
+    },
+    /// Every member loses power at once.
+    PowerFailure,
+    /// The member's process stops (GC, swap, SIGSTOP): no ticks, no
+    /// messages handled, for the duration.
+    Pause(Target),
+    /// The member's disk takes `factor` times longer.
+    SlowDisk {
+        target: Target,
+        factor: u64,
+    },
+    /// Links in and out of a member get slow (congestion, retransmits).
+    SlowLinks {
+        target: Target,
+        extra_max: Nanos,
+    },
+    /// The leader hands leadership to another member.
+    TransferLeader,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedFault {
+    pub(crate) start: Nanos,
+    pub(crate) duration: Nanos,
+    pub(crate) kind: FaultKind,
+}
+
+fn target(rng: &mut SimRng) -> Target {
+    rng.pick(&[Target::Leader, Target::Follower, Target::Any])
+}
+
+/// Draws the faults of one seed, all starting inside `[from, to)`.
+pub(crate) fn plan(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
+    let count = rng.between(3, 6);
+    let mut faults: Vec<PlannedFault> = (0..count)
+        .map(|_| {
+            let start = rng.between(from, to.saturating_sub(1));
+            let roll = rng.below(100);
+            let (kind, duration) = match roll {
+                0..=27 => {
+                    let kind = rng.pick(&[
+                        PartitionKind::Split,
+                        PartitionKind::IsolateLeader,
+                        PartitionKind::OneWay,
+                        PartitionKind::Bridge,
+                    ]);
+                    (
+                        FaultKind::Partition(kind),
+                        rng.between(300 * MILLIS, 2500 * MILLIS),
+                    )
+                }
+                28..=42 => (
+                    FaultKind::Crash(target(rng)),
+                    rng.between(20 * MILLIS, 1500 * MILLIS),
+                ),
+                43..=54 => {
+                    let slow = rng.chance(0.8);
+                    (
+                        FaultKind::CrashLoop {
+                            target: target(rng),
+                            cycles: rng.between(2, 5) as u32,
+                            slow_links: slow.then(|| rng.between(200 * MILLIS, 1500 * MILLIS)),
+                        },
+                        0,
+                    )
+                }
+                55..=58 => (
+                    FaultKind::PowerFailure,
+                    rng.between(50 * MILLIS, 800 * MILLIS),
+                ),
+                59..=70 => (
+                    FaultKind::Pause(target(rng)),
+                    rng.between(50 * MILLIS, 1200 * MILLIS),
+                ),
+                71..=78 => (
+                    FaultKind::SlowDisk {
+                        target: target(rng),
+                        factor: rng.between(10, 200),
+                    },
+                    rng.between(300 * MILLIS, 2 * SECONDS),
+                ),
+                79..=86 => (
+                    FaultKind::SlowLinks {
+                        target: target(rng),
+                        extra_max: rng.between(20 * MILLIS, 600 * MILLIS),
+                    },
+                    rng.between(300 * MILLIS, 2 * SECONDS),
+                ),
+                _ => (FaultKind::TransferLeader, 0),
+            };
+            PlannedFault {
+                start,
+                duration,
+                kind,
+            }
+        })
+        .collect();
+    faults.sort_by_key(|f| f.start);
+    faults
+}

@@ -1,0 +1,139 @@
+//! The client history of a run: one record per operation, written as JSON
+//! lines (the format is documented in `docs/SIM.md`).
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// What an operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// Set a register to a value unique in the history.
+    Write,
+    /// Read a register.
+    Read,
+}
+
+/// How a read sees the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// ReadIndex: reflects every write completed before it started.
+    Linearizable,
+    /// The member's applied state: may be stale, never goes backwards on
+    /// one member process.
+    Serializable,
+}
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Completed; `outputs` hold the result.
+    Ok,
+    /// Certainly had no effect.
+    Fail,
+    /// A write that may or may not have taken effect.
+    Unknown,
+}
+
+/// The inputs of an operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inputs {
+    /// The register.
+    pub key: String,
+    /// The value written (writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+    /// The consistency asked for (reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+/// The outputs of an operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    /// Reads: the value seen (absent for an empty register).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+    /// Writes: the log index the write applied at. Reads: the log index of
+    /// the write whose value was seen (0 for an empty register).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Reads: the answering member's applied index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<u64>,
+    /// Failed and unknown operations: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One operation of a history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryOp {
+    /// Unique in the history, in invocation order.
+    pub id: u64,
+    /// The client that issued it.
+    pub client: u64,
+    /// The member it went through.
+    pub member: u64,
+    /// That member's incarnation (process lifetime) when it was invoked;
+    /// serializable reads are monotonic within one.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// What it did.
+    pub op: OpKind,
+    /// Its inputs.
+    pub inputs: Inputs,
+    /// Virtual (or real) time of invocation, in nanoseconds.
+    pub invoke_ns: u64,
+    /// Time of completion, in nanoseconds; for `unknown` the time the
+    /// client gave up (the checker treats it as never).
+    pub complete_ns: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its outputs.
+    pub outputs: Outputs,
+}
+
+impl HistoryOp {
+    /// One JSON line (no newline).
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Writes a history as JSON lines.
+///
+/// # Errors
+/// Any I/O error of `out`.
+pub fn write_history(ops: &[HistoryOp], out: &mut dyn Write) -> std::io::Result<()> {
+    for op in ops {
+        writeln!(out, "{}", op.to_json())?;
+    }
+    Ok(())
+}
+
+/// Reads a history written as JSON lines (blank lines are skipped).
+///
+/// # Errors
+/// An I/O error, or a line that is not a valid record (with its number).
+pub fn read_history(input: &mut dyn BufRead) -> std::io::Result<Vec<HistoryOp>> {
+    let mut ops = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let op: HistoryOp = serde_json::from_str(&line).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {}: {e}", n + 1),
+            )
+        })?;
+        ops.push(op);
+    }
+    Ok(ops)
+}

@@ -1,0 +1,102 @@
+//! One simulated member: its stores (which outlive crashes) and, while it
+//! runs, its process — the engine core, the applier, and the queues that
+//! the shell's log-writer and apply threads hold in production.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use ha_core::Config;
+use ha_core::eraftpb::Entry;
+use ha_core::eraftpb::Message;
+use ha_storage::{MemLogStore, MemStateStore};
+
+use super::executor::Nanos;
+use super::kv::KvRegister;
+use crate::apply::Applier;
+use crate::core::{Core, PersistTask};
+
+pub(crate) struct Member {
+    pub(crate) cfg: Config,
+    pub(crate) log: MemLogStore,
+    pub(crate) state: MemStateStore,
+    pub(crate) proc: Option<Process>,
+    /// Bumped at every start and crash; events of an old life are dropped.
+    pub(crate) life: u64,
+    /// This member's tick interval (its clock drifts).
+    pub(crate) tick_ns: Nanos,
+    /// The process handles nothing before this time.
+    pub(crate) paused_until: Nanos,
+    /// Disk latency multiplier (a slow-disk fault).
+    pub(crate) disk_factor: u64,
+    /// Messages that waited in senders' reconnect queues while it was down.
+    pub(crate) held: Vec<Message>,
+}
+
+impl Member {
+    pub(crate) fn new(cfg: Config, tick_ns: Nanos) -> Self {
+        Member {
+            cfg,
+            log: MemLogStore::new(),
+            state: MemStateStore::new(),
+            proc: None,
+            life: 0,
+            tick_ns,
+            paused_until: 0,
+            disk_factor: 1,
+            held: Vec::new(),
+        }
+    }
+}
+
+/// A running member process.
+pub(crate) struct Process {
+    pub(crate) core: Core<MemLogStore>,
+    pub(crate) applier: Applier<MemStateStore, KvRegister>,
+    pub(crate) incarnation: u64,
+    /// Persist tasks waiting for the disk, in order.
+    pub(crate) disk_queue: VecDeque<PersistTask>,
+    /// The tasks the disk is writing now (one group commit).
+    pub(crate) disk_batch: Vec<PersistTask>,
+    pub(crate) disk_busy: bool,
+    /// Committed entries not applied yet.
+    pub(crate) apply_queue: Vec<Entry>,
+    pub(crate) apply_scheduled: bool,
+    /// Linearizable reads by the index they wait for.
+    pub(crate) lin_reads: BTreeMap<u64, Vec<u64>>,
+    /// Serializable reads, answered at the next apply step.
+    pub(crate) ser_reads: Vec<u64>,
+    pub(crate) next_seq: u64,
+    pub(crate) next_token: u64,
+    /// Proposal seq → client request.
+    pub(crate) proposals: BTreeMap<u64, u64>,
+    /// Read token → client request.
+    pub(crate) reads: BTreeMap<u64, u64>,
+    /// When the state store was last written with sync.
+    pub(crate) last_sync: Nanos,
+}
+
+impl Process {
+    pub(crate) fn new(
+        core: Core<MemLogStore>,
+        applier: Applier<MemStateStore, KvRegister>,
+        incarnation: u64,
+        now: Nanos,
+    ) -> Self {
+        Process {
+            core,
+            applier,
+            incarnation,
+            disk_queue: VecDeque::new(),
+            disk_batch: Vec::new(),
+            disk_busy: false,
+            apply_queue: Vec::new(),
+            apply_scheduled: false,
+            lin_reads: BTreeMap::new(),
+            ser_reads: Vec::new(),
+            next_seq: 0,
+            next_token: 0,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            last_sync: now,
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Faults as they happen: who is hit, what is cut, slowed, paused or
+//! crashed, and healing everything at the end of the chaos window.
+
+use std::collections::BTreeSet;
+
+use ha_core::NodeId;
+
+use super::{Event, Undo, World};
+use crate::core::Outbox;
+use crate::sim::executor::{MILLIS, Nanos};
+use crate::sim::faults::{FaultKind, PartitionKind, PlannedFault, Target};
+use crate::sim::fmt_ns;
+use crate::sim::net::SlowLinks;
+use crate::sim::rng::SimRng;
+
+/// Shuffles in place with the run's RNG (Fisher–Yates).
+fn shuffle(rng: &mut SimRng, items: &mut [usize]) {
+    for i in (1..items.len()).rev() {
+        let j = rng.below(i + 1);
+        items.swap(i, j);
+    }
+}
+
+fn both_ways(a: &[usize], b: &[usize]) -> BTreeSet<(usize, usize)> {
+    let mut links = BTreeSet::new();
+    for &x in a {
+        for &y in b {
+            links.insert((x, y));
+            links.insert((y, x));
+        }
+    }
+    links
+}
+
+fn names(ms: &[usize]) -> String {
+    let v: Vec<String> = ms.iter().map(|m| (m + 1).to_string()).collect();
+    format!("{{{}}}", v.join(","))
+}
+
+impl World {
+    pub(super) fn pick_member(&mut self, target: Target) -> Option<usize> {
+        let up: Vec<usize> = (0..self.members.len()).filter(|&m| self.up(m)).collect();
+        if up.is_empty() {
+            return None;
+        }
+        let leader = self.leader();
+        match target {
+            Target::Leader => Some(leader.unwrap_or_else(|| self.rng.pick(&up))),
+            Target::Follower => {
+                let followers: Vec<usize> =
+                    up.iter().copied().filter(|&m| Some(m) != leader).collect();
+                if followers.is_empty() {
+                    None
+                } else {
+                    Some(self.rng.pick(&followers))
+                }
+            }
+            Target::Any => Some(self.rng.pick(&up)),
+        }
+    }
+
+    pub(super) fn partition(&mut self, kind: PartitionKind) -> (BTreeSet<(usize, usize)>, String) {
+        let n = self.members.len();
+        let mut all: Vec<usize> = (0..n).collect();
+        match kind {
+            PartitionKind::Split => {
+                shuffle(&mut self.rng, &mut all);
+                let k = self.rng.between(1, ((n - 1) / 2) as u64) as usize;
+                let (a, b) = all.split_at(k);
+                (
+                    both_ways(a, b),
+                    format!("split {} | {}", names(a), names(b)),
+                )
+            }
+            PartitionKind::IsolateLeader => {
+                let l = self.leader().unwrap_or_else(|| self.rng.below(n));
+                let rest: Vec<usize> = all.iter().copied().filter(|&m| m != l).collect();
+                (
+                    both_ways(&[l], &rest),
+                    format!("isolate leader {} | {}", l + 1, names(&rest)),
+                )
+            }
+            PartitionKind::OneWay => {
+                let x = self.rng.below(n);
+                let inbound = self.rng.chance(0.5);
+                let links: BTreeSet<(usize, usize)> = all
+                    .iter()
+                    .filter(|&&y| y != x)
+                    .map(|&y| if inbound { (y, x) } else { (x, y) })
+                    .collect();
+                let what = if inbound {
+                    format!("one-way: nobody reaches member {}", x + 1)
+                } else {
+                    format!("one-way: member {} reaches nobody", x + 1)
+                };
+                (links, what)
+            }
+            PartitionKind::Bridge => {
+                shuffle(&mut self.rng, &mut all);
+                let bridge = all[0];
+                let rest = &all[1..];
+                let (a, b) = rest.split_at(rest.len() / 2);
+                (
+                    both_ways(a, b),
+                    format!(
+                        "bridge {} between {} and {}",
+                        bridge + 1,
+                        names(a),
+                        names(b)
+                    ),
+                )
+            }
+        }
+    }
+
+    pub(super) fn fault_start(&mut self, f: usize) {
+        if self.healed {
+            return;
+        }
+        let PlannedFault { duration, kind, .. } = self.faults[f].clone();
+        let dur = fmt_ns(duration);
+        match kind {
+            FaultKind::Partition(kind) => {
+                let (links, what) = self.partition(kind);
+                self.net.cut(f, links);
+                self.undo.insert(f, Undo::Network);
+                self.counters.partitions += 1;
+                self.log_fault(format!("partition {what} for {dur}"));
+                self.after(duration, Event::FaultEnd { f });
+            }
+            FaultKind::Crash(target) => {
+                if let Some(m) = self.pick_member(target) {
+                    self.log_fault(format!("crash member {} ({target:?}), down {dur}", m + 1));
+                    self.crash(m);
+                    self.after(duration, Event::Restart { m });
+                }
+            }
+            FaultKind::CrashLoop {
+                target,
+                cycles,
+                slow_links,
+            } => {
+                if let Some(m) = self.pick_member(target) {
+                    let slow = slow_links
+                        .map(|x| format!(", links up to +{} slower", fmt_ns(x)))
+                        .unwrap_or_default();
+                    self.log_fault(format!(
+                        "crash loop of member {} ({target:?}), {cycles} cycles{slow}",
+                        m + 1
+                    ));
+                    let mut t = 0;
+                    for _ in 0..cycles {
+                        let down = self.rng.between(10 * MILLIS, 200 * MILLIS);
+                        self.after(t, Event::Crash { m });
+                        self.after(t + down, Event::Restart { m });
+                        t += down + self.rng.between(50 * MILLIS, 500 * MILLIS);
+                    }
+                    if let Some(extra_max) = slow_links {
+                        self.slow_links(f, m, extra_max);
+                        self.after(t, Event::FaultEnd { f });
+                    }
+                }
+            }
+            FaultKind::PowerFailure => {
+                self.log_fault(format!("power failure of every member, down up to {dur}"));
+                for m in 0..self.members.len() {
+                    if self.up(m) {
+                        self.crash(m);
+                        let down = self.rng.between(duration / 2, duration);
+                        self.after(down, Event::Restart { m });
+                    }
+                }
+            }
+            FaultKind::Pause(target) => {
+                if let Some(m) = self.pick_member(target) {
+                    self.log_fault(format!("pause member {} ({target:?}) for {dur}", m + 1));
+                    self.members[m].paused_until = self.now + duration;
+                    self.counters.pauses += 1;
+                }
+            }
+            FaultKind::SlowDisk { target, factor } => {
+                if let Some(m) = self.pick_member(target) {
+                    self.log_fault(format!(
+                        "slow disk on member {} ({target:?}): x{factor} for {dur}",
+                        m + 1
+                    ));
+                    self.members[m].disk_factor = factor;
+                    self.undo.insert(f, Undo::Disk(m));
+                    self.after(duration, Event::FaultEnd { f });
+                }
+            }
+            FaultKind::SlowLinks { target, extra_max } => {
+                if let Some(m) = self.pick_member(target) {
+                    self.log_fault(format!(
+                        "slow links of member {} ({target:?}): up to +{} for {dur}",
+                        m + 1,
+                        fmt_ns(extra_max)
+                    ));
+                    self.slow_links(f, m, extra_max);
+                    self.after(duration, Event::FaultEnd { f });
+                }
+            }
+            FaultKind::TransferLeader => {
+                let Some(l) = self.leader() else {
+                    self.log_fault("leader transfer skipped: no leader".to_owned());
+                    return;
+                };
+                let others: Vec<usize> = (0..self.members.len())
+                    .filter(|&m| m != l && self.up(m))
+                    .collect();
+                if others.is_empty() {
+                    return;
+                }
+                let to = self.rng.pick(&others);
+                self.log_fault(format!("transfer leadership {} -> {}", l + 1, to + 1));
+                if let Some(p) = self.members[l].proc.as_mut() {
+                    let _ = p.core.transfer_leader(NodeId(to as u64 + 1));
+                }
+                self.counters.transfers += 1;
+                self.drive(l, Outbox::default());
+            }
+        }
+    }
+
+    /// Slows every link in and out of `m` until fault `f` ends.
+    pub(super) fn slow_links(&mut self, f: usize, m: usize, extra_max: Nanos) {
+        let links: BTreeSet<(usize, usize)> = (0..self.members.len())
+            .filter(|&x| x != m)
+            .flat_map(|x| [(x, m), (m, x)])
+            .collect();
+        self.net.slow_down(
+            f,
+            SlowLinks {
+                links,
+                extra: (extra_max / 4, extra_max),
+            },
+        );
+        self.undo.insert(f, Undo::Network);
+    }
+
+    pub(super) fn fault_end(&mut self, f: usize) {
+        match self.undo.remove(&f) {
+            None => {}
+            Some(Undo::Network) => {
+                self.net.restore(f);
+                self.log_fault(format!("fault {f} ends (network)"));
+            }
+            Some(Undo::Disk(m)) => {
+                self.members[m].disk_factor = 1;
+                self.log_fault(format!("fault {f} ends (disk of member {})", m + 1));
+            }
+        }
+    }
+
+    pub(super) fn heal(&mut self) {
+        self.healed = true;
+        self.net.heal();
+        self.undo.clear();
+        self.log_fault("heal: network clean, every member running".to_owned());
+        for m in 0..self.members.len() {
+            self.members[m].disk_factor = 1;
+            self.members[m].paused_until = self.members[m].paused_until.min(self.now);
+            if !self.up(m) {
+                self.start(m);
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Client requests: from the board to a member's core and back, with
+//! every invocation and completion recorded in the history.
+
+use ha_core::Error;
+
+use super::{Event, FINAL_CLIENT, GRACE, OpenRequest, World, key_name};
+use crate::core::Outbox;
+use crate::sim::check::describe;
+use crate::sim::client::{Reply, Request};
+use crate::sim::history::{Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs};
+use crate::sim::kv;
+
+impl World {
+    pub(super) fn take_requests(&mut self) {
+        for s in self.board.take_submitted() {
+            self.invoke(s.id, s.client, s.member, s.request);
+        }
+    }
+
+    /// Records an invocation and hands it to the member (as an event, so
+    /// that a paused member takes it only when it resumes).
+    pub(super) fn invoke(&mut self, id: u64, client: u64, member: usize, request: Request) {
+        let (op, inputs) = match request {
+            Request::Write { key, value } => (
+                OpKind::Write,
+                Inputs {
+                    key: key_name(key),
+                    value: Some(value),
+                    consistency: None,
+                },
+            ),
+            Request::Read { key, consistency } => (
+                OpKind::Read,
+                Inputs {
+                    key: key_name(key),
+                    value: None,
+                    consistency: Some(consistency),
+                },
+            ),
+        };
+        debug_assert_eq!(id, self.ops.len() as u64, "request ids are dense");
+        self.ops.push(HistoryOp {
+            id,
+            client,
+            member: member as u64 + 1,
+            incarnation: 0,
+            op,
+            inputs,
+            invoke_ns: self.now,
+            complete_ns: self.now,
+            outcome: Outcome::Unknown,
+            outputs: Outputs::default(),
+        });
+        self.counters.ops += 1;
+        let committed_at_invoke = self.checks.max_committed();
+        self.open.insert(
+            id,
+            OpenRequest {
+                member,
+                request,
+                committed_at_invoke,
+            },
+        );
+        self.trace(|| {
+            format!(
+                "client {client} invokes op {id} on member {}: {request:?}",
+                member + 1
+            )
+        });
+        self.after(0, Event::Request { id });
+        self.after(self.request_timeout + GRACE, Event::Deadline { id });
+    }
+
+    /// A request reaches its member.
+    pub(super) fn request(&mut self, id: u64) {
+        let Some(r) = self.open.get(&id).copied() else {
+            return;
+        };
+        let m = r.member;
+        let instant = self.instant();
+        let deadline = self.clock.instant(self.now + self.request_timeout);
+        let Some(p) = self.members[m].proc.as_mut() else {
+            self.complete(id, Outcome::Fail, Outputs::error("member is down"));
+            return;
+        };
+        self.ops[id as usize].incarnation = p.incarnation;
+        let mut out = Outbox::default();
+        let serializable = match r.request {
+            Request::Write { key, value } => {
+                p.next_seq += 1;
+                p.proposals.insert(p.next_seq, id);
+                p.core.propose(
+                    p.next_seq,
+                    kv::write_command(key, value),
+                    deadline,
+                    instant,
+                    &mut out,
+                );
+                false
+            }
+            Request::Read { consistency, .. } => {
+                p.next_token += 1;
+                p.reads.insert(p.next_token, id);
+                if consistency == Consistency::Serializable {
+                    p.ser_reads.push(p.next_token);
+                    true
+                } else {
+                    p.core.read(p.next_token, deadline);
+                    false
+                }
+            }
+        };
+        if serializable {
+            self.schedule_apply(m);
+        }
+        self.drive(m, out);
+    }
+
+    pub(super) fn fail_call(&mut self, id: u64, error: &Error) {
+        // A proposal that never left a process that then died cannot apply.
+        let outcome = if error.is_not_applied() || matches!(error, Error::Shutdown) {
+            Outcome::Fail
+        } else {
+            Outcome::Unknown
+        };
+        let outcome = match self.open.get(&id).map(|r| r.request) {
+            Some(Request::Read { .. }) => Outcome::Fail,
+            _ => outcome,
+        };
+        self.complete(id, outcome, Outputs::error(error.to_string()));
+    }
+
+    pub(super) fn complete(&mut self, id: u64, outcome: Outcome, outputs: Outputs) {
+        if self.open.remove(&id).is_none() {
+            return;
+        }
+        let op = &mut self.ops[id as usize];
+        op.complete_ns = self.now;
+        op.outcome = outcome;
+        op.outputs = outputs;
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Fail => self.counters.failed += 1,
+            Outcome::Unknown => self.counters.unknown += 1,
+        }
+        let member = (op.member - 1) as usize;
+        let reply = Reply {
+            outcome,
+            member_lost: !self.up(member),
+        };
+        let line = self
+            .trace
+            .is_some()
+            .then(|| describe(&self.ops[id as usize]));
+        if let Some(line) = line {
+            self.trace(|| format!("complete {line}"));
+        }
+        self.board.reply(id, reply);
+    }
+
+    /// Submits a request from the final checks and returns its id.
+    pub(super) fn invoke_final(&mut self, member: usize, request: Request) -> u64 {
+        let id = self.ops.len() as u64;
+        self.invoke(id, FINAL_CLIENT, member, request);
+        id
+    }
+}
+
+impl Outputs {
+    pub(super) fn error(why: impl Into<String>) -> Self {
+        Outputs {
+            error: Some(why.into()),
+            ..Outputs::default()
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The end of a run: the group commits again, every member answers,
+//! every member holds the same state, and the history is checked.
+
+use ha_core::LogStore;
+
+use super::{CONVERGENCE, DURABILITY, GRACE, LIVENESS, LIVENESS_VALUE, UNKNOWN, World};
+use crate::sim::check::{RaftChecks, Violation, check_history, describe};
+use crate::sim::client::Request;
+use crate::sim::executor::SECONDS;
+use crate::sim::history::{Consistency, OpKind, Outcome};
+use crate::sim::kv;
+use crate::sim::member::Process;
+
+impl World {
+    /// The final checks. Each stage needs the one before it, except the
+    /// checks of the history, which always run.
+    pub(super) fn final_checks(&mut self) {
+        if self.group_commits_again() && self.every_member_answers() {
+            self.members_converge();
+        }
+        if !self.halted {
+            self.check_writes_and_history();
+        }
+    }
+
+    /// Liveness: a write commits once the faults healed.
+    fn group_commits_again(&mut self) -> bool {
+        let n = self.members.len();
+        for attempt in 0..3u64 {
+            let m = self.leader().unwrap_or(attempt as usize % n);
+            let id = self.invoke_final(
+                m,
+                Request::Write {
+                    key: 0,
+                    value: LIVENESS_VALUE + attempt,
+                },
+            );
+            let limit = self.now + self.request_timeout + GRACE + SECONDS;
+            self.run_until(limit, |w| !w.open.contains_key(&id));
+            if self.halted {
+                return false;
+            }
+            if self.ops[id as usize].outcome == Outcome::Ok {
+                return true;
+            }
+        }
+        self.fail(Violation::new(
+            LIVENESS,
+            "no write committed after the faults healed (3 attempts)",
+        ));
+        false
+    }
+
+    /// Every member answers a linearizable read of every register.
+    fn every_member_answers(&mut self) -> bool {
+        let mut ids = Vec::new();
+        for m in 0..self.members.len() {
+            for key in 0..self.cfg.keys.max(1) as u8 {
+                ids.push(self.invoke_final(
+                    m,
+                    Request::Read {
+                        key,
+                        consistency: Consistency::Linearizable,
+                    },
+                ));
+            }
+        }
+        let limit = self.now + self.request_timeout + GRACE + SECONDS;
+        self.run_until(limit, |w| ids.iter().all(|id| !w.open.contains_key(id)));
+        if self.halted {
+            return false;
+        }
+        let Some(&id) = ids
+            .iter()
+            .find(|&&id| self.ops[id as usize].outcome != Outcome::Ok)
+        else {
+            return true;
+        };
+        let v = Violation::new(
+            LIVENESS,
+            format!(
+                "a final linearizable read failed after healing: {}",
+                describe(&self.ops[id as usize])
+            ),
+        )
+        .with_ops([id]);
+        self.fail(v);
+        false
+    }
+
+    /// Every member catches up and holds the same state; logs match.
+    fn members_converge(&mut self) {
+        let limit = self.now + 10 * SECONDS;
+        let caught_up = |w: &World| {
+            let procs: Vec<&Process> = w.members.iter().filter_map(|m| m.proc.as_ref()).collect();
+            let top = procs.iter().map(|p| p.core.commit()).max().unwrap_or(0);
+            procs.len() == w.members.len() && procs.iter().all(|p| p.applier.applied() == top)
+        };
+        if !self.run_until(limit, caught_up) {
+            if !self.halted {
+                self.fail(Violation::new(
+                    CONVERGENCE,
+                    "members did not all apply the same index within 10s of quiet",
+                ));
+            }
+            return;
+        }
+        let digests: Vec<Vec<u8>> = self
+            .members
+            .iter()
+            .filter_map(|m| m.proc.as_ref())
+            .map(|p| p.applier.query(&kv::digest_query()).to_vec())
+            .collect();
+        if digests.windows(2).any(|w| w[0] != w[1]) {
+            let shown: Vec<String> = digests
+                .iter()
+                .enumerate()
+                .map(|(m, d)| format!("member {}: {:02x?}", m + 1, d))
+                .collect();
+            self.fail(Violation::new(
+                CONVERGENCE,
+                format!("state digests differ: {}", shown.join(", ")),
+            ));
+        }
+        let mut logs = Vec::new();
+        for m in &self.members {
+            let last = m.log.last_index().unwrap_or(0);
+            let terms = m
+                .log
+                .entries(1, last + 1, None)
+                .map(|es| es.iter().map(|e| e.term).collect())
+                .unwrap_or_default();
+            logs.push(terms);
+        }
+        if let Err(v) = RaftChecks::log_matching(&logs) {
+            self.fail(v);
+        }
+    }
+
+    /// Acknowledged writes applied at the index they reported, failed ones
+    /// nowhere; the history is linearizable; few outcomes are unknown.
+    fn check_writes_and_history(&mut self) {
+        let mut found = Vec::new();
+        for op in &self.ops {
+            if op.op != OpKind::Write {
+                continue;
+            }
+            let applied_at = op.inputs.value.and_then(|v| self.checks.index_of(v));
+            let broken = match op.outcome {
+                Outcome::Ok if applied_at.is_none() => {
+                    Some("was acknowledged but no member ever applied it")
+                }
+                Outcome::Ok if applied_at != op.outputs.index => {
+                    Some("was acknowledged at another index than the one it applied at")
+                }
+                Outcome::Fail if applied_at.is_some() => Some("was reported failed but applied"),
+                _ => None,
+            };
+            if let Some(why) = broken {
+                found.push(
+                    Violation::new(DURABILITY, format!("{} {why}", describe(op))).with_ops([op.id]),
+                );
+            }
+        }
+        found.extend(check_history(&self.ops));
+        for v in found {
+            self.record(v);
+        }
+        if self.counters.unknown * 100 > self.counters.ops {
+            self.record(Violation::new(
+                UNKNOWN,
+                format!(
+                    "{} of {} operations ended unknown ({:.2}%)",
+                    self.counters.unknown,
+                    self.counters.ops,
+                    self.counters.unknown_pct()
+                ),
+            ));
+        }
+    }
+}

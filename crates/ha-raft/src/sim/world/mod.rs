@@ -1,0 +1,540 @@
+//! One simulated run: the event loop that drives every member's core, disk,
+//! apply step and network, the clients and the faults, and runs the checks.
+//!
+//! The loop pops the earliest event (ties in the order they were
+//! scheduled), or fires the earliest client timer, and handles it to the
+//! end before the next one: a single thread, virtual time, and every random
+//! choice from the one [`SimRng`], so a seed replays exactly.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use ha_core::eraftpb::{Message, MessageType};
+use ha_core::{Config, NodeId};
+
+use super::check::{RaftChecks, Violation};
+use super::client::{Board, ClientPlan, Request, plan_workload, run_client};
+use super::executor::{Executor, MICROS, MILLIS, Nanos, SECONDS, SimClock};
+use super::faults::{self, PlannedFault};
+use super::history::{HistoryOp, OpKind, Outcome, Outputs};
+use super::kv::ApplySink;
+use super::member::Member;
+use super::net::{NetParams, Network};
+use super::rng::SimRng;
+use super::{Counters, SeedReport, SimConfig, fmt_ns};
+use crate::bugs::Bugs;
+use crate::codec::ReadContext;
+
+mod chaos;
+mod clients;
+mod finish;
+mod process;
+
+/// How long past its deadline a client waits for the engine's own verdict
+/// (the shell's `GRACE`).
+const GRACE: Nanos = 500 * MILLIS;
+/// When the first fault may start.
+const CHAOS_START: Nanos = 300 * MILLIS;
+/// The client id of the final checks' operations.
+const FINAL_CLIENT: u64 = 1_000_000;
+/// Values of the liveness writes (clients use small ones).
+const LIVENESS_VALUE: u64 = 1 << 40;
+/// A run that has not finished by then is stuck.
+const GIVE_UP_AFTER: Nanos = 60 * SECONDS;
+
+const LIVENESS: &str = "liveness";
+const CONVERGENCE: &str = "equal state on all members";
+const DURABILITY: &str = "acknowledged writes survive";
+const UNKNOWN: &str = "unknown outcomes at most 1%";
+const ENGINE: &str = "no fatal error";
+/// Violations kept per property and run (the first one matters most).
+const MAX_VIOLATIONS: usize = 20;
+const READ_INDEX: &str = "read index covers every earlier commit";
+
+#[derive(Debug)]
+enum Event {
+    Tick {
+        m: usize,
+        life: u64,
+    },
+    /// Boxed: a raft message is large, and events move in the heap.
+    Deliver {
+        msg: Box<Message>,
+    },
+    DiskDone {
+        m: usize,
+        life: u64,
+    },
+    Apply {
+        m: usize,
+        life: u64,
+    },
+    Request {
+        id: u64,
+    },
+    Deadline {
+        id: u64,
+    },
+    FaultStart {
+        f: usize,
+    },
+    FaultEnd {
+        f: usize,
+    },
+    Crash {
+        m: usize,
+    },
+    Restart {
+        m: usize,
+    },
+    Heal,
+}
+
+struct Scheduled {
+    at: Nanos,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OpenRequest {
+    member: usize,
+    request: Request,
+    /// The highest index any member had seen committed at invocation: a
+    /// linearizable read must be answered at an index at least as high.
+    committed_at_invoke: u64,
+}
+
+/// What a started fault needs undone at its end.
+enum Undo {
+    Network,
+    Disk(usize),
+}
+
+struct World {
+    cfg: SimConfig,
+    seed: u64,
+    bugs: Bugs,
+    rng: SimRng,
+    now: Nanos,
+    clock: SimClock,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    members: Vec<Member>,
+    net: Network,
+    logger: slog::Logger,
+    exec: Executor,
+    board: Board,
+    ops: Vec<HistoryOp>,
+    open: BTreeMap<u64, OpenRequest>,
+    checks: RaftChecks,
+    sink: ApplySink,
+    faults: Vec<PlannedFault>,
+    undo: BTreeMap<usize, Undo>,
+    healed: bool,
+    halted: bool,
+    counters: Counters,
+    violations: Vec<Violation>,
+    violations_kept: BTreeMap<&'static str, usize>,
+    schedule: Vec<String>,
+    trace: Option<Vec<String>>,
+    disk_latency: (Nanos, Nanos),
+    apply_delay: (Nanos, Nanos),
+    state_sync_every: Nanos,
+    tick_jitter: Nanos,
+    request_timeout: Nanos,
+}
+
+/// Runs one seed to the end and reports.
+pub(crate) fn run(cfg: &SimConfig, seed: u64) -> SeedReport {
+    let mut world = World::new(cfg, seed);
+    let outcome = catch_unwind(AssertUnwindSafe(|| world.run()));
+    if let Err(p) = outcome {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        world.fail(Violation::new(
+            ENGINE,
+            format!("the run panicked (a raft-rs `fatal!`, or a simulator bug): {msg}"),
+        ));
+    }
+    world.report()
+}
+
+fn nanos(d: std::time::Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn key_name(key: u8) -> String {
+    format!("k{key}")
+}
+
+fn msg_summary(m: &Message) -> String {
+    let t = format!("{:?}", m.msg_type());
+    let mut s = format!(
+        "{} {}->{} term={}",
+        t.trim_start_matches("Msg"),
+        m.from,
+        m.to,
+        m.term
+    );
+    match m.msg_type() {
+        MessageType::MsgAppend => s.push_str(&format!(
+            " index={} log_term={} entries={} commit={}",
+            m.index,
+            m.log_term,
+            m.entries.len(),
+            m.commit
+        )),
+        MessageType::MsgAppendResponse => s.push_str(&format!(
+            " index={} reject={} hint={}",
+            m.index, m.reject, m.reject_hint
+        )),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => {
+            s.push_str(&format!(" index={} log_term={}", m.index, m.log_term))
+        }
+        MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse => {
+            s.push_str(&format!(" reject={}", m.reject))
+        }
+        MessageType::MsgHeartbeat => s.push_str(&format!(" commit={}", m.commit)),
+        MessageType::MsgReadIndexResp => s.push_str(&format!(" index={}", m.index)),
+        MessageType::MsgPropose => s.push_str(&format!(" entries={}", m.entries.len())),
+        _ => {}
+    }
+    // The ReadIndex round a message belongs to (member/incarnation/counter).
+    let ctx = match m.msg_type() {
+        MessageType::MsgReadIndex | MessageType::MsgReadIndexResp => {
+            m.entries.first().map(|e| e.data.as_slice())
+        }
+        MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse => Some(&m.context[..]),
+        _ => None,
+    };
+    if let Some(c) = ctx.and_then(ReadContext::decode) {
+        s.push_str(&format!(
+            " ctx={}/{}/{}",
+            c.member, c.incarnation, c.counter
+        ));
+    }
+    s
+}
+
+impl World {
+    fn new(cfg: &SimConfig, seed: u64) -> Self {
+        let mut rng = SimRng::new(seed);
+        let ids: Vec<NodeId> = (1..=cfg.members as u64).map(NodeId).collect();
+        let base = Config::new(NodeId(1), ids.clone());
+        let tick = nanos(base.tick_interval);
+        // Clock drift: each member's tick is off by up to this fraction.
+        let drift = rng.pick(&[0.0, 0.01, 0.03, 0.05]);
+        let members = ids
+            .iter()
+            .map(|&id| {
+                let skew = rng.float(-drift, drift);
+                let tick_ns = (tick as f64 * (1.0 + skew)) as Nanos;
+                Member::new(Config::new(id, ids.clone()), tick_ns)
+            })
+            .collect();
+        let net = Network::new(NetParams::random(&mut rng));
+        let disk_lo = rng.between(20 * MICROS, 300 * MICROS);
+        let disk_latency = (disk_lo, disk_lo + rng.between(50 * MICROS, 3 * MILLIS));
+        let apply_delay = (0, rng.between(10 * MICROS, 2 * MILLIS));
+        let state_sync_every = rng.pick(&[20 * MILLIS, 200 * MILLIS, SECONDS]);
+        let tick_jitter = rng.between(0, MILLIS);
+        World {
+            cfg: cfg.clone(),
+            seed,
+            bugs: Bugs::with(cfg.bug),
+            rng,
+            now: 0,
+            clock: SimClock::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            members,
+            net,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            exec: Executor::default(),
+            board: Board::default(),
+            ops: Vec::new(),
+            open: BTreeMap::new(),
+            checks: RaftChecks::new(cfg.members),
+            sink: ApplySink::default(),
+            faults: Vec::new(),
+            undo: BTreeMap::new(),
+            healed: false,
+            halted: false,
+            counters: Counters::default(),
+            violations: Vec::new(),
+            violations_kept: BTreeMap::new(),
+            schedule: Vec::new(),
+            trace: cfg.trace.then(Vec::new),
+            disk_latency,
+            apply_delay,
+            state_sync_every,
+            tick_jitter,
+            request_timeout: nanos(base.request_timeout),
+        }
+    }
+
+    fn report(mut self) -> SeedReport {
+        for op in &mut self.ops {
+            if self.open.contains_key(&op.id) {
+                op.complete_ns = self.now;
+                op.outcome = match op.op {
+                    OpKind::Write => Outcome::Unknown,
+                    OpKind::Read => Outcome::Fail,
+                };
+            }
+        }
+        self.counters.leader_changes = self.checks.leaderships().saturating_sub(1) as u64;
+        SeedReport {
+            seed: self.seed,
+            members: self.cfg.members,
+            bug: self.cfg.bug,
+            violations: self.violations,
+            counters: self.counters,
+            schedule: self.schedule,
+            history: self.ops,
+            trace: self.trace.unwrap_or_default(),
+            end_ns: self.now,
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        self.clock.instant(self.now)
+    }
+
+    fn at(&mut self, at: Nanos, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn after(&mut self, delay: Nanos, event: Event) {
+        self.at(self.now.saturating_add(delay), event);
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            t.push(format!("{} {}", fmt_ns(self.now), line()));
+        }
+    }
+
+    fn log_fault(&mut self, what: String) {
+        self.trace(|| format!("FAULT {what}"));
+        self.schedule.push(format!("{} {what}", fmt_ns(self.now)));
+    }
+
+    /// Records a violation; the run goes on, so that later checks (the
+    /// history's linearizability above all) report too.
+    fn fail(&mut self, v: Violation) {
+        let v = if v.at_ns.is_none() { v.at(self.now) } else { v };
+        self.record(v);
+    }
+
+    /// Records a violation of the history as a whole (no time of its own).
+    fn record(&mut self, v: Violation) {
+        self.trace(|| format!("VIOLATION {v}"));
+        let kept = self.violations_kept.entry(v.property).or_default();
+        if *kept < MAX_VIOLATIONS {
+            *kept += 1;
+            self.violations.push(v);
+        }
+    }
+
+    /// Records a violation after which the run cannot go on (a member's
+    /// engine stopped).
+    fn halt(&mut self, v: Violation) {
+        self.fail(v);
+        self.halted = true;
+    }
+
+    fn up(&self, m: usize) -> bool {
+        self.members[m].proc.is_some()
+    }
+
+    fn alive(&self, m: usize, life: u64) -> bool {
+        self.members[m].life == life && self.up(m)
+    }
+
+    /// The member that leads the newest term among running members.
+    fn leader(&self) -> Option<usize> {
+        (0..self.members.len())
+            .filter_map(|m| {
+                let p = self.members[m].proc.as_ref()?;
+                p.core.is_leader().then(|| (p.core.leader().term, m))
+            })
+            .max()
+            .map(|(_, m)| m)
+    }
+
+    /// Handles events until `done` holds (true), the run halts, or virtual
+    /// time would pass `limit` (false).
+    fn run_until(&mut self, limit: Nanos, done: impl Fn(&World) -> bool) -> bool {
+        loop {
+            self.exec.run_until_stalled();
+            self.take_requests();
+            if self.halted {
+                return false;
+            }
+            if done(self) {
+                return true;
+            }
+            let event_at = self.queue.peek().map(|Reverse(s)| s.at);
+            let timer_at = self.clock.next_deadline();
+            let next = match (event_at, timer_at) {
+                (Some(e), Some(t)) => e.min(t),
+                (Some(e), None) => e,
+                (None, Some(t)) => t,
+                (None, None) => return false,
+            };
+            if next > limit {
+                return false;
+            }
+            self.now = next;
+            self.clock.set_now(next);
+            if timer_at == Some(next) && event_at.is_none_or(|e| e > next) {
+                self.clock.fire_due();
+                continue;
+            }
+            let Some(Reverse(s)) = self.queue.pop() else {
+                continue;
+            };
+            self.handle(s.event);
+        }
+    }
+
+    fn paused_target(&self, event: &Event) -> Option<usize> {
+        let m = match event {
+            Event::Tick { m, .. } | Event::DiskDone { m, .. } | Event::Apply { m, .. } => *m,
+            Event::Deliver { msg } => (msg.to as usize).checked_sub(1)?,
+            Event::Request { id } => self.open.get(id)?.member,
+            _ => return None,
+        };
+        (m < self.members.len() && self.members[m].paused_until > self.now).then_some(m)
+    }
+
+    fn handle(&mut self, event: Event) {
+        if let Some(m) = self.paused_target(&event) {
+            let until = self.members[m].paused_until;
+            self.at(until, event);
+            return;
+        }
+        match event {
+            Event::Tick { m, life } => {
+                if self.alive(m, life) {
+                    self.tick(m, life);
+                }
+            }
+            Event::Deliver { msg } => self.deliver(*msg),
+            Event::DiskDone { m, life } => {
+                if self.alive(m, life) {
+                    self.disk_done(m);
+                }
+            }
+            Event::Apply { m, life } => {
+                if self.alive(m, life) {
+                    self.apply(m);
+                }
+            }
+            Event::Request { id } => self.request(id),
+            Event::Deadline { id } => {
+                if let Some(r) = self.open.get(&id) {
+                    let outcome = match r.request {
+                        Request::Write { .. } => Outcome::Unknown,
+                        Request::Read { .. } => Outcome::Fail,
+                    };
+                    self.complete(id, outcome, Outputs::error("client deadline passed"));
+                }
+            }
+            Event::FaultStart { f } => self.fault_start(f),
+            Event::FaultEnd { f } => self.fault_end(f),
+            Event::Crash { m } => {
+                if !self.healed && self.up(m) {
+                    self.log_fault(format!("crash member {} (crash loop)", m + 1));
+                    self.crash(m);
+                }
+            }
+            Event::Restart { m } => {
+                if !self.up(m) {
+                    self.start(m);
+                }
+            }
+            Event::Heal => self.heal(),
+        }
+    }
+
+    fn run(&mut self) {
+        let n = self.members.len();
+        for m in 0..n {
+            self.start(m);
+        }
+        let chaos = nanos(self.cfg.chaos);
+        let quiet = nanos(self.cfg.quiet);
+        let plans: Vec<ClientPlan> = plan_workload(
+            &mut self.rng,
+            self.cfg.clients,
+            self.cfg.readers_per_member,
+            self.cfg.ops_per_client,
+            n,
+            self.cfg.keys,
+            chaos,
+        );
+        for (c, plan) in plans.into_iter().enumerate() {
+            self.exec.spawn(run_client(
+                self.board.clone(),
+                self.clock.clone(),
+                c as u64 + 1,
+                n,
+                plan,
+            ));
+        }
+        let heal_at = CHAOS_START + chaos;
+        if self.cfg.faults {
+            self.faults = faults::plan(&mut self.rng, CHAOS_START, heal_at);
+            for f in 0..self.faults.len() {
+                self.at(self.faults[f].start, Event::FaultStart { f });
+            }
+        }
+        self.at(heal_at, Event::Heal);
+        let settled = heal_at + quiet;
+        if !self.run_until(GIVE_UP_AFTER, |w| {
+            w.healed && w.exec.live() == 0 && w.now >= settled
+        }) {
+            if !self.halted {
+                self.fail(Violation::new(
+                    LIVENESS,
+                    format!(
+                        "the clients did not finish ({} still running)",
+                        self.exec.live()
+                    ),
+                ));
+            }
+            return;
+        }
+        self.final_checks();
+    }
+}

@@ -1,0 +1,508 @@
+//! A member's process as the shell runs it: ticks, raft's Ready, the
+//! log writer (disk), the apply step, and the network between members.
+
+use std::sync::Arc;
+
+use ha_core::eraftpb::Message;
+use ha_core::{Error, LogStore, LogWrite, NodeId};
+
+use super::{ENGINE, Event, OpenRequest, READ_INDEX, World, msg_summary};
+use crate::core::{Failure, Outbox};
+use crate::shell::open_engine;
+use crate::sim::check::Violation;
+use crate::sim::client::Request;
+use crate::sim::executor::MILLIS;
+use crate::sim::history::{Outcome, Outputs};
+use crate::sim::kv::{self, KvRegister};
+use crate::sim::member::Process;
+
+impl World {
+    pub(super) fn start(&mut self, m: usize) {
+        let now = self.now;
+        let member = &self.members[m];
+        let started = KvRegister::open(&member.state, m, self.sink.clone())
+            .map_err(Error::from)
+            .and_then(|sm| {
+                open_engine(
+                    &member.cfg,
+                    Arc::new(member.log.clone()),
+                    Arc::new(member.state.clone()),
+                    sm,
+                    &self.logger,
+                    self.rng.next_u64(),
+                    self.bugs,
+                )
+            });
+        let (opened, core, applier) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                self.halt(Violation::new(
+                    ENGINE,
+                    format!("member {} cannot start: {e}", m + 1),
+                ));
+                return;
+            }
+        };
+        let incarnation = opened.incarnation;
+        // Whatever the store holds at open is durable: it is what a crash
+        // left, or what the bootstrap wrote with sync.
+        let log = &self.members[m].log;
+        let last = log.last_index().unwrap_or(0);
+        let durable = log
+            .entries(1, last + 1, None)
+            .map(|es| es.iter().map(|e| e.term).collect())
+            .unwrap_or_default();
+        self.checks.started(m, applier.applied(), durable);
+        let applied = applier.applied();
+        let member = &mut self.members[m];
+        member.life += 1;
+        member.paused_until = 0;
+        member.proc = Some(Process::new(core, applier, incarnation, now));
+        let life = member.life;
+        let tick_ns = member.tick_ns;
+        let held = std::mem::take(&mut member.held);
+        self.trace(|| {
+            format!(
+                "member {} starts: incarnation {incarnation}, applied {applied}, {} held messages",
+                m + 1,
+                held.len()
+            )
+        });
+        let first_tick = self.rng.between(1, tick_ns);
+        self.after(first_tick, Event::Tick { m, life });
+        for msg in held {
+            let d = self.rng.between(MILLIS, 30 * MILLIS);
+            self.after(d, Event::Deliver { msg: Box::new(msg) });
+        }
+        self.drive(m, Outbox::default());
+    }
+
+    /// Power failure: the process is gone and so is every unsynced write.
+    pub(super) fn crash(&mut self, m: usize) {
+        let Some(mut p) = self.members[m].proc.take() else {
+            return;
+        };
+        let mut out = Outbox::default();
+        p.core.fail_all(None, &mut out);
+        for f in out.failures.drain(..) {
+            match f {
+                Failure::Proposal { seq, error } => {
+                    if let Some(id) = p.proposals.remove(&seq) {
+                        self.fail_call(id, &error);
+                    }
+                }
+                Failure::Read { token, error } => {
+                    if let Some(id) = p.reads.remove(&token) {
+                        self.fail_call(id, &error);
+                    }
+                }
+            }
+        }
+        for (_, id) in std::mem::take(&mut p.reads) {
+            self.complete(id, Outcome::Fail, Outputs::error("member crashed"));
+        }
+        for (_, id) in std::mem::take(&mut p.proposals) {
+            self.complete(id, Outcome::Unknown, Outputs::error("member crashed"));
+        }
+        drop(p);
+        let member = &mut self.members[m];
+        member.log = member.log.crash();
+        member.state = member.state.crash();
+        member.life += 1;
+        member.paused_until = 0;
+        self.checks.crashed(m);
+        self.counters.crashes += 1;
+        self.trace(|| format!("member {} crashes", m + 1));
+    }
+
+    pub(super) fn tick(&mut self, m: usize, life: u64) {
+        let now = self.instant();
+        let mut out = Outbox::default();
+        if let Some(p) = self.members[m].proc.as_mut() {
+            p.core.tick(now, &mut out);
+        }
+        self.trace(|| format!("member {} tick", m + 1));
+        self.drive(m, out);
+        let next = self.members[m].tick_ns + self.rng.between(0, self.tick_jitter);
+        self.after(next, Event::Tick { m, life });
+    }
+
+    /// After any input: start read rounds, take raft's Ready, and act on
+    /// everything the core asked for.
+    pub(super) fn drive(&mut self, m: usize, mut out: Outbox) {
+        let now = self.instant();
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        p.core.issue_reads(now, &mut out);
+        if let Err(e) = p.core.handle_ready(now, &mut out) {
+            self.halt(Violation::new(
+                ENGINE,
+                format!("member {} stopped: {e}", m + 1),
+            ));
+            return;
+        }
+        let leads = p.core.is_leader().then(|| p.core.leader().term);
+        self.dispatch(m, out);
+        if let Some(term) = leads {
+            match self.checks.leader(m, term) {
+                Ok(true) => self.trace(|| format!("member {} leads term {term}", m + 1)),
+                Ok(false) => {}
+                Err(v) => self.fail(v),
+            }
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, m: usize, mut out: Outbox) {
+        for msg in std::mem::take(&mut out.messages) {
+            self.send(m, msg);
+        }
+        for e in &out.committed {
+            if let Err(v) = self.checks.committed(m, e) {
+                self.fail(v);
+            }
+        }
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let persist = !out.persist.is_empty();
+        p.disk_queue.extend(out.persist.drain(..));
+        let mut apply = !out.committed.is_empty() || !out.reads.is_empty();
+        p.apply_queue.append(&mut out.committed);
+        let mut stale = None;
+        for r in out.reads.drain(..) {
+            for t in &r.tokens {
+                let Some(id) = p.reads.get(t) else { continue };
+                if let Some(o) = self.open.get(id)
+                    && r.index < o.committed_at_invoke
+                    && stale.is_none()
+                {
+                    stale = Some((*id, r.index, o.committed_at_invoke));
+                }
+            }
+            p.lin_reads.entry(r.index).or_default().extend(r.tokens);
+            apply = true;
+        }
+        if let Some((id, index, committed)) = stale {
+            let v = Violation::new(
+                READ_INDEX,
+                format!(
+                    "member {} was told to answer op {id} at index {index}, but index \
+                     {committed} was already committed when the read was invoked",
+                    m + 1
+                ),
+            )
+            .with_ops([id]);
+            self.fail(v);
+        }
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let mut failed = Vec::new();
+        for f in out.failures.drain(..) {
+            match f {
+                Failure::Proposal { seq, error } => {
+                    if let Some(id) = p.proposals.remove(&seq) {
+                        failed.push((id, error));
+                    }
+                }
+                Failure::Read { token, error } => {
+                    if let Some(id) = p.reads.remove(&token) {
+                        failed.push((id, error));
+                    }
+                }
+            }
+        }
+        for (id, error) in failed {
+            self.fail_call(id, &error);
+        }
+        if let Some(l) = out.leader_changed {
+            self.trace(|| {
+                format!(
+                    "member {} sees leader {:?} in term {}",
+                    m + 1,
+                    l.leader.map(|n| n.0),
+                    l.term
+                )
+            });
+        }
+        if persist {
+            self.kick_disk(m);
+        }
+        if apply {
+            self.schedule_apply(m);
+        }
+    }
+
+    // ---- network ----
+
+    pub(super) fn send(&mut self, from: usize, msg: Message) {
+        self.counters.messages += 1;
+        let to = match (msg.to as usize).checked_sub(1) {
+            Some(to) if to < self.members.len() => to,
+            _ => {
+                self.counters.dropped += 1;
+                return;
+            }
+        };
+        if self.net.is_cut(from, to) {
+            self.counters.dropped += 1;
+            self.trace(|| format!("cut: {}", msg_summary(&msg)));
+            if let Some(p) = self.members[from].proc.as_mut() {
+                p.core.report_unreachable(NodeId(to as u64 + 1));
+            }
+            return;
+        }
+        let delays = self.net.deliveries(&mut self.rng, from, to);
+        if delays.is_empty() {
+            self.counters.dropped += 1;
+            self.trace(|| format!("lost: {}", msg_summary(&msg)));
+            return;
+        }
+        let Some((&last, earlier)) = delays.split_last() else {
+            return;
+        };
+        for &d in earlier {
+            self.after(
+                d,
+                Event::Deliver {
+                    msg: Box::new(msg.clone()),
+                },
+            );
+        }
+        self.after(last, Event::Deliver { msg: Box::new(msg) });
+    }
+
+    pub(super) fn deliver(&mut self, msg: Message) {
+        let (Some(from), Some(to)) = (
+            (msg.from as usize).checked_sub(1),
+            (msg.to as usize).checked_sub(1),
+        ) else {
+            return;
+        };
+        if to >= self.members.len() {
+            return;
+        }
+        if self.net.is_cut(from, to) {
+            self.counters.dropped += 1;
+            self.trace(|| format!("cut in flight: {}", msg_summary(&msg)));
+            return;
+        }
+        if !self.up(to) {
+            let hold = self.net.params().hold;
+            if self.members[to].held.len() < 4096 && self.rng.chance(hold) {
+                self.trace(|| format!("held for restart: {}", msg_summary(&msg)));
+                self.members[to].held.push(msg);
+            } else {
+                self.counters.dropped += 1;
+                self.trace(|| format!("receiver down: {}", msg_summary(&msg)));
+            }
+            return;
+        }
+        self.trace(|| format!("deliver {}", msg_summary(&msg)));
+        if let Some(p) = self.members[to].proc.as_mut() {
+            p.core.step(msg);
+        }
+        self.drive(to, Outbox::default());
+    }
+
+    // ---- disk ----
+
+    pub(super) fn kick_disk(&mut self, m: usize) {
+        let life = self.members[m].life;
+        let factor = self.members[m].disk_factor;
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        if p.disk_busy || p.disk_queue.is_empty() {
+            return;
+        }
+        p.disk_batch = p.disk_queue.drain(..).collect();
+        p.disk_busy = true;
+        let latency = self
+            .rng
+            .between(self.disk_latency.0, self.disk_latency.1)
+            .saturating_mul(factor);
+        self.after(latency, Event::DiskDone { m, life });
+    }
+
+    /// The disk finished a group commit: make it durable, send what waited
+    /// for it, tell the core.
+    pub(super) fn disk_done(&mut self, m: usize) {
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut p.disk_batch);
+        p.disk_busy = false;
+        let mut write = LogWrite::default();
+        for t in &mut batch {
+            write.merge(std::mem::take(&mut t.write));
+        }
+        if !write.entries.is_empty() || write.hard_state.is_some() {
+            if let Err(e) = self.members[m].log.persist(&write) {
+                self.halt(Violation::new(
+                    ENGINE,
+                    format!("member {} log write failed: {e}", m + 1),
+                ));
+                return;
+            }
+            self.checks.persisted(m, &write);
+        }
+        let (Some(number), tasks) = (batch.last().map(|t| t.number), batch.len()) else {
+            return;
+        };
+        self.trace(|| {
+            format!(
+                "member {} disk: {} entries, sync={}, up to ready {number}",
+                m + 1,
+                write.entries.len(),
+                write.sync
+            )
+        });
+        for t in batch {
+            for msg in t.messages {
+                self.send(m, msg);
+            }
+        }
+        if let Some(p) = self.members[m].proc.as_mut() {
+            p.core.on_persisted(number, tasks);
+        }
+        self.kick_disk(m);
+        self.drive(m, Outbox::default());
+    }
+
+    // ---- apply ----
+
+    pub(super) fn schedule_apply(&mut self, m: usize) {
+        let life = self.members[m].life;
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        if p.apply_scheduled {
+            return;
+        }
+        p.apply_scheduled = true;
+        let d = self.rng.between(self.apply_delay.0, self.apply_delay.1);
+        self.after(d, Event::Apply { m, life });
+    }
+
+    /// The apply thread's turn: apply committed entries, answer proposals,
+    /// answer the reads whose index is applied.
+    pub(super) fn apply(&mut self, m: usize) {
+        let now = self.now;
+        let instant = self.instant();
+        let sync_every = self.state_sync_every;
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        p.apply_scheduled = false;
+        let entries = std::mem::take(&mut p.apply_queue);
+        let mut completed = Vec::new();
+        let mut conf_out = Outbox::default();
+        let mut found = Vec::new();
+        if !entries.is_empty() {
+            let before = p.applier.applied();
+            found.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.index > before)
+                    .filter_map(|e| self.checks.applying(m, e).err()),
+            );
+            let sync = now.saturating_sub(p.last_sync) >= sync_every;
+            if sync {
+                p.last_sync = now;
+            }
+            // Committed membership changes go to the core, as the shell's
+            // apply thread sends them to the raft thread. (Only the
+            // bootstrap's today: the simulator requests none yet.)
+            let Process { core, applier, .. } = p;
+            let applied = applier.apply(&entries, sync, &mut |e| {
+                core.apply_conf_change(e, &mut conf_out)
+            });
+            let step = match applied {
+                Ok(step) => step,
+                Err(e) => {
+                    self.halt(Violation::new(
+                        ENGINE,
+                        format!("member {} apply failed: {e}", m + 1),
+                    ));
+                    return;
+                }
+            };
+            let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
+            p.core.on_applied(step.applied, &seqs, instant);
+            for (seq, response) in step.completed {
+                if let Some(id) = p.proposals.remove(&seq) {
+                    completed.push((id, kv::decode_write(&response)));
+                }
+            }
+            let (first, last) = (entries[0].index, entries[entries.len() - 1].index);
+            self.trace(|| {
+                format!(
+                    "member {} applies {first}..={last} (applied {}, sync={sync})",
+                    m + 1,
+                    step.applied
+                )
+            });
+        }
+        let applied_writes: Vec<kv::AppliedWrite> = std::mem::take(&mut *self.sink.lock());
+        for w in &applied_writes {
+            if let Err(v) = self.checks.applied_write(w) {
+                found.push(v);
+            }
+        }
+        for v in found {
+            self.fail(v);
+        }
+        for (id, index) in completed {
+            let outputs = Outputs {
+                index,
+                ..Outputs::default()
+            };
+            self.complete(id, Outcome::Ok, outputs);
+        }
+        // Reads whose index is applied, then serializable ones.
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let applied = p.applier.applied();
+        let mut tokens = Vec::new();
+        while let Some(entry) = p.lin_reads.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            tokens.extend(entry.remove());
+        }
+        tokens.append(&mut p.ser_reads);
+        for token in tokens {
+            self.answer_read(m, token);
+        }
+        self.drive(m, conf_out);
+    }
+
+    pub(super) fn answer_read(&mut self, m: usize, token: u64) {
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let Some(id) = p.reads.remove(&token) else {
+            return;
+        };
+        let Some(OpenRequest {
+            request: Request::Read { key, .. },
+            ..
+        }) = self.open.get(&id).copied()
+        else {
+            return;
+        };
+        let answer = p.applier.query(&kv::read_query(key));
+        let applied = p.applier.applied();
+        let seen = kv::decode_read(&answer);
+        let outputs = Outputs {
+            value: seen.map(|s| s.0),
+            index: Some(seen.map_or(0, |s| s.1)),
+            applied: Some(applied),
+            error: None,
+        };
+        self.complete(id, Outcome::Ok, outputs);
+    }
+}

@@ -1,0 +1,445 @@
+//! [`TcpTransport`]: the production network between members, on the
+//! application's tokio runtime.
+//!
+//! The wire format is documented on [`TcpTransport`] (this module is
+//! private).
+
+mod config;
+mod inbound;
+mod outbound;
+mod stats;
+mod wire;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use ha_core::eraftpb::{Message, MessageType};
+use ha_core::{ClusterId, MessageSink, NodeId, SnapshotOutcome, Transport};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, mpsc::error::TrySendError, watch};
+use tokio::task::AbortHandle;
+
+pub use config::TcpConfig;
+pub use stats::{TcpRejections, TcpStats};
+
+use outbound::Link;
+use stats::{Counters, add};
+
+/// The TCP transport of one member: the default production [`Transport`],
+/// on the application's tokio runtime (it never starts a runtime of its
+/// own).
+///
+/// Create it with [`TcpTransport::bind`], fill its address book with
+/// [`set_peer`](Self::set_peer), and hand it to
+/// [`Node::start`](crate::Node::start), which calls
+/// [`Transport::start`]. [`Transport::stop`] ends it for good; a member that
+/// restarts binds a new one.
+///
+/// ```
+/// use ha_core::{ClusterId, Config, NodeId};
+/// use ha_raft::{TcpConfig, TcpTransport};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let config = Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
+/// let cluster = ClusterId::derive(&config.initial_members, &config.cluster_token);
+/// let tcp = TcpConfig::default()
+///     .validate_for(&config)
+///     .expect("frames fit raft's largest message");
+/// let transport =
+///     TcpTransport::bind("127.0.0.1:0".parse().unwrap(), cluster, NodeId(1), tcp).await?;
+/// // Where the others listen (from the application's config or membership).
+/// transport.set_peer(NodeId(2), "127.0.0.1:7002".parse().unwrap());
+/// transport.set_peer(NodeId(3), "127.0.0.1:7003".parse().unwrap());
+/// assert_ne!(transport.local_addr().port(), 0);
+/// // Then: Node::start(config, log_store, state_store, state_machine, transport).
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Wire format, version 1
+///
+/// Every connection carries messages one way: the dialer writes, the
+/// listener only reads (it never writes a byte; the dialer takes any byte
+/// or end-of-stream from the listener as "connection closed"). Each member
+/// dials each peer it sends to, so a pair of members uses two connections,
+/// one per direction. All integers are big-endian.
+///
+/// ```text
+/// hello (54 bytes, once, first):
+///   magic        4 bytes   "HARP"
+///   version      u16       1
+///   cluster id   32 bytes  the full ClusterId (SHA-256 of members + token)
+///   sender       u64       the dialer's member id (never 0)
+///   receiver     u64       the member the dialer means to reach
+/// then frames, until either side closes:
+///   length       u32       payload bytes, at most TcpConfig::max_frame_bytes
+///   payload      protobuf  MessageBatch { repeated eraftpb.Message messages = 1; }
+/// ```
+///
+/// A receiver reads magic and version first, so a later version may change
+/// the rest of the hello. It closes the connection, logs the reason and
+/// counts it ([`TcpStats::rejected`]) when: the magic is wrong, the version
+/// is not 1, the cluster id is not its own, the receiver is not itself,
+/// the sender is 0 or itself, the hello does not arrive within
+/// `handshake_timeout`, a frame is longer than `max_frame_bytes`, a payload
+/// does not decode, or a message in it carries a raft message or entry type
+/// that raft-rs does not know (its generated getters would panic) or a
+/// local-only type. Nothing else happens to the member. Messages in a good
+/// frame are delivered only when their `to` is this member and their
+/// `from` is the connection's sender; others are dropped and counted.
+///
+/// Payloads are decoded only with `prost::Message::decode`, never with
+/// rust-protobuf (which panics on malformed input; `clippy.toml` bans it).
+///
+/// # Sending
+///
+/// `send` never blocks: each peer has a bounded queue and a writer task,
+/// started on the first message for that peer (no eager connection). The
+/// writer drains everything queued into one frame per write, reconnects
+/// with jittered exponential backoff, reports the peer unreachable to the
+/// engine once per failed connection attempt or broken connection, and
+/// discards what was queued for a peer it cannot reach (raft retries).
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    listener: Mutex<Option<TcpListener>>,
+    peers: Mutex<Peers>,
+}
+
+#[derive(Default)]
+struct Peers {
+    stopped: bool,
+    book: HashMap<NodeId, PeerEntry>,
+}
+
+struct PeerEntry {
+    addr: SocketAddr,
+    /// The writer, started by the first message for this peer.
+    link: Option<Link>,
+}
+
+/// What the transport's tasks share.
+pub(crate) struct Shared {
+    pub(crate) cluster_id: ClusterId,
+    pub(crate) local: NodeId,
+    pub(crate) config: TcpConfig,
+    pub(crate) counters: Counters,
+    runtime: Handle,
+    shutdown: watch::Sender<bool>,
+    live_tasks: watch::Sender<usize>,
+    sink: OnceLock<Arc<dyn MessageSink>>,
+    /// The open inbound connection of each sender, to close it when the
+    /// same sender connects again (its dialer has given up on the old one).
+    inbound: Mutex<HashMap<NodeId, (u64, Arc<Notify>)>>,
+    next_conn: AtomicU64,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("local", &self.shared.local)
+            .field("cluster", &self.shared.cluster_id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl TcpTransport {
+    /// The protocol version this build speaks (and the only one it accepts).
+    pub const PROTOCOL_VERSION: u16 = wire::PROTOCOL_VERSION;
+
+    /// Validates `config` and binds the listener at once (so `listen` may
+    /// use port 0; read the port from [`local_addr`](Self::local_addr)).
+    /// Nothing is accepted until the engine calls [`Transport::start`] and
+    /// nothing is dialled until a message is sent. The transport's tasks
+    /// run on the runtime this is called on.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an invalid config or a local id of 0; the bind
+    /// error otherwise.
+    pub async fn bind(
+        listen: SocketAddr,
+        cluster_id: ClusterId,
+        local: NodeId,
+        config: TcpConfig,
+    ) -> io::Result<Arc<TcpTransport>> {
+        let config = config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if local.0 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "member id 0 is reserved",
+            ));
+        }
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!(node = %local, cluster = %cluster_id, addr = %local_addr, "peer listener bound");
+        Ok(Arc::new(TcpTransport {
+            shared: Arc::new(Shared {
+                cluster_id,
+                local,
+                config,
+                counters: Counters::default(),
+                runtime: Handle::current(),
+                shutdown: watch::Sender::new(false),
+                live_tasks: watch::Sender::new(0),
+                sink: OnceLock::new(),
+                inbound: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(0),
+            }),
+            local_addr,
+            listener: Mutex::new(Some(listener)),
+            peers: Mutex::new(Peers::default()),
+        }))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This member's id.
+    pub fn local_id(&self) -> NodeId {
+        self.shared.local
+    }
+
+    /// Sets (or changes) where member `id` listens. A changed address
+    /// closes the current connection to `id`; the next one goes to the new
+    /// address, without backoff. This member's own id is ignored.
+    pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+        if id == self.shared.local {
+            return;
+        }
+        let mut peers = self.peers.lock();
+        match peers.book.entry(id) {
+            Entry::Occupied(mut e) => {
+                let entry = e.get_mut();
+                if entry.addr != addr {
+                    tracing::info!(node = %self.shared.local, peer = %id, old = %entry.addr, new = %addr, "peer address changed");
+                    entry.addr = addr;
+                    if let Some(link) = &entry.link {
+                        link.set_addr(addr);
+                    }
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(PeerEntry { addr, link: None });
+            }
+        }
+    }
+
+    /// Forgets member `id`: closes the connection to it and drops what is
+    /// queued for it. Later messages to it are dropped and it is reported
+    /// unreachable. (Its own connection to this member, if any, stays open
+    /// until it closes it; the engine ignores members not in the group.)
+    pub fn remove_peer(&self, id: NodeId) {
+        let removed = self.peers.lock().book.remove(&id);
+        drop(removed);
+    }
+
+    /// Where member `id` is known to listen.
+    pub fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peers.lock().book.get(&id).map(|e| e.addr)
+    }
+
+    /// The transport's counters now.
+    pub fn stats(&self) -> TcpStats {
+        let queued: u64 = self
+            .peers
+            .lock()
+            .book
+            .values()
+            .filter_map(|e| e.link.as_ref())
+            .map(|l| l.queued() as u64)
+            .sum();
+        self.shared.counters.snapshot(queued)
+    }
+
+    /// Waits until every task of this transport has ended: after
+    /// [`Transport::stop`] that is prompt, and then the listening port is
+    /// free again. Returns at once when no task runs.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    pub async fn closed(&self) {
+        let mut live = self.shared.live_tasks.subscribe();
+        let _ = live.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Transport for TcpTransport {
+    fn start(&self, local: NodeId, sink: Arc<dyn MessageSink>) {
+        if local != self.shared.local {
+            tracing::error!(bound = %self.shared.local, started = %local, "transport started for another member than it was bound for; not starting");
+            return;
+        }
+        if self.shared.sink.set(sink).is_err() {
+            tracing::warn!(node = %local, "transport started twice; ignored");
+            return;
+        }
+        // None after `stop`: a stopped transport stays stopped.
+        if let Some(listener) = self.listener.lock().take() {
+            self.shared
+                .spawn(inbound::accept_loop(self.shared.clone(), listener));
+        }
+    }
+
+    fn send(&self, msg: Message) {
+        let to = NodeId(msg.to);
+        let c = &self.shared.counters;
+        let mut peers = self.peers.lock();
+        if peers.stopped {
+            drop(peers);
+            self.shared.discard(&msg, &c.dropped_stopped);
+            return;
+        }
+        let Some(entry) = peers.book.get_mut(&to) else {
+            drop(peers);
+            tracing::debug!(node = %self.shared.local, peer = %to, "no address for peer; message dropped");
+            self.shared.discard(&msg, &c.dropped_no_address);
+            self.shared.report_unreachable(to);
+            return;
+        };
+        let addr = entry.addr;
+        let link = entry
+            .link
+            .get_or_insert_with(|| Link::spawn(&self.shared, to, addr));
+        match link.queue().try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                drop(peers);
+                self.shared.discard(&msg, &c.dropped_queue_full);
+            }
+            Err(TrySendError::Closed(msg)) => {
+                // The writer ended on its own (it only does so on shutdown,
+                // or by a bug); start afresh on the next message.
+                entry.link = None;
+                drop(peers);
+                self.shared.discard(&msg, &c.dropped_unreachable);
+            }
+        }
+    }
+
+    fn stop(&self) {
+        let links: Vec<Link> = {
+            let mut peers = self.peers.lock();
+            if peers.stopped {
+                return;
+            }
+            peers.stopped = true;
+            peers
+                .book
+                .values_mut()
+                .filter_map(|e| e.link.take())
+                .collect()
+        };
+        drop(self.listener.lock().take());
+        self.shared.shutdown.send_replace(true);
+        // Dropping a link aborts its writer.
+        drop(links);
+        tracing::info!(node = %self.shared.local, "transport stopped");
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    /// Spawns a task on the application's runtime, counted in `live_tasks`.
+    fn spawn<F>(self: &Arc<Self>, task: F) -> AbortHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.live_tasks.send_modify(|n| *n += 1);
+        let guard = LiveTask(self.clone());
+        self.runtime
+            .spawn(async move {
+                let _guard = guard;
+                task.await;
+            })
+            .abort_handle()
+    }
+
+    fn report_unreachable(&self, peer: NodeId) {
+        if let Some(sink) = self.sink.get() {
+            add(&self.counters.unreachable_reports, 1);
+            sink.report_unreachable(peer);
+        }
+    }
+
+    /// Counts a message that will not be sent; a snapshot's sender is told.
+    fn discard(&self, msg: &Message, counter: &AtomicU64) {
+        add(counter, 1);
+        if msg.msg_type == MessageType::MsgSnapshot as i32
+            && let Some(sink) = self.sink.get()
+        {
+            sink.report_snapshot(NodeId(msg.to), SnapshotOutcome::Failed);
+        }
+    }
+
+    fn report_snapshot_sent(&self, peer: NodeId) {
+        if let Some(sink) = self.sink.get() {
+            sink.report_snapshot(peer, SnapshotOutcome::Finished);
+        }
+    }
+
+    /// Resolves when the transport stops.
+    async fn stopped(rx: &mut watch::Receiver<bool>) {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Records `from`'s new inbound connection; closes its previous one.
+    fn register_inbound(&self, from: NodeId) -> (u64, Arc<Notify>) {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let superseded = Arc::new(Notify::new());
+        let old = self.inbound.lock().insert(from, (id, superseded.clone()));
+        if let Some((_, old)) = old {
+            old.notify_one();
+        }
+        (id, superseded)
+    }
+
+    fn unregister_inbound(&self, from: NodeId, id: u64) {
+        let mut inbound = self.inbound.lock();
+        if inbound.get(&from).is_some_and(|(i, _)| *i == id) {
+            inbound.remove(&from);
+        }
+    }
+}
+
+/// Counts a live task; decrements when the task ends or is aborted.
+struct LiveTask(Arc<Shared>);
+
+impl Drop for LiveTask {
+    fn drop(&mut self) {
+        self.0.live_tasks.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Counts an open connection while it lives.
+struct OpenGauge<'a>(&'a AtomicU64);
+
+impl<'a> OpenGauge<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

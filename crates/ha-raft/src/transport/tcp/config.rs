@@ -1,0 +1,202 @@
+//! [`TcpConfig`]: limits and timings of the TCP transport.
+
+use std::time::Duration;
+
+use ha_core::{Config, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// The smallest `max_frame_bytes` accepted: room for heartbeats, votes and
+/// small appends.
+const MIN_FRAME_BYTES: u32 = 64 * 1024;
+
+/// Configuration of a [`TcpTransport`](super::TcpTransport). Build it with
+/// `TcpConfig::default()`, adjust fields, then call [`TcpConfig::validate`]
+/// (and [`TcpConfig::validate_for`] against the member's raft config);
+/// `bind` validates again.
+///
+/// Durations are written in human form in config files (`"200ms"`, `"5s"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Largest frame payload sent or accepted, in bytes (the 4-byte length
+    /// prefix excluded). A peer announcing a larger frame is disconnected;
+    /// a single message larger than this is dropped at the sender. Must
+    /// exceed raft's `max_size_per_msg` plus one command
+    /// ([`validate_for`](Self::validate_for)). Default 16 MiB.
+    pub max_frame_bytes: u32,
+    /// Messages queued per peer while its writer is busy or connecting.
+    /// When the queue is full `send` drops the message (raft retries) and
+    /// counts it. Raft itself bounds the appends in flight per follower
+    /// (`max_inflight_msgs`), so what one peer can pin in memory is about
+    /// `min(send_queue_len, max_inflight_msgs) × max_size_per_msg` plus
+    /// small messages. Default 4096.
+    pub send_queue_len: usize,
+    /// Deadline of one connection attempt (TCP connect plus writing the
+    /// hello). Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// An accepted connection that has not sent a complete hello within
+    /// this time is closed. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A frame write that does not complete within this time closes the
+    /// connection (a peer that stopped reading, or a dead host that sent no
+    /// reset); the writer reconnects. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Backoff after the first failed connection attempt; it doubles per
+    /// further failure, with jitter (each wait is uniform in
+    /// `[backoff / 2, backoff]`). Default 50 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_min: Duration,
+    /// Upper bound of the reconnect backoff. A peer that comes back is
+    /// reconnected to within about this long. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
+    /// Sets `TCP_NODELAY` on every peer connection: raft messages are small
+    /// and latency-bound, and the writer already batches. Default true.
+    pub nodelay: bool,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            max_frame_bytes: 16 * 1024 * 1024,
+            send_queue_len: 4096,
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(1),
+            nodelay: true,
+        }
+    }
+}
+
+impl TcpConfig {
+    /// Checks every field; returns the config unchanged when it is valid.
+    ///
+    /// # Errors
+    /// The first problem found, as a [`ConfigError`].
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.max_frame_bytes < MIN_FRAME_BYTES {
+            return Err(ConfigError::OutOfRange {
+                field: "max_frame_bytes",
+                value: u64::from(self.max_frame_bytes),
+                expected: "at least 65536",
+            });
+        }
+        if self.send_queue_len == 0 {
+            return Err(ConfigError::Zero {
+                field: "send_queue_len",
+            });
+        }
+        for (field, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("write_timeout", self.write_timeout),
+            ("reconnect_backoff_min", self.reconnect_backoff_min),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_min {
+            return Err(ConfigError::OutOfRange {
+                field: "reconnect_backoff_max",
+                value: self.reconnect_backoff_max.as_millis() as u64,
+                expected: "at least reconnect_backoff_min",
+            });
+        }
+        Ok(self)
+    }
+
+    /// [`validate`](Self::validate), and checks that the largest message
+    /// the member's raft config can produce fits in one frame: an append of
+    /// `max_size_per_msg` bytes, or one entry of `max_command_size` when it
+    /// is larger (raft always sends at least one entry), with room for
+    /// headers.
+    ///
+    /// # Errors
+    /// The first problem found, as a [`ConfigError`].
+    pub fn validate_for(self, raft: &Config) -> Result<Self, ConfigError> {
+        let this = self.validate()?;
+        let largest = raft
+            .max_size_per_msg
+            .saturating_add(raft.max_command_size as u64)
+            .saturating_add(64 * 1024);
+        if u64::from(this.max_frame_bytes) < largest {
+            return Err(ConfigError::OutOfRange {
+                field: "max_frame_bytes",
+                value: u64::from(this.max_frame_bytes),
+                expected: "greater than max_size_per_msg + max_command_size + 64 KiB",
+            });
+        }
+        Ok(this)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ha_core::NodeId;
+
+    #[test]
+    fn defaults_are_valid_for_the_default_raft_config() {
+        let raft = Config::new(NodeId(1), vec![NodeId(1)]);
+        TcpConfig::default().validate_for(&raft).unwrap();
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let bad = |f: fn(&mut TcpConfig)| {
+            let mut c = TcpConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(matches!(
+            bad(|c| c.max_frame_bytes = 100),
+            ConfigError::OutOfRange {
+                field: "max_frame_bytes",
+                ..
+            }
+        ));
+        assert_eq!(
+            bad(|c| c.send_queue_len = 0),
+            ConfigError::Zero {
+                field: "send_queue_len"
+            }
+        );
+        assert_eq!(
+            bad(|c| c.connect_timeout = Duration::ZERO),
+            ConfigError::Zero {
+                field: "connect_timeout"
+            }
+        );
+        assert!(matches!(
+            bad(|c| c.reconnect_backoff_max = Duration::from_millis(1)),
+            ConfigError::OutOfRange {
+                field: "reconnect_backoff_max",
+                ..
+            }
+        ));
+        let mut raft = Config::new(NodeId(1), vec![NodeId(1)]);
+        raft.max_size_per_msg = 32 * 1024 * 1024;
+        assert!(matches!(
+            TcpConfig::default().validate_for(&raft),
+            Err(ConfigError::OutOfRange {
+                field: "max_frame_bytes",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn serde_uses_human_durations_and_defaults_missing_fields() {
+        let c: TcpConfig =
+            serde_json::from_str(r#"{"connect_timeout":"250ms","nodelay":false}"#).unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert!(!c.nodelay);
+        assert_eq!(c.max_frame_bytes, TcpConfig::default().max_frame_bytes);
+    }
+}
