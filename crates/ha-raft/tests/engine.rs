@@ -880,7 +880,11 @@ async fn on_leader(c: &Cluster, changes: Vec<MemberChange>) {
             .await
         {
             Ok(()) => return,
-            Err(Error::NotLeader { .. }) | Err(Error::MembershipChangeInProgress) => {}
+            // A leader elected a moment ago may not have heard from every
+            // voter yet, so its health guard refuses until it has.
+            Err(Error::NotLeader { .. })
+            | Err(Error::MembershipChangeInProgress)
+            | Err(Error::UnsafeMembershipChange { .. }) => {}
             Err(e) => panic!("membership change {changes:?} failed: {e}"),
         }
         assert!(

@@ -426,6 +426,7 @@ async fn on_leader(
             Ok(()) => return Ok(()),
             Err(ha_core::Error::NotLeader { .. })
             | Err(ha_core::Error::MembershipChangeInProgress)
+            | Err(ha_core::Error::UnsafeMembershipChange { .. })
                 if Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
