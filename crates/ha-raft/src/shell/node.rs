@@ -134,6 +134,22 @@ impl std::fmt::Debug for Node {
 /// verdict (which is more precise) before answering `OutcomeUnknown`.
 const GRACE: Duration = Duration::from_millis(500);
 
+/// Waits for the core's answer. The core answers by the deadline itself
+/// (it knows whether a proposal left this member); past the deadline plus
+/// a grace period, `on_timeout` withdraws the waiter and says what to report.
+async fn await_reply<T>(
+    sh: &Shared,
+    rx: oneshot::Receiver<Result<T>>,
+    deadline: Instant,
+    on_timeout: impl FnOnce() -> Error,
+) -> Result<T> {
+    match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(sh.stopped_error()),
+        Err(_) => Err(on_timeout()),
+    }
+}
+
 pub(crate) struct Opened {
     pub(crate) incarnation: u64,
     pub(crate) recovered: RecoveredState,
@@ -505,16 +521,13 @@ impl Node {
             }
             *seq
         };
-        match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(sh.stopped_error()),
-            Err(_) => {
-                sh.waiters.remove_proposal(seq);
-                Err(Error::OutcomeUnknown {
-                    cause: UnknownCause::DeadlineExceeded,
-                })
+        await_reply(sh, rx, deadline, || {
+            sh.waiters.remove_proposal(seq);
+            Error::OutcomeUnknown {
+                cause: UnknownCause::DeadlineExceeded,
             }
-        }
+        })
+        .await
     }
 
     /// Reads with the state machine's `query`, linearizably by default.
@@ -559,14 +572,11 @@ impl Node {
             sh.waiters.remove_read(token);
             return Err(sh.stopped_error());
         }
-        match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(sh.stopped_error()),
-            Err(_) => {
-                sh.waiters.remove_read(token);
-                Err(Error::Timeout { after: timeout })
-            }
-        }
+        await_reply(sh, rx, deadline, || {
+            sh.waiters.remove_read(token);
+            Error::Timeout { after: timeout }
+        })
+        .await
     }
 
     /// Hands leadership to `target` (any voter), waiting until it leads.
@@ -773,16 +783,13 @@ impl Node {
             sh.waiters.remove_membership(token);
             return Err(sh.stopped_error());
         }
-        match tokio::time::timeout_at((deadline + GRACE).into(), rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(sh.stopped_error()),
-            Err(_) => {
-                sh.waiters.remove_membership(token);
-                Err(Error::OutcomeUnknown {
-                    cause: UnknownCause::DeadlineExceeded,
-                })
+        await_reply(sh, rx, deadline, || {
+            sh.waiters.remove_membership(token);
+            Error::OutcomeUnknown {
+                cause: UnknownCause::DeadlineExceeded,
             }
-        }
+        })
+        .await
     }
 
     /// Stops this member in order: a leader first hands leadership to the
