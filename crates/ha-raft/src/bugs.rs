@@ -31,7 +31,6 @@ pub(crate) struct Bugs {
 }
 
 impl Bugs {
-    #[allow(dead_code)] // used by the simulator
     pub(crate) fn with(bug: Option<InjectedBug>) -> Self {
         let mut b = Bugs::default();
         match bug {
