@@ -104,7 +104,13 @@ impl MemNetwork {
         } else {
             net.sinks.get(&to).cloned()
         };
-        let own = net.sinks.get(&from).cloned();
+        // Only a dropped append needs the sender's own sink (to report the
+        // peer unreachable); a delivered message does not pay for it.
+        let own = match sink {
+            Some(_) => None,
+            None if msg.msg_type() == MessageType::MsgAppend => net.sinks.get(&from).cloned(),
+            None => None,
+        };
         drop(net);
         match sink {
             Some(s) => {
@@ -113,9 +119,7 @@ impl MemNetwork {
             }
             None => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                if msg.msg_type() == MessageType::MsgAppend
-                    && let Some(own) = own
-                {
+                if let Some(own) = own {
                     own.report_unreachable(to);
                 }
             }

@@ -2,7 +2,7 @@
 //! Pure functions over byte slices, so they can be tested (and fuzzed)
 //! without sockets. The format is documented on the parent module.
 
-use ha_core::eraftpb::{EntryType, Message, MessageType};
+use ha_core::eraftpb::Message;
 use ha_core::{ClusterId, NodeId};
 
 /// First bytes of every peer connection: "ha raft peer".
@@ -197,31 +197,20 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Result<Vec<Message>, Reject> {
 }
 
 fn check_message(m: &Message) -> Result<(), Reject> {
-    match MessageType::from_i32(m.msg_type) {
-        None => return Err(Reject::Malformed("unknown raft message type")),
-        // Local messages never travel between members.
-        Some(
-            MessageType::MsgHup
-            | MessageType::MsgBeat
-            | MessageType::MsgUnreachable
-            | MessageType::MsgSnapStatus
-            | MessageType::MsgCheckQuorum,
-        ) => return Err(Reject::Malformed("local raft message type from a peer")),
-        Some(_) => {}
+    // The same rule the core applies to every peer message.
+    if crate::core::valid_peer_message(m) {
+        Ok(())
+    } else {
+        Err(Reject::Malformed(
+            "unknown or local raft message type, or unknown entry type",
+        ))
     }
-    if m.entries
-        .iter()
-        .any(|e| EntryType::from_i32(e.entry_type).is_none())
-    {
-        return Err(Reject::Malformed("unknown raft entry type"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ha_core::eraftpb::Entry;
+    use ha_core::eraftpb::{Entry, MessageType};
     use rand::{Rng, SeedableRng};
 
     fn cluster() -> ClusterId {
