@@ -39,6 +39,18 @@ pub trait StateMachine: Send + 'static {
         let _ = applied_index;
     }
 
+    /// The state store's whole contents were just replaced by a snapshot
+    /// taken at `applied_index` (this member was too far behind to catch up
+    /// from the log). Drop every in-memory cache and reload from the store;
+    /// later commands continue from `applied_index + 1`.
+    ///
+    /// # Errors
+    /// A store that cannot be read; the member then stops with `Fatal`.
+    fn restored(&mut self, applied_index: u64) -> Result<(), crate::StorageError> {
+        let _ = applied_index;
+        Ok(())
+    }
+
     /// Answers a read against the applied state. The engine calls it after
     /// every entry up to the read's index has been applied (linearizable) or
     /// at once (serializable).
