@@ -1,6 +1,7 @@
 //! Member configuration: one source of defaults, presets, and `validate()`.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,23 @@ pub struct Config {
     /// keep time; elections may follow).
     #[serde(with = "humantime_serde")]
     pub tick_lag_warn: Duration,
+
+    /// Where snapshots are built and staged (a directory of this member's
+    /// own, on the same filesystem as its data). `None` keeps them in
+    /// memory, which suits tests and small states; a snapshot staged in
+    /// memory does not survive a crash in the middle of its install.
+    pub snapshot_dir: Option<PathBuf>,
+    /// The log is compacted once it holds this many applied entries (that
+    /// the state store has durably applied).
+    pub compaction_threshold: u64,
+    /// Applied entries kept after a compaction, so that a follower a little
+    /// behind catches up from the log rather than by snapshot.
+    pub compaction_retain: u64,
+    /// Bytes per chunk when a snapshot is streamed to a peer.
+    pub snapshot_chunk_size: usize,
+    /// Bytes per second a member sends snapshots at, over all peers
+    /// (0: unlimited).
+    pub snapshot_rate_limit: u64,
 }
 
 impl Default for Config {
@@ -133,6 +151,11 @@ impl Config {
             max_pending_proposals: 100_000,
             shutdown_transfer_timeout: Duration::from_secs(1),
             tick_lag_warn: Duration::from_millis(100),
+            snapshot_dir: None,
+            compaction_threshold: 20_000,
+            compaction_retain: 5_000,
+            snapshot_chunk_size: 1024 * 1024,
+            snapshot_rate_limit: 512 * 1024 * 1024,
         }
     }
 
@@ -222,6 +245,8 @@ impl Config {
                 self.max_committed_size_per_ready,
             ),
             ("max_command_size", self.max_command_size as u64),
+            ("compaction_threshold", self.compaction_threshold),
+            ("snapshot_chunk_size", self.snapshot_chunk_size as u64),
             ("max_apply_lag", self.max_apply_lag),
             ("max_pending_proposals", self.max_pending_proposals as u64),
         ] {

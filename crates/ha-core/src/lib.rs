@@ -30,10 +30,10 @@ pub use error::{
 pub use ids::{ClusterId, NodeId, RequestId};
 pub use state_machine::{ApplyContext, StateMachine};
 pub use storage::{
-    BatchOp, LogStore, LogWrite, MemberIdentity, RESERVED_PREFIX, RecoveredState, StateStore,
-    WriteBatch,
+    BatchOp, LogPoint, LogStore, LogWrite, MemberIdentity, RESERVED_PREFIX, RecoveredState,
+    StateStore, StateView, WriteBatch,
 };
-pub use transport::{MessageSink, SnapshotOutcome, Transport};
+pub use transport::{MessageSink, SnapshotOutcome, SnapshotReader, SnapshotWriter, Transport};
 
 /// raft-rs's wire types, for storage and transport implementors.
 pub use raft_proto::eraftpb;

@@ -42,7 +42,8 @@ pub trait StateMachine: Send + 'static {
     /// The state store's whole contents were just replaced by a snapshot
     /// taken at `applied_index` (this member was too far behind to catch up
     /// from the log). Drop every in-memory cache and reload from the store;
-    /// later commands continue from `applied_index + 1`.
+    /// later commands continue from `applied_index + 1`. Also called when
+    /// the member starts and finishes an install that a crash interrupted.
     ///
     /// # Errors
     /// A store that cannot be read; the member then stops with `Fatal`.

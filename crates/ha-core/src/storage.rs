@@ -23,10 +23,25 @@ pub struct MemberIdentity {
     pub incarnation: u64,
 }
 
-/// One unit of work for the durable log: entries (which replace any stored
+/// The index and term of one log entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogPoint {
+    /// The entry's index.
+    pub index: u64,
+    /// The entry's term.
+    pub term: u64,
+}
+
+/// One unit of work for the durable log: optionally a restart of the log
+/// after an installed snapshot, then entries (which replace any stored
 /// entries at and after the first one's index) and an optional hard state.
 #[derive(Clone, Debug, Default)]
 pub struct LogWrite {
+    /// A snapshot up to this point was installed: discard every stored
+    /// entry, make this the compaction point (so the log continues at
+    /// `index + 1`), and clear the pending-install marker — in the same
+    /// atomic write as the entries and hard state.
+    pub snapshot: Option<LogPoint>,
     /// Entries to store, contiguous and ascending.
     pub entries: Vec<Entry>,
     /// New hard state, if it changed.
@@ -39,6 +54,11 @@ impl LogWrite {
     /// Merges a later write into this one (group commit): later entries
     /// overwrite from their first index; the later hard state wins.
     pub fn merge(&mut self, later: LogWrite) {
+        if later.snapshot.is_some() {
+            // The restart discards everything this write would store.
+            self.snapshot = later.snapshot;
+            self.entries.clear();
+        }
         if let Some(first) = later.entries.first() {
             let first = first.index;
             while self.entries.last().is_some_and(|e| e.index >= first) {
@@ -91,6 +111,30 @@ pub trait LogStore: Send + Sync + 'static {
     /// Makes a write durable (when `sync`) — blocking; called from the log
     /// writer thread in the order the writes were produced.
     fn persist(&self, write: &LogWrite) -> Result<(), StorageError>;
+
+    /// Restarts the readable view after a snapshot up to `point`: no
+    /// entries, `first_index() == point.index + 1`, `term(point.index) ==
+    /// point.term`. Not durable; a [`LogWrite`] with `snapshot` set makes it
+    /// so.
+    fn restart_readable(&self, point: LogPoint) -> Result<(), StorageError>;
+
+    /// Drops the entries up to and including `through` (log compaction);
+    /// `term(through)` keeps answering as the compaction point. Compacting
+    /// at or below the current compaction point does nothing. Need not be
+    /// durable: a crash may undo a compaction, whole.
+    ///
+    /// # Errors
+    /// [`StorageError::Other`] when `through` is past what is persisted or
+    /// readable; the caller may try again later.
+    fn compact(&self, through: u64) -> Result<(), StorageError>;
+
+    /// The pending-install marker, if one is stored: a snapshot install
+    /// began and its [`LogWrite`] with `snapshot` has not been persisted.
+    fn pending_install(&self) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Stores the pending-install marker durably (synced before
+    /// returning). A persisted [`LogWrite`] with `snapshot` clears it.
+    fn set_pending_install(&self, marker: &[u8]) -> Result<(), StorageError>;
 }
 
 /// One change in a [`WriteBatch`].
@@ -177,6 +221,39 @@ pub trait StateStore: Send + Sync + 'static {
     /// Applies `batch` atomically; when `sync`, durably before returning.
     /// Without `sync` a crash may lose the batch, but only whole.
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError>;
+
+    /// Calls `read` with a consistent, point-in-time view of the whole
+    /// store: writes that land while `read` runs are not visible to it.
+    /// Snapshots are built this way on a background thread, so `read` may
+    /// take long and must not block writers.
+    fn read_consistent(
+        &self,
+        read: &mut dyn FnMut(&dyn StateView) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>;
+
+    /// Replaces the whole contents with `pairs` (ascending, unique keys),
+    /// durably before returning. NOT atomic: a crash part-way leaves a mix,
+    /// which is why the engine stores a pending-install marker first and
+    /// repeats the restore on the next open.
+    fn restore(
+        &self,
+        pairs: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>,
+    ) -> Result<(), StorageError>;
+}
+
+/// A consistent read-only view of a [`StateStore`]; see
+/// [`StateStore::read_consistent`].
+pub trait StateView {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Visits keys in `[start, end)` in ascending order until `visit`
+    /// returns false.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError>;
 }
 
 /// The raft-level state recovered from storage on open.

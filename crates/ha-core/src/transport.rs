@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use raft_proto::eraftpb::Message;
 
+use crate::error::StorageError;
 use crate::ids::NodeId;
 
 /// Whether a snapshot reached a peer.
@@ -15,11 +17,48 @@ pub enum SnapshotOutcome {
     Failed,
 }
 
+/// The bytes of an outgoing snapshot, read chunk by chunk by the transport
+/// that streams them. Reading may block on disk and on the snapshot rate
+/// limit: call it from a task or thread of its own.
+pub trait SnapshotReader: Send {
+    /// Total size in bytes.
+    fn size(&self) -> u64;
+    /// The next chunk (at most a few MiB), or `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, StorageError>;
+}
+
+/// Where a transport writes an incoming snapshot (staging). May block on
+/// disk: call it from a task or thread of its own.
+pub trait SnapshotWriter: Send {
+    /// Appends the next chunk.
+    fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StorageError>;
+    /// Verifies size and checksum, makes the staged snapshot durable, and
+    /// hands the snapshot message to raft. On error the staging is
+    /// discarded and nothing reaches raft. Dropping a writer without
+    /// finishing discards the staging too.
+    fn finish(self: Box<Self>) -> Result<(), StorageError>;
+}
+
 /// Where a transport delivers what arrives for its member. Implemented by
-/// the engine; every method is non-blocking.
+/// the engine; every method is non-blocking unless it says otherwise.
+///
+/// Snapshots do not travel inside their `MsgSnapshot`: its `snapshot.data`
+/// is a small descriptor. A transport that is asked to `send` a
+/// `MsgSnapshot` streams the snapshot on the side, never delaying other
+/// messages behind it: [`MessageSink::open_snapshot`] on the sending
+/// member, [`MessageSink::receive_snapshot`] and the writer's chunks and
+/// `finish` on the receiving one, then [`MessageSink::report_snapshot`] on
+/// the sending member with the outcome. A `MsgSnapshot` passed to
+/// [`MessageSink::deliver`] is dropped.
 pub trait MessageSink: Send + Sync + 'static {
     /// A raft message from a peer.
     fn deliver(&self, msg: Message);
+    /// Sending side: the bytes of the snapshot `msg` carries the descriptor
+    /// of. Refused while another snapshot to the same peer is in flight.
+    fn open_snapshot(&self, msg: &Message) -> Result<Box<dyn SnapshotReader>, StorageError>;
+    /// Receiving side: stages the snapshot `msg` announces; raft sees `msg`
+    /// only once the writer finished and verified it.
+    fn receive_snapshot(&self, msg: Message) -> Result<Box<dyn SnapshotWriter>, StorageError>;
     /// A peer could not be reached; raft moves it to probing.
     fn report_unreachable(&self, peer: NodeId);
     /// The outcome of sending a snapshot to `peer`.

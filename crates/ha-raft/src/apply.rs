@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ha_core::eraftpb::{ConfState, Entry, EntryType};
 use ha_core::{
-    ApplyContext, BatchOp, Error, NodeId, RESERVED_PREFIX, StateMachine, StateStore, StorageError,
-    WriteBatch,
+    ApplyContext, BatchOp, Error, NodeId, RESERVED_PREFIX, StateMachine, StateStore, StateView,
+    StorageError, WriteBatch,
 };
 use prost::Message as _;
 
@@ -67,6 +67,38 @@ pub(crate) fn load_meta<S: StateStore + ?Sized>(store: &S) -> Result<EngineMeta,
         conf_state,
         members,
     })
+}
+
+fn decode_u64(what: &'static str, v: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StorageError::corrupt(what, format!("{} bytes, expected 8", v.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The point a consistent view of the state store stands at: applied index,
+/// its term, and the membership — what a snapshot of that view is. `None`
+/// before anything was applied.
+pub(crate) fn snapshot_point(
+    view: &dyn StateView,
+) -> Result<Option<(u64, u64, ConfState)>, StorageError> {
+    let applied = match view.get(&meta_key("applied"))? {
+        None => return Ok(None),
+        Some(v) => decode_u64("applied index", &v)?,
+    };
+    if applied == 0 {
+        return Ok(None);
+    }
+    let term = match view.get(&meta_key("applied_term"))? {
+        None => return Ok(None),
+        Some(v) => decode_u64("applied term", &v)?,
+    };
+    let conf_state = match view.get(&meta_key("conf_state"))? {
+        None => return Ok(None),
+        Some(v) => ConfState::decode(v.as_slice())
+            .map_err(|e| StorageError::corrupt("conf state", e.to_string()))?,
+    };
+    Ok(Some((applied, term, conf_state)))
 }
 
 /// Writes the initial membership of a new group.
@@ -285,6 +317,9 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
         if self.applied == step.applied {
             return Ok(step);
         }
+        if let Some(last) = entries.iter().rev().find(|e| e.index == self.applied) {
+            batch.put(meta_key("applied_term"), last.term.to_be_bytes().to_vec());
+        }
         touched.sort_unstable();
         touched.dedup();
         for m in touched {
@@ -353,6 +388,34 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
             step.completed.push((env.seq, response));
         }
         Ok(())
+    }
+
+    /// Replaces the whole state with a snapshot's `pairs` taken at
+    /// `index`, then reloads the engine's metadata and lets the state
+    /// machine reload. Returns the snapshot's member metadata.
+    pub(crate) fn install(
+        &mut self,
+        pairs: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>,
+        index: u64,
+    ) -> Result<MemberSet, Error> {
+        self.store.restore(pairs)?;
+        self.reload(index)
+    }
+
+    /// Reloads after the store was restored from a snapshot at `index`.
+    pub(crate) fn reload(&mut self, index: u64) -> Result<MemberSet, Error> {
+        let meta = load_meta(&*self.store)?;
+        if meta.applied != index {
+            return Err(StorageError::corrupt(
+                "installed snapshot",
+                format!("applied index {} where {index} was expected", meta.applied),
+            )
+            .into());
+        }
+        self.applied = meta.applied;
+        self.dedup = DedupTable::load(&*self.store)?;
+        self.sm.restored(index)?;
+        Ok(meta.members)
     }
 
     /// Answers a read from the applied state.

@@ -44,3 +44,42 @@ impl Bugs {
         b
     }
 }
+
+/// A point in a snapshot install where a test can make the member crash,
+/// to check that the next start recovers (see `Node::crash_during_install`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InstallCrashPoint {
+    /// After the pending-install marker is stored, before the state store
+    /// is touched.
+    AfterMarker,
+    /// Half-way through restoring the state store.
+    MidRestore,
+    /// After the state store is restored, before the log restarts after
+    /// the snapshot (the marker is still there).
+    AfterRestore,
+}
+
+/// The armed crash point of a member, if any: a run-time switch, off in
+/// production.
+#[derive(Debug, Default)]
+pub(crate) struct CrashSwitch(parking_lot::Mutex<Option<InstallCrashPoint>>);
+
+impl CrashSwitch {
+    pub(crate) fn arm(&self, point: InstallCrashPoint) {
+        *self.0.lock() = Some(point);
+    }
+
+    pub(crate) fn armed(&self, point: InstallCrashPoint) -> bool {
+        *self.0.lock() == Some(point)
+    }
+
+    /// Fails (the member stops as if it crashed) when `point` is armed.
+    pub(crate) fn hit(&self, point: InstallCrashPoint) -> Result<(), ha_core::Error> {
+        if self.armed(point) {
+            return Err(ha_core::Error::fatal(format!(
+                "injected crash during a snapshot install: {point:?}"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -19,8 +19,8 @@ use ha_core::eraftpb::{
     EntryType, Message, MessageType,
 };
 use ha_core::{
-    Config, DropReason, Error, LogStore, LogWrite, NodeId, OverloadReason, RecoveredState,
-    SnapshotOutcome, UnknownCause,
+    Config, DropReason, Error, LogPoint, LogStore, LogWrite, NodeId, OverloadReason,
+    RecoveredState, SnapshotOutcome, UnknownCause,
 };
 use prost::Message as _;
 use raft::{RawNode, StateRole};
@@ -31,6 +31,7 @@ use crate::bugs::Bugs;
 use crate::codec::{ConfContext, Envelope, MemberRecord, ReadContext};
 use crate::membership::{MemberChange, MemberSet, Membership};
 use crate::raft_storage::RaftStorage;
+use crate::snapshot::{SnapshotDescriptor, Snapshots, decode_descriptor};
 
 /// The role of a member in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +73,8 @@ pub(crate) struct PersistTask {
     pub(crate) number: u64,
     pub(crate) write: LogWrite,
     pub(crate) messages: Vec<Message>,
+    /// A snapshot to install before the write (whose `snapshot` is set).
+    pub(crate) install: Option<SnapshotDescriptor>,
 }
 
 /// Linearizable reads that may be answered once `index` is applied.
@@ -229,6 +232,7 @@ const REMOVED_NOTICE: &[u8] = b"ha/removed";
 impl<L: LogStore> Core<L> {
     /// Builds the core over a log whose readable view is already loaded and
     /// the state recovered from the state store.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: Config,
         log: Arc<L>,
@@ -237,6 +241,7 @@ impl<L: LogStore> Core<L> {
         logger: &slog::Logger,
         rng_seed: u64,
         bugs: Bugs,
+        snapshots: Arc<Snapshots>,
     ) -> Result<Self, Error> {
         let raft_cfg = raft::Config {
             id: cfg.node_id.0,
@@ -263,7 +268,12 @@ impl<L: LogStore> Core<L> {
         raft_cfg
             .validate()
             .map_err(|e| Error::fatal(format!("raft rejected the configuration: {e}")))?;
-        let storage = RaftStorage::new(log, recovered.hard_state, recovered.conf_state.clone());
+        let storage = RaftStorage::new(
+            log,
+            recovered.hard_state,
+            recovered.conf_state.clone(),
+            snapshots,
+        );
         let raw = RawNode::new(&raft_cfg, storage, logger)
             .map_err(|e| Error::fatal(format!("raft failed to start: {e}")))?;
         let id = cfg.node_id;
@@ -347,6 +357,41 @@ impl<L: LogStore> Core<L> {
 
     /// Steps a message from a peer.
     pub(crate) fn step(&mut self, msg: Message) {
+        if msg.msg_type == MessageType::MsgSnapshot as i32 {
+            // A snapshot reaches raft only through `step_staged_snapshot`,
+            // once its bytes are staged and verified.
+            tracing::warn!(
+                from = msg.from,
+                "snapshot message without staged data dropped"
+            );
+            return;
+        }
+        self.step_peer(msg);
+    }
+
+    /// Steps a `MsgSnapshot` whose snapshot is staged and verified. Returns
+    /// whether raft took it (it will come back in a `Ready`); if not, the
+    /// caller discards the staging.
+    pub(crate) fn step_staged_snapshot(&mut self, msg: Message) -> bool {
+        let wanted = msg
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.metadata.as_ref())
+            .map(|m| (m.index, m.term));
+        self.step_peer(msg);
+        let pending = self
+            .raw
+            .raft
+            .raft_log
+            .unstable()
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.metadata.as_ref())
+            .map(|m| (m.index, m.term));
+        wanted.is_some() && pending == wanted
+    }
+
+    fn step_peer(&mut self, msg: Message) {
         if !valid_peer_message(&msg) {
             // raft-proto's getters panic on enum values they do not know,
             // and prost decodes them without complaint: one forged message
@@ -559,9 +604,49 @@ impl<L: LogStore> Core<L> {
     }
 
     /// The durable log has caught up with Ready `number`.
-    pub(crate) fn on_persisted(&mut self, number: u64, tasks: usize) {
+    pub(crate) fn on_persisted(
+        &mut self,
+        number: u64,
+        tasks: usize,
+        installed: Option<(u64, MemberSet)>,
+        out: &mut Outbox,
+    ) {
         self.persisting = self.persisting.saturating_sub(tasks);
         self.raw.on_persist_ready(number);
+        if let Some((index, members)) = installed {
+            // The state store now stands at the snapshot: raft may count it
+            // as applied (on_persist_ready made it persisted).
+            if index > self.applied {
+                self.applied = index;
+                self.raw.advance_apply_to(index);
+            }
+            self.set_members(members);
+            out.membership_changed = Some(self.membership());
+        }
+    }
+
+    /// Compacts the log once it holds `compaction_threshold` entries that
+    /// the state store has durably applied, keeping `compaction_retain` of
+    /// them for followers a little behind.
+    pub(crate) fn maybe_compact(&mut self, durable_applied: u64) {
+        let log = self.raw.store().log();
+        let Ok(first) = log.first_index() else {
+            return;
+        };
+        let applied = durable_applied.min(self.applied);
+        if applied < first.saturating_add(self.cfg.compaction_threshold) {
+            return;
+        }
+        let through = applied.saturating_sub(self.cfg.compaction_retain);
+        if through < first {
+            return;
+        }
+        match log.compact(through) {
+            Ok(()) => tracing::debug!(node = %self.id, through, "log compacted"),
+            Err(e) => {
+                tracing::debug!(node = %self.id, through, error = %e, "log compaction deferred")
+            }
+        }
     }
 
     /// The state machine applied everything up to `index`; `completed`
@@ -759,10 +844,24 @@ impl<L: LogStore> Core<L> {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             out.messages.extend(rd.take_messages());
+            let mut install = None;
+            let mut restart = None;
             if !rd.snapshot().is_empty() {
-                return Err(Error::fatal(
-                    "received a raft snapshot, which this storage backend cannot install",
-                ));
+                let snap = rd.snapshot();
+                let meta = snap.metadata.clone().unwrap_or_default();
+                let descriptor = decode_descriptor(&snap.data).map_err(Error::Storage)?;
+                if (descriptor.index, descriptor.term) != (meta.index, meta.term) {
+                    return Err(Error::fatal(
+                        "raft handed back a snapshot whose descriptor disagrees with it",
+                    ));
+                }
+                let point = LogPoint {
+                    index: meta.index,
+                    term: meta.term,
+                };
+                self.raw.store().log().restart_readable(point)?;
+                restart = Some(point);
+                install = Some(descriptor);
             }
             for rs in rd.take_read_states() {
                 self.read_state_ready(rs.index, &rs.request_ctx, out);
@@ -773,17 +872,20 @@ impl<L: LogStore> Core<L> {
                 self.raw.store().log().append_readable(&entries)?;
             }
             let write = LogWrite {
+                snapshot: restart,
                 entries,
                 hard_state: rd.hs().cloned(),
-                sync: rd.must_sync(),
+                sync: rd.must_sync() || restart.is_some(),
             };
             let mut messages = rd.take_persisted_messages();
             if self.bugs.ack_before_sync {
                 out.messages.append(&mut messages);
             }
             let number = rd.number();
-            let nothing_to_persist =
-                write.entries.is_empty() && write.hard_state.is_none() && messages.is_empty();
+            let nothing_to_persist = write.entries.is_empty()
+                && write.hard_state.is_none()
+                && messages.is_empty()
+                && install.is_none();
             self.raw.advance_append_async(rd);
             if nothing_to_persist && self.persisting == 0 {
                 self.raw.on_persist_ready(number);
@@ -793,6 +895,7 @@ impl<L: LogStore> Core<L> {
                     number,
                     write,
                     messages,
+                    install,
                 });
             }
         }
@@ -1386,6 +1489,10 @@ mod tests {
             &crate::logging::raft_logger(1),
             7,
             Bugs::default(),
+            Snapshots::new(
+                &Config::new(NodeId(1), vec![NodeId(1)]),
+                crate::snapshot::SnapshotFiles::Memory(Default::default()),
+            ),
         )
         .expect("core starts")
     }

@@ -71,9 +71,10 @@ mod membership;
 mod raft_storage;
 mod shell;
 pub mod sim;
+mod snapshot;
 mod transport;
 
-pub use crate::bugs::InjectedBug;
+pub use crate::bugs::{InjectedBug, InstallCrashPoint};
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};

@@ -6,22 +6,31 @@ use ha_core::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use ha_core::{LogStore, StorageError};
 use raft::{GetEntriesContext, RaftState, Storage};
 
+use crate::snapshot::Snapshots;
+
 /// Adapts a [`LogStore`] to raft-rs. The initial state (hard state with
 /// commit raised to applied, and the applied `ConfState` from the state
 /// store) is fixed at open; raft-rs reads it only then.
 pub(crate) struct RaftStorage<L: LogStore> {
     log: Arc<L>,
     initial: RaftState,
+    snapshots: Arc<Snapshots>,
 }
 
 impl<L: LogStore> RaftStorage<L> {
-    pub(crate) fn new(log: Arc<L>, hard_state: HardState, conf_state: ConfState) -> Self {
+    pub(crate) fn new(
+        log: Arc<L>,
+        hard_state: HardState,
+        conf_state: ConfState,
+        snapshots: Arc<Snapshots>,
+    ) -> Self {
         RaftStorage {
             log,
             initial: RaftState {
                 hard_state,
                 conf_state,
             },
+            snapshots,
         }
     }
 
@@ -67,11 +76,14 @@ impl<L: LogStore> Storage for RaftStorage<L> {
         self.log.last_index().map_err(to_raft)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is not compacted yet, so a follower can always catch up
-        // from entries; snapshots arrive with the storage backend.
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // raft-rs treats any other error here as fatal: a snapshot that is
+        // not ready (or a log that cannot be read right now) is "later".
+        let first = self.log.first_index().unwrap_or(u64::MAX);
+        self.snapshots
+            .for_raft(request_index, first)
+            .ok_or(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ))
     }
 }

@@ -11,11 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use ha_core::{
-    ApplyContext, Config, Error, NodeId, StartMode, StateMachine, StateStore, StorageError,
-    WriteBatch,
+    ApplyContext, Config, Error, LogStore, NodeId, StartMode, StateMachine, StateStore,
+    StorageError, WriteBatch,
 };
 use ha_raft::{
-    CallOptions, MemNetwork, MemberChange, MemberRole, Node, ReadConsistency, ReadOptions, Role,
+    CallOptions, InstallCrashPoint, MemNetwork, MemberChange, MemberRole, Node, ReadConsistency,
+    ReadOptions, Role,
 };
 use ha_storage::{MemLogStore, MemStateStore};
 
@@ -27,6 +28,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// Everything is also written to the engine's batch so that a restarted
 /// member rebuilds it from its state store.
 struct AuditSm {
+    store: MemStateStore,
     value: Vec<u8>,
     counts: HashMap<u64, u64>,
     order: Vec<u64>,
@@ -35,6 +37,7 @@ struct AuditSm {
 impl AuditSm {
     fn open(store: &MemStateStore) -> Self {
         let mut sm = AuditSm {
+            store: store.clone(),
             value: Vec::new(),
             counts: HashMap::new(),
             order: Vec::new(),
@@ -66,6 +69,11 @@ impl AuditSm {
 }
 
 impl StateMachine for AuditSm {
+    fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {
+        *self = AuditSm::open(&self.store);
+        Ok(())
+    }
+
     fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
         if command.len() < 8 {
             return Bytes::from_static(b"bad");
@@ -117,6 +125,9 @@ fn as_u64(b: &[u8]) -> u64 {
 
 struct Cluster {
     tweak: fn(&mut Config),
+    /// Members keep their snapshots in directories under this one (in
+    /// memory when `None`).
+    snapshot_root: Option<std::path::PathBuf>,
     net: MemNetwork,
     members: Vec<NodeId>,
     nodes: HashMap<NodeId, Node>,
@@ -133,6 +144,7 @@ impl Cluster {
         let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut c = Cluster {
             tweak,
+            snapshot_root: None,
             net: MemNetwork::new(),
             members: members.clone(),
             nodes: HashMap::new(),
@@ -157,6 +169,10 @@ impl Cluster {
             },
             ..Config::new(id, self.members.clone())
         };
+        cfg.snapshot_dir = self
+            .snapshot_root
+            .as_ref()
+            .map(|root| root.join(id.0.to_string()));
         (self.tweak)(&mut cfg);
         cfg
     }
@@ -270,11 +286,18 @@ impl Cluster {
             if digests.len() == 1 {
                 return digests.into_iter().next().unwrap().to_vec();
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "replicas did not converge: {} different histories",
-                digests.len()
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let status: Vec<String> = self
+                    .nodes
+                    .values()
+                    .map(|n| format!("{:?} {:?}", n.status(), n.metrics()))
+                    .collect();
+                panic!(
+                    "replicas did not converge: {} different histories\n{}",
+                    digests.len(),
+                    status.join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -1229,4 +1252,170 @@ async fn an_unsafe_change_is_refused_unless_forced_and_addresses_change_in_place
     );
     c.net.heal();
     c.shutdown().await;
+}
+
+// ---- snapshots and log compaction ----
+
+/// Compact early and often, so that a member that misses a few hundred
+/// entries can only catch up by snapshot.
+fn small_log(cfg: &mut Config) {
+    cfg.compaction_threshold = 100;
+    cfg.compaction_retain = 20;
+    cfg.snapshot_chunk_size = 4096;
+}
+
+/// Writes `count` commands from `first` on through `via`, spread over more
+/// than a second so that the state store is synced (the log is compacted
+/// only up to what the state store holds durably).
+async fn write_spread(c: &Cluster, via: NodeId, first: u64, count: u64) {
+    for i in 0..count {
+        c.node(via)
+            .propose(cmd(first + i, &[7u8; 64]))
+            .await
+            .expect("write on a healthy majority");
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
+
+/// Waits until `id`'s log no longer holds index `index`.
+async fn wait_compacted(c: &Cluster, id: NodeId, index: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while c.logs[&id].first_index().expect("memory log") <= index {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member {id} did not compact its log past {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Until `id` stops (here: on an injected crash).
+async fn wait_stopped(c: &Cluster, id: NodeId) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while c.node(id).status().fatal.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member {id} did not stop at the injected crash"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut c = Cluster::start_with(3, small_log).await;
+    c.net.record_snapshots(true);
+    let leader = c.leader().await;
+    let late = *c
+        .members
+        .iter()
+        .find(|&&m| m != leader)
+        .expect("a follower");
+    write_spread(&c, leader, 1, 30).await;
+    c.converged().await;
+    c.crash(late).await;
+    write_spread(&c, leader, 1_000, 400).await;
+    wait_compacted(&c, leader, 200).await;
+
+    c.boot(late).await;
+    let caught_up = c.converged().await;
+    assert_eq!(
+        caught_up.len(),
+        430 * 8,
+        "a write is missing after the catch-up"
+    );
+    let m = c.node(late).metrics();
+    assert!(
+        m.snapshots_installed >= 1,
+        "the member caught up without a snapshot although the log was compacted: {m:?}"
+    );
+    assert!(c.node(leader).metrics().snapshots_built >= 1);
+
+    // The log goes on after the snapshot, and a duplicated or stale copy of
+    // the snapshot changes nothing.
+    write_spread(&c, leader, 5_000, 20).await;
+    let before = c.converged().await;
+    assert!(
+        c.net.redeliver_snapshot(late),
+        "the snapshot was not recorded"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_spread(&c, leader, 6_000, 5).await;
+    let after = c.converged().await;
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "a stale snapshot rolled the member back"
+    );
+    assert_eq!(
+        c.node(late).metrics().snapshots_installed,
+        m.snapshots_installed,
+        "a stale snapshot was installed"
+    );
+
+    // What it installed is its own now: it restarts from its storage.
+    c.crash(late).await;
+    c.boot(late).await;
+    write_spread(&c, leader, 7_000, 5).await;
+    let again = c.converged().await;
+    assert_eq!(&again[..after.len()], &after[..]);
+    c.shutdown().await;
+}
+
+async fn crash_during_install(point: InstallCrashPoint) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = Cluster::start_with(3, small_log).await;
+    c.snapshot_root = Some(dir.path().to_path_buf());
+    let leader = c.leader().await;
+    let late = *c
+        .members
+        .iter()
+        .find(|&&m| m != leader)
+        .expect("a follower");
+    write_spread(&c, leader, 1, 30).await;
+    c.converged().await;
+    c.crash(late).await;
+    write_spread(&c, leader, 1_000, 400).await;
+    wait_compacted(&c, leader, 200).await;
+
+    // Arm the crash before the member can hear from anyone.
+    c.net.isolate(late);
+    c.boot(late).await;
+    c.node(late).crash_during_install(point);
+    c.net.heal();
+    wait_stopped(&c, late).await;
+    c.crash(late).await;
+
+    // Restarted alone, it finishes the interrupted install from its staged
+    // file: it stands at the snapshot before hearing from the leader.
+    c.net.isolate(late);
+    c.boot(late).await;
+    let applied = c.node(late).status().applied;
+    assert!(
+        applied > 200,
+        "{point:?}: the restart did not finish the interrupted install (applied {applied})"
+    );
+    c.net.heal();
+    let healed = c.converged().await;
+    assert_eq!(healed.len(), 430 * 8, "{point:?}: a write is missing");
+    write_spread(&c, leader, 9_000, 5).await;
+    c.converged().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_install_marker_recovers() {
+    crash_during_install(InstallCrashPoint::AfterMarker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_half_way_through_the_restore_recovers() {
+    crash_during_install(InstallCrashPoint::MidRestore).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_restore_before_the_log_restart_recovers() {
+    crash_during_install(InstallCrashPoint::AfterRestore).await;
 }

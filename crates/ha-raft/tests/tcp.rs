@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ha_core::eraftpb::{Entry, Message, MessageType};
 use ha_core::{
-    ApplyContext, ClusterId, Config, MessageSink, NodeId, SnapshotOutcome, StateMachine,
-    StateStore, Transport, WriteBatch,
+    ApplyContext, ClusterId, Config, MessageSink, NodeId, SnapshotOutcome, SnapshotReader,
+    SnapshotWriter, StateMachine, StateStore, StorageError, Transport, WriteBatch,
 };
 use ha_raft::{Node, ReadConsistency, Role, TcpConfig, TcpTransport};
 use ha_storage::{MemLogStore, MemStateStore};
@@ -613,6 +613,12 @@ impl MessageSink for Recorder {
     }
     fn report_snapshot(&self, peer: NodeId, outcome: SnapshotOutcome) {
         self.snapshots.lock().unwrap().push((peer, outcome));
+    }
+    fn open_snapshot(&self, _msg: &Message) -> Result<Box<dyn SnapshotReader>, StorageError> {
+        Err(StorageError::corrupt("recorder", "holds no snapshots"))
+    }
+    fn receive_snapshot(&self, _msg: Message) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        Err(StorageError::corrupt("recorder", "stages no snapshots"))
     }
 }
 

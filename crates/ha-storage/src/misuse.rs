@@ -29,12 +29,27 @@ pub(crate) enum Misuse {
     InvertedRange { low: u64, high: u64 },
     #[error("cannot compact through {through}: {reason}")]
     CannotCompact { through: u64, reason: &'static str },
+    #[error("entries starting at {first} do not follow a snapshot at {snapshot}")]
+    NotAfterSnapshot { first: u64, snapshot: u64 },
 }
 
 impl From<Misuse> for StorageError {
     fn from(m: Misuse) -> Self {
         StorageError::Other(Arc::new(m))
     }
+}
+
+/// Refuses a log restart whose entries do not start right after it.
+pub(crate) fn check_after_snapshot(write: &ha_core::LogWrite) -> Result<(), Misuse> {
+    if let (Some(point), Some(first)) = (write.snapshot, write.entries.first()) {
+        if Some(first.index) != point.index.checked_add(1) {
+            return Err(Misuse::NotAfterSnapshot {
+                first: first.index,
+                snapshot: point.index,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses entries that are not contiguous and ascending.

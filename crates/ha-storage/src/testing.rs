@@ -268,6 +268,7 @@ fn entries_with_terms(first: u64, terms: &[u64]) -> Vec<Entry> {
 
 fn synced(entries: Vec<Entry>, hard_state: Option<HardState>) -> LogWrite {
     LogWrite {
+        snapshot: None,
         entries,
         hard_state,
         sync: true,
@@ -440,6 +441,7 @@ fn persist_lags_readable<S: LogStore>(store: &S) -> Outcome {
     call("append_readable", store.append_readable(&log[..3]))?;
     call("append_readable", store.append_readable(&log[3..]))?;
     let first = LogWrite {
+        snapshot: None,
         entries: log[..3].to_vec(),
         hard_state: None,
         sync: false,
@@ -635,6 +637,7 @@ fn random_appends_match_model<S: LogStore>(store: &S) -> Outcome {
             model.extend_from_slice(&batch);
         }
         pending.push(LogWrite {
+            snapshot: None,
             entries: batch,
             hard_state: Some(HardState {
                 term,
@@ -851,6 +854,7 @@ fn random_appends_survive_reopens<S: LogStore>(mut store: S, reopen: &Reopen<'_,
             model.extend_from_slice(&batch);
         }
         pending.push(LogWrite {
+            snapshot: None,
             entries: batch,
             hard_state: None,
             sync: rng.below(2) == 0,

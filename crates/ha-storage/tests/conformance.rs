@@ -5,7 +5,9 @@
 use std::panic::{self, AssertUnwindSafe};
 
 use ha_core::eraftpb::{Entry, HardState};
-use ha_core::{LogStore, LogWrite, MemberIdentity, StateStore, StorageError, WriteBatch};
+use ha_core::{
+    LogPoint, LogStore, LogWrite, MemberIdentity, StateStore, StateView, StorageError, WriteBatch,
+};
 use ha_storage::testing::{
     durable_log_store_suite, durable_state_store_suite, log_store_suite, state_store_suite,
 };
@@ -133,6 +135,18 @@ impl LogStore for NoTruncateLog {
     fn persist(&self, write: &LogWrite) -> Result<(), StorageError> {
         self.0.persist(write)
     }
+    fn restart_readable(&self, point: LogPoint) -> Result<(), StorageError> {
+        self.0.restart_readable(point)
+    }
+    fn compact(&self, through: u64) -> Result<(), StorageError> {
+        LogStore::compact(&self.0, through)
+    }
+    fn pending_install(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.pending_install()
+    }
+    fn set_pending_install(&self, marker: &[u8]) -> Result<(), StorageError> {
+        self.0.set_pending_install(marker)
+    }
 }
 
 /// A state store whose `scan` ignores the end bound.
@@ -152,6 +166,18 @@ impl StateStore for UnboundedScanState {
     }
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
         self.0.write(batch, sync)
+    }
+    fn read_consistent(
+        &self,
+        read: &mut dyn FnMut(&dyn StateView) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.0.read_consistent(read)
+    }
+    fn restore(
+        &self,
+        pairs: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>,
+    ) -> Result<(), StorageError> {
+        self.0.restore(pairs)
     }
 }
 
@@ -191,6 +217,18 @@ impl StateStore for PanickingGet {
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
         self.0.write(batch, sync)
     }
+    fn read_consistent(
+        &self,
+        read: &mut dyn FnMut(&dyn StateView) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        self.0.read_consistent(read)
+    }
+    fn restore(
+        &self,
+        pairs: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>,
+    ) -> Result<(), StorageError> {
+        self.0.restore(pairs)
+    }
 }
 
 #[test]
@@ -215,6 +253,7 @@ fn reopen_forgetting_the_hard_state(store: MemLogStore) -> MemLogStore {
     reopened.append_readable(&entries).unwrap();
     reopened
         .persist(&LogWrite {
+            snapshot: None,
             entries,
             hard_state: None,
             sync: true,

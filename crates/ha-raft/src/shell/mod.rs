@@ -13,10 +13,15 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use ha_core::eraftpb::Message;
-use ha_core::{Config, Error, MessageSink, NodeId, SnapshotOutcome, Transport};
+use ha_core::{
+    Config, Error, MessageSink, NodeId, SnapshotOutcome, SnapshotReader, SnapshotWriter,
+    StorageError, Transport,
+};
 use parking_lot::Mutex;
 
+use crate::bugs::CrashSwitch;
 use crate::core::{CoreStatus, LeaderInfo};
+use crate::snapshot::Snapshots;
 use threads::{ApplyTask, Input};
 use waiters::Waiters;
 
@@ -76,6 +81,11 @@ pub(crate) struct Shared {
     membership_tx: tokio::sync::watch::Sender<crate::membership::Membership>,
     metrics: Metrics,
     transport: Arc<dyn Transport>,
+    snapshots: Arc<Snapshots>,
+    /// Applied index the state store holds durably (synced); the log is
+    /// never compacted past it.
+    durable_applied: AtomicU64,
+    faults: CrashSwitch,
 }
 
 impl Shared {
@@ -143,6 +153,20 @@ impl MessageSink for NodeSink {
         if self.shared.tx.send(Input::Peer(msg)).is_err() {
             self.shared.inbox.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    fn open_snapshot(&self, msg: &Message) -> Result<Box<dyn SnapshotReader>, StorageError> {
+        self.shared.snapshots.open_outgoing(msg)
+    }
+
+    fn receive_snapshot(&self, msg: Message) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        let tx = self.shared.tx.clone();
+        self.shared.snapshots.stage_incoming(
+            msg,
+            Box::new(move |m| {
+                let _ = tx.send(Input::StagedSnapshot(m));
+            }),
+        )
     }
 
     fn report_unreachable(&self, peer: NodeId) {

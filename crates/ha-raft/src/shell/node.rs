@@ -12,7 +12,7 @@ use ha_core::eraftpb::{
     EntryType, HardState,
 };
 use ha_core::{
-    ClusterId, Config, Error, LogStore, LogWrite, MemberIdentity, NodeId, OverloadReason,
+    ClusterId, Config, Error, LogPoint, LogStore, LogWrite, MemberIdentity, NodeId, OverloadReason,
     RecoveredState, Result, StartMode, StateMachine, StateStore, StorageError, Transport,
     UnknownCause,
 };
@@ -22,15 +22,16 @@ use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::WatchStream;
 
 use super::threads::MembershipRequest;
-use super::threads::{ApplyTask, Input, RaftThread, run_apply, run_log_writer};
+use super::threads::{ApplyTask, Input, RaftThread, run_apply, run_builder, run_log_writer};
 use super::waiters::Waiters;
 use super::{MAX_INBOX, Metrics, NodeSink, RUNNING, STOPPED, STOPPING, Shared};
 use crate::apply::{Applier, bootstrap_meta, load_meta};
-use crate::bugs::Bugs;
+use crate::bugs::{Bugs, CrashSwitch, InstallCrashPoint};
 use crate::codec::{ConfContext, MemberRecord};
 use crate::core::{Core, CoreStatus, LeaderInfo, Role};
 use crate::logging::raft_logger;
 use crate::membership::{MemberChange, MemberSet, Membership};
+use crate::snapshot::{InstallMarker, SnapshotFiles, Snapshots};
 
 /// How a read sees the group's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -109,6 +110,17 @@ pub struct EngineMetrics {
     pub tick_lag_us: u64,
     /// Worst tick lateness seen, microseconds.
     pub max_tick_lag_us: u64,
+    /// Snapshots this member built (as a leader, for followers the log
+    /// could no longer serve).
+    pub snapshots_built: u64,
+    /// Snapshot transfers this member started.
+    pub snapshots_sent: u64,
+    /// Snapshots this member received and verified.
+    pub snapshots_received: u64,
+    /// Snapshots this member installed.
+    pub snapshots_installed: u64,
+    /// Snapshot bytes this member sent.
+    pub snapshot_bytes_sent: u64,
 }
 
 /// One member of an ha group.
@@ -151,6 +163,8 @@ async fn await_reply<T>(
 }
 
 pub(crate) struct Opened {
+    /// An interrupted snapshot install was finished at this index.
+    installed: Option<u64>,
     pub(crate) incarnation: u64,
     pub(crate) recovered: RecoveredState,
     members: MemberSet,
@@ -198,6 +212,7 @@ fn bootstrap<L: LogStore, S: StateStore + ?Sized>(cfg: &Config, log: &L, state: 
     )?;
     log.append_readable(&entries)?;
     log.persist(&LogWrite {
+        snapshot: None,
         entries,
         hard_state: Some(HardState {
             term: 1,
@@ -209,12 +224,71 @@ fn bootstrap<L: LogStore, S: StateStore + ?Sized>(cfg: &Config, log: &L, state: 
     Ok(())
 }
 
+/// A snapshot install that a crash interrupted (the pending-install marker
+/// is there) is finished from its staged file: the state store is restored
+/// again, then the log restarts after the snapshot, which clears the
+/// marker. Leftover snapshot files go.
+fn finish_interrupted_install<L: LogStore, S: StateStore + ?Sized>(
+    log: &L,
+    state: &S,
+    snapshots: &Snapshots,
+) -> Result<Option<u64>> {
+    let Some(marker) = log.pending_install()? else {
+        snapshots.files().clear_except(None);
+        return Ok(None);
+    };
+    let marker = InstallMarker::decode(marker.as_slice())
+        .map_err(|e| StorageError::corrupt("pending-install marker", e.to_string()))?;
+    let descriptor = marker
+        .descriptor
+        .ok_or_else(|| StorageError::corrupt("pending-install marker", "no descriptor"))?;
+    snapshots.files().clear_except(Some(&marker.file));
+    tracing::warn!(index = descriptor.index, file = %marker.file, "finishing a snapshot install that a crash interrupted");
+    let mut pairs = snapshots.staged_pairs(&descriptor).map_err(|e| {
+        StorageError::corrupt(
+            "data directory",
+            format!(
+                "a snapshot install was interrupted and its staged file cannot be read ({e}); \
+                 the member cannot recover by itself: remove its data and let it rejoin"
+            ),
+        )
+    })?;
+    state.restore(&mut pairs)?;
+    let meta = load_meta(state)?;
+    if meta.applied != descriptor.index {
+        return Err(StorageError::corrupt(
+            "restored snapshot",
+            format!(
+                "applied index {} where {} was expected",
+                meta.applied, descriptor.index
+            ),
+        )
+        .into());
+    }
+    let point = LogPoint {
+        index: descriptor.index,
+        term: descriptor.term,
+    };
+    let mut hard_state = log.hard_state()?;
+    hard_state.commit = hard_state.commit.max(point.index);
+    log.restart_readable(point)?;
+    log.persist(&LogWrite {
+        snapshot: Some(point),
+        entries: Vec::new(),
+        hard_state: Some(hard_state),
+        sync: true,
+    })?;
+    snapshots.discard_staged(&descriptor);
+    Ok(Some(point.index))
+}
+
 /// Checks identity, bumps the incarnation, bootstraps a new group, and
 /// recovers raft's state. Blocking.
 fn open_storage<L: LogStore, S: StateStore + ?Sized>(
     cfg: &Config,
     log: &L,
     state: &S,
+    snapshots: &Snapshots,
 ) -> Result<Opened> {
     let cluster_id = ClusterId::derive(&cfg.initial_members, &cfg.cluster_token);
     let incarnation = match log.identity()? {
@@ -262,6 +336,7 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
             1
         }
     };
+    let installed = finish_interrupted_install(log, state, snapshots)?;
     log.set_identity(&MemberIdentity {
         cluster_id,
         node_id: cfg.node_id,
@@ -287,6 +362,7 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
     // can lag what was applied; raft-rs panics if applied > commit.
     hard_state.commit = hard_state.commit.max(meta.applied);
     Ok(Opened {
+        installed,
         incarnation,
         members: meta.members,
         recovered: RecoveredState {
@@ -299,6 +375,7 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
 
 /// Opens a member's storage and builds its core and applier. Every start
 /// goes through here: production's and the simulator's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn open_engine<L: LogStore, S: StateStore + ?Sized, M: StateMachine>(
     cfg: &Config,
     log: Arc<L>,
@@ -307,8 +384,9 @@ pub(crate) fn open_engine<L: LogStore, S: StateStore + ?Sized, M: StateMachine>(
     logger: &slog::Logger,
     rng_seed: u64,
     bugs: Bugs,
+    snapshots: Arc<Snapshots>,
 ) -> Result<(Opened, Core<L>, Applier<S, M>)> {
-    let opened = open_storage(cfg, &*log, &*state)?;
+    let opened = open_storage(cfg, &*log, &*state, &snapshots)?;
     let mut core = Core::new(
         cfg.clone(),
         log,
@@ -317,9 +395,14 @@ pub(crate) fn open_engine<L: LogStore, S: StateStore + ?Sized, M: StateMachine>(
         logger,
         rng_seed,
         bugs,
+        snapshots,
     )?;
     core.set_members(opened.members.clone());
-    let applier = Applier::open(state, sm, cfg.node_id, opened.incarnation, bugs)?;
+    let mut applier = Applier::open(state, sm, cfg.node_id, opened.incarnation, bugs)?;
+    if let Some(index) = opened.installed {
+        // The state store changed under the state machine the caller built.
+        applier.reload(index)?;
+    }
     Ok((opened, core, applier))
 }
 
@@ -365,14 +448,16 @@ impl Node {
         M: StateMachine,
     {
         let id = cfg.node_id;
+        let snapshots = Snapshots::new(&cfg, SnapshotFiles::open(cfg.snapshot_dir.as_deref())?);
         let (opened, core, applier) = open_engine(
             &cfg,
             log.clone(),
-            state,
+            state.clone(),
             sm,
             &raft_logger(id.0),
             rand::random(),
             Bugs::default(),
+            snapshots.clone(),
         )?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (apply_tx, apply_rx) = crossbeam_channel::unbounded();
@@ -400,6 +485,9 @@ impl Node {
             membership_tx,
             metrics: Metrics::default(),
             transport: transport.clone(),
+            snapshots: snapshots.clone(),
+            durable_applied: AtomicU64::new(0),
+            faults: CrashSwitch::default(),
         });
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -420,6 +508,15 @@ impl Node {
             threads.push(spawn(
                 format!("ha-apply-{id}"),
                 Box::new(move || run_apply(applier, apply_rx, tx, shared)),
+            )?);
+        }
+        {
+            let (build_tx, build_rx) = crossbeam_channel::bounded(1);
+            snapshots.set_builder(build_tx);
+            let shared = shared.clone();
+            threads.push(spawn(
+                format!("ha-snap-{id}"),
+                Box::new(move || run_builder(state, build_rx, shared)),
             )?);
         }
         let raft = RaftThread {
@@ -656,6 +753,7 @@ impl Node {
     /// Engine counters.
     pub fn metrics(&self) -> EngineMetrics {
         let m = &self.shared.metrics;
+        let snap = &self.shared.snapshots.stats;
         EngineMetrics {
             persist_batches: m.persist_batches.load(Ordering::Relaxed),
             syncs: m.syncs.load(Ordering::Relaxed),
@@ -664,7 +762,20 @@ impl Node {
             leader_changes: m.leader_changes.load(Ordering::Relaxed),
             tick_lag_us: m.tick_lag_us.load(Ordering::Relaxed),
             max_tick_lag_us: m.max_tick_lag_us.load(Ordering::Relaxed),
+            snapshots_built: snap.built.load(Ordering::Relaxed),
+            snapshots_sent: snap.sent.load(Ordering::Relaxed),
+            snapshots_received: snap.received.load(Ordering::Relaxed),
+            snapshots_installed: snap.installed.load(Ordering::Relaxed),
+            snapshot_bytes_sent: snap.bytes_sent.load(Ordering::Relaxed),
         }
+    }
+
+    /// Makes this member crash (stop as if the process died, with
+    /// [`Error::Fatal`]) at `point` of its next snapshot install — for
+    /// tests that check recovery from every step of an install. Off unless
+    /// called.
+    pub fn crash_during_install(&self, point: InstallCrashPoint) {
+        self.shared.faults.arm(point);
     }
 
     /// The membership as applied on this member.

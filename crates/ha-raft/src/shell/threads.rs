@@ -14,8 +14,10 @@ use ha_core::{Error, LogStore, LogWrite, NodeId, SnapshotOutcome, StateMachine, 
 
 use super::Shared;
 use crate::apply::Applier;
+use crate::bugs::InstallCrashPoint;
 use crate::core::{Core, Failure, Outbox, PersistTask};
 use crate::membership::{MemberChange, MemberSet};
+use crate::snapshot::{InstallMarker, SnapshotDescriptor};
 
 /// A membership request for the raft thread.
 pub(crate) enum MembershipRequest {
@@ -41,11 +43,15 @@ pub(crate) enum Input {
         deadline: Instant,
     },
     Peer(Message),
+    /// A `MsgSnapshot` whose snapshot is staged and verified.
+    StagedSnapshot(Message),
     Unreachable(NodeId),
     Snapshot(NodeId, SnapshotOutcome),
     Persisted {
         number: u64,
         tasks: usize,
+        /// A snapshot installed with these writes: its index and members.
+        installed: Option<(u64, MemberSet)>,
     },
     Applied {
         index: u64,
@@ -72,8 +78,19 @@ pub(crate) enum Input {
 /// Work for the apply thread.
 pub(crate) enum ApplyTask {
     Entries(Vec<Entry>),
-    Reads { index: u64, tokens: Vec<u64> },
-    Serializable { token: u64 },
+    Reads {
+        index: u64,
+        tokens: Vec<u64>,
+    },
+    Serializable {
+        token: u64,
+    },
+    /// Replace the state with a staged snapshot (from the log writer,
+    /// which waits for the answer before it restarts the log).
+    Install {
+        descriptor: SnapshotDescriptor,
+        reply: Sender<Result<MemberSet, Error>>,
+    },
     Stop,
 }
 
@@ -139,6 +156,8 @@ impl<L: LogStore> RaftThread<L> {
                         );
                     }
                     self.core.tick(now, &mut out);
+                    self.core
+                        .maybe_compact(self.shared.durable_applied.load(Ordering::Relaxed));
                     next_tick = now + interval;
                     ticked = true;
                 }
@@ -209,9 +228,30 @@ impl<L: LogStore> RaftThread<L> {
                 self.shared.inbox.fetch_sub(1, Ordering::Relaxed);
                 self.core.step(m);
             }
+            Input::StagedSnapshot(m) => {
+                let descriptor = m
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| crate::snapshot::decode_descriptor(&s.data).ok());
+                if !self.core.step_staged_snapshot(m) {
+                    // Stale, already covered by the log, or from a member
+                    // raft does not follow: nothing is installed.
+                    if let Some(d) = descriptor {
+                        tracing::info!(
+                            index = d.index,
+                            "raft declined a snapshot; staging discarded"
+                        );
+                        self.shared.snapshots.discard_staged(&d);
+                    }
+                }
+            }
             Input::Unreachable(p) => self.core.report_unreachable(p),
             Input::Snapshot(p, o) => self.core.report_snapshot(p, o),
-            Input::Persisted { number, tasks } => self.core.on_persisted(number, tasks),
+            Input::Persisted {
+                number,
+                tasks,
+                installed,
+            } => self.core.on_persisted(number, tasks, installed, out),
             Input::Applied { index, completed } => {
                 self.shared.applied.store(index, Ordering::Relaxed);
                 self.core.on_applied(index, &completed, now);
@@ -306,33 +346,110 @@ pub(crate) fn run_log_writer<L: LogStore>(
         if shared.killed.load(Ordering::Relaxed) {
             return;
         }
-        let mut write = LogWrite::default();
-        for t in &mut tasks {
-            write.merge(std::mem::take(&mut t.write));
-        }
-        if !write.entries.is_empty() || write.hard_state.is_some() {
-            let entries = write.entries.len() as u64;
-            if let Err(e) = log.persist(&write) {
+        // A task that installs a snapshot is handled on its own, after the
+        // tasks before it and before the ones after it.
+        while !tasks.is_empty() {
+            let cut = tasks
+                .iter()
+                .position(|t| t.install.is_some())
+                .unwrap_or(tasks.len());
+            let (group, rest) = if cut == 0 {
+                let rest = tasks.split_off(1);
+                (tasks, rest)
+            } else {
+                let rest = tasks.split_off(cut);
+                (tasks, rest)
+            };
+            tasks = rest;
+            if let Err(e) = persist_group(&*log, group, &raft_tx, &shared) {
                 // Never retry a failed write or sync and then acknowledge:
                 // the member stops.
-                let _ = raft_tx.send(Input::Fatal(Error::fatal(format!("log write failed: {e}"))));
+                let _ = raft_tx.send(Input::Fatal(e));
                 return;
             }
-            shared.metrics.record_persist(entries, write.sync);
         }
-        let Some(number) = tasks.last().map(|t| t.number) else {
-            continue;
-        };
-        for t in &mut tasks {
-            for m in t.messages.drain(..) {
-                shared.transport.send(m);
-            }
-        }
-        let _ = raft_tx.send(Input::Persisted {
-            number,
-            tasks: tasks.len(),
-        });
     }
+}
+
+fn persist_group<L: LogStore>(
+    log: &L,
+    mut tasks: Vec<PersistTask>,
+    raft_tx: &Sender<Input>,
+    shared: &Shared,
+) -> Result<(), Error> {
+    let mut installed = None;
+    let mut staged = None;
+    if let Some(descriptor) = tasks.first_mut().and_then(|t| t.install.take()) {
+        installed = Some(install_snapshot(log, &descriptor, shared)?);
+        staged = Some(descriptor);
+    }
+    let mut write = LogWrite::default();
+    for t in &mut tasks {
+        write.merge(std::mem::take(&mut t.write));
+    }
+    if write.snapshot.is_some() || !write.entries.is_empty() || write.hard_state.is_some() {
+        let entries = write.entries.len() as u64;
+        log.persist(&write)
+            .map_err(|e| Error::fatal(format!("log write failed: {e}")))?;
+        shared.metrics.record_persist(entries, write.sync);
+    }
+    if let Some(descriptor) = staged {
+        // The marker is gone with that write; the staging is not needed.
+        shared.snapshots.discard_staged(&descriptor);
+    }
+    let Some(number) = tasks.last().map(|t| t.number) else {
+        return Ok(());
+    };
+    if shared.killed.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    for t in &mut tasks {
+        for m in t.messages.drain(..) {
+            shared.transport.send(m);
+        }
+    }
+    let _ = raft_tx.send(Input::Persisted {
+        number,
+        tasks: tasks.len(),
+        installed,
+    });
+    Ok(())
+}
+
+/// Steps 1 and 2 of an install: the pending-install marker (durable), then
+/// the state store restored from the staged file by the apply thread. Step
+/// 3, the log write that restarts the log and clears the marker, follows
+/// in the caller.
+fn install_snapshot<L: LogStore>(
+    log: &L,
+    descriptor: &SnapshotDescriptor,
+    shared: &Shared,
+) -> Result<(u64, MemberSet), Error> {
+    let index = descriptor.index;
+    let marker = InstallMarker {
+        file: descriptor.file_name("staged"),
+        descriptor: Some(descriptor.clone()),
+    };
+    log.set_pending_install(&prost::Message::encode_to_vec(&marker))
+        .map_err(|e| Error::fatal(format!("storing the pending-install marker failed: {e}")))?;
+    shared.faults.hit(InstallCrashPoint::AfterMarker)?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    shared
+        .apply_tx
+        .send(ApplyTask::Install {
+            descriptor: descriptor.clone(),
+            reply: tx,
+        })
+        .map_err(|_| Error::Shutdown)?;
+    let members = rx.recv().map_err(|_| Error::Shutdown)??;
+    shared.faults.hit(InstallCrashPoint::AfterRestore)?;
+    shared
+        .snapshots
+        .stats
+        .installed
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(node = %shared.id, index, "installed a snapshot");
+    Ok((index, members))
 }
 
 pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
@@ -342,9 +459,9 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
     shared: Arc<Shared>,
 ) {
     let mut waiting_reads: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    let conf_timeout = Duration::from_secs(30);
     // The state store is written without sync (the log is the durable
-    // record); syncing it now and then bounds what a crash must replay.
+    // record); syncing it now and then bounds what a crash must replay,
+    // and lets the log be compacted up to what is durably applied.
     let sync_every = Duration::from_secs(1);
     let mut last_sync = Instant::now();
     while let Ok(first) = rx.recv() {
@@ -366,48 +483,48 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
                     waiting_reads.entry(index).or_default().extend(tokens);
                 }
                 ApplyTask::Serializable { token } => serializable.push(token),
+                ApplyTask::Install { descriptor, reply } => {
+                    // Entries queued before the snapshot come first (they are
+                    // all below it and about to be replaced).
+                    let step = std::mem::take(&mut entries);
+                    if !apply_entries(
+                        &mut applier,
+                        step,
+                        &mut last_sync,
+                        sync_every,
+                        &raft_tx,
+                        &shared,
+                    ) {
+                        return;
+                    }
+                    if shared.killed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let result = install(&mut applier, &descriptor, &shared);
+                    if result.is_ok() {
+                        shared
+                            .durable_applied
+                            .store(applier.applied(), Ordering::Relaxed);
+                        shared.applied.store(applier.applied(), Ordering::Relaxed);
+                        last_sync = Instant::now();
+                    }
+                    let _ = reply.send(result);
+                }
                 ApplyTask::Stop => stop = true,
             }
         }
         if shared.killed.load(Ordering::Relaxed) {
             return;
         }
-        if !entries.is_empty() {
-            let mut conf_change = |entry: &Entry| -> Result<(ConfState, MemberSet), Error> {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                raft_tx
-                    .send(Input::ConfChange {
-                        entry: entry.clone(),
-                        reply: tx,
-                    })
-                    .map_err(|_| Error::Shutdown)?;
-                rx.recv_timeout(conf_timeout).map_err(|_| Error::Shutdown)?
-            };
-            let sync = last_sync.elapsed() >= sync_every;
-            if sync {
-                last_sync = Instant::now();
-            }
-            match applier.apply(&entries, sync, &mut conf_change) {
-                Ok(step) => {
-                    let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
-                    shared.metrics.record_applied(entries.len() as u64);
-                    shared
-                        .waiters
-                        .complete_proposals(step.completed.into_iter().map(|(s, r)| (s, Ok(r))));
-                    let _ = raft_tx.send(Input::Applied {
-                        index: step.applied,
-                        completed: seqs,
-                    });
-                }
-                Err(e) => {
-                    let e = match e {
-                        Error::Fatal { .. } | Error::Shutdown => e,
-                        other => Error::fatal(format!("apply failed: {other}")),
-                    };
-                    let _ = raft_tx.send(Input::Fatal(e));
-                    return;
-                }
-            }
+        if !apply_entries(
+            &mut applier,
+            entries,
+            &mut last_sync,
+            sync_every,
+            &raft_tx,
+            &shared,
+        ) {
+            return;
         }
         for token in serializable {
             answer_read(&applier, &shared, token);
@@ -427,6 +544,94 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
     }
 }
 
+/// Restores the state from a staged snapshot.
+fn install<S: StateStore + ?Sized, M: StateMachine>(
+    applier: &mut Applier<S, M>,
+    descriptor: &SnapshotDescriptor,
+    shared: &Shared,
+) -> Result<MemberSet, Error> {
+    let mut pairs = shared.snapshots.staged_pairs(descriptor)?;
+    if shared.faults.armed(InstallCrashPoint::MidRestore) {
+        // Stop half-way, as a crash would: the store keeps what was written.
+        let half = descriptor.size / 2;
+        let mut seen = 0u64;
+        let mut partial = std::iter::from_fn(|| {
+            let next = pairs.next()?;
+            if let Ok((k, v)) = &next {
+                seen += (k.len() + v.len() + 8) as u64;
+                if seen > half {
+                    return Some(Err(ha_core::StorageError::io(
+                        "restore",
+                        std::io::Error::other("injected crash half-way through a restore"),
+                    )));
+                }
+            }
+            Some(next)
+        });
+        let _ = applier.install(&mut partial, descriptor.index);
+        return Err(Error::fatal(
+            "injected crash during a snapshot install: MidRestore",
+        ));
+    }
+    applier.install(&mut pairs, descriptor.index)
+}
+
+/// Applies one step of entries; false when the member must stop.
+fn apply_entries<S: StateStore + ?Sized, M: StateMachine>(
+    applier: &mut Applier<S, M>,
+    entries: Vec<Entry>,
+    last_sync: &mut Instant,
+    sync_every: Duration,
+    raft_tx: &Sender<Input>,
+    shared: &Shared,
+) -> bool {
+    if entries.is_empty() {
+        return true;
+    }
+    let conf_timeout = Duration::from_secs(30);
+    let mut conf_change = |entry: &Entry| -> Result<(ConfState, MemberSet), Error> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        raft_tx
+            .send(Input::ConfChange {
+                entry: entry.clone(),
+                reply: tx,
+            })
+            .map_err(|_| Error::Shutdown)?;
+        rx.recv_timeout(conf_timeout).map_err(|_| Error::Shutdown)?
+    };
+    let sync = last_sync.elapsed() >= sync_every;
+    if sync {
+        *last_sync = Instant::now();
+    }
+    match applier.apply(&entries, sync, &mut conf_change) {
+        Ok(step) => {
+            if sync {
+                shared
+                    .durable_applied
+                    .store(step.applied, Ordering::Relaxed);
+            }
+            let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
+            shared.metrics.record_applied(entries.len() as u64);
+            shared
+                .waiters
+                .complete_proposals(step.completed.into_iter().map(|(s, r)| (s, Ok(r))));
+            let _ = raft_tx.send(Input::Applied {
+                index: step.applied,
+                completed: seqs,
+            });
+            true
+        }
+        Err(e) => {
+            let e = match e {
+                Error::Fatal { .. } | Error::Shutdown => e,
+                other => Error::fatal(format!("apply failed: {other}")),
+            };
+            let _ = raft_tx.send(Input::Fatal(e));
+            false
+        }
+    }
+}
+
 fn answer_read<S: StateStore + ?Sized, M: StateMachine>(
     applier: &Applier<S, M>,
     shared: &Shared,
@@ -435,5 +640,29 @@ fn answer_read<S: StateStore + ?Sized, M: StateMachine>(
     if let Some((query, tx)) = shared.waiters.take_read(token) {
         let answer: Bytes = applier.query(&query);
         let _ = tx.send(Ok(answer));
+    }
+}
+
+/// Builds snapshots when raft asks for one (through `Snapshots::for_raft`).
+pub(crate) fn run_builder<S: StateStore + ?Sized>(
+    state: Arc<S>,
+    rx: Receiver<()>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(()) => {
+                if let Err(e) = shared.snapshots.build(&*state) {
+                    tracing::warn!(node = %shared.id, error = %e, "building a snapshot failed; raft will ask again");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if shared.killed.load(Ordering::Relaxed)
+            || shared.state.load(Ordering::SeqCst) != super::RUNNING
+        {
+            return;
+        }
     }
 }

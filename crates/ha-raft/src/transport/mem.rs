@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use ha_core::eraftpb::{Message, MessageType};
-use ha_core::{MessageSink, NodeId, Transport};
-use parking_lot::RwLock;
+use ha_core::{MessageSink, NodeId, SnapshotOutcome, StorageError, Transport};
+use parking_lot::{Mutex, RwLock};
 
 #[derive(Default)]
 struct Net {
@@ -22,6 +23,17 @@ pub struct MemNetwork {
     net: Arc<RwLock<Net>>,
     delivered: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+    snapshots: Arc<SnapshotLog>,
+}
+
+/// Snapshot transfers, for tests.
+#[derive(Default)]
+struct SnapshotLog {
+    finished: AtomicU64,
+    failed: AtomicU64,
+    record: std::sync::atomic::AtomicBool,
+    /// The last snapshot each member received: its message and bytes.
+    last: Mutex<HashMap<NodeId, (Message, Vec<Bytes>)>>,
 }
 
 impl std::fmt::Debug for MemNetwork {
@@ -96,7 +108,121 @@ impl MemNetwork {
         )
     }
 
+    /// Snapshot transfers so far: (finished, failed).
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        (
+            self.snapshots.finished.load(Ordering::Relaxed),
+            self.snapshots.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps a copy of the last snapshot each member receives, so that a
+    /// test can deliver it again ([`MemNetwork::redeliver_snapshot`]).
+    pub fn record_snapshots(&self, on: bool) {
+        self.snapshots.record.store(on, Ordering::Relaxed);
+    }
+
+    /// Streams the last recorded snapshot for `to` to it once more, as a
+    /// duplicated or delayed transfer would. Returns false when none was
+    /// recorded or the member refused it.
+    pub fn redeliver_snapshot(&self, to: NodeId) -> bool {
+        let Some((msg, chunks)) = self.snapshots.last.lock().get(&to).cloned() else {
+            return false;
+        };
+        let Some(sink) = self.net.read().sinks.get(&to).cloned() else {
+            return false;
+        };
+        let result = sink.receive_snapshot(msg).and_then(|mut w| {
+            for c in &chunks {
+                w.write_chunk(c)?;
+            }
+            w.finish()
+        });
+        result.is_ok()
+    }
+
+    /// Streams a snapshot on a thread of its own, chunk by chunk, as a
+    /// real transport does on its own connection; a cut link fails it.
+    fn send_snapshot(&self, from: NodeId, msg: Message) {
+        let to = NodeId(msg.to);
+        let (src, dst) = {
+            let net = self.net.read();
+            let dst = if net.cut.contains(&(from, to)) {
+                None
+            } else {
+                net.sinks.get(&to).cloned()
+            };
+            (net.sinks.get(&from).cloned(), dst)
+        };
+        let Some(src) = src else {
+            return;
+        };
+        let network = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ha-mem-snap-{from}-{to}"))
+            .spawn(move || {
+                let result = match dst {
+                    None => Err(StorageError::io(
+                        "send a snapshot",
+                        std::io::Error::other("link cut"),
+                    )),
+                    Some(dst) => network.stream(from, &*src, &*dst, msg),
+                };
+                let outcome = match result {
+                    Ok(()) => {
+                        network.snapshots.finished.fetch_add(1, Ordering::Relaxed);
+                        SnapshotOutcome::Finished
+                    }
+                    Err(e) => {
+                        tracing::debug!(%from, %to, error = %e, "snapshot transfer failed");
+                        network.snapshots.failed.fetch_add(1, Ordering::Relaxed);
+                        SnapshotOutcome::Failed
+                    }
+                };
+                src.report_snapshot(to, outcome);
+            });
+        if spawned.is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn stream(
+        &self,
+        from: NodeId,
+        src: &dyn MessageSink,
+        dst: &dyn MessageSink,
+        msg: Message,
+    ) -> Result<(), StorageError> {
+        let to = NodeId(msg.to);
+        let record = self.snapshots.record.load(Ordering::Relaxed);
+        let copy = record.then(|| msg.clone());
+        let mut reader = src.open_snapshot(&msg)?;
+        let mut writer = dst.receive_snapshot(msg)?;
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next_chunk()? {
+            if self.net.read().cut.contains(&(from, to)) {
+                return Err(StorageError::io(
+                    "send a snapshot",
+                    std::io::Error::other("link cut during the transfer"),
+                ));
+            }
+            writer.write_chunk(&chunk)?;
+            if record {
+                chunks.push(chunk);
+            }
+        }
+        writer.finish()?;
+        if let Some(m) = copy {
+            self.snapshots.last.lock().insert(to, (m, chunks));
+        }
+        Ok(())
+    }
+
     fn send(&self, from: NodeId, msg: Message) {
+        if msg.msg_type() == MessageType::MsgSnapshot {
+            self.send_snapshot(from, msg);
+            return;
+        }
         let to = NodeId(msg.to);
         let net = self.net.read();
         let sink = if net.cut.contains(&(from, to)) {

@@ -4,12 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use ha_core::eraftpb::{Entry, HardState};
-use ha_core::{LogStore, LogWrite, MemberIdentity, StorageError};
+use ha_core::{LogPoint, LogStore, LogWrite, MemberIdentity, StorageError};
 use parking_lot::Mutex;
 use prost::Message;
 
 use super::injected_write_failure;
-use crate::misuse::{Misuse, check_contiguous};
+use crate::misuse::{Misuse, check_after_snapshot, check_contiguous};
 
 /// Counters of a [`MemLogStore`], for benchmarks (entries per sync) and for
 /// tests that check batching.
@@ -54,6 +54,8 @@ pub struct MemLogStore {
 #[derive(Default)]
 struct Inner {
     identity: Option<MemberIdentity>,
+    /// Durable at once, like the identity.
+    pending_install: Option<Vec<u8>>,
     readable: EntryLog,
     durable: EntryLog,
     durable_hard_state: HardState,
@@ -68,6 +70,7 @@ struct Inner {
 }
 
 struct UnsyncedWrite {
+    snapshot: Option<LogPoint>,
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
 }
@@ -93,6 +96,15 @@ impl Default for EntryLog {
 }
 
 impl EntryLog {
+    /// An empty log continuing after `point`.
+    fn after(point: LogPoint) -> Self {
+        EntryLog {
+            first: point.index.saturating_add(1),
+            compacted_term: point.term,
+            entries: Vec::new(),
+        }
+    }
+
     fn last_index(&self) -> u64 {
         // `first >= 1` always, so this cannot underflow.
         self.first + self.entries.len() as u64 - 1
@@ -199,11 +211,20 @@ impl Inner {
     /// Makes every written write durable, oldest first.
     fn fold_unsynced(&mut self) {
         for write in std::mem::take(&mut self.unsynced) {
-            self.apply_durably(write.entries, write.hard_state);
+            self.apply_durably(write.snapshot, write.entries, write.hard_state);
         }
     }
 
-    fn apply_durably(&mut self, entries: Vec<Entry>, hard_state: Option<HardState>) {
+    fn apply_durably(
+        &mut self,
+        snapshot: Option<LogPoint>,
+        entries: Vec<Entry>,
+        hard_state: Option<HardState>,
+    ) {
+        if let Some(point) = snapshot {
+            self.durable = EntryLog::after(point);
+            self.pending_install = None;
+        }
         if let Some(first) = entries.first() {
             self.durable.truncate_from(first.index);
             self.durable.entries.extend(entries);
@@ -230,6 +251,7 @@ impl MemLogStore {
         MemLogStore {
             inner: Arc::new(Mutex::new(Inner {
                 identity: inner.identity.clone(),
+                pending_install: inner.pending_install.clone(),
                 readable: inner.durable.clone(),
                 durable: inner.durable.clone(),
                 durable_hard_state: inner.durable_hard_state.clone(),
@@ -371,13 +393,17 @@ impl LogStore for MemLogStore {
 
     fn persist(&self, write: &LogWrite) -> Result<(), StorageError> {
         check_contiguous(&write.entries)?;
+        check_after_snapshot(write)?;
         let mut inner = self.inner.lock();
         if inner.fail_writes {
             return Err(injected_write_failure("persist"));
         }
+        if let Some(point) = write.snapshot {
+            inner.written_last = point.index;
+        }
         // Check against the written log (durable plus unsynced) before
         // changing anything: a refused write leaves no trace.
-        if let Some(first) = write.entries.first() {
+        if let (None, Some(first)) = (write.snapshot, write.entries.first()) {
             if first.index < inner.durable.first {
                 return Err(Misuse::OverwritesCompacted {
                     first: first.index,
@@ -401,13 +427,44 @@ impl LogStore for MemLogStore {
         if write.sync {
             inner.stats.syncs += 1;
             inner.fold_unsynced();
-            inner.apply_durably(write.entries.clone(), write.hard_state.clone());
-        } else if !write.entries.is_empty() || write.hard_state.is_some() {
+            inner.apply_durably(
+                write.snapshot,
+                write.entries.clone(),
+                write.hard_state.clone(),
+            );
+        } else if write.snapshot.is_some()
+            || !write.entries.is_empty()
+            || write.hard_state.is_some()
+        {
             inner.unsynced.push(UnsyncedWrite {
+                snapshot: write.snapshot,
                 entries: write.entries.clone(),
                 hard_state: write.hard_state.clone(),
             });
         }
+        Ok(())
+    }
+
+    fn restart_readable(&self, point: LogPoint) -> Result<(), StorageError> {
+        self.inner.lock().readable = EntryLog::after(point);
+        Ok(())
+    }
+
+    fn compact(&self, through: u64) -> Result<(), StorageError> {
+        MemLogStore::compact(self, through)
+    }
+
+    fn pending_install(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.inner.lock().pending_install.clone())
+    }
+
+    fn set_pending_install(&self, marker: &[u8]) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock();
+        if inner.fail_writes {
+            return Err(injected_write_failure("set_pending_install"));
+        }
+        inner.fold_unsynced();
+        inner.pending_install = Some(marker.to_vec());
         Ok(())
     }
 }
@@ -433,6 +490,7 @@ mod tests {
 
     fn write(entries: Vec<Entry>, sync: bool) -> LogWrite {
         LogWrite {
+            snapshot: None,
             entries,
             hard_state: None,
             sync,
@@ -482,6 +540,7 @@ mod tests {
         store.append_readable(&run(1, 3, 1)).unwrap();
         store
             .persist(&LogWrite {
+                snapshot: None,
                 entries: run(1, 3, 1),
                 hard_state: Some(hs(1, 2, 3)),
                 sync: true,
@@ -502,6 +561,7 @@ mod tests {
         append_and_persist(&store, run(1, 2, 1), false);
         store
             .persist(&LogWrite {
+                snapshot: None,
                 entries: vec![],
                 hard_state: Some(hs(1, 1, 1)),
                 sync: false,
@@ -535,6 +595,7 @@ mod tests {
         let store = MemLogStore::new();
         store
             .persist(&LogWrite {
+                snapshot: None,
                 entries: vec![],
                 hard_state: Some(hs(2, 1, 0)),
                 sync: true,
@@ -542,6 +603,7 @@ mod tests {
             .unwrap();
         store
             .persist(&LogWrite {
+                snapshot: None,
                 entries: vec![],
                 hard_state: Some(hs(2, 1, 5)),
                 sync: false,
@@ -648,6 +710,7 @@ mod tests {
         append_and_persist(&store, run(11, 15, 1), true);
         store
             .persist(&LogWrite {
+                snapshot: None,
                 entries: vec![],
                 hard_state: Some(hs(1, 1, 15)),
                 sync: false,
@@ -848,7 +911,12 @@ mod tests {
                         store.append_readable(&entries).unwrap();
                         overwrite(&mut model.readable, &entries);
                         let hard_state = commit.map(|c| hs(term, 1, c));
-                        queue.push_back(LogWrite { entries, hard_state, sync });
+                        queue.push_back(LogWrite {
+                            snapshot: None,
+                            entries,
+                            hard_state,
+                            sync,
+                        });
                     }
                     Op::PersistNext => {
                         if let Some(w) = queue.pop_front() {

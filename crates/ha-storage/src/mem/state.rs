@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use ha_core::{BatchOp, StateStore, StorageError, WriteBatch};
+use ha_core::{BatchOp, StateStore, StateView, StorageError, WriteBatch};
 use parking_lot::Mutex;
 
 use super::injected_write_failure;
@@ -114,6 +114,44 @@ impl fmt::Debug for MemStateStore {
     }
 }
 
+fn scan_map(
+    map: &Map,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) {
+    // `BTreeMap::range` panics on an inverted range; it is simply empty.
+    if end.is_some_and(|end| start >= end) {
+        return;
+    }
+    let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+    for (key, value) in map.range::<[u8], _>((Bound::Included(start), upper)) {
+        if !visit(key, value) {
+            break;
+        }
+    }
+}
+
+/// A point-in-time view: the map as it was, shared until the next write
+/// copies it.
+struct MapView(Arc<Map>);
+
+impl StateView for MapView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        scan_map(&self.0, start, end, visit);
+        Ok(())
+    }
+}
+
 impl StateStore for MemStateStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.inner.lock().current.get(key).cloned())
@@ -125,19 +163,51 @@ impl StateStore for MemStateStore {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
-        // `BTreeMap::range` panics on an inverted range; it is simply empty.
-        if end.is_some_and(|end| start >= end) {
-            return Ok(());
-        }
         // Release the lock before calling back into user code.
         let snapshot = Arc::clone(&self.inner.lock().current);
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        for (key, value) in snapshot.range::<[u8], _>((Bound::Included(start), upper)) {
-            if !visit(key, value) {
-                break;
+        scan_map(&snapshot, start, end, visit);
+        Ok(())
+    }
+
+    fn read_consistent(
+        &self,
+        read: &mut dyn FnMut(&dyn StateView) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let view = MapView(Arc::clone(&self.inner.lock().current));
+        read(&view)
+    }
+
+    fn restore(
+        &self,
+        pairs: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>,
+    ) -> Result<(), StorageError> {
+        if self.inner.lock().fail_writes {
+            return Err(injected_write_failure("restore"));
+        }
+        let mut map = Map::new();
+        let mut failed = None;
+        for pair in pairs {
+            match pair {
+                Ok((key, value)) => {
+                    map.insert(key, value);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(())
+        // Like a real backend, a restore that stops part-way leaves what it
+        // wrote so far, durably: the engine's pending-install marker is what
+        // makes that recoverable.
+        let mut inner = self.inner.lock();
+        inner.unsynced.clear();
+        inner.durable = map.clone();
+        inner.current = Arc::new(map);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ha_core::eraftpb::{Entry, HardState};
-use ha_core::{LogStore, LogWrite, MemberIdentity, StorageError};
+use ha_core::{LogPoint, LogStore, LogWrite, MemberIdentity, StorageError};
 use parking_lot::Mutex;
 use prost::Message;
 use rocksdb::statistics::Ticker;
@@ -15,11 +15,12 @@ use rocksdb::{DB, DEFAULT_COLUMN_FAMILY_NAME, Options, ReadOptions, WriteOptions
 
 use super::codec::{
     decode_entry, decode_identity, decode_message, decode_pair, encode_identity, encode_pair, seal,
+    unseal,
 };
 use super::config::StorageConfig;
 use super::db::{DbName, db_options, ensure_format, flush_on_close, open_db};
 use super::env::{RocksEnv, valid};
-use crate::misuse::{Misuse, check_contiguous};
+use crate::misuse::{Misuse, check_after_snapshot, check_contiguous};
 
 // The log DB holds everything in its default column family: a few
 // metadata records under keys starting with 0x00, and the entries under
@@ -29,6 +30,8 @@ pub(super) const IDENTITY_KEY: &[u8] = b"\x00identity";
 pub(super) const HARD_STATE_KEY: &[u8] = b"\x00hard_state";
 /// The compaction point: the index and term of the last compacted entry.
 pub(super) const COMPACTED_KEY: &[u8] = b"\x00compacted";
+/// Present while a snapshot install is under way (see the engine).
+pub(super) const PENDING_INSTALL_KEY: &[u8] = b"\x00pending_install";
 const ENTRY_PREFIX: u8 = 0x01;
 const ENTRIES_END: [u8; 1] = [ENTRY_PREFIX + 1];
 
@@ -116,6 +119,11 @@ struct View {
     written_hard_state: HardState,
     durable_hard_state: HardState,
     identity: Option<MemberIdentity>,
+    pending_install: Option<Vec<u8>>,
+    /// The readable log restarted after a snapshot that is not persisted
+    /// yet: writes queued before it are obsolete and checked against
+    /// nothing (the restart deletes what they store).
+    restart_pending: bool,
     stats: RocksLogStats,
 }
 
@@ -216,6 +224,15 @@ impl RocksLogStore {
             }
             None => HardState::default(),
         };
+        let pending_install = match read(PENDING_INSTALL_KEY)? {
+            Some(value) => Some(
+                unseal(PENDING_INSTALL_KEY, &value, &|| {
+                    name.record("the pending-install marker")
+                })?
+                .to_vec(),
+            ),
+            None => None,
+        };
         let (compacted, compacted_term) = match read(COMPACTED_KEY)? {
             Some(value) => decode_pair(COMPACTED_KEY, &value, &|| {
                 name.record("the compaction point")
@@ -256,6 +273,8 @@ impl RocksLogStore {
                     written_hard_state: hard_state.clone(),
                     durable_hard_state: hard_state,
                     identity,
+                    pending_install,
+                    restart_pending: false,
                     stats: RocksLogStats::default(),
                 }),
             }),
@@ -475,6 +494,51 @@ fn stored_bounds(db: &DB, name: &DbName) -> Result<Option<(u64, u64)>, StorageEr
     Ok(Some((low, high)))
 }
 
+impl Shared {
+    /// A [`LogWrite`] that restarts the log after an installed snapshot:
+    /// every stored entry goes, the snapshot point becomes the compaction
+    /// point and the pending-install marker is cleared, with the write's
+    /// entries and hard state, in one batch.
+    fn persist_restart(&self, point: LogPoint, write: &LogWrite) -> Result<(), StorageError> {
+        let _writer = self.writer.lock();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range(entry_key(0).as_slice(), ENTRIES_END.as_slice());
+        batch.put(
+            COMPACTED_KEY,
+            encode_pair(COMPACTED_KEY, (point.index, point.term)),
+        );
+        batch.delete(PENDING_INSTALL_KEY);
+        for entry in &write.entries {
+            let key = entry_key(entry.index);
+            batch.put(key, seal(&key, entry.encode_to_vec()));
+        }
+        if let Some(hs) = &write.hard_state {
+            batch.put(HARD_STATE_KEY, seal(HARD_STATE_KEY, hs.encode_to_vec()));
+        }
+        self.write(batch, write.sync, "persist")?;
+        let mut view = self.view.lock();
+        view.stored_last = write.entries.last().map_or(point.index, |e| e.index);
+        for entry in &write.entries {
+            if let Some(c) = view.cached_mut(entry.index) {
+                c.stored = c.entry == *entry;
+            }
+        }
+        view.pending_install = None;
+        view.restart_pending = false;
+        if let Some(hs) = &write.hard_state {
+            view.written_hard_state = hs.clone();
+        }
+        if write.sync {
+            view.durable_hard_state = view.written_hard_state.clone();
+            view.stats.syncs += 1;
+        }
+        view.stats.persist_calls += 1;
+        view.stats.entries_persisted += write.entries.len() as u64;
+        view.evict(self.cache_budget);
+        Ok(())
+    }
+}
+
 impl fmt::Debug for RocksLogStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // `try_lock`: formatting must not deadlock if a caller holds the lock.
@@ -615,6 +679,10 @@ impl LogStore for RocksLogStore {
 
     fn persist(&self, write: &LogWrite) -> Result<(), StorageError> {
         check_contiguous(&write.entries)?;
+        check_after_snapshot(write)?;
+        if let Some(point) = write.snapshot {
+            return self.shared.persist_restart(point, write);
+        }
         let shared = &*self.shared;
         let _writer = shared.writer.lock();
         let range = write
@@ -625,7 +693,7 @@ impl LogStore for RocksLogStore {
 
         // Check the write against the stored log before changing anything.
         let mut truncates = false;
-        if let Some((first, last)) = range {
+        if let (Some((first, last)), false) = (range, shared.view.lock().restart_pending) {
             let mut view = shared.view.lock();
             if first < view.first {
                 return Err(Misuse::OverwritesCompacted {
@@ -698,6 +766,40 @@ impl LogStore for RocksLogStore {
         view.stats.persist_calls += 1;
         view.stats.entries_persisted += write.entries.len() as u64;
         view.evict(shared.cache_budget);
+        Ok(())
+    }
+
+    fn restart_readable(&self, point: LogPoint) -> Result<(), StorageError> {
+        let mut view = self.shared.view.lock();
+        view.first = point.index.saturating_add(1);
+        view.compacted_term = point.term;
+        view.last = point.index;
+        view.tail.clear();
+        view.tail_bytes = 0;
+        view.restart_pending = true;
+        Ok(())
+    }
+
+    fn compact(&self, through: u64) -> Result<(), StorageError> {
+        RocksLogStore::compact(self, through)
+    }
+
+    fn pending_install(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.shared.view.lock().pending_install.clone())
+    }
+
+    fn set_pending_install(&self, marker: &[u8]) -> Result<(), StorageError> {
+        let shared = &*self.shared;
+        let _writer = shared.writer.lock();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(
+            PENDING_INSTALL_KEY,
+            seal(PENDING_INSTALL_KEY, marker.to_vec()),
+        );
+        shared.write(batch, true, "set_pending_install")?;
+        let mut view = shared.view.lock();
+        view.pending_install = Some(marker.to_vec());
+        view.durable_hard_state = view.written_hard_state.clone();
         Ok(())
     }
 }

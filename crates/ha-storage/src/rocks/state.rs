@@ -4,8 +4,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use ha_core::{BatchOp, StateStore, StorageError, WriteBatch};
-use rocksdb::{DB, DEFAULT_COLUMN_FAMILY_NAME, ReadOptions, WriteOptions};
+use ha_core::{BatchOp, StateStore, StateView, StorageError, WriteBatch};
+use rocksdb::{DB, DEFAULT_COLUMN_FAMILY_NAME, ReadOptions, SnapshotWithThreadMode, WriteOptions};
 
 use super::config::StorageConfig;
 use super::db::{DbName, db_options, ensure_format, flush_on_close, open_db};
@@ -82,6 +82,64 @@ impl fmt::Debug for RocksStateStore {
     }
 }
 
+/// Bytes of pairs per write batch while restoring a snapshot.
+const RESTORE_BATCH_BYTES: usize = 4 << 20;
+
+/// Visits `[start, end)` with a raw iterator made by `iter`.
+fn scan_with<'a>(
+    name: &DbName,
+    make: &dyn Fn(ReadOptions) -> rocksdb::DBRawIterator<'a>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StorageError> {
+    if end.is_some_and(|end| start >= end) {
+        return Ok(());
+    }
+    let mut options = ReadOptions::default();
+    if let Some(end) = end {
+        options.set_iterate_upper_bound(end.to_vec());
+    }
+    let mut iter = make(options);
+    iter.seek(start);
+    while let Some((key, value)) = iter.item() {
+        if !visit(key, value) {
+            return Ok(());
+        }
+        iter.next();
+    }
+    // An iterator stops early on an error, which only `status` tells.
+    iter.status().map_err(|e| name.error("scan", e))
+}
+
+struct RocksView<'a> {
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+    name: &'a DbName,
+}
+
+impl StateView for RocksView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.snapshot
+            .get(key)
+            .map_err(|e| self.name.error("get", e))
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        scan_with(
+            self.name,
+            &|options| self.snapshot.raw_iterator_opt(options),
+            start,
+            end,
+            visit,
+        )
+    }
+}
+
 impl StateStore for RocksStateStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let shared = &*self.shared;
@@ -95,23 +153,72 @@ impl StateStore for RocksStateStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let shared = &*self.shared;
-        if end.is_some_and(|end| start >= end) {
-            return Ok(());
+        scan_with(
+            &shared.name,
+            &|options| shared.db.raw_iterator_opt(options),
+            start,
+            end,
+            visit,
+        )
+    }
+
+    fn read_consistent(
+        &self,
+        read: &mut dyn FnMut(&dyn StateView) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let shared = &*self.shared;
+        let view = RocksView {
+            snapshot: shared.db.snapshot(),
+            name: &shared.name,
+        };
+        read(&view)
+    }
+
+    fn restore(
+        &self,
+        pairs: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>>,
+    ) -> Result<(), StorageError> {
+        let shared = &*self.shared;
+        let write = |batch: rocksdb::WriteBatch| {
+            // Unsynced: one WAL sync at the end makes the whole restore
+            // durable (the engine's marker covers a crash before it).
+            shared
+                .db
+                .write_opt(batch, &WriteOptions::default())
+                .map_err(|e| shared.name.error("restore", e))
+        };
+        // Everything goes: one range deletion from the first to the last key
+        // (there is no largest possible key), plus the last key itself.
+        let bounds = {
+            let mut iter = shared.db.raw_iterator();
+            iter.seek_to_first();
+            let first = iter.key().map(<[u8]>::to_vec);
+            iter.seek_to_last();
+            let last = iter.key().map(<[u8]>::to_vec);
+            iter.status().map_err(|e| shared.name.error("restore", e))?;
+            first.zip(last)
+        };
+        if let Some((first, last)) = bounds {
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.delete_range(first.as_slice(), last.as_slice());
+            batch.delete(last.as_slice());
+            write(batch)?;
         }
-        let mut options = ReadOptions::default();
-        if let Some(end) = end {
-            options.set_iterate_upper_bound(end.to_vec());
-        }
-        let mut iter = shared.db.raw_iterator_opt(options);
-        iter.seek(start);
-        while let Some((key, value)) = iter.item() {
-            if !visit(key, value) {
-                return Ok(());
+        let mut batch = rocksdb::WriteBatch::default();
+        for pair in pairs {
+            let (key, value) = pair?;
+            batch.put(key, value);
+            if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+                write(std::mem::take(&mut batch))?;
             }
-            iter.next();
         }
-        // An iterator stops early on an error, which only `status` tells.
-        iter.status().map_err(|e| shared.name.error("scan", e))
+        if !batch.is_empty() {
+            write(batch)?;
+        }
+        shared
+            .db
+            .flush_wal(true)
+            .map_err(|e| shared.name.error("restore", e))
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {

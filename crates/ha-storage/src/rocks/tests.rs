@@ -34,6 +34,7 @@ fn run(first: u64, last: u64, term: u64) -> Vec<Entry> {
 
 fn write(entries: Vec<Entry>, sync: bool) -> LogWrite {
     LogWrite {
+        snapshot: None,
         entries,
         hard_state: None,
         sync,
@@ -91,6 +92,7 @@ impl Member {
         let (log, state) = self.open().unwrap();
         log.append_readable(&run(1, 5, 1)).unwrap();
         log.persist(&LogWrite {
+            snapshot: None,
             entries: run(1, 5, 1),
             hard_state: Some(HardState {
                 term: 1,
@@ -219,6 +221,7 @@ fn only_synced_persists_sync_the_wal() {
         "one synced persist, one WAL sync"
     );
     log.persist(&LogWrite {
+        snapshot: None,
         entries: vec![],
         hard_state: Some(HardState {
             term: 1,
@@ -262,12 +265,14 @@ fn hard_state_is_the_durable_one() {
         ..synced.clone()
     };
     log.persist(&LogWrite {
+        snapshot: None,
         entries: vec![],
         hard_state: Some(synced.clone()),
         sync: true,
     })
     .unwrap();
     log.persist(&LogWrite {
+        snapshot: None,
         entries: vec![],
         hard_state: Some(unsynced.clone()),
         sync: false,

@@ -259,6 +259,7 @@ mod tests {
 
     fn write(first: u64, terms: &[u64], sync: bool) -> LogWrite {
         LogWrite {
+            snapshot: None,
             entries: terms
                 .iter()
                 .enumerate()

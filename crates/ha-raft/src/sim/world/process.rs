@@ -15,6 +15,7 @@ use crate::sim::executor::MILLIS;
 use crate::sim::history::{Outcome, Outputs};
 use crate::sim::kv::{self, KvRegister};
 use crate::sim::member::Process;
+use crate::snapshot::{SnapshotFiles, Snapshots};
 
 impl World {
     pub(super) fn start(&mut self, m: usize) {
@@ -31,6 +32,9 @@ impl World {
                     &self.logger,
                     self.rng.next_u64(),
                     self.bugs,
+                    // The simulator does not compact the log, so raft never
+                    // asks for a snapshot; snapshots are not simulated yet.
+                    Snapshots::new(&member.cfg, SnapshotFiles::Memory(Default::default())),
                 )
             });
         let (opened, core, applier) = match started {
@@ -364,11 +368,12 @@ impl World {
                 self.send(m, msg);
             }
         }
+        let mut out = Outbox::default();
         if let Some(p) = self.members[m].proc.as_mut() {
-            p.core.on_persisted(number, tasks);
+            p.core.on_persisted(number, tasks, None, &mut out);
         }
         self.kick_disk(m);
-        self.drive(m, Outbox::default());
+        self.drive(m, out);
     }
 
     // ---- apply ----
