@@ -47,7 +47,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use ha_core::eraftpb::{Entry, EntryType, HardState};
 use ha_core::{
-    ClusterId, LogStore, LogWrite, MemberIdentity, NodeId, RESERVED_PREFIX, StateStore,
+    ClusterId, LogPoint, LogStore, LogWrite, MemberIdentity, NodeId, RESERVED_PREFIX, StateStore,
     StorageError, WriteBatch,
 };
 use prost::Message;
@@ -250,7 +250,121 @@ fn log_cases<S: LogStore>() -> Vec<Case<S>> {
             "random_appends_match_model",
             random_appends_match_model::<S>,
         ),
+        (
+            "compaction_keeps_the_compaction_point",
+            compaction_keeps_the_compaction_point::<S>,
+        ),
+        ("restart_after_a_snapshot", restart_after_a_snapshot::<S>),
+        (
+            "pending_install_marker_round_trip",
+            pending_install_marker_round_trip::<S>,
+        ),
     ]
+}
+
+fn compaction_keeps_the_compaction_point<S: LogStore>(store: &S) -> Outcome {
+    let log = entries_with_terms(1, &[1, 1, 2, 2, 3, 3, 3, 4]);
+    call("append_readable", store.append_readable(&log))?;
+    call("persist", store.persist(&synced(log.clone(), None)))?;
+    call("compact(5)", store.compact(5))?;
+    ensure_eq!(
+        call("first_index", store.first_index())?,
+        6,
+        "first_index after compact(5)"
+    );
+    ensure_eq!(
+        call("term(5)", store.term(5))?,
+        3,
+        "term of the compaction point"
+    );
+    let below = store.entries(4, 7, None);
+    ensure!(
+        matches!(below, Err(StorageError::Compacted { .. })),
+        "entries below the first index must be Compacted, got {below:?}"
+    );
+    check_log(store, &log[5..], "after compact(5)")?;
+    call("compact(3) (behind the point)", store.compact(3))?;
+    ensure_eq!(
+        call("first_index", store.first_index())?,
+        6,
+        "compacting backwards changes nothing"
+    );
+    Ok(())
+}
+
+fn restart_after_a_snapshot<S: LogStore>(store: &S) -> Outcome {
+    let log = entries_with_terms(1, &[1, 1, 2, 2]);
+    call("append_readable", store.append_readable(&log))?;
+    call("persist", store.persist(&synced(log, None)))?;
+    let point = LogPoint { index: 20, term: 3 };
+    call("restart_readable", store.restart_readable(point))?;
+    ensure_eq!(
+        call("first_index", store.first_index())?,
+        21,
+        "first_index after the restart"
+    );
+    ensure_eq!(
+        call("last_index", store.last_index())?,
+        20,
+        "last_index after the restart"
+    );
+    ensure_eq!(
+        call("term(20)", store.term(20))?,
+        3,
+        "term of the snapshot point"
+    );
+    let after = entries_with_terms(21, &[3, 4]);
+    call("append_readable", store.append_readable(&after))?;
+    let hs = HardState {
+        term: 4,
+        vote: 2,
+        commit: 20,
+    };
+    call(
+        "persist",
+        store.persist(&LogWrite {
+            snapshot: Some(point),
+            entries: after.clone(),
+            hard_state: Some(hs.clone()),
+            sync: true,
+        }),
+    )?;
+    ensure_eq!(
+        call("hard_state", store.hard_state())?,
+        hs,
+        "hard state written with the restart"
+    );
+    check_log(store, &after, "after the restart was persisted")
+}
+
+fn pending_install_marker_round_trip<S: LogStore>(store: &S) -> Outcome {
+    ensure_eq!(
+        call("pending_install", store.pending_install())?,
+        None,
+        "fresh store's marker"
+    );
+    call("set_pending_install", store.set_pending_install(b"marker"))?;
+    ensure_eq!(
+        call("pending_install", store.pending_install())?,
+        Some(b"marker".to_vec()),
+        "the marker just stored"
+    );
+    let point = LogPoint { index: 9, term: 2 };
+    call("restart_readable", store.restart_readable(point))?;
+    call(
+        "persist",
+        store.persist(&LogWrite {
+            snapshot: Some(point),
+            sync: true,
+            ..LogWrite::default()
+        }),
+    )?;
+    ensure_eq!(
+        call("pending_install", store.pending_install())?,
+        None,
+        "the restart write must clear the marker"
+    );
+    Ok(())
 }
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -694,7 +808,68 @@ fn log_reopen_cases<S: LogStore>() -> Vec<ReopenCase<S>> {
             "random_appends_survive_reopens",
             random_appends_survive_reopens::<S>,
         ),
+        (
+            "snapshot_restart_and_marker_survive_reopen",
+            snapshot_restart_and_marker_survive_reopen::<S>,
+        ),
     ]
+}
+
+fn snapshot_restart_and_marker_survive_reopen<S: LogStore>(
+    store: S,
+    reopen: &Reopen<'_, S>,
+) -> Outcome {
+    append_synced(&store, &entries_with_terms(1, &[1, 1, 2]), None)?;
+    call(
+        "set_pending_install",
+        store.set_pending_install(b"installing"),
+    )?;
+    let store = call("reopen", reopen(store))?;
+    ensure_eq!(
+        call("pending_install", store.pending_install())?,
+        Some(b"installing".to_vec()),
+        "the marker after a reopen"
+    );
+    let point = LogPoint { index: 50, term: 5 };
+    call("restart_readable", store.restart_readable(point))?;
+    let after = entries_with_terms(51, &[5, 5]);
+    call("append_readable", store.append_readable(&after))?;
+    let hs = HardState {
+        term: 5,
+        vote: 1,
+        commit: 51,
+    };
+    call(
+        "persist",
+        store.persist(&LogWrite {
+            snapshot: Some(point),
+            entries: after.clone(),
+            hard_state: Some(hs.clone()),
+            sync: true,
+        }),
+    )?;
+    let store = call("reopen", reopen(store))?;
+    ensure_eq!(
+        call("pending_install", store.pending_install())?,
+        None,
+        "marker after the restart and a reopen"
+    );
+    ensure_eq!(
+        call("first_index", store.first_index())?,
+        51,
+        "first_index after a reopen"
+    );
+    ensure_eq!(
+        call("term(50)", store.term(50))?,
+        5,
+        "term of the snapshot point after a reopen"
+    );
+    ensure_eq!(
+        call("hard_state", store.hard_state())?,
+        hs,
+        "hard state after a reopen"
+    );
+    check_log(&store, &after, "after a reopen")
 }
 
 /// Appends `entries` and persists them with a sync.
@@ -909,7 +1084,81 @@ fn state_cases<S: StateStore>() -> Vec<Case<S>> {
             "random_batches_match_model",
             random_batches_match_model::<S>,
         ),
+        (
+            "consistent_view_ignores_later_writes",
+            consistent_view_ignores_later_writes::<S>,
+        ),
+        (
+            "restore_replaces_everything",
+            restore_replaces_everything::<S>,
+        ),
     ]
+}
+
+fn consistent_view_ignores_later_writes<S: StateStore>(store: &S) -> Outcome {
+    let mut batch = WriteBatch::new();
+    batch.put(b"a".to_vec(), b"1".to_vec());
+    batch.put(b"c".to_vec(), b"1".to_vec());
+    call("write", store.write(batch, false))?;
+    let mut seen = None;
+    call(
+        "read_consistent",
+        store.read_consistent(&mut |view| {
+            let mut later = WriteBatch::new();
+            later.put(b"a".to_vec(), b"2".to_vec());
+            later.put(b"b".to_vec(), b"2".to_vec());
+            later.delete(b"c".to_vec());
+            store.write(later, false)?;
+            let mut pairs = Vec::new();
+            view.scan(b"", None, &mut |k, v| {
+                pairs.push((k.to_vec(), v.to_vec()));
+                true
+            })?;
+            seen = Some((view.get(b"a")?, view.get(b"b")?, pairs));
+            Ok(())
+        }),
+    )?;
+    let expected: Pairs = vec![
+        (b"a".to_vec(), b"1".to_vec()),
+        (b"c".to_vec(), b"1".to_vec()),
+    ];
+    ensure_eq!(
+        seen,
+        Some((Some(b"1".to_vec()), None, expected)),
+        "the view must show the store as it was when the view was taken"
+    );
+    ensure_eq!(
+        call("get", store.get(b"a"))?,
+        Some(b"2".to_vec()),
+        "the store itself moved on"
+    );
+    Ok(())
+}
+
+fn restore_replaces_everything<S: StateStore>(store: &S) -> Outcome {
+    let mut batch = WriteBatch::new();
+    for k in [&b""[..], b"old", b"\x00ha/applied", b"\xff\xff\xff"] {
+        batch.put(k.to_vec(), b"gone".to_vec());
+    }
+    call("write", store.write(batch, true))?;
+    let pairs: Pairs = vec![
+        (b"\x00ha/applied".to_vec(), b"new".to_vec()),
+        (b"k1".to_vec(), b"v1".to_vec()),
+        (b"k2".to_vec(), Vec::new()),
+    ];
+    let mut source = pairs.clone().into_iter().map(Ok);
+    call("restore", store.restore(&mut source))?;
+    ensure_eq!(
+        scan_all(store, b"", None)?,
+        pairs,
+        "the store after a restore"
+    );
+    ensure_eq!(
+        call("get", store.get(b"old"))?,
+        None,
+        "a key the snapshot does not have"
+    );
+    Ok(())
 }
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -1280,7 +1529,26 @@ fn state_reopen_cases<S: StateStore>() -> Vec<ReopenCase<S>> {
             "synced_batches_survive_reopen",
             synced_batches_survive_reopen::<S>,
         ),
+        ("restore_survives_reopen", restore_survives_reopen::<S>),
     ]
+}
+
+fn restore_survives_reopen<S: StateStore>(store: S, reopen: &Reopen<'_, S>) -> Outcome {
+    let mut batch = WriteBatch::new();
+    batch.put(b"before".to_vec(), b"x".to_vec());
+    call("write", store.write(batch, false))?;
+    let pairs: Pairs = (0..100u32)
+        .map(|i| (format!("key{i:03}").into_bytes(), vec![i as u8; 100]))
+        .collect();
+    let mut source = pairs.clone().into_iter().map(Ok);
+    call("restore", store.restore(&mut source))?;
+    let store = call("reopen", reopen(store))?;
+    ensure_eq!(
+        scan_all(&store, b"", None)?,
+        pairs,
+        "a restored store after a reopen"
+    );
+    Ok(())
 }
 
 fn fresh_state_survives_reopen<S: StateStore>(store: S, reopen: &Reopen<'_, S>) -> Outcome {
