@@ -7,11 +7,12 @@
 mod config;
 mod inbound;
 mod outbound;
+mod snapshot;
 mod stats;
 mod wire;
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -140,6 +141,8 @@ pub(crate) struct Shared {
     /// same sender connects again (its dialer has given up on the old one).
     inbound: Mutex<HashMap<NodeId, (u64, Arc<Notify>)>>,
     next_conn: AtomicU64,
+    /// Senders with a snapshot stream open to this member now.
+    inbound_snapshots: Mutex<HashSet<NodeId>>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -195,6 +198,7 @@ impl TcpTransport {
                 sink: OnceLock::new(),
                 inbound: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
+                inbound_snapshots: Mutex::new(HashSet::new()),
             }),
             local_addr,
             listener: Mutex::new(Some(listener)),
@@ -310,6 +314,13 @@ impl Transport for TcpTransport {
             return;
         };
         let addr = entry.addr;
+        if msg.msg_type == MessageType::MsgSnapshot as i32 {
+            // On a connection of its own, never in the message queue.
+            drop(peers);
+            self.shared
+                .spawn(snapshot::send(self.shared.clone(), to, addr, msg));
+            return;
+        }
         let link = entry
             .link
             .get_or_insert_with(|| Link::spawn(&self.shared, to, addr));
@@ -386,12 +397,6 @@ impl Shared {
             && let Some(sink) = self.sink.get()
         {
             sink.report_snapshot(NodeId(msg.to), SnapshotOutcome::Failed);
-        }
-    }
-
-    fn report_snapshot_sent(&self, peer: NodeId) {
-        if let Some(sink) = self.sink.get() {
-            sink.report_snapshot(peer, SnapshotOutcome::Finished);
         }
     }
 
