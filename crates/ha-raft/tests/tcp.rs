@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ha_core::eraftpb::{Entry, Message, MessageType};
+use ha_core::eraftpb::{Entry, Message, MessageType, Snapshot, SnapshotMetadata};
 use ha_core::{
-    ApplyContext, ClusterId, Config, MessageSink, NodeId, SnapshotOutcome, SnapshotReader,
-    SnapshotWriter, StateMachine, StateStore, StorageError, Transport, WriteBatch,
+    ApplyContext, ClusterId, Config, LogStore, MessageSink, NodeId, SnapshotOutcome,
+    SnapshotReader, SnapshotWriter, StateMachine, StateStore, StorageError, Transport, WriteBatch,
 };
 use ha_raft::{Node, ReadConsistency, Role, TcpConfig, TcpTransport};
 use ha_storage::{MemLogStore, MemStateStore};
@@ -60,6 +60,8 @@ fn loopback() -> SocketAddr {
 struct Chain {
     count: u64,
     digest: u64,
+    /// Where it reloads from after a snapshot replaced the state.
+    store: MemStateStore,
 }
 
 const CHAIN_KEY: &[u8] = b"chain";
@@ -70,10 +72,12 @@ impl Chain {
             Some(v) if v.len() == 16 => Chain {
                 count: u64::from_be_bytes(v[..8].try_into().unwrap()),
                 digest: u64::from_be_bytes(v[8..].try_into().unwrap()),
+                store: state.clone(),
             },
             _ => Chain {
                 count: 0,
                 digest: 0,
+                store: state.clone(),
             },
         }
     }
@@ -87,6 +91,11 @@ impl Chain {
 }
 
 impl StateMachine for Chain {
+    fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {
+        *self = Chain::open(&self.store);
+        Ok(())
+    }
+
     fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
         self.count += 1;
         // FNV-1a over the previous digest and the command: order-sensitive.
@@ -96,6 +105,12 @@ impl StateMachine for Chain {
         }
         self.digest = h;
         batch.put(CHAIN_KEY.to_vec(), self.encode().to_vec());
+        // Each command under its own key too: the state (and a snapshot of
+        // it) grows with the log.
+        batch.put(
+            format!("cmd/{:08}", self.count).into_bytes(),
+            command.to_vec(),
+        );
         Bytes::copy_from_slice(&self.count.to_be_bytes())
     }
 
@@ -117,16 +132,23 @@ struct Member {
 struct Group {
     ids: Vec<NodeId>,
     tcp: TcpConfig,
+    /// Adjusts every member's raft config.
+    tune: fn(&mut Config),
     members: BTreeMap<NodeId, Member>,
     next_cmd: u64,
 }
 
 impl Group {
     async fn start(n: u64, tcp: TcpConfig) -> Group {
+        Group::start_with(n, tcp, |_| {}).await
+    }
+
+    async fn start_with(n: u64, tcp: TcpConfig, tune: fn(&mut Config)) -> Group {
         let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut g = Group {
             ids: ids.clone(),
             tcp,
+            tune,
             members: BTreeMap::new(),
             next_cmd: 0,
         };
@@ -152,10 +174,12 @@ impl Group {
     }
 
     fn config(&self, id: NodeId) -> Config {
-        Config {
+        let mut cfg = Config {
             request_timeout: Duration::from_secs(10),
             ..Config::new(id, self.ids.clone())
-        }
+        };
+        (self.tune)(&mut cfg);
+        cfg
     }
 
     fn cluster_id(&self) -> ClusterId {
@@ -299,8 +323,8 @@ impl Group {
         m.transport.closed().await;
         let s = m.transport.stats();
         assert_eq!(
-            (s.open_inbound, s.open_outbound),
-            (0, 0),
+            (s.open_inbound, s.open_outbound, s.open_snapshot_streams),
+            (0, 0, 0),
             "a stopped transport left connections open"
         );
     }
@@ -510,7 +534,7 @@ async fn hostile_connections_close_alone_and_the_group_keeps_committing() {
             ),
             (
                 "unknown protocol version",
-                hello(b"HARP", 2, &cluster, 2, 1),
+                hello(b"HARP", 3, &cluster, 2, 1),
                 |r| r.unknown_version,
             ),
             (
@@ -722,19 +746,26 @@ async fn messages_arrive_in_order_batched_and_only_as_addressed() {
         assert_eq!(a.stats().dropped_no_address, 1);
         assert_eq!(ra.unreachable(NodeId(3)), 1);
 
-        // A snapshot message reports its outcome.
+        // A snapshot message reports its outcome: failed here, as the
+        // recorder has no snapshot to open (and 3 has no address). Neither
+        // goes out on the message connection.
         let snap = |to| Message {
             msg_type: MessageType::MsgSnapshot as i32,
             from: 1,
             to,
             ..Default::default()
         };
+        let frames = a.stats().frames_sent;
         a.send(snap(2));
         a.send(snap(3));
         eventually("snapshot outcomes reported", || ra.snapshots().len() == 2).await;
         let outcomes = ra.snapshots();
-        assert!(outcomes.contains(&(NodeId(2), SnapshotOutcome::Finished)));
+        assert!(outcomes.contains(&(NodeId(2), SnapshotOutcome::Failed)));
         assert!(outcomes.contains(&(NodeId(3), SnapshotOutcome::Failed)));
+        let s = a.stats();
+        assert_eq!(s.snapshots_send_failed, 1, "{s:?}");
+        assert_eq!(s.snapshots_sent, 0, "{s:?}");
+        assert_eq!(s.frames_sent, frames, "a snapshot went inline: {s:?}");
 
         a.stop();
         b.stop();
@@ -883,6 +914,424 @@ async fn stop_is_idempotent_ends_every_task_and_frees_the_port() {
         drop(again);
         a.stop();
         a.closed().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots over TCP.
+
+/// A log that compacts early, and snapshots cut into many small chunks sent
+/// slowly enough that a transfer lasts well over an election timeout.
+fn small_log(cfg: &mut Config) {
+    cfg.compaction_threshold = 100;
+    cfg.compaction_retain = 20;
+    cfg.snapshot_chunk_size = 256;
+    cfg.snapshot_rate_limit = 4 * 1024;
+}
+
+/// [`small_log`], slower still: a transfer takes several seconds, so a test
+/// can cut it half-way.
+fn slow_snapshots(cfg: &mut Config) {
+    small_log(cfg);
+    cfg.snapshot_rate_limit = 3 * 1024;
+}
+
+impl Group {
+    /// Proposes `count` commands through `via`, spread over more than a
+    /// second so that the state store syncs (the log is compacted only up
+    /// to what the state store holds durably).
+    async fn write_spread(&mut self, via: NodeId, count: u64) {
+        for i in 0..count {
+            self.propose(via).await;
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    }
+
+    /// Waits until `id`'s log no longer holds `index`.
+    async fn wait_compacted(&self, id: NodeId, index: u64) {
+        let log = &self.members[&id].log;
+        eventually(
+            &format!("member {id} compacts its log past {index}"),
+            || log.first_index().expect("memory log") > index,
+        )
+        .await;
+    }
+
+    /// Stops a follower, writes until the leader compacted the log past
+    /// what the follower holds, and restarts it on a new port (the others
+    /// learn the address). Returns (leader, follower).
+    async fn leave_one_behind_the_compacted_log(&mut self) -> (NodeId, NodeId) {
+        let leader = self.leader().await;
+        let late = *self.ids.iter().find(|&&id| id != leader).unwrap();
+        self.write_spread(leader, 30).await;
+        self.converged().await;
+        let held = self.node(late).status().applied;
+        self.stop(late).await;
+        self.write_spread(leader, 400).await;
+        // The log is compacted only up to what the state store synced; the
+        // late member needs entries well before that point.
+        self.wait_compacted(leader, held + 50).await;
+        self.restart_and_announce(late).await;
+        (leader, late)
+    }
+
+    /// Restarts a stopped member on a new port and tells the others.
+    async fn restart_and_announce(&mut self, id: NodeId) {
+        self.restart_on(id, loopback()).await;
+        let addr = self.addr(id);
+        for peer in self.ids.clone() {
+            if peer != id {
+                self.transport(peer).set_peer(id, addr);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_behind_the_compacted_log_catches_up_by_snapshot_over_tcp() {
+    bounded(async {
+        let mut g = Group::start_with(3, TcpConfig::default(), small_log).await;
+        let (leader, late) = g.leave_one_behind_the_compacted_log().await;
+        let term = g.node(leader).status().term;
+
+        // Until it installed the snapshot, the late member must keep its
+        // leader: the leader's heartbeats reach it on the message connection
+        // while the snapshot streams on its own (a follower that misses them
+        // for an election timeout turns pre-candidate and forgets the
+        // leader).
+        let mut knew_leader = false;
+        let mut streaming_since = None;
+        let deadline = Instant::now() + PATIENCE;
+        while g.node(late).metrics().snapshots_installed == 0 {
+            let st = g.node(late).status();
+            if st.leader == Some(leader) {
+                knew_leader = true;
+            } else {
+                assert!(
+                    !knew_leader,
+                    "member {late} lost its leader while catching up: {st:?}"
+                );
+            }
+            if streaming_since.is_none() && g.transport(late).stats().open_snapshot_streams > 0 {
+                streaming_since = Some(Instant::now());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {late} installed no snapshot within {PATIENCE:?}: {:?}",
+                g.transport(late).stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = streaming_since
+            .map(|t| t.elapsed())
+            .expect("the snapshot stream was never seen open");
+        tracing::info!(?took, "snapshot streamed and installed");
+        // Long enough that missed heartbeats would have shown above.
+        assert!(
+            took > Duration::from_millis(600),
+            "the transfer took only {took:?}: too short to show heartbeats flowing"
+        );
+        g.converged().await;
+        assert_eq!(g.leader().await, leader, "the leader changed");
+        assert_eq!(
+            g.node(leader).status().term,
+            term,
+            "an election ran during the transfer"
+        );
+
+        let (sent, got) = (g.transport(leader).stats(), g.transport(late).stats());
+        assert!(sent.snapshots_sent >= 1, "{sent:?}");
+        assert!(got.snapshots_received >= 1, "{got:?}");
+        assert!(
+            got.snapshot_bytes_received >= 10 * 256,
+            "the snapshot was not streamed in many chunks: {got:?}"
+        );
+        assert_eq!(got.rejected.total(), 0, "{got:?}");
+        assert_eq!(sent.open_snapshot_streams + got.open_snapshot_streams, 0);
+
+        // It is a full member again: writes through it commit everywhere.
+        for _ in 0..5 {
+            g.propose(late).await;
+        }
+        g.converged().await;
+        g.assert_no_fatal();
+        g.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_transfer_cut_half_way_fails_and_the_retry_succeeds() {
+    bounded(async {
+        let mut g = Group::start_with(3, TcpConfig::default(), slow_snapshots).await;
+        let (leader, late) = g.leave_one_behind_the_compacted_log().await;
+
+        eventually("the snapshot starts streaming", || {
+            g.transport(late).stats().snapshot_bytes_received > 0
+        })
+        .await;
+        let s = g.transport(late).stats();
+        assert_eq!(s.snapshots_received, 0, "the transfer was not slow: {s:?}");
+        // Cut: the receiver goes away mid-stream.
+        g.stop(late).await;
+        eventually("the sender reports the cut transfer failed", || {
+            g.transport(leader).stats().snapshots_send_failed >= 1
+        })
+        .await;
+        let s = g.transport(leader).stats();
+        assert_eq!(s.snapshots_sent, 0, "a cut transfer counted as sent: {s:?}");
+        g.propose(leader).await;
+
+        // Back, and raft's retry streams it again, to the end this time.
+        g.restart_and_announce(late).await;
+        g.converged().await;
+        let m = g.node(late).metrics();
+        assert!(m.snapshots_installed >= 1, "{m:?}");
+        let s = g.transport(leader).stats();
+        assert!(s.snapshots_sent >= 1, "the retry did not succeed: {s:?}");
+        g.propose(late).await;
+        g.converged().await;
+        g.assert_no_fatal();
+        g.shutdown().await;
+    })
+    .await;
+}
+
+/// The descriptor the engine puts in `Snapshot.data` (its size and CRC are
+/// what the receiver checks); a test copy, to forge one.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Descriptor {
+    #[prost(uint64, tag = "1")]
+    index: u64,
+    #[prost(uint64, tag = "2")]
+    term: u64,
+    #[prost(uint64, tag = "3")]
+    size: u64,
+    #[prost(uint32, tag = "4")]
+    crc32: u32,
+    #[prost(uint64, tag = "5")]
+    id: u64,
+    #[prost(uint64, tag = "6")]
+    builder: u64,
+}
+
+/// A `MsgSnapshot` from 2 to 1 at a far-future index and term: if it ever
+/// reached raft, member 1's term would jump to 1000.
+fn forged_snapshot(from: u64, size: u64, crc32: u32) -> Message {
+    let descriptor = Descriptor {
+        index: 1_000_000,
+        term: 1_000,
+        size,
+        crc32,
+        id: 1,
+        builder: from,
+    };
+    Message {
+        msg_type: MessageType::MsgSnapshot as i32,
+        from,
+        to: 1,
+        term: 1_000,
+        snapshot: Some(Snapshot {
+            data: prost::Message::encode_to_vec(&descriptor),
+            metadata: Some(SnapshotMetadata {
+                index: 1_000_000,
+                term: 1_000,
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A snapshot-stream frame as the wire format documents it.
+fn snap_frame(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut b = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+    b.push(tag);
+    b.extend_from_slice(payload);
+    b
+}
+
+/// Sends a snapshot stream and expects the receiver to close the
+/// connection without acknowledging it: it may answer an error ack (tag 5),
+/// never an ok (tag 4).
+async fn expect_snapshot_refused(addr: SocketAddr, bytes: &[u8], silent: bool, case: &str) {
+    let mut s = TcpStream::connect(addr).await.expect("connect to member");
+    let _ = s.write_all(bytes).await;
+    if !silent {
+        let _ = s.shutdown().await;
+    }
+    let mut answer = Vec::new();
+    let r = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await;
+    assert!(
+        r.is_ok(),
+        "{case}: connection not closed within {PATIENCE:?}"
+    );
+    if !answer.is_empty() {
+        assert!(
+            answer.len() >= 5 && answer[4] == 5,
+            "{case}: the member answered something other than an error ack: {answer:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_snapshot_streams_close_alone_and_reach_nothing() {
+    bounded(async {
+        let tcp = TcpConfig {
+            snapshot_idle_timeout: Duration::from_millis(500),
+            ..TcpConfig::default()
+        };
+        let mut g = Group::start(3, tcp).await;
+        g.leader().await;
+        g.propose(NodeId(1)).await;
+        let target = NodeId(1);
+        let addr = g.addr(target);
+        let cluster = g.cluster_id();
+        let open = |from: u64, kind: u8| {
+            let mut h = hello(b"HARP", 2, &cluster, from, 1);
+            h.push(kind);
+            h
+        };
+        let stream = |parts: &[Vec<u8>]| {
+            let mut b = open(2, 1);
+            for p in parts {
+                b.extend_from_slice(p);
+            }
+            b
+        };
+        let header = |m: &Message| snap_frame(1, &prost::Message::encode_to_vec(m));
+        let chunk = |n: usize| snap_frame(2, &vec![0xa5; n]);
+        let end = snap_frame(3, &[]);
+        let crc_of_1000 = crc32fast::hash(&[0xa5; 1000]);
+
+        type Counter = fn(&ha_raft::TcpRejections) -> u64;
+        let cases: Vec<(&str, Vec<u8>, bool, Counter)> = vec![
+            ("unknown connection kind", open(2, 7), false, |r| {
+                r.unknown_kind
+            }),
+            (
+                "a chunk before the header",
+                stream(&[chunk(10)]),
+                false,
+                |r| r.malformed_frame,
+            ),
+            (
+                "a header that is not a snapshot",
+                stream(&[header(&Message {
+                    msg_type: MessageType::MsgAppend as i32,
+                    from: 2,
+                    to: 1,
+                    term: 1_000,
+                    ..Default::default()
+                })]),
+                false,
+                |r| r.malformed_frame,
+            ),
+            (
+                "an undecodable header",
+                stream(&[snap_frame(1, &[0xff; 9])]),
+                false,
+                |r| r.malformed_frame,
+            ),
+            (
+                "a header from another sender than the hello's",
+                stream(&[header(&forged_snapshot(3, 1000, crc_of_1000))]),
+                false,
+                |r| r.malformed_frame,
+            ),
+            (
+                "an oversized frame",
+                stream(&[u32::MAX.to_be_bytes().to_vec()]),
+                false,
+                |r| r.frame_too_large,
+            ),
+            (
+                "an unknown frame tag",
+                stream(&[
+                    header(&forged_snapshot(2, 1000, crc_of_1000)),
+                    snap_frame(9, b"?"),
+                ]),
+                false,
+                |r| r.malformed_frame,
+            ),
+            (
+                "a wrong CRC",
+                stream(&[
+                    header(&forged_snapshot(2, 1000, crc_of_1000 ^ 1)),
+                    chunk(400),
+                    chunk(600),
+                    end.clone(),
+                ]),
+                false,
+                |r| r.snapshot_refused,
+            ),
+            (
+                "more bytes than announced",
+                stream(&[
+                    header(&forged_snapshot(2, 1000, crc_of_1000)),
+                    chunk(600),
+                    chunk(600),
+                    end.clone(),
+                ]),
+                false,
+                |r| r.snapshot_refused,
+            ),
+            (
+                "fewer bytes than announced",
+                stream(&[
+                    header(&forged_snapshot(2, 1000, crc_of_1000)),
+                    chunk(500),
+                    end.clone(),
+                ]),
+                false,
+                |r| r.snapshot_refused,
+            ),
+            (
+                "cut before the end marker",
+                stream(&[header(&forged_snapshot(2, 1000, crc_of_1000)), chunk(1000)]),
+                false,
+                |r| r.truncated,
+            ),
+            (
+                "a stream that stalls",
+                stream(&[header(&forged_snapshot(2, 1000, crc_of_1000)), chunk(10)]),
+                true,
+                |r| r.snapshot_idle,
+            ),
+        ];
+        let n = cases.len() as u64;
+        for (case, bytes, silent, counter) in cases {
+            let before = g.transport(target).stats().rejected;
+            expect_snapshot_refused(addr, &bytes, silent, case).await;
+            eventually(&format!("{case}: counted"), || {
+                counter(&g.transport(target).stats().rejected) == counter(&before) + 1
+            })
+            .await;
+            g.propose(target).await;
+            g.assert_no_fatal();
+        }
+        let s = g.transport(target).stats();
+        assert_eq!(s.rejected.total(), n, "{s:?}");
+        assert_eq!(s.snapshots_received, 0, "{s:?}");
+        assert_eq!(s.open_snapshot_streams, 0, "{s:?}");
+        g.converged().await;
+        let m = g.node(target).metrics();
+        assert_eq!(
+            (m.snapshots_received, m.snapshots_installed),
+            (0, 0),
+            "a forged snapshot reached the engine: {m:?}"
+        );
+        for id in g.running() {
+            assert!(
+                g.node(id).status().term < 1_000,
+                "a forged snapshot reached raft"
+            );
+        }
+        g.assert_no_fatal();
+        g.shutdown().await;
     })
     .await;
 }

@@ -7,11 +7,12 @@
 mod config;
 mod inbound;
 mod outbound;
+mod snapshot;
 mod stats;
 mod wire;
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -64,37 +65,62 @@ use stats::{Counters, add};
 /// # }
 /// ```
 ///
-/// # Wire format, version 1
+/// # Wire format, version 2
 ///
-/// Every connection carries messages one way: the dialer writes, the
-/// listener only reads (it never writes a byte; the dialer takes any byte
-/// or end-of-stream from the listener as "connection closed"). Each member
-/// dials each peer it sends to, so a pair of members uses two connections,
-/// one per direction. All integers are big-endian.
+/// A connection carries either raft messages or one snapshot stream, as its
+/// hello says. A message connection carries messages one way: the dialer
+/// writes, the listener only reads (it never writes a byte; the dialer
+/// takes any byte or end-of-stream from the listener as "connection
+/// closed"). Each member dials each peer it sends to, so a pair of members
+/// uses two message connections, one per direction, plus one short-lived
+/// connection per snapshot transfer. All integers are big-endian.
 ///
 /// ```text
-/// hello (54 bytes, once, first):
+/// hello (once, first):
 ///   magic        4 bytes   "HARP"
-///   version      u16       1
+///   version      u16       1 or 2
 ///   cluster id   32 bytes  the full ClusterId (SHA-256 of members + token)
 ///   sender       u64       the dialer's member id (never 0)
 ///   receiver     u64       the member the dialer means to reach
-/// then frames, until either side closes:
+///   kind         u8        version 2 only: 0 messages, 1 snapshot stream
+///                          (a version-1 hello is a message connection)
+/// message connection, then frames until either side closes:
 ///   length       u32       payload bytes, at most TcpConfig::max_frame_bytes
 ///   payload      protobuf  MessageBatch { repeated eraftpb.Message messages = 1; }
+/// snapshot stream, then frames of `length u32, tag u8, body` (length
+/// counts tag and body, at most max_frame_bytes):
+///   dialer:   tag 1  body: the eraftpb.Message (MsgSnapshot; its
+///                    snapshot.data is the engine's small descriptor)
+///             tag 2  body: snapshot bytes (a chunk), any number of them
+///             tag 3  empty: the end
+///   listener: tag 4  empty: verified (size, CRC), durable, handed to raft
+///             tag 5  body: UTF-8 reason: refused, nothing reached raft
 /// ```
+///
+/// This build sends the version-1 hello on message connections, so it
+/// talks to version-1 members; they refuse snapshot streams (unknown
+/// version), and snapshots to them fail until they are upgraded.
 ///
 /// A receiver reads magic and version first, so a later version may change
 /// the rest of the hello. It closes the connection, logs the reason and
 /// counts it ([`TcpStats::rejected`]) when: the magic is wrong, the version
-/// is not 1, the cluster id is not its own, the receiver is not itself,
-/// the sender is 0 or itself, the hello does not arrive within
-/// `handshake_timeout`, a frame is longer than `max_frame_bytes`, a payload
-/// does not decode, or a message in it carries a raft message or entry type
-/// that raft-rs does not know (its generated getters would panic) or a
-/// local-only type. Nothing else happens to the member. Messages in a good
-/// frame are delivered only when their `to` is this member and their
-/// `from` is the connection's sender; others are dropped and counted.
+/// is not 1 or 2, the kind is unknown, the cluster id is not its own, the
+/// receiver is not itself, the sender is 0 or itself, the hello does not
+/// arrive within `handshake_timeout`, a frame is longer than
+/// `max_frame_bytes`, a payload does not decode, or a message in it carries
+/// a raft message or entry type that raft-rs does not know (its generated
+/// getters would panic) or a local-only type. Nothing else happens to the
+/// member. Messages in a good frame are delivered only when their `to` is
+/// this member and their `from` is the connection's sender; others are
+/// dropped and counted.
+///
+/// A snapshot stream is refused the same way when it does not open with a
+/// `MsgSnapshot` from the hello's sender to this member, has a frame out of
+/// place or an unknown tag, ends before its end marker, stays idle for
+/// `snapshot_idle_timeout`, comes while the same sender has another stream
+/// open, or when the engine refuses it (a size or CRC that does not match
+/// the descriptor, or staging failed; the receiver then answers tag 5). The
+/// engine discards what it staged: nothing reaches raft.
 ///
 /// Payloads are decoded only with `prost::Message::decode`, never with
 /// rust-protobuf (which panics on malformed input; `clippy.toml` bans it).
@@ -107,6 +133,16 @@ use stats::{Counters, add};
 /// with jittered exponential backoff, reports the peer unreachable to the
 /// engine once per failed connection attempt or broken connection, and
 /// discards what was queued for a peer it cannot reach (raft retries).
+///
+/// A `MsgSnapshot` never enters that queue: `send` starts a snapshot
+/// stream on a new connection, so appends and heartbeats never wait behind
+/// snapshot bytes. The engine's blocking snapshot reader (and, on the
+/// receiving member, its writer) runs on tokio's blocking pool. The sender
+/// reports [`SnapshotOutcome::Finished`] to the engine only after the
+/// receiver's ok ack, and [`SnapshotOutcome::Failed`] when the engine
+/// refuses to open the snapshot (one in flight to that peer already), the
+/// peer cannot be reached, refuses the stream or drops it, or the stream
+/// makes no progress for `snapshot_idle_timeout`; raft then retries.
 pub struct TcpTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -140,6 +176,8 @@ pub(crate) struct Shared {
     /// same sender connects again (its dialer has given up on the old one).
     inbound: Mutex<HashMap<NodeId, (u64, Arc<Notify>)>>,
     next_conn: AtomicU64,
+    /// Senders with a snapshot stream open to this member now.
+    inbound_snapshots: Mutex<HashSet<NodeId>>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -153,7 +191,8 @@ impl std::fmt::Debug for TcpTransport {
 }
 
 impl TcpTransport {
-    /// The protocol version this build speaks (and the only one it accepts).
+    /// The newest protocol version this build speaks. It also accepts (and
+    /// sends, on message connections) version 1.
     pub const PROTOCOL_VERSION: u16 = wire::PROTOCOL_VERSION;
 
     /// Validates `config` and binds the listener at once (so `listen` may
@@ -195,6 +234,7 @@ impl TcpTransport {
                 sink: OnceLock::new(),
                 inbound: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
+                inbound_snapshots: Mutex::new(HashSet::new()),
             }),
             local_addr,
             listener: Mutex::new(Some(listener)),
@@ -310,6 +350,13 @@ impl Transport for TcpTransport {
             return;
         };
         let addr = entry.addr;
+        if msg.msg_type == MessageType::MsgSnapshot as i32 {
+            // On a connection of its own, never in the message queue.
+            drop(peers);
+            self.shared
+                .spawn(snapshot::send(self.shared.clone(), to, addr, msg));
+            return;
+        }
         let link = entry
             .link
             .get_or_insert_with(|| Link::spawn(&self.shared, to, addr));
@@ -386,12 +433,6 @@ impl Shared {
             && let Some(sink) = self.sink.get()
         {
             sink.report_snapshot(NodeId(msg.to), SnapshotOutcome::Failed);
-        }
-    }
-
-    fn report_snapshot_sent(&self, peer: NodeId) {
-        if let Some(sink) = self.sink.get() {
-            sink.report_snapshot(peer, SnapshotOutcome::Finished);
         }
     }
 

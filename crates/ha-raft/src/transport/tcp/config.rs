@@ -53,6 +53,14 @@ pub struct TcpConfig {
     /// reconnected to within about this long. Default 1 s.
     #[serde(with = "humantime_serde")]
     pub reconnect_backoff_max: Duration,
+    /// A snapshot stream that makes no progress for this long fails: on
+    /// the sending member no chunk could be read or written, or no ack
+    /// came after the last one; on the receiving member no frame arrived.
+    /// The sender then reports the snapshot failed (raft retries) and the
+    /// receiver discards what it staged, so a stalled peer cannot hold a
+    /// stream. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_idle_timeout: Duration,
     /// Sets `TCP_NODELAY` on every peer connection: raft messages are small
     /// and latency-bound, and the writer already batches. Default true.
     pub nodelay: bool,
@@ -68,6 +76,7 @@ impl Default for TcpConfig {
             write_timeout: Duration::from_secs(5),
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(1),
+            snapshot_idle_timeout: Duration::from_secs(10),
             nodelay: true,
         }
     }
@@ -96,6 +105,7 @@ impl TcpConfig {
             ("handshake_timeout", self.handshake_timeout),
             ("write_timeout", self.write_timeout),
             ("reconnect_backoff_min", self.reconnect_backoff_min),
+            ("snapshot_idle_timeout", self.snapshot_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero { field });

@@ -10,8 +10,8 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::stats::add;
-use super::wire::{self, HELLO_BODY_LEN, Hello, LEN_PREFIX, PREAMBLE_LEN, Reject};
-use super::{OpenGauge, Shared};
+use super::wire::{self, ConnKind, HELLO_BODY_LEN, Hello, LEN_PREFIX, PREAMBLE_LEN, Reject};
+use super::{OpenGauge, Shared, snapshot};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin.
@@ -20,7 +20,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const KEEP_BUFFER: usize = 1024 * 1024;
 
 /// Why reading from a connection stopped.
-enum Failure {
+pub(crate) enum Failure {
     /// A protocol violation: counted and logged.
     Reject(Reject),
     /// The socket failed (reset, ...): logged at debug.
@@ -68,7 +68,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 /// Reads one inbound connection until it ends or is refused.
 async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
-    let _open = OpenGauge::new(&shared.counters.open_inbound);
+    let open = OpenGauge::new(&shared.counters.open_inbound);
     let mut shutdown = shared.shutdown.subscribe();
     let mut rd = BufReader::with_capacity(64 * 1024, stream);
     let hello = tokio::select! {
@@ -84,6 +84,19 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
         Ok(h) => h,
         Err(f) => return refused(&shared, remote, None, f),
     };
+    if hello.kind == ConnKind::Snapshot {
+        // Counted as a snapshot stream, not as a message connection.
+        drop(open);
+        tracing::debug!(node = %shared.local, peer = %hello.from, %remote, "snapshot stream opened");
+        let end = tokio::select! {
+            _ = Shared::stopped(&mut shutdown) => Ok(()),
+            r = snapshot::receive(&shared, &mut rd, hello) => r,
+        };
+        if let Err(f) = end {
+            refused(&shared, remote, Some(hello.from), f);
+        }
+        return;
+    }
     tracing::debug!(node = %shared.local, peer = %hello.from, %remote, "peer connected");
     let (conn, superseded) = shared.register_inbound(hello.from);
     let end = tokio::select! {
@@ -116,12 +129,20 @@ fn refused(shared: &Shared, remote: SocketAddr, peer: Option<NodeId>, f: Failure
 async fn read_hello(shared: &Shared, rd: &mut BufReader<TcpStream>) -> Result<Hello, Failure> {
     let mut preamble = [0u8; PREAMBLE_LEN];
     rd.read_exact(&mut preamble).await?;
-    wire::check_preamble(&preamble)?;
+    let version = wire::check_preamble(&preamble)?;
     let mut body = [0u8; HELLO_BODY_LEN];
     rd.read_exact(&mut body).await?;
-    add(&shared.counters.bytes_received, wire::HELLO_LEN as u64);
+    let mut tail = [0u8; 1];
+    let tail = &mut tail[..wire::hello_tail_len(version)];
+    rd.read_exact(tail).await?;
+    add(
+        &shared.counters.bytes_received,
+        (PREAMBLE_LEN + HELLO_BODY_LEN + tail.len()) as u64,
+    );
+    let kind = wire::decode_kind(tail)?;
     Ok(wire::check_hello_body(
         &body,
+        kind,
         &shared.cluster_id,
         shared.local,
     )?)

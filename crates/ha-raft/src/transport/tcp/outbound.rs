@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ha_core::NodeId;
-use ha_core::eraftpb::{Message, MessageType};
+use ha_core::eraftpb::Message;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 
 use super::config::TcpConfig;
 use super::stats::add;
-use super::wire::{self, Hello, MessageBatch};
+use super::wire::{self, ConnKind, Hello, MessageBatch};
 use super::{OpenGauge, Shared};
 
 /// A connection that lived this long counts as a success: the backoff
@@ -109,7 +109,7 @@ async fn run(
         add(&c.connect_attempts, 1);
         let stream = tokio::select! {
             _ = Shared::stopped(&mut shutdown) => return,
-            r = connect(&shared, peer, target) => r,
+            r = connect(&shared, peer, target, ConnKind::Messages) => r,
         };
         let why = match stream {
             Ok(stream) => {
@@ -190,11 +190,17 @@ async fn run(
 }
 
 /// Connects and writes the hello, within the connect timeout.
-async fn connect(shared: &Shared, peer: NodeId, addr: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) async fn connect(
+    shared: &Shared,
+    peer: NodeId,
+    addr: SocketAddr,
+    kind: ConnKind,
+) -> io::Result<TcpStream> {
     let hello = wire::encode_hello(&Hello {
         cluster_id: shared.cluster_id,
         from: shared.local,
         to: peer,
+        kind,
     });
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await?;
@@ -299,15 +305,6 @@ async fn pump(
         add(&c.frames_sent, 1);
         add(&c.messages_sent, batch.messages.len() as u64);
         add(&c.bytes_sent, buf.len() as u64);
-        if batch
-            .messages
-            .iter()
-            .any(|m| m.msg_type == MessageType::MsgSnapshot as i32)
-        {
-            // Handed to TCP; snapshot data travels out of band once
-            // snapshots stream (`Snapshot.data` is a small descriptor).
-            shared.report_snapshot_sent(peer);
-        }
         if buf.capacity() > KEEP_BUFFER {
             *buf = Vec::new();
         }

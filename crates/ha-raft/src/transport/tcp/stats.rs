@@ -27,6 +27,12 @@ pub(crate) struct Counters {
     pub(crate) connections_superseded: AtomicU64,
     pub(crate) open_inbound: AtomicU64,
     pub(crate) open_outbound: AtomicU64,
+    pub(crate) snapshots_sent: AtomicU64,
+    pub(crate) snapshots_send_failed: AtomicU64,
+    pub(crate) snapshot_bytes_sent: AtomicU64,
+    pub(crate) snapshots_received: AtomicU64,
+    pub(crate) snapshot_bytes_received: AtomicU64,
+    pub(crate) open_snapshot_streams: AtomicU64,
     bad_magic: AtomicU64,
     unknown_version: AtomicU64,
     other_cluster: AtomicU64,
@@ -36,6 +42,10 @@ pub(crate) struct Counters {
     truncated: AtomicU64,
     frame_too_large: AtomicU64,
     malformed_frame: AtomicU64,
+    unknown_kind: AtomicU64,
+    snapshot_busy: AtomicU64,
+    snapshot_refused: AtomicU64,
+    snapshot_idle: AtomicU64,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -58,6 +68,10 @@ impl Counters {
             Reject::Truncated => &self.truncated,
             Reject::FrameTooLarge(_) => &self.frame_too_large,
             Reject::Malformed(_) => &self.malformed_frame,
+            Reject::UnknownKind(_) => &self.unknown_kind,
+            Reject::SnapshotBusy => &self.snapshot_busy,
+            Reject::SnapshotRefused => &self.snapshot_refused,
+            Reject::SnapshotIdle => &self.snapshot_idle,
         };
         add(c, 1);
     }
@@ -84,6 +98,12 @@ impl Counters {
             connections_superseded: get(&self.connections_superseded),
             open_inbound: get(&self.open_inbound),
             open_outbound: get(&self.open_outbound),
+            snapshots_sent: get(&self.snapshots_sent),
+            snapshots_send_failed: get(&self.snapshots_send_failed),
+            snapshot_bytes_sent: get(&self.snapshot_bytes_sent),
+            snapshots_received: get(&self.snapshots_received),
+            snapshot_bytes_received: get(&self.snapshot_bytes_received),
+            open_snapshot_streams: get(&self.open_snapshot_streams),
             queued_messages,
             rejected: TcpRejections {
                 bad_magic: get(&self.bad_magic),
@@ -95,6 +115,10 @@ impl Counters {
                 truncated: get(&self.truncated),
                 frame_too_large: get(&self.frame_too_large),
                 malformed_frame: get(&self.malformed_frame),
+                unknown_kind: get(&self.unknown_kind),
+                snapshot_busy: get(&self.snapshot_busy),
+                snapshot_refused: get(&self.snapshot_refused),
+                snapshot_idle: get(&self.snapshot_idle),
             },
         }
     }
@@ -148,6 +172,24 @@ pub struct TcpStats {
     pub open_inbound: u64,
     /// Outbound connections established now.
     pub open_outbound: u64,
+    /// Snapshot streams the receiving peer acknowledged as verified and
+    /// staged (reported `Finished` to the engine).
+    pub snapshots_sent: u64,
+    /// Snapshot streams that failed on the sending side (reported `Failed`
+    /// to the engine): the engine refused to open one (another in flight),
+    /// no connection, a write error, the idle timeout, or the peer refused
+    /// or dropped the stream.
+    pub snapshots_send_failed: u64,
+    /// Snapshot bytes written to peers (chunk payloads only).
+    pub snapshot_bytes_sent: u64,
+    /// Snapshot streams received, verified and handed to the engine.
+    pub snapshots_received: u64,
+    /// Snapshot bytes read from peers (chunk payloads only).
+    pub snapshot_bytes_received: u64,
+    /// Snapshot streams open now, either direction. Snapshot connections
+    /// are not counted in `open_inbound`/`open_outbound` or the connect
+    /// counters, which describe the message connections.
+    pub open_snapshot_streams: u64,
     /// Messages waiting in the per-peer send queues now.
     pub queued_messages: u64,
     /// Inbound connections closed for a protocol violation, by reason.
@@ -189,6 +231,15 @@ pub struct TcpRejections {
     /// Sent a frame that does not decode, or holds a message raft-rs would
     /// panic on (an unknown message or entry type, a local message type).
     pub malformed_frame: u64,
+    /// Sent a version-2 hello with an unknown connection kind.
+    pub unknown_kind: u64,
+    /// Opened a snapshot stream while its sender had another one open.
+    pub snapshot_busy: u64,
+    /// Sent a snapshot stream the engine refused (not for this member,
+    /// wrong size or CRC, or staging failed); nothing reached raft.
+    pub snapshot_refused: u64,
+    /// Let a snapshot stream idle past `snapshot_idle_timeout`.
+    pub snapshot_idle: u64,
 }
 
 impl TcpRejections {
@@ -203,5 +254,9 @@ impl TcpRejections {
             + self.truncated
             + self.frame_too_large
             + self.malformed_frame
+            + self.unknown_kind
+            + self.snapshot_busy
+            + self.snapshot_refused
+            + self.snapshot_idle
     }
 }

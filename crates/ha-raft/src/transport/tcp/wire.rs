@@ -2,22 +2,67 @@
 //! Pure functions over byte slices, so they can be tested (and fuzzed)
 //! without sockets. The format is documented on the parent module.
 
-use ha_core::eraftpb::Message;
+use ha_core::eraftpb::{Message, MessageType};
 use ha_core::{ClusterId, NodeId};
 
 /// First bytes of every peer connection: "ha raft peer".
 pub(crate) const MAGIC: [u8; 4] = *b"HARP";
-/// The only protocol version this build speaks.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks. Version 2 adds a
+/// connection kind to the hello; version 1 (no kind: a message connection)
+/// is still accepted and still sent on message connections, so members can
+/// be upgraded one by one.
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
+/// The version message connections announce.
+const MESSAGES_VERSION: u16 = 1;
 /// Magic and version: what a receiver reads before it knows the layout of
 /// the rest of the hello.
 pub(crate) const PREAMBLE_LEN: usize = 6;
-/// The rest of a version-1 hello: cluster id, sender, receiver.
+/// The rest of a version-1 hello: cluster id, sender, receiver. A
+/// version-2 hello adds one byte: the connection kind.
 pub(crate) const HELLO_BODY_LEN: usize = 32 + 8 + 8;
-/// A whole version-1 hello.
-pub(crate) const HELLO_LEN: usize = PREAMBLE_LEN + HELLO_BODY_LEN;
 /// The frame length prefix.
 pub(crate) const LEN_PREFIX: usize = 4;
+
+/// Snapshot-stream frame tags: the first payload byte of every frame on a
+/// snapshot connection.
+pub(crate) mod tag {
+    /// The `MsgSnapshot` (protobuf `eraftpb.Message`); first, once.
+    pub(crate) const HEADER: u8 = 1;
+    /// Snapshot bytes.
+    pub(crate) const CHUNK: u8 = 2;
+    /// The last frame from the sender; empty.
+    pub(crate) const END: u8 = 3;
+    /// From the receiver: verified and staged.
+    pub(crate) const ACK_OK: u8 = 4;
+    /// From the receiver: refused; the rest is a UTF-8 reason.
+    pub(crate) const ACK_ERR: u8 = 5;
+}
+
+/// What a connection carries, announced in a version-2 hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    /// Message batches, one way, for as long as it lives.
+    Messages,
+    /// One snapshot stream, then the receiver's ack.
+    Snapshot,
+}
+
+impl ConnKind {
+    fn byte(self) -> u8 {
+        match self {
+            ConnKind::Messages => 0,
+            ConnKind::Snapshot => 1,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Self, Reject> {
+        match b {
+            0 => Ok(ConnKind::Messages),
+            1 => Ok(ConnKind::Snapshot),
+            other => Err(Reject::UnknownKind(other)),
+        }
+    }
+}
 
 /// What a frame carries: raft messages for one peer, in send order.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -32,6 +77,7 @@ pub(crate) struct Hello {
     pub(crate) cluster_id: ClusterId,
     pub(crate) from: NodeId,
     pub(crate) to: NodeId,
+    pub(crate) kind: ConnKind,
 }
 
 /// Why a receiver closed a connection. Each has a counter in the stats.
@@ -41,6 +87,8 @@ pub(crate) enum Reject {
     BadMagic,
     /// A protocol version this build does not speak.
     UnknownVersion(u16),
+    /// A version-2 hello with a connection kind this build does not know.
+    UnknownKind(u8),
     /// A peer of another group (or a member started with another token).
     OtherCluster(ClusterId),
     /// The hello names another member as the receiver: a stale address book.
@@ -54,8 +102,15 @@ pub(crate) enum Reject {
     /// A frame longer than the configured maximum.
     FrameTooLarge(u32),
     /// A frame that prost cannot decode, or that holds a message raft-rs
-    /// would panic on.
+    /// would panic on; on a snapshot connection also a frame out of place.
     Malformed(&'static str),
+    /// A snapshot stream while the same sender has another one open.
+    SnapshotBusy,
+    /// A snapshot stream the engine refused: not for this member, bytes
+    /// that do not match the announced size or CRC, or staging failed.
+    SnapshotRefused,
+    /// A snapshot stream that made no progress within the idle timeout.
+    SnapshotIdle,
 }
 
 impl std::fmt::Display for Reject {
@@ -75,37 +130,67 @@ impl std::fmt::Display for Reject {
             Reject::Truncated => write!(f, "connection ended inside a hello or frame"),
             Reject::FrameTooLarge(n) => write!(f, "frame of {n} bytes exceeds the maximum"),
             Reject::Malformed(why) => write!(f, "malformed frame: {why}"),
+            Reject::UnknownKind(k) => write!(f, "unknown connection kind {k}"),
+            Reject::SnapshotBusy => {
+                write!(f, "a snapshot stream from this sender is already open")
+            }
+            Reject::SnapshotRefused => write!(f, "snapshot stream refused by the engine"),
+            Reject::SnapshotIdle => {
+                write!(f, "snapshot stream idle longer than the idle timeout")
+            }
         }
     }
 }
 
-/// Encodes a version-1 hello.
-pub(crate) fn encode_hello(h: &Hello) -> [u8; HELLO_LEN] {
-    let mut b = [0u8; HELLO_LEN];
-    b[..4].copy_from_slice(&MAGIC);
-    b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    b[6..38].copy_from_slice(&h.cluster_id.0);
-    b[38..46].copy_from_slice(&h.from.0.to_be_bytes());
-    b[46..54].copy_from_slice(&h.to.0.to_be_bytes());
+/// Encodes a hello: version 1 for a message connection (what every
+/// version still accepts), version 2 with the kind byte otherwise.
+pub(crate) fn encode_hello(h: &Hello) -> Vec<u8> {
+    let version = match h.kind {
+        ConnKind::Messages => MESSAGES_VERSION,
+        ConnKind::Snapshot => PROTOCOL_VERSION,
+    };
+    let mut b = Vec::with_capacity(PREAMBLE_LEN + HELLO_BODY_LEN + 1);
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&version.to_be_bytes());
+    b.extend_from_slice(&h.cluster_id.0);
+    b.extend_from_slice(&h.from.0.to_be_bytes());
+    b.extend_from_slice(&h.to.0.to_be_bytes());
+    if version >= 2 {
+        b.push(h.kind.byte());
+    }
     b
 }
 
-/// Checks magic and version.
-pub(crate) fn check_preamble(b: &[u8; PREAMBLE_LEN]) -> Result<(), Reject> {
+/// Checks magic and version; returns the version.
+pub(crate) fn check_preamble(b: &[u8; PREAMBLE_LEN]) -> Result<u16, Reject> {
     if b[..4] != MAGIC {
         return Err(Reject::BadMagic);
     }
     let version = u16::from_be_bytes([b[4], b[5]]);
-    if version != PROTOCOL_VERSION {
+    if version != MESSAGES_VERSION && version != PROTOCOL_VERSION {
         return Err(Reject::UnknownVersion(version));
     }
-    Ok(())
+    Ok(version)
 }
 
-/// Decodes the body of a version-1 hello and checks it is meant for
-/// member `local` of cluster `cluster`.
+/// Bytes of the hello that follow the body: the kind byte from version 2.
+pub(crate) fn hello_tail_len(version: u16) -> usize {
+    usize::from(version >= 2)
+}
+
+/// The connection kind from the hello's tail ([`hello_tail_len`] bytes).
+pub(crate) fn decode_kind(tail: &[u8]) -> Result<ConnKind, Reject> {
+    match tail.first() {
+        None => Ok(ConnKind::Messages),
+        Some(&b) => ConnKind::from_byte(b),
+    }
+}
+
+/// Decodes the body of a hello (without its kind) and checks it is meant
+/// for member `local` of cluster `cluster`.
 pub(crate) fn check_hello_body(
     b: &[u8; HELLO_BODY_LEN],
+    kind: ConnKind,
     cluster: &ClusterId,
     local: NodeId,
 ) -> Result<Hello, Reject> {
@@ -119,6 +204,7 @@ pub(crate) fn check_hello_body(
         cluster_id: ClusterId(id),
         from: NodeId(u64::from_be_bytes(from)),
         to: NodeId(u64::from_be_bytes(to)),
+        kind,
     };
     if hello.cluster_id != *cluster {
         return Err(Reject::OtherCluster(hello.cluster_id));
@@ -139,12 +225,16 @@ pub(crate) fn check_hello(b: &[u8], cluster: &ClusterId, local: NodeId) -> Resul
         .get(..PREAMBLE_LEN)
         .and_then(|s| s.try_into().ok())
         .ok_or(Reject::Truncated)?;
-    check_preamble(pre)?;
+    let version = check_preamble(pre)?;
+    let end = PREAMBLE_LEN + HELLO_BODY_LEN;
     let body: &[u8; HELLO_BODY_LEN] = b
-        .get(PREAMBLE_LEN..HELLO_LEN)
+        .get(PREAMBLE_LEN..end)
         .and_then(|s| s.try_into().ok())
         .ok_or(Reject::Truncated)?;
-    check_hello_body(body, cluster, local)
+    let tail = b
+        .get(end..end + hello_tail_len(version))
+        .ok_or(Reject::Truncated)?;
+    check_hello_body(body, decode_kind(tail)?, cluster, local)
 }
 
 /// Checks a frame's length prefix against the maximum.
@@ -196,6 +286,37 @@ pub(crate) fn decode_batch(payload: &[u8]) -> Result<Vec<Message>, Reject> {
     Ok(batch.messages)
 }
 
+/// The head of a snapshot-stream frame: length prefix (covering the tag and
+/// `payload_len` bytes) and tag. The payload follows it on the wire.
+pub(crate) fn snapshot_frame_head(tag: u8, payload_len: usize) -> [u8; LEN_PREFIX + 1] {
+    let mut b = [0u8; LEN_PREFIX + 1];
+    b[..LEN_PREFIX].copy_from_slice(&((payload_len + 1) as u32).to_be_bytes());
+    b[LEN_PREFIX] = tag;
+    b
+}
+
+/// Splits a snapshot-stream frame payload into its tag and the rest.
+pub(crate) fn split_tag(payload: &[u8]) -> Result<(u8, &[u8]), Reject> {
+    match payload.split_first() {
+        Some((&t, rest)) => Ok((t, rest)),
+        None => Err(Reject::Malformed("empty snapshot-stream frame")),
+    }
+}
+
+/// Decodes the `MsgSnapshot` that opens a snapshot stream (prost only),
+/// refusing anything raft-rs would panic on and anything but a snapshot.
+pub(crate) fn decode_snapshot_header(body: &[u8]) -> Result<Message, Reject> {
+    let m = <Message as prost::Message>::decode(body)
+        .map_err(|_| Reject::Malformed("snapshot header is not a raft message"))?;
+    check_message(&m)?;
+    if m.msg_type != MessageType::MsgSnapshot as i32 || m.snapshot.is_none() {
+        return Err(Reject::Malformed(
+            "snapshot stream not opened by a MsgSnapshot",
+        ));
+    }
+    Ok(m)
+}
+
 fn check_message(m: &Message) -> Result<(), Reject> {
     // The same rule the core applies to every peer message.
     if crate::core::valid_peer_message(m) {
@@ -210,7 +331,7 @@ fn check_message(m: &Message) -> Result<(), Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ha_core::eraftpb::{Entry, MessageType};
+    use ha_core::eraftpb::{Entry, Snapshot};
     use rand::{Rng, SeedableRng};
 
     fn cluster() -> ClusterId {
@@ -222,6 +343,7 @@ mod tests {
             cluster_id: cluster(),
             from: NodeId(2),
             to: NodeId(1),
+            kind: ConnKind::Messages,
         }
     }
 
@@ -244,13 +366,13 @@ mod tests {
         let b = encode_hello(&hello());
         assert_eq!(check_hello(&b, &cluster(), NodeId(1)), Ok(hello()));
 
-        let mut bad = b;
+        let mut bad = b.clone();
         bad[0] = b'X';
         assert_eq!(
             check_hello(&bad, &cluster(), NodeId(1)),
             Err(Reject::BadMagic)
         );
-        let mut bad = b;
+        let mut bad = b.clone();
         bad[4..6].copy_from_slice(&9u16.to_be_bytes());
         assert_eq!(
             check_hello(&bad, &cluster(), NodeId(1)),
@@ -277,6 +399,66 @@ mod tests {
             check_hello(&b[..20], &cluster(), NodeId(1)),
             Err(Reject::Truncated)
         );
+    }
+
+    #[test]
+    fn message_hellos_stay_version_1_and_snapshot_hellos_carry_their_kind() {
+        let b = encode_hello(&hello());
+        assert_eq!(b.len(), 54, "the version-1 hello changed size");
+        assert_eq!(&b[4..6], &1u16.to_be_bytes());
+        let snap = Hello {
+            kind: ConnKind::Snapshot,
+            ..hello()
+        };
+        let s = encode_hello(&snap);
+        assert_eq!(s.len(), 55);
+        assert_eq!(&s[4..6], &2u16.to_be_bytes());
+        assert_eq!(check_hello(&s, &cluster(), NodeId(1)), Ok(snap));
+        // Version 2 with the messages kind is a message connection.
+        let mut v2 = s.clone();
+        v2[54] = 0;
+        assert_eq!(check_hello(&v2, &cluster(), NodeId(1)), Ok(hello()));
+        let mut bad = s.clone();
+        bad[54] = 9;
+        assert_eq!(
+            check_hello(&bad, &cluster(), NodeId(1)),
+            Err(Reject::UnknownKind(9))
+        );
+        assert_eq!(
+            check_hello(&s[..54], &cluster(), NodeId(1)),
+            Err(Reject::Truncated)
+        );
+    }
+
+    #[test]
+    fn snapshot_headers_must_be_snapshot_messages() {
+        let good = Message {
+            snapshot: Some(Snapshot::default()),
+            ..msg(1, MessageType::MsgSnapshot)
+        };
+        let enc = |m: &Message| prost::Message::encode_to_vec(m);
+        assert_eq!(decode_snapshot_header(&enc(&good)), Ok(good.clone()));
+        for bad in [
+            msg(1, MessageType::MsgAppend),
+            msg(1, MessageType::MsgSnapshot),
+            Message {
+                msg_type: 99,
+                ..good.clone()
+            },
+        ] {
+            assert!(matches!(
+                decode_snapshot_header(&enc(&bad)),
+                Err(Reject::Malformed(_))
+            ));
+        }
+        assert!(decode_snapshot_header(&[0xff; 9]).is_err());
+        assert_eq!(
+            split_tag(&[]),
+            Err(Reject::Malformed("empty snapshot-stream frame"))
+        );
+        let head = snapshot_frame_head(tag::CHUNK, 10);
+        assert_eq!(check_len(head[..4].try_into().unwrap(), 1 << 20), Ok(11));
+        assert_eq!(head[4], tag::CHUNK);
     }
 
     #[test]
@@ -358,6 +540,7 @@ mod tests {
                 b
             };
             let _ = decode_batch(&bytes);
+            let _ = decode_snapshot_header(&bytes);
             let _ = check_hello(&bytes, &cluster(), NodeId(1));
         }
     }
