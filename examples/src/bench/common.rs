@@ -265,7 +265,28 @@ pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Prints the closing JSON line.
-pub fn print_json(value: serde_json::Value) {
-    println!("{value}");
+/// Prints the closing JSON line: one object with `fields` in the order
+/// given (the order the specification lists them in).
+pub fn print_json(fields: &[(&str, serde_json::Value)]) {
+    println!("{}", json_line(fields));
+}
+
+/// One JSON object with `fields` in the order given.
+pub fn json_line(fields: &[(&str, serde_json::Value)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// Bytes this process caused to be written to storage so far
+/// (`write_bytes` in `/proc/self/io`: every thread, RocksDB's background
+/// flushes and compactions included, counted when the pages go to the
+/// device). `None` where the kernel does not report it.
+pub fn process_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
 }

@@ -113,19 +113,22 @@ pub async fn run(args: Args) -> BenchResult<()> {
     println!("single-client p50 {single_p50:>12} us");
     println!("entries per sync  {entries_per_sync:>12.1}");
     println!("leader changes    {leader_changes:>12}");
-    print_json(serde_json::json!({
-        "bench": "engine",
-        "members": members,
-        "clients": clients,
-        "value_size": value_size,
-        "seconds": seconds,
-        "ops_per_sec": ops_per_sec.round() as u64,
-        "p50_us": p50,
-        "p99_us": p99,
-        "single_client_p50_us": single_p50,
-        "entries_per_sync": round1(entries_per_sync),
-        "leader_changes": leader_changes,
-        "errors": main.errors,
-    }));
+    print_json(&[
+        ("bench", serde_json::json!("engine")),
+        ("clients", serde_json::json!(clients)),
+        (
+            "entries_per_sync",
+            serde_json::json!(round1(entries_per_sync)),
+        ),
+        ("errors", serde_json::json!(main.errors)),
+        ("leader_changes", serde_json::json!(leader_changes)),
+        ("members", serde_json::json!(members)),
+        ("ops_per_sec", serde_json::json!(ops_per_sec.round() as u64)),
+        ("p50_us", serde_json::json!(p50)),
+        ("p99_us", serde_json::json!(p99)),
+        ("seconds", serde_json::json!(seconds)),
+        ("single_client_p50_us", serde_json::json!(single_p50)),
+        ("value_size", serde_json::json!(value_size)),
+    ]);
     Ok(())
 }

@@ -173,16 +173,16 @@ pub async fn run(args: Args) -> BenchResult<()> {
         "changes {}, stall p99 {p99:.2} ms, stall max {max:.2} ms, {ops:.0} writes/s",
         windows.len()
     );
-    print_json(serde_json::json!({
-        "bench": "membership",
-        "members": members,
-        "clients": clients,
-        "seconds": seconds,
-        "changes": windows.len(),
-        "stall_p99_ms": round2(p99),
-        "stall_max_ms": round2(max),
-        "writes_per_sec": ops.round() as u64,
-    }));
+    print_json(&[
+        ("bench", serde_json::json!("membership")),
+        ("changes", serde_json::json!(windows.len())),
+        ("clients", serde_json::json!(clients)),
+        ("members", serde_json::json!(members)),
+        ("seconds", serde_json::json!(seconds)),
+        ("stall_max_ms", serde_json::json!(round2(max))),
+        ("stall_p99_ms", serde_json::json!(round2(p99))),
+        ("writes_per_sec", serde_json::json!(ops.round() as u64)),
+    ]);
     Ok(())
 }
 

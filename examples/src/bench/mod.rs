@@ -4,10 +4,15 @@
 //! command line and calls the subcommand's `run`.
 //!
 //! The load generator, histograms, progress lines, leader-change counting
-//! and the JSON line live in [`common`].
+//! and the JSON line live in [`common`]; members on RocksDB in [`rocks`],
+//! running a [`store_machine::StoreMachine`].
 
 pub mod common;
 pub mod engine;
+pub mod fsync;
 pub mod membership;
+pub mod rocks;
+pub mod storage;
+pub mod store_machine;
 
 pub use common::BenchResult;

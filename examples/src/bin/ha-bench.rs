@@ -27,6 +27,12 @@ enum Bench {
     /// learner, promote it, remove another voter); reports each change's
     /// stall, the longest gap between write completions while it ran.
     Membership(bench::membership::Args),
+    /// The group on RocksDB with real fsync: throughput (whole run and
+    /// second half), latency, WAL syncs, entries per sync, write
+    /// amplification, leader changes.
+    Storage(bench::storage::Args),
+    /// The raw append + fdatasync rate of the disk under a directory.
+    Fsync(bench::fsync::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -45,6 +51,8 @@ fn main() -> BenchResult<()> {
         match cli.bench {
             Bench::Engine(args) => bench::engine::run(args).await,
             Bench::Membership(args) => bench::membership::run(args).await,
+            Bench::Storage(args) => bench::storage::run(args).await,
+            Bench::Fsync(args) => bench::fsync::run(args).await,
         }
     })
 }
