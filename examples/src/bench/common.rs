@@ -239,7 +239,12 @@ impl LeaderChanges {
                 let mut last = first.and_then(|l| l.leader);
                 while let Some(l) = changes.next().await {
                     if l.leader.is_some() && l.leader != last {
-                        seen.fetch_add(1, Ordering::Relaxed);
+                        // A member may learn of the leader a moment after
+                        // another member reported it: the first leader it
+                        // sees is not a change.
+                        if last.is_some() {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
                         last = l.leader;
                     }
                 }

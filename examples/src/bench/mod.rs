@@ -11,6 +11,7 @@ pub mod common;
 pub mod engine;
 pub mod fsync;
 pub mod membership;
+pub mod restart;
 pub mod rocks;
 pub mod storage;
 pub mod store_machine;

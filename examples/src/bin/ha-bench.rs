@@ -31,6 +31,8 @@ enum Bench {
     /// second half), latency, WAL syncs, entries per sync, write
     /// amplification, leader changes.
     Storage(bench::storage::Args),
+    /// Restart time of a member holding many keys (RocksDB).
+    Restart(bench::restart::Args),
     /// The raw append + fdatasync rate of the disk under a directory.
     Fsync(bench::fsync::Args),
 }
@@ -52,6 +54,7 @@ fn main() -> BenchResult<()> {
             Bench::Engine(args) => bench::engine::run(args).await,
             Bench::Membership(args) => bench::membership::run(args).await,
             Bench::Storage(args) => bench::storage::run(args).await,
+            Bench::Restart(args) => bench::restart::run(args).await,
             Bench::Fsync(args) => bench::fsync::run(args).await,
         }
     })
