@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
     if args.keys == 0 {
         return Err("--keys must be at least 1".into());
     }
-    let mut group = RocksGroup::start(3, args.dir.as_deref()).await?;
+    let mut group = RocksGroup::start(3, args.dir.as_deref(), ha_core::Config::new).await?;
     let leader = group.leader().await?;
     eprintln!(
         "restart: writing {} keys of {} bytes, {} per proposal, under {}",

@@ -22,6 +22,7 @@ pub struct RocksGroup {
     config: StorageConfig,
     network: MemNetwork,
     ids: Vec<NodeId>,
+    preset: fn(NodeId, Vec<NodeId>) -> Config,
     /// Running members.
     pub nodes: BTreeMap<NodeId, Node>,
     /// Their log stores (for RocksDB's counters).
@@ -41,12 +42,17 @@ pub struct StartTimes {
 
 impl RocksGroup {
     /// Starts `members` members with data directories under `dir` (the
-    /// system's temporary directory when `None`).
+    /// system's temporary directory when `None`), configured by `preset`
+    /// (`Config::new`, the LAN preset, or `Config::conservative`).
     ///
     /// # Errors
     /// When a directory or database cannot be created or a member cannot
     /// start.
-    pub async fn start(members: u64, dir: Option<&Path>) -> BenchResult<Self> {
+    pub async fn start(
+        members: u64,
+        dir: Option<&Path>,
+        preset: fn(NodeId, Vec<NodeId>) -> Config,
+    ) -> BenchResult<Self> {
         let dir: PathBuf = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
         let config = StorageConfig::default().validate()?;
         let mut group = RocksGroup {
@@ -57,6 +63,7 @@ impl RocksGroup {
             config,
             network: MemNetwork::new(),
             ids: (1..=members).map(NodeId).collect(),
+            preset,
             nodes: BTreeMap::new(),
             logs: BTreeMap::new(),
             states: BTreeMap::new(),
@@ -93,7 +100,7 @@ impl RocksGroup {
         let open = t.elapsed();
         let t = Instant::now();
         let node = Node::start(
-            Config::new(id, self.ids.clone()),
+            (self.preset)(id, self.ids.clone()),
             Arc::new(log.clone()),
             Arc::new(state.clone()),
             StoreMachine::new(state.clone()),

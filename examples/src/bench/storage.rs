@@ -35,6 +35,10 @@ pub struct Args {
     /// directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Use the conservative timing preset (1-1.2 s elections) instead of
+    /// the LAN preset (250-300 ms).
+    #[arg(long)]
+    pub conservative: bool,
 }
 
 /// Counters read at the start and the end of the measured window.
@@ -57,8 +61,14 @@ pub async fn run(args: Args) -> BenchResult<()> {
         seconds,
         value_size,
         dir,
+        conservative,
     } = args;
-    let group = RocksGroup::start(members, dir.as_deref()).await?;
+    let preset = if conservative {
+        ha_core::Config::conservative
+    } else {
+        ha_core::Config::new
+    };
+    let group = RocksGroup::start(members, dir.as_deref(), preset).await?;
     let leader = group.leader().await?;
     let leader_id = leader.id();
     let changes = LeaderChanges::watch(&leader).await;
@@ -180,6 +190,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
             "max_tick_lag_ms",
             serde_json::json!(round1(max_tick_lag_ms)),
         ),
+        ("conservative", serde_json::json!(conservative)),
         ("write_amp", serde_json::json!(write_amp.map(round2))),
         (
             "disk_mb_written",
