@@ -1,5 +1,8 @@
-//! Shared pieces of the ha examples: a tiny key-value state machine and
-//! helpers to run a group in one process.
+//! Shared pieces of the ha examples: a tiny key-value state machine,
+//! helpers to run a group in one process, and the benchmarks of `ha-bench`
+//! ([`bench`]).
+
+pub mod bench;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

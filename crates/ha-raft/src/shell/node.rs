@@ -26,7 +26,7 @@ use super::threads::{ApplyTask, Input, RaftThread, run_apply, run_builder, run_l
 use super::waiters::Waiters;
 use super::{MAX_INBOX, Metrics, NodeSink, RUNNING, STOPPED, STOPPING, Shared};
 use crate::apply::{Applier, bootstrap_meta, load_meta};
-use crate::bugs::{Bugs, CrashSwitch, InstallCrashPoint};
+use crate::bugs::{Bugs, CrashSwitch, InjectedBug, InstallCrashPoint};
 use crate::codec::{ConfContext, MemberRecord};
 use crate::core::{Core, CoreStatus, LeaderInfo, Role};
 use crate::logging::raft_logger;
@@ -427,9 +427,57 @@ impl Node {
         S: StateStore,
         M: StateMachine,
     {
+        Node::start_with_bugs(
+            config,
+            log,
+            state,
+            state_machine,
+            transport,
+            Bugs::default(),
+        )
+        .await
+    }
+
+    /// [`Node::start`], with a known bug switched on: for tests that prove
+    /// a checker outside the simulator catches it (for example that
+    /// [`InjectedBug::AckBeforeSync`] shows in a durability check). Never
+    /// use it to run a real group.
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_with_injected_bug<L, S, M>(
+        config: Config,
+        log: Arc<L>,
+        state: Arc<S>,
+        state_machine: M,
+        transport: Arc<dyn Transport>,
+        bug: InjectedBug,
+    ) -> Result<Node>
+    where
+        L: LogStore,
+        S: StateStore,
+        M: StateMachine,
+    {
+        let bugs = Bugs::with(Some(bug));
+        Node::start_with_bugs(config, log, state, state_machine, transport, bugs).await
+    }
+
+    async fn start_with_bugs<L, S, M>(
+        config: Config,
+        log: Arc<L>,
+        state: Arc<S>,
+        state_machine: M,
+        transport: Arc<dyn Transport>,
+        bugs: Bugs,
+    ) -> Result<Node>
+    where
+        L: LogStore,
+        S: StateStore,
+        M: StateMachine,
+    {
         let cfg = config.validate()?;
         tokio::task::spawn_blocking(move || {
-            Node::start_blocking(cfg, log, state, state_machine, transport)
+            Node::start_blocking(cfg, log, state, state_machine, transport, bugs)
         })
         .await
         .map_err(|e| Error::fatal(format!("start task failed: {e}")))?
@@ -441,6 +489,7 @@ impl Node {
         state: Arc<S>,
         sm: M,
         transport: Arc<dyn Transport>,
+        bugs: Bugs,
     ) -> Result<Node>
     where
         L: LogStore,
@@ -456,7 +505,7 @@ impl Node {
             sm,
             &raft_logger(id.0),
             rand::random(),
-            Bugs::default(),
+            bugs,
             snapshots.clone(),
         )?;
         let (tx, rx) = crossbeam_channel::unbounded();
