@@ -107,12 +107,16 @@
 //! # fn main() {}
 //! ```
 //!
-//! 4. Every backend passes the same conformance suites in [`testing`].
+//! 4. The replicated KV's MVCC state machine, [`kv::MvccMachine`], is
+//!    written once over [`StateStore`] and runs on every backend.
+//!
+//! 5. Every backend passes the same conformance suites in [`testing`].
 //!
 //! [`LogStore`]: ha_core::LogStore
 //! [`StateStore`]: ha_core::StateStore
 #![deny(missing_docs)]
 
+pub mod kv;
 mod mem;
 mod misuse;
 #[cfg(feature = "rocksdb")]
