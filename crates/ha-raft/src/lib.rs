@@ -66,6 +66,7 @@ mod bugs;
 mod clock;
 mod codec;
 mod core;
+mod kv;
 mod logging;
 mod membership;
 mod raft_storage;
@@ -76,6 +77,7 @@ mod transport;
 pub use crate::bugs::InjectedBug;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
+pub use crate::kv::{AutoCompaction, KvConfig, KvNode};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
 pub use crate::transport::{
