@@ -1,6 +1,8 @@
 //! Shared pieces of the ha examples: a tiny key-value state machine and
 //! helpers to run a group in one process.
 
+pub mod bench_kv;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -65,6 +65,8 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         every: u64,
     },
+    /// The replicated KV on RocksDB with fsync (see `ha_examples::bench_kv`).
+    Kv(ha_examples::bench_kv::KvArgs),
 }
 
 struct RunResult {
@@ -485,5 +487,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seconds,
             every,
         } => rt.block_on(membership(members, clients, seconds, every)),
+        Bench::Kv(args) => rt.block_on(ha_examples::bench_kv::run(args)),
     }
 }

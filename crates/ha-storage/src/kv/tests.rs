@@ -1075,7 +1075,7 @@ impl Model {
             kvs.sort_by_key(field);
             if r.sort_order == SortOrder::Descend {
                 // Ties keep key order: reverse within the sort, not after.
-                kvs.sort_by(|a, b| field(b).cmp(&field(a)));
+                kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv)));
             }
         }
         let more = r.limit > 0 && count > r.limit;
@@ -1143,9 +1143,7 @@ impl Model {
                 })
             }
             KvCommand::Txn(t) => {
-                if let Err(e) = super::check_txn(t) {
-                    return Err(e);
-                }
+                super::check_txn(t)?;
                 let ok = t.compare.iter().all(|c| Self::compare(&map, c));
                 let branch = if ok { &t.success } else { &t.failure };
                 for op in branch {
