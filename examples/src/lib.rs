@@ -4,6 +4,8 @@
 
 pub mod bench;
 
+pub mod bench_kv;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -228,6 +228,18 @@ impl LogStore for CheckedLog {
         self.checker.persisted(self.member, write, before, after);
         Ok(())
     }
+    fn restart_readable(&self, point: ha_core::LogPoint) -> Result<(), StorageError> {
+        self.inner.restart_readable(point)
+    }
+    fn compact(&self, through: u64) -> Result<(), StorageError> {
+        LogStore::compact(&self.inner, through)
+    }
+    fn pending_install(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.pending_install()
+    }
+    fn set_pending_install(&self, marker: &[u8]) -> Result<(), StorageError> {
+        self.inner.set_pending_install(marker)
+    }
 }
 
 /// A transport that shows the checker every message before sending it.

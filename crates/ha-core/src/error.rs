@@ -15,6 +15,12 @@
 //! | [`Error::UnsafeMembershipChange`] | no | heal the group first, or force |
 //! | [`Error::InvalidMembershipChange`] | no | fix the request |
 //! | [`Error::Removed`] | — | this member was removed; stop it |
+//! | [`Error::Compacted`] | no (a read) | read at or after `compact_revision` |
+//! | [`Error::FutureRevision`] | no (a read) | read at or before `current` |
+//! | [`Error::NoSpace`] | no | delete and compact, or raise the quota |
+//! | [`Error::LimitExceeded`] | no | make the key, value or request smaller, or split the transaction |
+//! | [`Error::InvalidRequest`] | no | fix the request |
+//! | [`Error::LeaseNotFound`] | no | grant a lease first |
 //! | [`Error::Config`] | — | fix the configuration |
 //! | [`Error::Storage`] | — | the data directory or device needs attention |
 
@@ -63,6 +69,42 @@ pub enum OverloadReason {
     /// The leader holds as many uncommitted bytes as it accepts
     /// (`max_uncommitted_size`); admission waited until the deadline.
     Uncommitted,
+}
+
+/// Which KV size limit a request exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KvLimit {
+    /// A key's length.
+    KeySize,
+    /// A value's length.
+    ValueSize,
+    /// Operations in one transaction branch.
+    TxnOps,
+    /// The encoded request.
+    RequestSize,
+}
+
+/// Why a KV request is invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidRequest {
+    /// A put with an empty key.
+    EmptyKey,
+    /// A transaction branch puts one key twice (etcd: "duplicate key given
+    /// in txn request").
+    DuplicateKeyInTxn,
+    /// A transaction branch puts a key that it also deletes.
+    PutInDeletedRange,
+    /// `ignore_value` or `ignore_lease` on a key that does not exist.
+    KeyNotFound,
+    /// A value given together with `ignore_value`, or a lease with
+    /// `ignore_lease`.
+    IgnoredFieldSet,
+    /// A negative revision or limit.
+    NegativeRevision,
+    /// The request could not be decoded.
+    Malformed,
 }
 
 /// The error type of every ha operation.
@@ -159,6 +201,52 @@ pub enum Error {
         /// This member.
         member: NodeId,
     },
+    /// A KV read asked for a revision that compaction removed.
+    #[error("revision is compacted (compacted up to {compact_revision}); read at or after it")]
+    Compacted {
+        /// The store's compact revision: the oldest readable one.
+        compact_revision: i64,
+    },
+    /// A KV read asked for a revision the store has not reached.
+    #[error("revision {requested} is in the future (current revision {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+        /// The store's current revision.
+        current: i64,
+    },
+    /// The KV's space quota is used up; writes fail until space is freed
+    /// (delete, then compact). Reads, deletes and compaction still work.
+    #[error("no space: {used} bytes used of a {quota}-byte quota; delete and compact")]
+    NoSpace {
+        /// Bytes the store's records use (history included).
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// A KV request exceeds a configured limit. Nothing was proposed.
+    #[error("{limit:?} of {size} exceeds the limit of {max}")]
+    LimitExceeded {
+        /// Which limit.
+        limit: KvLimit,
+        /// The request's size (bytes, or operations for `TxnOps`).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A KV request that makes no sense; nothing was changed.
+    #[error("invalid request: {reason:?}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: InvalidRequest,
+    },
+    /// A put named a lease that does not exist (leases come with the
+    /// lease API; until then every lease id is unknown).
+    #[error("lease {lease} not found")]
+    LeaseNotFound {
+        /// The lease id given.
+        lease: i64,
+    },
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -182,6 +270,12 @@ impl Error {
                 | Error::ProposalDropped { .. }
                 | Error::Overloaded { .. }
                 | Error::TooLarge { .. }
+                | Error::Compacted { .. }
+                | Error::FutureRevision { .. }
+                | Error::NoSpace { .. }
+                | Error::LimitExceeded { .. }
+                | Error::InvalidRequest { .. }
+                | Error::LeaseNotFound { .. }
         )
     }
 

@@ -18,6 +18,7 @@ mod clock;
 mod config;
 mod error;
 mod ids;
+mod kv;
 mod state_machine;
 mod storage;
 mod transport;
@@ -25,9 +26,16 @@ mod transport;
 pub use clock::Clock;
 pub use config::{Config, StartMode};
 pub use error::{
-    ConfigError, DropReason, Error, OverloadReason, Result, StorageError, UnknownCause,
+    ConfigError, DropReason, Error, InvalidRequest, KvLimit, OverloadReason, Result, StorageError,
+    UnknownCause,
 };
 pub use ids::{ClusterId, NodeId, RequestId};
+pub use kv::{
+    CompactResponse, Compare, CompareOp, CompareTarget, Consistency, DeleteRequest, DeleteResponse,
+    KeyRange, KeyValue, KvClient, KvOptions, LeaseId, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, SortOrder, SortTarget, TxnOp, TxnOpResponse, TxnRequest,
+    TxnResponse, prefix_end,
+};
 pub use state_machine::{ApplyContext, StateMachine};
 pub use storage::{
     BatchOp, LogPoint, LogStore, LogWrite, MemberIdentity, RESERVED_PREFIX, RecoveredState,

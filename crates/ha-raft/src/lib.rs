@@ -66,6 +66,7 @@ mod bugs;
 mod clock;
 mod codec;
 mod core;
+mod kv;
 mod logging;
 mod membership;
 mod raft_storage;
@@ -77,6 +78,7 @@ mod transport;
 pub use crate::bugs::{InjectedBug, InstallCrashPoint};
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
+pub use crate::kv::{AutoCompaction, KvConfig, KvNode};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
 pub use crate::transport::{

@@ -34,12 +34,12 @@
 //! assert_eq!(log.last_index()?, 3);
 //!
 //! // Written but not synced: a power failure loses it.
-//! log.persist(&LogWrite { entries: entries.clone(), hard_state: None, sync: false })?;
+//! log.persist(&LogWrite { snapshot: None, entries: entries.clone(), hard_state: None, sync: false })?;
 //! assert_eq!(log.crash().last_index()?, 0);
 //!
 //! // A synced write is durable, with everything written before it.
 //! let hard_state = HardState { term: 1, vote: 1, commit: 3 };
-//! log.persist(&LogWrite { entries: vec![], hard_state: Some(hard_state.clone()), sync: true })?;
+//! log.persist(&LogWrite { snapshot: None, entries: vec![], hard_state: Some(hard_state.clone()), sync: true })?;
 //! let after = log.crash();
 //! assert_eq!(after.last_index()?, 3);
 //! assert_eq!(after.hard_state()?, hard_state);
@@ -91,7 +91,7 @@
 //! let entries = vec![Entry { index: 1, term: 1, ..Default::default() }];
 //! log.append_readable(&entries)?;
 //! let hard_state = HardState { term: 1, vote: 1, commit: 1 };
-//! log.persist(&LogWrite { entries, hard_state: Some(hard_state.clone()), sync: true })?;
+//! log.persist(&LogWrite { snapshot: None, entries, hard_state: Some(hard_state.clone()), sync: true })?;
 //! let mut batch = WriteBatch::new();
 //! batch.put("key", "value");
 //! state.write(batch, true)?;
@@ -107,12 +107,16 @@
 //! # fn main() {}
 //! ```
 //!
-//! 4. Every backend passes the same conformance suites in [`testing`].
+//! 4. The replicated KV's MVCC state machine, [`kv::MvccMachine`], is
+//!    written once over [`StateStore`] and runs on every backend.
+//!
+//! 5. Every backend passes the same conformance suites in [`testing`].
 //!
 //! [`LogStore`]: ha_core::LogStore
 //! [`StateStore`]: ha_core::StateStore
 #![deny(missing_docs)]
 
+pub mod kv;
 mod mem;
 mod misuse;
 #[cfg(feature = "rocksdb")]

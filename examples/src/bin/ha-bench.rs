@@ -35,6 +35,8 @@ enum Bench {
     Restart(bench::restart::Args),
     /// The raw append + fdatasync rate of the disk under a directory.
     Fsync(bench::fsync::Args),
+    /// The replicated KV on RocksDB with fsync (see `ha_examples::bench_kv`).
+    Kv(ha_examples::bench_kv::KvArgs),
 }
 
 fn main() -> BenchResult<()> {
@@ -56,6 +58,9 @@ fn main() -> BenchResult<()> {
             Bench::Storage(args) => bench::storage::run(args).await,
             Bench::Restart(args) => bench::restart::run(args).await,
             Bench::Fsync(args) => bench::fsync::run(args).await,
+            Bench::Kv(args) => ha_examples::bench_kv::run(args)
+                .await
+                .map_err(|e| e.to_string().into()),
         }
     })
 }

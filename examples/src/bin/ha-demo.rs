@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ha_core::{Config, NodeId};
+use ha_core::{
+    Compare, CompareOp, CompareTarget, Config, DeleteRequest, KeyRange, KvClient, KvOptions,
+    NodeId, PutRequest, RangeRequest, TxnOp, TxnRequest,
+};
 use ha_examples::KvMachine;
-use ha_raft::{MemNetwork, Node, ReadConsistency};
+use ha_raft::{KvConfig, KvNode, MemNetwork, Node, ReadConsistency};
 use ha_storage::{RocksEnv, StorageConfig};
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -44,6 +47,100 @@ async fn start(
         network.transport(id),
     )
     .await?)
+}
+
+/// The replicated KV (etcd v3 semantics) on a second group: revisions,
+/// reads in the past, a compare-and-swap transaction, compaction.
+async fn kv_demo(env: &RocksEnv, root: &Path) -> DemoResult<()> {
+    let ids = vec![NodeId(11), NodeId(12), NodeId(13)];
+    let network = MemNetwork::new();
+    let mut kvs = Vec::new();
+    for &id in &ids {
+        let (log, state) = env.open(&root.join(format!("kv-{id}")), &StorageConfig::default())?;
+        let config = Config::new(id, ids.clone());
+        kvs.push(
+            KvNode::start(
+                config,
+                KvConfig::default(),
+                Arc::new(log),
+                Arc::new(state),
+                network.transport(id),
+            )
+            .await?,
+        );
+    }
+    let o = KvOptions::default;
+    let r1 = kvs[0]
+        .put(PutRequest::new("config/mode", "blue"), o())
+        .await?
+        .header
+        .revision;
+    let r2 = kvs[1]
+        .put(PutRequest::new("config/mode", "green"), o())
+        .await?
+        .header
+        .revision;
+    let past = kvs[2]
+        .range(
+            RangeRequest {
+                revision: r1,
+                ..RangeRequest::new(KeyRange::key("config/mode"))
+            },
+            o(),
+        )
+        .await?;
+    println!(
+        "kv: put config/mode=blue at revision {r1}, =green at {r2}; member 13 reads revision {r1}: {}",
+        String::from_utf8_lossy(&past.kvs[0].value)
+    );
+    let cas = |expect: i64, value: &str| TxnRequest {
+        compare: vec![Compare::key(
+            "config/mode",
+            CompareOp::Equal,
+            CompareTarget::ModRevision(expect),
+        )],
+        success: vec![TxnOp::Put(PutRequest::new("config/mode", value))],
+        failure: vec![],
+    };
+    let won = kvs[2].txn(cas(r2, "red"), o()).await?;
+    let lost = kvs[0].txn(cas(r2, "yellow"), o()).await?;
+    println!(
+        "kv: txn CAS on mod_revision={r2}: first succeeded={} (revision {}), second succeeded={}",
+        won.succeeded, won.header.revision, lost.succeeded
+    );
+    if !won.succeeded || lost.succeeded {
+        return Err("a compare-and-swap transaction went wrong".into());
+    }
+    let deleted = kvs[1]
+        .delete(
+            DeleteRequest {
+                range: KeyRange::prefix("config/"),
+                prev_kv: true,
+            },
+            o(),
+        )
+        .await?;
+    kvs[0].compact(deleted.header.revision, o()).await?;
+    match kvs[1]
+        .range(
+            RangeRequest {
+                revision: r1,
+                ..RangeRequest::new(KeyRange::key("config/mode"))
+            },
+            o(),
+        )
+        .await
+    {
+        Err(ha_core::Error::Compacted { compact_revision }) => println!(
+            "kv: deleted {} key(s) at revision {}, compacted there; reading revision {r1} now fails: Compacted {{ compact_revision: {compact_revision} }}",
+            deleted.deleted, deleted.header.revision
+        ),
+        other => return Err(format!("a read below the compaction answered {other:?}").into()),
+    }
+    for kv in &kvs {
+        kv.shutdown().await?;
+    }
+    Ok(())
 }
 
 async fn wait_leader(members: &BTreeMap<NodeId, Member>) -> DemoResult<NodeId> {
@@ -182,6 +279,7 @@ async fn main() -> DemoResult<()> {
             node.shutdown().await?;
         }
     }
+    kv_demo(&env, root.path()).await?;
     println!(
         "demo ok: leader_changes={leader_changes} writes={}",
         acked.len()

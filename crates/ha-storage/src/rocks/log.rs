@@ -693,7 +693,8 @@ impl LogStore for RocksLogStore {
 
         // Check the write against the stored log before changing anything.
         let mut truncates = false;
-        if let (Some((first, last)), false) = (range, shared.view.lock().restart_pending) {
+        let restart_pending = shared.view.lock().restart_pending;
+        if let (Some((first, last)), false) = (range, restart_pending) {
             let mut view = shared.view.lock();
             if first < view.first {
                 return Err(Misuse::OverwritesCompacted {

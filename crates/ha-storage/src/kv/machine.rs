@@ -1,0 +1,830 @@
+//! The MVCC state machine, written once over [`StateStore`].
+//!
+//! Layout in the store (never under ha's reserved prefix):
+//!
+//! - `\x01kv/r/{main:8 BE}{sub:8 BE}` → a [`WRecord`]: the key's state
+//!   written at revision (main, sub), or a tombstone. One per write, kept
+//!   until compaction removes it.
+//! - `\x01kv/m/rev` → the current revision; `\x01kv/m/compact` → the
+//!   compact revision.
+//!
+//! In memory, rebuilt from the store on open and after a snapshot:
+//!
+//! - the key index (etcd's treeIndex): per key its revisions in order,
+//!   tombstones marking where one generation ends and the next begins;
+//! - the live keys with their current values, so that writes, compares and
+//!   current reads never touch the store (apply cannot fail on I/O);
+//! - the records of the current apply step, not yet committed (the engine
+//!   commits the step's batch after the last command), for past-revision
+//!   reads within the step.
+//!
+//! Reads at past revisions fetch records from the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ha_core::{
+    ApplyContext, Compare, CompareOp, CompareTarget, DeleteRequest, Error, InvalidRequest,
+    KeyRange, KeyValue, LeaseId, PutRequest, RangeRequest, SortOrder, SortTarget, StateMachine,
+    StateStore, StorageError, TxnOp, TxnRequest, WriteBatch,
+};
+use prost::Message as _;
+
+use super::wire::{
+    RangeReply, Reply, TxnReply, WCommand, WCommandOp, WQuery, WQueryOp, WRecord, encode_reply,
+};
+
+const RECORD_PREFIX: &[u8] = b"\x01kv/r/";
+const RECORD_END: &[u8] = b"\x01kv/r0";
+const META_REVISION: &[u8] = b"\x01kv/m/rev";
+const META_COMPACT: &[u8] = b"\x01kv/m/compact";
+
+/// What a record costs against the space quota besides its key and value
+/// (its revision key and metadata, roughly).
+pub const RECORD_OVERHEAD: u64 = 32;
+
+fn record_key(main: i64, sub: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(RECORD_PREFIX.len() + 16);
+    k.extend_from_slice(RECORD_PREFIX);
+    k.extend_from_slice(&(main as u64).to_be_bytes());
+    k.extend_from_slice(&(sub as u64).to_be_bytes());
+    k
+}
+
+fn malformed() -> Error {
+    Error::InvalidRequest {
+        reason: InvalidRequest::Malformed,
+    }
+}
+
+/// One revision of a key in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rev {
+    main: i64,
+    sub: i64,
+    cost: u64,
+    tombstone: bool,
+}
+
+fn cost(key: &[u8], value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + RECORD_OVERHEAD
+}
+
+/// etcd's rule for one transaction: a branch may not put a key twice nor
+/// put a key it deletes (nested transactions included; the two branches of
+/// a nested transaction never both run, so they may overlap each other).
+///
+/// # Errors
+/// [`InvalidRequest::DuplicateKeyInTxn`] or
+/// [`InvalidRequest::PutInDeletedRange`].
+pub fn check_txn(txn: &TxnRequest) -> Result<(), Error> {
+    branch_writes(&txn.success)?;
+    branch_writes(&txn.failure)?;
+    Ok(())
+}
+
+type Writes = (BTreeSet<Vec<u8>>, Vec<KeyRange>);
+
+fn branch_writes(ops: &[TxnOp]) -> Result<Writes, Error> {
+    let invalid = |reason| Err(Error::InvalidRequest { reason });
+    let (mut puts, mut dels): Writes = Default::default();
+    for op in ops {
+        match op {
+            TxnOp::Put(p) => {
+                if dels.iter().any(|d| d.contains(&p.key)) {
+                    return invalid(InvalidRequest::PutInDeletedRange);
+                }
+                if !puts.insert(p.key.clone()) {
+                    return invalid(InvalidRequest::DuplicateKeyInTxn);
+                }
+            }
+            TxnOp::Delete(d) => {
+                if puts.iter().any(|k| d.range.contains(k)) {
+                    return invalid(InvalidRequest::PutInDeletedRange);
+                }
+                dels.push(d.range.clone());
+            }
+            TxnOp::Range(_) => {}
+            TxnOp::Txn(t) => {
+                let (mut np, mut nd) = branch_writes(&t.success)?;
+                let (fp, fd) = branch_writes(&t.failure)?;
+                np.extend(fp);
+                nd.extend(fd);
+                for k in &np {
+                    if puts.contains(k) {
+                        return invalid(InvalidRequest::DuplicateKeyInTxn);
+                    }
+                    if dels.iter().any(|d| d.contains(k)) {
+                        return invalid(InvalidRequest::PutInDeletedRange);
+                    }
+                }
+                if puts.iter().any(|k| nd.iter().any(|d| d.contains(k))) {
+                    return invalid(InvalidRequest::PutInDeletedRange);
+                }
+                puts.extend(np);
+                dels.extend(nd);
+            }
+        }
+    }
+    Ok((puts, dels))
+}
+
+/// True when the transaction writes nothing in either branch (so it can be
+/// served on the read path).
+pub fn txn_is_read_only(txn: &TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).all(|op| match op {
+        TxnOp::Range(_) => true,
+        TxnOp::Txn(t) => txn_is_read_only(t),
+        TxnOp::Put(_) | TxnOp::Delete(_) => false,
+    })
+}
+
+/// The revision one command writes at, and the next sub revision.
+struct Writer<'a> {
+    batch: &'a mut WriteBatch,
+    main: i64,
+    sub: i64,
+}
+
+/// The replicated KV with etcd v3 semantics, as a [`StateMachine`] over
+/// any [`StateStore`]: global revision, per-key history until compaction,
+/// transactions, and a space quota decided deterministically from the
+/// quota each command carries.
+///
+/// Commands and queries are encoded by [`KvCommand`](super::KvCommand) and
+/// [`KvQuery`](super::KvQuery); replies decoded by
+/// [`decode_reply`](super::decode_reply). Bad bytes get an
+/// [`InvalidRequest::Malformed`] reply, never a panic.
+pub struct MvccMachine<S: StateStore + ?Sized> {
+    store: Arc<S>,
+    index: BTreeMap<Vec<u8>, Vec<Rev>>,
+    live: BTreeMap<Vec<u8>, KeyValue>,
+    pending: BTreeMap<(i64, i64), WRecord>,
+    revision: i64,
+    compact_revision: i64,
+    used_bytes: u64,
+}
+
+impl<S: StateStore + ?Sized> std::fmt::Debug for MvccMachine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccMachine")
+            .field("revision", &self.revision)
+            .field("compact_revision", &self.compact_revision)
+            .field("keys", &self.live.len())
+            .field("used_bytes", &self.used_bytes)
+            .finish()
+    }
+}
+
+fn read_i64<S: StateStore + ?Sized>(
+    store: &S,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<i64>, StorageError> {
+    match store.get(key)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                StorageError::corrupt(what, format!("{} bytes, expected 8", v.len()))
+            })?;
+            Ok(Some(i64::from_be_bytes(b)))
+        }
+    }
+}
+
+impl<S: StateStore + ?Sized> MvccMachine<S> {
+    /// Opens the machine over `store`, rebuilding its index from what the
+    /// store holds (an empty store is a new KV at revision 1).
+    ///
+    /// # Errors
+    /// A store that cannot be read, or records that do not decode.
+    pub fn open(store: Arc<S>) -> Result<Self, StorageError> {
+        let mut m = MvccMachine {
+            store,
+            index: BTreeMap::new(),
+            live: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            revision: 1,
+            compact_revision: 0,
+            used_bytes: 0,
+        };
+        m.reload()?;
+        Ok(m)
+    }
+
+    fn reload(&mut self) -> Result<(), StorageError> {
+        self.index.clear();
+        self.live.clear();
+        self.pending.clear();
+        self.used_bytes = 0;
+        self.revision = read_i64(&*self.store, META_REVISION, "kv revision")?.unwrap_or(1);
+        self.compact_revision =
+            read_i64(&*self.store, META_COMPACT, "kv compact revision")?.unwrap_or(0);
+        let mut err = None;
+        let (index, live, used) = (&mut self.index, &mut self.live, &mut self.used_bytes);
+        self.store
+            .scan(RECORD_PREFIX, Some(RECORD_END), &mut |k, v| {
+                let rev = &k[RECORD_PREFIX.len().min(k.len())..];
+                let (Some(main), Some(sub)) = (
+                    rev.get(..8).and_then(|b| b.try_into().ok()),
+                    rev.get(8..16).and_then(|b| b.try_into().ok()),
+                ) else {
+                    err = Some(StorageError::corrupt("kv record key", "not 16 bytes"));
+                    return false;
+                };
+                let (main, sub) = (
+                    u64::from_be_bytes(main) as i64,
+                    u64::from_be_bytes(sub) as i64,
+                );
+                let rec = match WRecord::decode(v) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        err = Some(StorageError::corrupt("kv record", e.to_string()));
+                        return false;
+                    }
+                };
+                let c = cost(&rec.key, &rec.value);
+                *used += c;
+                index.entry(rec.key.clone()).or_default().push(Rev {
+                    main,
+                    sub,
+                    cost: c,
+                    tombstone: rec.tombstone,
+                });
+                if rec.tombstone {
+                    live.remove(&rec.key);
+                } else {
+                    live.insert(
+                        rec.key.clone(),
+                        KeyValue {
+                            key: rec.key,
+                            create_revision: rec.create_revision,
+                            mod_revision: main,
+                            version: rec.version,
+                            value: rec.value,
+                            lease: LeaseId(rec.lease),
+                        },
+                    );
+                }
+                true
+            })?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The compact revision (0: never compacted).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// Bytes the stored records use, history included (what the quota
+    /// counts).
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// True when no key is live.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    fn execute(&mut self, cmd: WCommand, batch: &mut WriteBatch) -> Result<Reply, Error> {
+        let quota = cmd.quota_bytes;
+        match cmd.op.ok_or_else(malformed)? {
+            WCommandOp::Put(p) => {
+                let p: PutRequest = p.into();
+                self.check_put(&p)?;
+                self.check_quota(cost(&p.key, &p.value), quota)?;
+                let mut w = self.writer(batch);
+                let r = self.put(&p, &mut w);
+                self.finish(w);
+                Ok(r)
+            }
+            WCommandOp::Delete(d) => {
+                let d: DeleteRequest = d.try_into()?;
+                let mut w = self.writer(batch);
+                let r = self.delete(&d, &mut w);
+                self.finish(w);
+                Ok(r)
+            }
+            WCommandOp::Txn(t) => {
+                let t: TxnRequest = t.try_into()?;
+                check_txn(&t)?;
+                let mut path = Vec::new();
+                self.choose_path(&t, &mut path);
+                let mut put_cost = 0;
+                self.check_path(&t, &mut path.iter().copied(), &mut put_cost)?;
+                self.check_quota(put_cost, quota)?;
+                let mut w = self.writer(batch);
+                let mut reply = self.txn(&t, &mut path.into_iter(), &mut Some(&mut w))?;
+                self.finish(w);
+                set_revision(&mut reply, self.revision);
+                Ok(Reply::Txn(reply))
+            }
+            WCommandOp::Compact(revision) => self.compact(revision, batch),
+        }
+    }
+
+    fn writer<'a>(&self, batch: &'a mut WriteBatch) -> Writer<'a> {
+        Writer {
+            batch,
+            main: self.revision + 1,
+            sub: 0,
+        }
+    }
+
+    fn finish(&mut self, w: Writer<'_>) {
+        if w.sub > 0 {
+            w.batch
+                .put(META_REVISION.to_vec(), self.revision.to_be_bytes().to_vec());
+        }
+    }
+
+    fn check_quota(&self, cost: u64, quota: u64) -> Result<(), Error> {
+        if quota > 0 && cost > 0 && self.used_bytes + cost > quota {
+            return Err(Error::NoSpace {
+                used: self.used_bytes,
+                quota,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<(), Error> {
+        let invalid = |reason| Err(Error::InvalidRequest { reason });
+        if p.key.is_empty() {
+            return invalid(InvalidRequest::EmptyKey);
+        }
+        if (p.ignore_value && !p.value.is_empty()) || (p.ignore_lease && p.lease != LeaseId::NONE) {
+            return invalid(InvalidRequest::IgnoredFieldSet);
+        }
+        if (p.ignore_value || p.ignore_lease) && !self.live.contains_key(&p.key) {
+            return invalid(InvalidRequest::KeyNotFound);
+        }
+        if p.lease != LeaseId::NONE {
+            // No lease exists until the lease API lands.
+            return Err(Error::LeaseNotFound { lease: p.lease.0 });
+        }
+        Ok(())
+    }
+
+    fn check_read_revision(&self, revision: i64) -> Result<i64, Error> {
+        if revision < 0 {
+            return Err(Error::InvalidRequest {
+                reason: InvalidRequest::NegativeRevision,
+            });
+        }
+        if revision > self.revision {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if revision > 0 && revision < self.compact_revision {
+            return Err(Error::Compacted {
+                compact_revision: self.compact_revision,
+            });
+        }
+        Ok(if revision == 0 {
+            self.revision
+        } else {
+            revision
+        })
+    }
+
+    fn write_record(&mut self, w: &mut Writer<'_>, rec: WRecord) {
+        // From the first write on, the command's revision is current: a
+        // transaction's reads at revision 0 see its own writes, reads at an
+        // explicit earlier revision see history (as in etcd).
+        self.revision = w.main;
+        let c = cost(&rec.key, &rec.value);
+        w.batch.put(record_key(w.main, w.sub), rec.encode_to_vec());
+        self.index.entry(rec.key.clone()).or_default().push(Rev {
+            main: w.main,
+            sub: w.sub,
+            cost: c,
+            tombstone: rec.tombstone,
+        });
+        self.pending.insert((w.main, w.sub), rec);
+        self.used_bytes += c;
+        w.sub += 1;
+    }
+
+    fn put(&mut self, p: &PutRequest, w: &mut Writer<'_>) -> Reply {
+        let prev = self.live.get(&p.key).cloned();
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: prev.as_ref().map_or(w.main, |kv| kv.create_revision),
+            mod_revision: w.main,
+            version: prev.as_ref().map_or(1, |kv| kv.version + 1),
+            value: match (&prev, p.ignore_value) {
+                (Some(prev), true) => prev.value.clone(),
+                _ => p.value.clone(),
+            },
+            lease: match (&prev, p.ignore_lease) {
+                (Some(prev), true) => prev.lease,
+                _ => p.lease,
+            },
+        };
+        self.write_record(
+            w,
+            WRecord {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease: kv.lease.0,
+                tombstone: false,
+            },
+        );
+        self.live.insert(kv.key.clone(), kv);
+        Reply::Put {
+            revision: w.main,
+            prev_kv: if p.prev_kv { prev } else { None },
+        }
+    }
+
+    fn delete(&mut self, d: &DeleteRequest, w: &mut Writer<'_>) -> Reply {
+        let keys: Vec<Vec<u8>> = self.live_range(&d.range).map(|kv| kv.key.clone()).collect();
+        let mut prev_kvs = Vec::new();
+        for key in &keys {
+            if let Some(kv) = self.live.remove(key) {
+                if d.prev_kv {
+                    prev_kvs.push(kv);
+                }
+            }
+            self.write_record(
+                w,
+                WRecord {
+                    key: key.clone(),
+                    tombstone: true,
+                    ..WRecord::default()
+                },
+            );
+        }
+        Reply::Delete {
+            revision: if keys.is_empty() {
+                self.revision
+            } else {
+                w.main
+            },
+            deleted: keys.len() as u64,
+            prev_kvs,
+        }
+    }
+
+    fn live_range<'a>(&'a self, range: &KeyRange) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
+        if let KeyRange::Key(k) = range {
+            return Box::new(self.live.get(k).into_iter());
+        }
+        let (start, end) = range.bounds();
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Box::new(std::iter::empty());
+        }
+        let upper = match end {
+            Some(e) => Bound::Excluded(e),
+            None => Bound::Unbounded,
+        };
+        Box::new(
+            self.live
+                .range((Bound::Included(start), upper))
+                .map(|(_, kv)| kv),
+        )
+    }
+
+    /// Evaluates every compare of `t` and of the nested transactions on
+    /// the branches taken, against the state before the transaction (as
+    /// etcd does), in pre-order.
+    fn choose_path(&self, t: &TxnRequest, path: &mut Vec<bool>) {
+        let ok = t.compare.iter().all(|c| self.compare(c));
+        path.push(ok);
+        let branch = if ok { &t.success } else { &t.failure };
+        for op in branch {
+            if let TxnOp::Txn(nested) = op {
+                self.choose_path(nested, path);
+            }
+        }
+    }
+
+    fn check_path(
+        &self,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+        put_cost: &mut u64,
+    ) -> Result<(), Error> {
+        let branch = if path.next().unwrap_or(false) {
+            &t.success
+        } else {
+            &t.failure
+        };
+        for op in branch {
+            match op {
+                TxnOp::Put(p) => {
+                    self.check_put(p)?;
+                    *put_cost += cost(&p.key, &p.value);
+                }
+                TxnOp::Range(r) => {
+                    self.check_read_revision(r.revision)?;
+                }
+                TxnOp::Delete(_) => {}
+                TxnOp::Txn(nested) => self.check_path(nested, path, put_cost)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a transaction along `path`; `w` is `None` on the read path
+    /// (the transaction must then be read-only).
+    fn txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+        w: &mut Option<&mut Writer<'_>>,
+    ) -> Result<TxnReply, Error> {
+        let succeeded = path.next().unwrap_or(false);
+        let branch = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            let r = match (op, w.as_deref_mut()) {
+                (TxnOp::Put(p), Some(w)) => self.put(p, w),
+                (TxnOp::Delete(d), Some(w)) => self.delete(d, w),
+                (TxnOp::Put(_) | TxnOp::Delete(_), None) => return Err(malformed()),
+                (TxnOp::Range(r), _) => Reply::Range(self.range(r)?),
+                (TxnOp::Txn(nested), _) => Reply::Txn(self.txn(nested, path, w)?),
+            };
+            responses.push(r);
+        }
+        Ok(TxnReply {
+            revision: self.revision,
+            succeeded,
+            responses,
+        })
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let mut any = false;
+        for kv in self.live_range(&c.range) {
+            any = true;
+            if !compare_kv(c, kv) {
+                return false;
+            }
+        }
+        if any {
+            return true;
+        }
+        // etcd: a value compare on a missing key always fails; the others
+        // compare against the zero key-value.
+        !matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default())
+    }
+
+    fn range(&self, r: &RangeRequest) -> Result<RangeReply, Error> {
+        let at = self.check_read_revision(r.revision)?;
+        let mut kvs: Vec<KeyValue> = if at == self.revision {
+            if r.count_only {
+                return Ok(RangeReply {
+                    revision: self.revision,
+                    kvs: Vec::new(),
+                    more: false,
+                    count: self.live_range(&r.range).count() as u64,
+                });
+            }
+            self.live_range(&r.range).cloned().collect()
+        } else {
+            let found = self.index_range(&r.range, at);
+            if r.count_only {
+                return Ok(RangeReply {
+                    revision: self.revision,
+                    kvs: Vec::new(),
+                    more: false,
+                    count: found.len() as u64,
+                });
+            }
+            found
+                .into_iter()
+                .map(|(main, sub)| self.record(main, sub))
+                .collect::<Result<_, _>>()?
+        };
+        let count = kvs.len() as u64;
+        let order = match (r.sort_target, r.sort_order) {
+            (SortTarget::Key, SortOrder::None | SortOrder::Ascend) => None,
+            (_, SortOrder::None | SortOrder::Ascend) => Some(false),
+            (_, SortOrder::Descend) => Some(true),
+        };
+        if let Some(descend) = order {
+            kvs.sort_by(|a, b| {
+                let o = match r.sort_target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::CreateRevision => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::ModRevision => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                };
+                if descend { o.reverse() } else { o }
+            });
+        }
+        let more = r.limit > 0 && count > r.limit;
+        if more {
+            kvs.truncate(r.limit as usize);
+        }
+        if r.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeReply {
+            revision: self.revision,
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// The (main, sub) of each key in `range` live at revision `at`.
+    fn index_range(&self, range: &KeyRange, at: i64) -> Vec<(i64, i64)> {
+        let (start, end) = range.bounds();
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Vec::new();
+        }
+        let upper = match end {
+            Some(e) => Bound::Excluded(e),
+            None => Bound::Unbounded,
+        };
+        self.index
+            .range((Bound::Included(start), upper))
+            .filter_map(|(_, revs)| {
+                let n = revs.partition_point(|r| r.main <= at);
+                let r = revs.get(n.checked_sub(1)?)?;
+                (!r.tombstone).then_some((r.main, r.sub))
+            })
+            .collect()
+    }
+
+    fn record(&self, main: i64, sub: i64) -> Result<KeyValue, Error> {
+        let rec = match self.pending.get(&(main, sub)) {
+            Some(r) => r.clone(),
+            None => {
+                let bytes = self.store.get(&record_key(main, sub))?.ok_or_else(|| {
+                    StorageError::corrupt(
+                        "kv record",
+                        format!("revision {main}.{sub} is indexed but not stored"),
+                    )
+                })?;
+                WRecord::decode(bytes.as_slice())
+                    .map_err(|e| StorageError::corrupt("kv record", e.to_string()))?
+            }
+        };
+        Ok(KeyValue {
+            key: rec.key,
+            create_revision: rec.create_revision,
+            mod_revision: main,
+            version: rec.version,
+            value: rec.value,
+            lease: LeaseId(rec.lease),
+        })
+    }
+
+    fn compact(&mut self, revision: i64, batch: &mut WriteBatch) -> Result<Reply, Error> {
+        if revision <= self.compact_revision {
+            return Err(Error::Compacted {
+                compact_revision: self.compact_revision,
+            });
+        }
+        if revision > self.revision {
+            return Err(Error::FutureRevision {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        self.compact_revision = revision;
+        batch.put(META_COMPACT.to_vec(), revision.to_be_bytes().to_vec());
+        let mut freed = 0;
+        let pending = &mut self.pending;
+        self.index.retain(|_, revs| {
+            let n = revs.partition_point(|r| r.main <= revision);
+            if n == 0 {
+                return true;
+            }
+            // Keep the newest revision at or below the compaction point
+            // unless it is a tombstone: reads at `revision` still see it.
+            let keep_from = if revs[n - 1].tombstone { n } else { n - 1 };
+            for r in revs.drain(..keep_from) {
+                batch.delete(record_key(r.main, r.sub));
+                pending.remove(&(r.main, r.sub));
+                freed += r.cost;
+            }
+            !revs.is_empty()
+        });
+        self.used_bytes -= freed;
+        Ok(Reply::Compact {
+            revision: self.revision,
+        })
+    }
+
+    fn query_inner(&self, query: &[u8]) -> Result<Reply, Error> {
+        let q = WQuery::decode(query).map_err(|_| malformed())?;
+        match q.op.ok_or_else(malformed)? {
+            WQueryOp::Range(r) => Ok(Reply::Range(self.range(&r.try_into()?)?)),
+            WQueryOp::Txn(t) => {
+                let t: TxnRequest = t.try_into()?;
+                if !txn_is_read_only(&t) {
+                    return Err(malformed());
+                }
+                let mut path = Vec::new();
+                self.choose_path(&t, &mut path);
+                self.check_path(&t, &mut path.iter().copied(), &mut 0)?;
+                // Read-only: `txn` takes `&mut self` for the write path only.
+                let mut reply = self.read_only_txn(&t, &mut path.into_iter())?;
+                set_revision(&mut reply, self.revision);
+                Ok(Reply::Txn(reply))
+            }
+        }
+    }
+
+    fn read_only_txn(
+        &self,
+        t: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<TxnReply, Error> {
+        let succeeded = path.next().unwrap_or(false);
+        let branch = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            responses.push(match op {
+                TxnOp::Range(r) => Reply::Range(self.range(r)?),
+                TxnOp::Txn(nested) => Reply::Txn(self.read_only_txn(nested, path)?),
+                TxnOp::Put(_) | TxnOp::Delete(_) => return Err(malformed()),
+            });
+        }
+        Ok(TxnReply {
+            revision: self.revision,
+            succeeded,
+            responses,
+        })
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let o = match &c.target {
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Version(n) => kv.version.cmp(n),
+        CompareTarget::CreateRevision(n) => kv.create_revision.cmp(n),
+        CompareTarget::ModRevision(n) => kv.mod_revision.cmp(n),
+        CompareTarget::Lease(l) => kv.lease.cmp(l),
+    };
+    match c.op {
+        CompareOp::Equal => o.is_eq(),
+        CompareOp::NotEqual => o.is_ne(),
+        CompareOp::Less => o.is_lt(),
+        CompareOp::Greater => o.is_gt(),
+    }
+}
+
+/// Every response of a transaction carries the transaction's revision.
+fn set_revision(t: &mut TxnReply, revision: i64) {
+    t.revision = revision;
+    for r in &mut t.responses {
+        match r {
+            Reply::Put { revision: r, .. }
+            | Reply::Delete { revision: r, .. }
+            | Reply::Compact { revision: r } => *r = revision,
+            Reply::Range(r) => r.revision = revision,
+            Reply::Txn(t) => set_revision(t, revision),
+        }
+    }
+}
+
+impl<S: StateStore + ?Sized> StateMachine for MvccMachine<S> {
+    fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
+        let result = match WCommand::decode(command) {
+            Ok(cmd) => self.execute(cmd, batch),
+            Err(_) => Err(malformed()),
+        };
+        Bytes::from(encode_reply(&result))
+    }
+
+    fn on_committed(&mut self, _applied_index: u64) {
+        self.pending.clear();
+    }
+
+    fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {
+        self.reload()
+    }
+
+    fn query(&self, query: &[u8]) -> Bytes {
+        Bytes::from(encode_reply(&self.query_inner(query)))
+    }
+}
