@@ -17,24 +17,31 @@ use ha_storage::{MemLogStore, MemStateStore};
 /// A replicated map. A command is `key \0 value`; a query is a key and
 /// answers its value (empty when absent). Values also go into the engine's
 /// batch, so a restarted member can rebuild the map from its state store.
-#[derive(Default)]
 pub struct KvMachine {
+    store: Arc<dyn StateStore>,
     map: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn load_map(store: &dyn StateStore) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StorageError> {
+    let mut map = BTreeMap::new();
+    store.scan(b"kv/", Some(b"kv0"), &mut |k, v| {
+        map.insert(k[3..].to_vec(), v.to_vec());
+        true
+    })?;
+    Ok(map)
 }
 
 impl KvMachine {
     /// Rebuilds the map from what the engine committed to `store` (what a
-    /// restarted member has); the log replays the rest.
+    /// restarted member has); the log replays the rest. Keeps a handle on
+    /// the store (clones share it) to reload after a snapshot.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub fn open<S: StateStore + ?Sized>(store: &S) -> Result<Self, StorageError> {
-        let mut map = BTreeMap::new();
-        store.scan(b"kv/", Some(b"kv0"), &mut |k, v| {
-            map.insert(k[3..].to_vec(), v.to_vec());
-            true
-        })?;
-        Ok(KvMachine { map })
+    pub fn open<S: StateStore + Clone>(store: &S) -> Result<Self, StorageError> {
+        let store: Arc<dyn StateStore> = Arc::new(store.clone());
+        let map = load_map(&*store)?;
+        Ok(KvMachine { store, map })
     }
 
     /// Encodes a put command.
@@ -47,6 +54,11 @@ impl KvMachine {
 }
 
 impl StateMachine for KvMachine {
+    fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {
+        self.map = load_map(&*self.store)?;
+        Ok(())
+    }
+
     fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
         let Some(split) = command.iter().position(|&b| b == 0) else {
             return Bytes::from_static(b"ERR malformed command");

@@ -90,17 +90,23 @@ impl RocksGroup {
     /// # Errors
     /// When its storage cannot be opened or it cannot start.
     pub async fn start_member(&mut self, id: NodeId) -> BenchResult<StartTimes> {
+        let mut cfg = (self.preset)(id, self.ids.clone());
+        if !self.ids.contains(&id) {
+            // Not one of the group's initial members: it joins.
+            cfg.start_mode = ha_core::StartMode::Join;
+        }
         let t = Instant::now();
+        let dir = self.root.path().join(format!("member-{id}"));
+        cfg.snapshot_dir = Some(dir.join("snapshots"));
         let (log, state) = {
             let (env, config) = (self.env.clone(), self.config.clone());
-            let dir = self.root.path().join(format!("member-{id}"));
             // Blocking RocksDB work stays off the tokio workers.
             tokio::task::spawn_blocking(move || env.open(&dir, &config)).await??
         };
         let open = t.elapsed();
         let t = Instant::now();
         let node = Node::start(
-            (self.preset)(id, self.ids.clone()),
+            cfg,
             Arc::new(log.clone()),
             Arc::new(state.clone()),
             StoreMachine::new(state.clone()),

@@ -38,7 +38,8 @@ async fn start(
     let (log, state) = env.open(dir, &StorageConfig::default())?;
     // The map is rebuilt from what RocksDB holds; the log replays the rest.
     let machine = KvMachine::open(&state)?;
-    let config = Config::new(id, members.to_vec());
+    let mut config = Config::new(id, members.to_vec());
+    config.snapshot_dir = Some(dir.join("snapshots"));
     Ok(Node::start(
         config,
         Arc::new(log),
@@ -56,8 +57,10 @@ async fn kv_demo(env: &RocksEnv, root: &Path) -> DemoResult<()> {
     let network = MemNetwork::new();
     let mut kvs = Vec::new();
     for &id in &ids {
-        let (log, state) = env.open(&root.join(format!("kv-{id}")), &StorageConfig::default())?;
-        let config = Config::new(id, ids.clone());
+        let dir = root.join(format!("kv-{id}"));
+        let (log, state) = env.open(&dir, &StorageConfig::default())?;
+        let mut config = Config::new(id, ids.clone());
+        config.snapshot_dir = Some(dir.join("snapshots"));
         kvs.push(
             KvNode::start(
                 config,

@@ -603,7 +603,18 @@ fn apply_entries<S: StateStore + ?Sized, M: StateMachine>(
     if sync {
         *last_sync = Instant::now();
     }
-    match applier.apply(&entries, sync, &mut conf_change) {
+    // A panicking state machine stops the member with Fatal, like a raft-rs
+    // panic on the raft thread, instead of silently ending this thread.
+    let applied = catch_unwind(AssertUnwindSafe(|| {
+        applier.apply(&entries, sync, &mut conf_change)
+    }))
+    .unwrap_or_else(|p| {
+        Err(Error::fatal(format!(
+            "the state machine panicked while applying: {}",
+            panic_message(p.as_ref())
+        )))
+    });
+    match applied {
         Ok(step) => {
             if sync {
                 shared
@@ -638,8 +649,12 @@ fn answer_read<S: StateStore + ?Sized, M: StateMachine>(
     token: u64,
 ) {
     if let Some((query, tx)) = shared.waiters.take_read(token) {
-        let answer: Bytes = applier.query(&query);
-        let _ = tx.send(Ok(answer));
+        let answer = catch_unwind(AssertUnwindSafe(|| applier.query(&query))).map_err(|p| {
+            let reason = panic_message(p.as_ref());
+            tracing::error!(node = %shared.id, %reason, "the state machine panicked answering a query");
+            Error::fatal(format!("the state machine panicked answering a query: {reason}"))
+        });
+        let _: Result<(), _> = tx.send(answer.map(|a: Bytes| a));
     }
 }
 
