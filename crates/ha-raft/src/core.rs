@@ -881,6 +881,18 @@ impl<L: LogStore> Core<L> {
             if self.bugs.ack_before_sync {
                 out.messages.append(&mut messages);
             }
+            // raft-rs holds every message of a follower until the Ready's
+            // writes are durable, but only some of them claim anything about
+            // this member's disk (append and vote responses). Heartbeat
+            // responses and ReadIndex traffic claim nothing, so they leave
+            // now: otherwise a slow fsync silences a follower for as long
+            // as it lasts, stalls linearizable reads behind log writes, and
+            // can make a check-quorum leader step down (etcd's raft sends
+            // only these three types after the append, too).
+            let (wait, now): (Vec<Message>, Vec<Message>) =
+                messages.into_iter().partition(claims_persistence);
+            out.messages.extend(now);
+            let mut messages = wait;
             let number = rd.number();
             let nothing_to_persist = write.entries.is_empty()
                 && write.hard_state.is_none()
@@ -1108,6 +1120,21 @@ impl<L: LogStore> Core<L> {
         self.rerandomize();
         r
     }
+}
+
+/// Whether a message of a follower or candidate tells its receiver
+/// something about this member's durable state, so that it may leave only
+/// once the Ready's writes are durable. Unknown types wait, to be safe.
+pub(crate) fn claims_persistence(m: &Message) -> bool {
+    !matches!(
+        MessageType::from_i32(m.msg_type),
+        Some(
+            MessageType::MsgHeartbeatResponse
+                | MessageType::MsgReadIndex
+                | MessageType::MsgReadIndexResp
+                | MessageType::MsgPropose
+        )
+    )
 }
 
 /// A message a peer may send: a known, non-local message type whose entries

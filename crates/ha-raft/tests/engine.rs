@@ -79,6 +79,10 @@ impl StateMachine for AuditSm {
             return Bytes::from_static(b"bad");
         }
         let id = u64::from_be_bytes(command[..8].try_into().unwrap());
+        assert!(
+            &command[8..] != b"panic!",
+            "the test asked this state machine to panic"
+        );
         let count = self.counts.entry(id).or_default();
         *count += 1;
         let pos = self.order.len() as u64;
@@ -1251,6 +1255,76 @@ async fn an_unsafe_change_is_refused_unless_forced_and_addresses_change_in_place
         "an address change keeps id and role"
     );
     c.net.heal();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_its_member_with_fatal() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    c.node(leader)
+        .propose(cmd(1, b"fine"))
+        .await
+        .expect("a normal write");
+    let r = c.node(leader).propose(cmd(2, b"panic!")).await;
+    assert!(
+        r.is_err(),
+        "a command whose apply panicked was acknowledged: {r:?}"
+    );
+    for id in c.members.clone() {
+        wait_stopped(&c, id).await;
+        let fatal = c.node(id).status().fatal.expect("stopped with a reason");
+        assert!(
+            fatal.to_string().contains("panicked"),
+            "member {id} stopped for another reason: {fatal}"
+        );
+        let after = c.node(id).propose(cmd(3, b"x")).await;
+        assert!(matches!(after, Err(Error::Fatal { .. })), "{after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_follower_disks_do_not_silence_heartbeats_or_reads() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let term = c.node(leader).status().term;
+    // Every follower fsync takes longer than an election timeout (250 ms):
+    // if followers held their heartbeat responses until their log writes
+    // were durable, the check-quorum leader would step down.
+    for id in c.members.iter().filter(|&&m| m != leader) {
+        c.logs[id].set_sync_delay(Duration::from_millis(400));
+    }
+    let writer = {
+        let node = c.node(leader).clone();
+        tokio::spawn(async move {
+            for i in 0..40u64 {
+                node.propose(cmd(100 + i, b"slow")).await.expect("write");
+            }
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        // ReadIndex rounds ride on heartbeats: they must keep completing.
+        c.node(leader)
+            .read(Bytes::from_static(b"len"), ReadConsistency::Linearizable)
+            .await
+            .expect("linearizable read on the leader");
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = c.node(leader).status();
+    assert_eq!(
+        (status.role, status.term),
+        (Role::Leader, term),
+        "the leader lost its term while its followers' disks were slow"
+    );
+    assert!(reads > 20, "only {reads} linearizable reads in 3 s");
+    for id in c.members.iter().filter(|&&m| m != leader) {
+        c.logs[id].set_sync_delay(Duration::ZERO);
+    }
+    writer.await.expect("writer");
+    c.converged().await;
     c.shutdown().await;
 }
 

@@ -66,6 +66,8 @@ struct Inner {
     /// write leaving a gap is refused before anything is applied.
     written_last: u64,
     fail_writes: bool,
+    /// Every synced persist takes at least this long (a slow disk).
+    sync_delay: std::time::Duration,
     stats: MemLogStats,
 }
 
@@ -258,6 +260,7 @@ impl MemLogStore {
                 unsynced: Vec::new(),
                 written_last: inner.durable.last_index(),
                 fail_writes: false,
+                sync_delay: std::time::Duration::ZERO,
                 stats: MemLogStats::default(),
             })),
         }
@@ -304,6 +307,12 @@ impl MemLogStore {
         inner.durable.compact(through, term);
         inner.readable.compact(through, term);
         Ok(())
+    }
+
+    /// Makes every synced [`LogStore::persist`] take at least `delay`, as a
+    /// slow or overloaded disk would (the log writer blocks meanwhile).
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.inner.lock().sync_delay = delay;
     }
 
     /// While `fail` is true, [`LogStore::persist`] and
@@ -394,6 +403,12 @@ impl LogStore for MemLogStore {
     fn persist(&self, write: &LogWrite) -> Result<(), StorageError> {
         check_contiguous(&write.entries)?;
         check_after_snapshot(write)?;
+        if write.sync {
+            let delay = self.inner.lock().sync_delay;
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+        }
         let mut inner = self.inner.lock();
         if inner.fail_writes {
             return Err(injected_write_failure("persist"));
