@@ -892,7 +892,7 @@ impl<L: LogStore> Core<L> {
             let (wait, now): (Vec<Message>, Vec<Message>) =
                 messages.into_iter().partition(claims_persistence);
             out.messages.extend(now);
-            let mut messages = wait;
+            let messages = wait;
             let number = rd.number();
             let nothing_to_persist = write.entries.is_empty()
                 && write.hard_state.is_none()
