@@ -390,6 +390,11 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
         Ok(())
     }
 
+    /// Makes every write so far durable.
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        self.store.write(WriteBatch::new(), true)
+    }
+
     /// Replaces the whole state with a snapshot's `pairs` taken at
     /// `index`, then reloads the engine's metadata and lets the state
     /// machine reload. Returns the snapshot's member metadata.

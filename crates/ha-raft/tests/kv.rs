@@ -20,6 +20,8 @@ const PATIENCE: Duration = Duration::from_secs(20);
 struct Group {
     net: MemNetwork,
     kv: KvConfig,
+    /// Compact the raft log early (snapshot tests).
+    small_log: bool,
     members: Vec<NodeId>,
     stores: Vec<(MemLogStore, MemStateStore)>,
     nodes: Vec<KvNode>,
@@ -28,9 +30,15 @@ struct Group {
 impl Group {
     async fn start(kv: KvConfig) -> Group {
         let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        Group::start_with(kv, false).await
+    }
+
+    async fn start_with(kv: KvConfig, small_log: bool) -> Group {
+        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
         let mut g = Group {
             net: MemNetwork::new(),
             kv,
+            small_log,
             members: members.clone(),
             stores: members
                 .iter()
@@ -52,10 +60,15 @@ impl Group {
 
     async fn boot(&self, i: usize) -> KvNode {
         let id = self.members[i];
-        let config = Config {
+        let mut config = Config {
             request_timeout: Duration::from_secs(10),
             ..Config::new(id, self.members.clone())
         };
+        if self.small_log {
+            config.compaction_threshold = 100;
+            config.compaction_retain = 20;
+            config.snapshot_chunk_size = 4096;
+        }
         let (log, state) = &self.stores[i];
         KvNode::start(
             config,
@@ -372,6 +385,98 @@ async fn data_and_history_survive_member_restarts() {
     // The revision continues where it was.
     let r = put(&g.nodes[1], "c", "y").await;
     assert_eq!(r, r2 + 2);
+    g.stop().await;
+}
+
+/// Everything a member holds, read locally.
+async fn everything(kv: &KvNode, revision: i64) -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)> {
+    let r = kv
+        .range(
+            RangeRequest {
+                revision,
+                ..RangeRequest::new(KeyRange::prefix(""))
+            },
+            KvOptions::serializable(),
+        )
+        .await
+        .expect("local range");
+    r.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_history_and_revisions_travel_in_snapshots() {
+    let mut g = Group::start_with(KvConfig::default(), true).await;
+    for i in 0..30 {
+        put(&g.nodes[i % 2], &format!("k{i:03}"), "early").await;
+    }
+    let early = put(&g.nodes[0], "k000", "rewritten").await;
+    g.nodes[1].compact(early - 5, o()).await.expect("compact");
+    g.nodes[2].node().kill().await;
+    let mut last = 0;
+    for i in 0..400 {
+        last = put(
+            &g.nodes[i % 2],
+            &format!("k{:03}", i % 50),
+            &format!("v{i}"),
+        )
+        .await;
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    let leader = g.nodes[0].node().leader().leader.expect("a leader");
+    let leader_log = &g.stores[(leader.0 - 1) as usize].0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while ha_core::LogStore::first_index(leader_log).expect("memory log") < 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log was not compacted: leader {leader}, first indexes {:?}, last put at revision {last}, status {:?}",
+            g.stores
+                .iter()
+                .map(|(l, _)| ha_core::LogStore::first_index(l))
+                .collect::<Vec<_>>(),
+            g.nodes[0].node().status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    g.nodes[2] = g.boot(2).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while everything(&g.nodes[2], 0).await != everything(&g.nodes[0], 0).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted member did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        g.nodes[2].node().metrics().snapshots_installed >= 1,
+        "caught up without a snapshot although the log was compacted"
+    );
+    // History down to the compacted revision came along.
+    assert_eq!(
+        everything(&g.nodes[2], early).await,
+        everything(&g.nodes[0], early).await,
+        "the state at a past revision differs after the snapshot"
+    );
+    assert!(matches!(
+        value_at(&g.nodes[2], "k000", early - 6).await,
+        Err(Error::Compacted { .. })
+    ));
+    // The revision goes on from where the group is.
+    let next = put(&g.nodes[2], "after", "snapshot").await;
+    assert_eq!(next, last + 1);
     g.stop().await;
 }
 

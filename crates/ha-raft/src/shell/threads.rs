@@ -464,7 +464,30 @@ pub(crate) fn run_apply<S: StateStore + ?Sized, M: StateMachine>(
     // and lets the log be compacted up to what is durably applied.
     let sync_every = Duration::from_secs(1);
     let mut last_sync = Instant::now();
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(sync_every) {
+            Ok(task) => task,
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle: make what was applied durable, so that the log can
+                // be compacted up to it without waiting for more writes.
+                if shared.killed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let applied = applier.applied();
+                if applied > shared.durable_applied.load(Ordering::Relaxed) {
+                    if let Err(e) = applier.sync() {
+                        let _ = raft_tx.send(Input::Fatal(Error::fatal(format!(
+                            "syncing the state store failed: {e}"
+                        ))));
+                        return;
+                    }
+                    shared.durable_applied.store(applied, Ordering::Relaxed);
+                    last_sync = Instant::now();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut tasks = vec![first];
         tasks.extend(rx.try_iter().take(MAX_INPUTS_PER_TURN));
         let mut entries: Vec<Entry> = Vec::new();
