@@ -29,7 +29,6 @@ struct Group {
 
 impl Group {
     async fn start(kv: KvConfig) -> Group {
-        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
         Group::start_with(kv, false).await
     }
 

@@ -517,25 +517,36 @@ impl Shared {
         }
         self.write(batch, write.sync, "persist")?;
         let mut view = self.view.lock();
-        view.stored_last = write.entries.last().map_or(point.index, |e| e.index);
+        view.stored_last = point.index;
+        view.pending_install = None;
+        view.restart_pending = false;
+        view.record_persist(write, self.cache_budget);
+        Ok(())
+    }
+}
+
+impl View {
+    /// Records a write that RocksDB now holds: which tail entries are
+    /// stored, the hard state, the counters.
+    fn record_persist(&mut self, write: &LogWrite, cache_budget: u64) {
+        if let Some(last) = write.entries.last() {
+            self.stored_last = last.index;
+        }
         for entry in &write.entries {
-            if let Some(c) = view.cached_mut(entry.index) {
+            if let Some(c) = self.cached_mut(entry.index) {
                 c.stored = c.entry == *entry;
             }
         }
-        view.pending_install = None;
-        view.restart_pending = false;
         if let Some(hs) = &write.hard_state {
-            view.written_hard_state = hs.clone();
+            self.written_hard_state = hs.clone();
         }
         if write.sync {
-            view.durable_hard_state = view.written_hard_state.clone();
-            view.stats.syncs += 1;
+            self.durable_hard_state = self.written_hard_state.clone();
+            self.stats.syncs += 1;
         }
-        view.stats.persist_calls += 1;
-        view.stats.entries_persisted += write.entries.len() as u64;
-        view.evict(self.cache_budget);
-        Ok(())
+        self.stats.persist_calls += 1;
+        self.stats.entries_persisted += write.entries.len() as u64;
+        self.evict(cache_budget);
     }
 }
 
@@ -748,25 +759,10 @@ impl LogStore for RocksLogStore {
                 .map_err(|e| shared.name.error("persist", e))?;
         }
 
-        let mut view = shared.view.lock();
-        if let Some((_, last)) = range {
-            view.stored_last = last;
-            for entry in &write.entries {
-                if let Some(c) = view.cached_mut(entry.index) {
-                    c.stored = c.entry == *entry;
-                }
-            }
-        }
-        if let Some(hs) = &write.hard_state {
-            view.written_hard_state = hs.clone();
-        }
-        if write.sync {
-            view.durable_hard_state = view.written_hard_state.clone();
-            view.stats.syncs += 1;
-        }
-        view.stats.persist_calls += 1;
-        view.stats.entries_persisted += write.entries.len() as u64;
-        view.evict(shared.cache_budget);
+        shared
+            .view
+            .lock()
+            .record_persist(write, shared.cache_budget);
         Ok(())
     }
 
