@@ -620,6 +620,8 @@ impl<L: LogStore> Core<L> {
                 self.applied = index;
                 self.raw.advance_apply_to(index);
             }
+            // raft took the configuration from the snapshot's metadata.
+            self.conf_state = self.raw.raft.prs().conf().to_conf_state();
             self.set_members(members);
             out.membership_changed = Some(self.membership());
         }

@@ -1438,6 +1438,37 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_joins_by_snapshot_and_knows_the_membership() {
+    let mut c = Cluster::start_with(3, small_log).await;
+    let leader = c.leader().await;
+    write_spread(&c, leader, 1, 400).await;
+    wait_compacted(&c, leader, 200).await;
+    c.node(leader)
+        .add_learner(NodeId(4), Bytes::from_static(b"mem:4"), false)
+        .await
+        .expect("add a learner");
+    c.start_joiner(NodeId(4)).await;
+    let history = c.converged().await;
+    assert_eq!(history.len(), 400 * 8, "the new member misses writes");
+    let joined = c.node(NodeId(4));
+    assert!(joined.metrics().snapshots_installed >= 1);
+    let m = joined.membership();
+    let voters: Vec<NodeId> = m
+        .members
+        .iter()
+        .filter(|i| i.role == MemberRole::Voter)
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(voters, ids(&[1, 2, 3]), "the new member's view: {m:?}");
+    assert_eq!(
+        m.get(NodeId(4)).map(|i| i.role),
+        Some(MemberRole::Learner),
+        "the new member does not know itself as a learner: {m:?}"
+    );
+    c.shutdown().await;
+}
+
 async fn crash_during_install(point: InstallCrashPoint) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut c = Cluster::start_with(3, small_log).await;
