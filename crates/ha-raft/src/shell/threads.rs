@@ -353,14 +353,8 @@ pub(crate) fn run_log_writer<L: LogStore>(
                 .iter()
                 .position(|t| t.install.is_some())
                 .unwrap_or(tasks.len());
-            let (group, rest) = if cut == 0 {
-                let rest = tasks.split_off(1);
-                (tasks, rest)
-            } else {
-                let rest = tasks.split_off(cut);
-                (tasks, rest)
-            };
-            tasks = rest;
+            let rest = tasks.split_off(cut.max(1));
+            let group = std::mem::replace(&mut tasks, rest);
             if let Err(e) = persist_group(&*log, group, &raft_tx, &shared) {
                 // Never retry a failed write or sync and then acknowledge:
                 // the member stops.

@@ -746,17 +746,25 @@ fn wkvs(v: Vec<WKeyValue>) -> Vec<KeyValue> {
 
 fn op_resp(w: WOpResp, s: &HeaderStamp) -> TxnOpResponse {
     match w {
-        WOpResp::Put(p) => TxnOpResponse::Put(PutResponse {
-            header: s.header(p.revision),
-            prev_kv: p.prev_kv.map(Into::into),
-        }),
+        WOpResp::Put(p) => TxnOpResponse::Put(put_response(p, s)),
         WOpResp::Range(r) => TxnOpResponse::Range(range_response(r, s)),
-        WOpResp::Delete(d) => TxnOpResponse::Delete(DeleteResponse {
-            header: s.header(d.revision),
-            deleted: d.deleted,
-            prev_kvs: wkvs(d.prev_kvs),
-        }),
+        WOpResp::Delete(d) => TxnOpResponse::Delete(delete_response(d, s)),
         WOpResp::Txn(t) => TxnOpResponse::Txn(txn_response(t, s)),
+    }
+}
+
+fn put_response(p: WPutResp, s: &HeaderStamp) -> PutResponse {
+    PutResponse {
+        header: s.header(p.revision),
+        prev_kv: p.prev_kv.map(Into::into),
+    }
+}
+
+fn delete_response(d: WDeleteResp, s: &HeaderStamp) -> DeleteResponse {
+    DeleteResponse {
+        header: s.header(d.revision),
+        deleted: d.deleted,
+        prev_kvs: wkvs(d.prev_kvs),
     }
 }
 
@@ -790,16 +798,9 @@ pub fn decode_reply(bytes: &[u8], stamp: &HeaderStamp) -> Result<KvReply, Error>
     use prost::Message as _;
     let w = WReply::decode(bytes).map_err(|_| malformed())?;
     Ok(match w.op.ok_or_else(malformed)? {
-        WReplyOp::Put(p) => KvReply::Put(PutResponse {
-            header: stamp.header(p.revision),
-            prev_kv: p.prev_kv.map(Into::into),
-        }),
+        WReplyOp::Put(p) => KvReply::Put(put_response(p, stamp)),
         WReplyOp::Range(r) => KvReply::Range(range_response(r, stamp)),
-        WReplyOp::Delete(d) => KvReply::Delete(DeleteResponse {
-            header: stamp.header(d.revision),
-            deleted: d.deleted,
-            prev_kvs: wkvs(d.prev_kvs),
-        }),
+        WReplyOp::Delete(d) => KvReply::Delete(delete_response(d, stamp)),
         WReplyOp::Txn(t) => KvReply::Txn(txn_response(t, stamp)),
         WReplyOp::Compact(revision) => KvReply::Compact(CompactResponse {
             header: stamp.header(revision),
