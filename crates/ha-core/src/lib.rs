@@ -22,6 +22,7 @@ mod kv;
 mod state_machine;
 mod storage;
 mod transport;
+mod watch;
 
 pub use clock::Clock;
 pub use config::{Config, StartMode};
@@ -42,6 +43,7 @@ pub use storage::{
     StateStore, StateView, WriteBatch,
 };
 pub use transport::{MessageSink, SnapshotOutcome, SnapshotReader, SnapshotWriter, Transport};
+pub use watch::{EventKind, WatchEvent};
 
 /// raft-rs's wire types, for storage and transport implementors.
 pub use raft_proto::eraftpb;

@@ -32,6 +32,7 @@ use ha_core::{
 };
 use prost::Message as _;
 
+use super::observer::KvObserver;
 use super::wire::{
     RangeReply, Reply, TxnReply, WCommand, WCommandOp, WQuery, WQueryOp, WRecord, encode_reply,
 };
@@ -165,6 +166,7 @@ pub struct MvccMachine<S: StateStore + ?Sized> {
     revision: i64,
     compact_revision: i64,
     used_bytes: u64,
+    observer: Option<Box<dyn KvObserver>>,
 }
 
 impl<S: StateStore + ?Sized> std::fmt::Debug for MvccMachine<S> {
@@ -209,6 +211,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             revision: 1,
             compact_revision: 0,
             used_bytes: 0,
+            observer: None,
         };
         m.reload()?;
         Ok(m)
@@ -274,6 +277,12 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Sets who is told about applied changes (the watch hub and the
+    /// lease manager, through the node); replaces any earlier observer.
+    pub fn set_observer(&mut self, observer: Box<dyn KvObserver>) {
+        self.observer = Some(observer);
     }
 
     /// The current revision.

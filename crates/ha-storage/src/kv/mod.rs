@@ -32,12 +32,14 @@
 //! ```
 
 mod machine;
+mod observer;
 mod wire;
 
 use ha_core::{DeleteRequest, PutRequest, RangeRequest, TxnRequest};
 use prost::Message as _;
 
 pub use machine::{MvccMachine, RECORD_OVERHEAD, check_txn, txn_is_read_only};
+pub use observer::KvObserver;
 pub use wire::{HeaderStamp, KvReply, decode_reply};
 
 /// A write of the KV, as proposed to the group.
