@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ha_core::eraftpb::{Entry, HardState, Message, MessageType};
 use ha_core::{
-    Config, LogStore, LogWrite, MemberIdentity, MessageSink, NodeId, StateStore, StorageError,
-    Transport,
+    CallReply, Config, LogStore, LogWrite, MemberIdentity, MessageSink, NodeId, StateStore,
+    StorageError, Transport,
 };
 use ha_examples::bench::store_machine::StoreMachine;
 use ha_raft::{InjectedBug, MemNetwork, Node, ReadConsistency};
@@ -259,6 +259,9 @@ impl Transport for CheckedTransport {
     }
     fn stop(&self) {
         self.inner.stop();
+    }
+    fn call(&self, to: NodeId, request: Bytes, timeout: Duration, reply: CallReply) {
+        self.inner.call(to, request, timeout, reply);
     }
 }
 

@@ -115,6 +115,10 @@ pub struct Config {
     /// Bytes per second a member sends snapshots at, over all peers
     /// (0: unlimited).
     pub snapshot_rate_limit: u64,
+    /// Peer calls this member's call handler runs at once (calls from peers
+    /// and its own `call_leader` while it leads). One more is answered
+    /// `Overloaded { reason: TooManyCalls }` at once rather than queued.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for Config {
@@ -156,6 +160,7 @@ impl Config {
             compaction_retain: 5_000,
             snapshot_chunk_size: 1024 * 1024,
             snapshot_rate_limit: 512 * 1024 * 1024,
+            max_concurrent_calls: 256,
         }
     }
 
@@ -249,6 +254,7 @@ impl Config {
             ("snapshot_chunk_size", self.snapshot_chunk_size as u64),
             ("max_apply_lag", self.max_apply_lag),
             ("max_pending_proposals", self.max_pending_proposals as u64),
+            ("max_concurrent_calls", self.max_concurrent_calls as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero { field });

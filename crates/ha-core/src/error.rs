@@ -3,10 +3,10 @@
 //! | error | did it take effect? | what to do |
 //! |---|---|---|
 //! | [`Error::NotLeader`] | no | retry on `leader_hint` (or anywhere, later) |
-//! | [`Error::Timeout`] | no — it never left this member, or it was a read | retry, maybe with a longer deadline |
+//! | [`Error::Timeout`] | no — it never left this member, or it was a read (or a peer call that found no leader to go to) | retry, maybe with a longer deadline |
 //! | [`Error::ProposalDropped`] | no — raft rejected it here before it left | retry |
 //! | [`Error::OutcomeUnknown`] | maybe | read back to find out, or make the command idempotent |
-//! | [`Error::Overloaded`] | no | back off, then retry |
+//! | [`Error::Overloaded`] | no (for a peer call: its handler did not run) | back off, then retry |
 //! | [`Error::TooLarge`] | no | split the command |
 //! | [`Error::Shutdown`] | no, unless it already left (then `OutcomeUnknown`) | use another member |
 //! | [`Error::Fatal`] | — | this member stopped; restart it after fixing the cause |
@@ -21,6 +21,10 @@
 //! | [`Error::LimitExceeded`] | no | make the key, value or request smaller, or split the transaction |
 //! | [`Error::InvalidRequest`] | no | fix the request |
 //! | [`Error::LeaseNotFound`] | no | grant a lease first |
+//! | [`Error::PeerUnreachable`] | no — a peer call did not reach the peer's handler | retry later, or call another member |
+//! | [`Error::NoCallHandler`] | no — the peer has no call handler (yet) | retry once the peer set one |
+//! | [`Error::CallOutcomeUnknown`] | maybe — the request left, no reply came | retry only if the request is idempotent |
+//! | [`Error::CallFailed`] | the peer's handler returned an error | as the reason says |
 //! | [`Error::Config`] | — | fix the configuration |
 //! | [`Error::Storage`] | — | the data directory or device needs attention |
 
@@ -54,6 +58,8 @@ pub enum UnknownCause {
     DeadlineExceeded,
     /// The member shut down after the proposal had left it.
     Shutdown,
+    /// A peer call's connection broke after its request was handed to it.
+    ConnectionLost,
 }
 
 /// What is overloaded.
@@ -69,6 +75,10 @@ pub enum OverloadReason {
     /// The leader holds as many uncommitted bytes as it accepts
     /// (`max_uncommitted_size`); admission waited until the deadline.
     Uncommitted,
+    /// As many peer calls run as allowed: on the called member
+    /// (`Config::max_concurrent_calls`), or in flight on this member's
+    /// connection to it (the transport's bound).
+    TooManyCalls,
 }
 
 /// Which KV size limit a request exceeded.
@@ -247,6 +257,40 @@ pub enum Error {
         /// The lease id given.
         lease: i64,
     },
+    /// A peer call did not reach `peer`'s handler: the transport knows no
+    /// address for it, cannot connect, the link is cut, or the peer is
+    /// stopping. Its handler did not run.
+    #[error("peer {peer} is unreachable; the call did not reach it")]
+    PeerUnreachable {
+        /// The member called.
+        peer: NodeId,
+    },
+    /// The called member has no call handler set (yet); nothing ran.
+    #[error("peer {peer} has no call handler")]
+    NoCallHandler {
+        /// The member called.
+        peer: NodeId,
+    },
+    /// A peer call's request left this member but no reply came: the peer's
+    /// handler may or may not have run (and may still be running).
+    #[error("peer call to {peer}: no reply ({cause:?}); the handler may or may not have run")]
+    CallOutcomeUnknown {
+        /// The member called.
+        peer: NodeId,
+        /// Why no reply came.
+        cause: UnknownCause,
+    },
+    /// The called member's handler returned an error (other than
+    /// `NotLeader` and `Overloaded`, which arrive as themselves); `reason`
+    /// is its text. Errors an application wants to act on belong inside its
+    /// reply bytes.
+    #[error("peer call to {peer} failed in its handler: {reason}")]
+    CallFailed {
+        /// The member called.
+        peer: NodeId,
+        /// The handler's error, as text.
+        reason: Arc<str>,
+    },
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -276,6 +320,8 @@ impl Error {
                 | Error::LimitExceeded { .. }
                 | Error::InvalidRequest { .. }
                 | Error::LeaseNotFound { .. }
+                | Error::PeerUnreachable { .. }
+                | Error::NoCallHandler { .. }
         )
     }
 

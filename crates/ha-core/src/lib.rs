@@ -42,7 +42,9 @@ pub use storage::{
     BatchOp, LogPoint, LogStore, LogWrite, MemberIdentity, RESERVED_PREFIX, RecoveredState,
     StateStore, StateView, WriteBatch,
 };
-pub use transport::{MessageSink, SnapshotOutcome, SnapshotReader, SnapshotWriter, Transport};
+pub use transport::{
+    CallReply, MessageSink, SnapshotOutcome, SnapshotReader, SnapshotWriter, Transport,
+};
 pub use watch::{EventKind, WatchEvent};
 
 /// raft-rs's wire types, for storage and transport implementors.

@@ -1,12 +1,20 @@
 //! The network between members.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use raft_proto::eraftpb::Message;
 
-use crate::error::StorageError;
+use crate::error::{Error, StorageError};
 use crate::ids::NodeId;
+
+/// How a peer call is answered; called exactly once.
+///
+/// `Err` is only for what the call machinery itself failed at (see
+/// [`Transport::call`]); what the application has to say, failures
+/// included, travels inside the reply bytes.
+pub type CallReply = Box<dyn FnOnce(Result<Bytes, Error>) + Send>;
 
 /// Whether a snapshot reached a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +71,15 @@ pub trait MessageSink: Send + Sync + 'static {
     fn report_unreachable(&self, peer: NodeId);
     /// The outcome of sending a snapshot to `peer`.
     fn report_snapshot(&self, peer: NodeId, outcome: SnapshotOutcome);
+    /// A peer call from `from` ([`Transport::call`] on that member). The
+    /// sink answers through `reply`, exactly once, from any thread, and
+    /// returns at once (the engine runs its handler on a task).
+    ///
+    /// The engine answers `Err(NoCallHandler)` while no handler is set,
+    /// `Err(Overloaded { reason: TooManyCalls })` beyond its concurrency
+    /// bound, and `Err(Shutdown)` while it stops (the transport tells the
+    /// caller `PeerUnreachable`).
+    fn handle_call(&self, from: NodeId, request: Bytes, reply: CallReply);
 }
 
 /// Carries raft messages between members.
@@ -75,6 +92,28 @@ pub trait Transport: Send + Sync + 'static {
     fn start(&self, local: NodeId, sink: Arc<dyn MessageSink>);
     /// Queues `msg` for `msg.to`.
     fn send(&self, msg: Message);
-    /// Stops delivering and sending; idempotent.
+    /// Stops delivering and sending; idempotent. Peer calls still waiting
+    /// for a reply are answered `Err(Shutdown)` at once, or by their
+    /// deadline.
     fn stop(&self);
+    /// A peer call: delivers `request` to member `to`'s sink
+    /// ([`MessageSink::handle_call`]) and hands its reply to `reply`,
+    /// exactly once. Never blocks; `reply` may run on any thread, possibly
+    /// before `call` returns.
+    ///
+    /// `Err` only for the call machinery: [`Error::PeerUnreachable`] (no
+    /// address, cannot connect, link cut, the peer is stopping — the
+    /// handler did not run), [`Error::CallOutcomeUnknown`] (the request
+    /// left but no reply came by `timeout` or the connection broke),
+    /// [`Error::Overloaded`] (too many calls in flight to `to`),
+    /// [`Error::Shutdown`] (this transport stopped), and what the peer's
+    /// engine answered ([`Error::NoCallHandler`], [`Error::Overloaded`],
+    /// [`Error::NotLeader`], [`Error::CallFailed`]).
+    ///
+    /// The default answers `PeerUnreachable` at once: a transport that
+    /// predates peer calls keeps compiling and carries none.
+    fn call(&self, to: NodeId, request: Bytes, timeout: Duration, reply: CallReply) {
+        let _ = (request, timeout);
+        reply(Err(Error::PeerUnreachable { peer: to }));
+    }
 }

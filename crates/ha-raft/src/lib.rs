@@ -63,6 +63,7 @@
 
 mod apply;
 mod bugs;
+mod call;
 mod clock;
 mod codec;
 mod core;
@@ -76,6 +77,7 @@ mod snapshot;
 mod transport;
 
 pub use crate::bugs::{InjectedBug, InstallCrashPoint};
+pub use crate::call::CallHandler;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
 pub use crate::kv::{AutoCompaction, KvConfig, KvNode};

@@ -11,15 +11,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
 use ha_core::eraftpb::Message;
 use ha_core::{
-    Config, Error, MessageSink, NodeId, SnapshotOutcome, SnapshotReader, SnapshotWriter,
+    CallReply, Config, Error, MessageSink, NodeId, SnapshotOutcome, SnapshotReader, SnapshotWriter,
     StorageError, Transport,
 };
 use parking_lot::Mutex;
 
 use crate::bugs::CrashSwitch;
+use crate::call::Calls;
 use crate::core::{CoreStatus, LeaderInfo};
 use crate::snapshot::Snapshots;
 use threads::{ApplyTask, Input};
@@ -86,6 +88,8 @@ pub(crate) struct Shared {
     /// never compacted past it.
     durable_applied: AtomicU64,
     faults: CrashSwitch,
+    /// The application's call handler and its concurrency bound.
+    calls: Calls,
 }
 
 impl Shared {
@@ -175,5 +179,13 @@ impl MessageSink for NodeSink {
 
     fn report_snapshot(&self, peer: NodeId, outcome: SnapshotOutcome) {
         let _ = self.shared.tx.send(Input::Snapshot(peer, outcome));
+    }
+
+    fn handle_call(&self, from: NodeId, request: Bytes, reply: CallReply) {
+        if self.shared.state.load(Ordering::SeqCst) != RUNNING {
+            reply(Err(Error::Shutdown));
+            return;
+        }
+        self.shared.calls.dispatch(from, request, reply);
     }
 }

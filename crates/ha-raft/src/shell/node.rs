@@ -27,6 +27,7 @@ use super::waiters::Waiters;
 use super::{MAX_INBOX, Metrics, NodeSink, RUNNING, STOPPED, STOPPING, Shared};
 use crate::apply::{Applier, bootstrap_meta, load_meta};
 use crate::bugs::{Bugs, CrashSwitch, InjectedBug, InstallCrashPoint};
+use crate::call::{CallHandler, Calls};
 use crate::codec::{ConfContext, MemberRecord};
 use crate::core::{Core, CoreStatus, LeaderInfo, Role};
 use crate::logging::raft_logger;
@@ -476,8 +477,9 @@ impl Node {
         M: StateMachine,
     {
         let cfg = config.validate()?;
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            Node::start_blocking(cfg, log, state, state_machine, transport, bugs)
+            Node::start_blocking(cfg, log, state, state_machine, transport, bugs, runtime)
         })
         .await
         .map_err(|e| Error::fatal(format!("start task failed: {e}")))?
@@ -490,6 +492,7 @@ impl Node {
         sm: M,
         transport: Arc<dyn Transport>,
         bugs: Bugs,
+        runtime: tokio::runtime::Handle,
     ) -> Result<Node>
     where
         L: LogStore,
@@ -537,6 +540,7 @@ impl Node {
             snapshots: snapshots.clone(),
             durable_applied: AtomicU64::new(0),
             faults: CrashSwitch::default(),
+            calls: Calls::new(id, cfg.max_concurrent_calls, runtime),
         });
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -750,6 +754,101 @@ impl Node {
             Ok(Ok(_)) => Ok(target),
             Ok(Err(_)) => Err(self.shared.stopped_error()),
             Err(_) => Err(Error::Timeout { after: timeout }),
+        }
+    }
+
+    /// Sets (or replaces) the handler that answers peer calls to this
+    /// member. Until one is set, calls get [`Error::NoCallHandler`].
+    pub fn set_call_handler(&self, handler: Arc<dyn CallHandler>) {
+        self.shared.calls.set_handler(handler);
+    }
+
+    /// Calls member `to`'s [`CallHandler`] with `request` and returns its
+    /// reply; a call to this member itself runs the local handler. No
+    /// retries: what to retry is the application's choice.
+    ///
+    /// # Errors
+    /// [`Error::PeerUnreachable`] (the handler did not run),
+    /// [`Error::CallOutcomeUnknown`] (no reply by `timeout`, or the
+    /// connection broke: the handler may have run), [`Error::NoCallHandler`],
+    /// [`Error::Overloaded`], [`Error::CallFailed`] or [`Error::NotLeader`]
+    /// from the peer, [`Error::Shutdown`] when this member stopped.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the reply; the peer's handler may still
+    /// run.
+    pub async fn call(&self, to: NodeId, request: Bytes, timeout: Duration) -> Result<Bytes> {
+        let sh = &self.shared;
+        sh.check_running()?;
+        if to == sh.id {
+            return self.call_local(request, timeout).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        sh.transport.call(
+            to,
+            request,
+            timeout,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        // The transport enforces the deadline; this bound only guards
+        // against a transport that never answers.
+        match tokio::time::timeout(timeout + GRACE, rx).await {
+            Ok(Ok(result)) => result,
+            // The transport dropped the call without answering it.
+            Ok(Err(_)) => Err(Error::CallOutcomeUnknown {
+                peer: to,
+                cause: UnknownCause::ConnectionLost,
+            }),
+            Err(_) => Err(Error::CallOutcomeUnknown {
+                peer: to,
+                cause: UnknownCause::DeadlineExceeded,
+            }),
+        }
+    }
+
+    /// Calls the current leader (waiting up to `timeout` for one to be
+    /// known); if this member leads, runs the local handler directly. The
+    /// whole call, the wait included, ends by `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when no leader was known in time (nothing was
+    /// sent); otherwise as [`Node::call`]. A leader that lost leadership
+    /// meanwhile can answer [`Error::NotLeader`] from its handler.
+    ///
+    /// # Cancel safety
+    /// As [`Node::call`].
+    pub async fn call_leader(&self, request: Bytes, timeout: Duration) -> Result<Bytes> {
+        self.shared.check_running()?;
+        let deadline = Instant::now() + timeout;
+        let leader = self.wait_for_leader(timeout).await?;
+        let Some(leader) = leader.leader else {
+            return Err(Error::Timeout { after: timeout });
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.call(leader, request, left).await
+    }
+
+    /// Runs this member's own handler, with the same bound and deadline as
+    /// a call from a peer.
+    async fn call_local(&self, request: Bytes, timeout: Duration) -> Result<Bytes> {
+        let sh = &self.shared;
+        let (tx, rx) = oneshot::channel();
+        sh.calls.dispatch(
+            sh.id,
+            request,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(sh.stopped_error()),
+            Err(_) => Err(Error::CallOutcomeUnknown {
+                peer: sh.id,
+                cause: UnknownCause::DeadlineExceeded,
+            }),
         }
     }
 

@@ -4,10 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ha_core::eraftpb::{Message, MessageType};
-use ha_core::{MessageSink, NodeId, SnapshotOutcome, StorageError, Transport};
+use ha_core::{
+    CallReply, Error, MessageSink, NodeId, SnapshotOutcome, StorageError, Transport, UnknownCause,
+};
 use parking_lot::{Mutex, RwLock};
 
 #[derive(Default)]
@@ -24,6 +27,28 @@ pub struct MemNetwork {
     delivered: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
     snapshots: Arc<SnapshotLog>,
+    calls: Arc<CallLog>,
+}
+
+/// Peer calls, for tests.
+#[derive(Default)]
+struct CallLog {
+    /// Requests handed to the called member's sink.
+    delivered: AtomicU64,
+    /// Calls refused at once: link cut, or the member is not on the network.
+    unreachable: AtomicU64,
+    /// Replies lost on a link cut (or to a caller gone) meanwhile.
+    replies_lost: AtomicU64,
+}
+
+/// One call's reply, answered once: by the callee's reply or the deadline.
+type ReplySlot = Arc<Mutex<Option<CallReply>>>;
+
+fn answer(slot: &ReplySlot, result: Result<Bytes, Error>) {
+    let reply = slot.lock().take();
+    if let Some(reply) = reply {
+        reply(result);
+    }
 }
 
 /// Snapshot transfers, for tests.
@@ -113,6 +138,16 @@ impl MemNetwork {
         (
             self.snapshots.finished.load(Ordering::Relaxed),
             self.snapshots.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Peer calls so far: (delivered to the called member, refused at once
+    /// as unreachable, replies lost on a cut link).
+    pub fn call_counts(&self) -> (u64, u64, u64) {
+        (
+            self.calls.delivered.load(Ordering::Relaxed),
+            self.calls.unreachable.load(Ordering::Relaxed),
+            self.calls.replies_lost.load(Ordering::Relaxed),
         )
     }
 
@@ -218,6 +253,54 @@ impl MemNetwork {
         Ok(())
     }
 
+    /// A peer call over the simulated link `from → to`, its reply over
+    /// `to → from`: a cut link refuses the request at once and loses a
+    /// reply (the caller's deadline then answers).
+    fn call(&self, from: NodeId, to: NodeId, request: Bytes, timeout: Duration, reply: CallReply) {
+        let (caller_on, dst) = {
+            let net = self.net.read();
+            let dst = if net.cut.contains(&(from, to)) {
+                None
+            } else {
+                net.sinks.get(&to).cloned()
+            };
+            (net.sinks.contains_key(&from), dst)
+        };
+        if !caller_on {
+            reply(Err(Error::Shutdown));
+            return;
+        }
+        let Some(dst) = dst else {
+            self.calls.unreachable.fetch_add(1, Ordering::Relaxed);
+            reply(Err(Error::PeerUnreachable { peer: to }));
+            return;
+        };
+        let slot: ReplySlot = Arc::new(Mutex::new(Some(reply)));
+        arm_deadline(slot.clone(), to, timeout);
+        self.calls.delivered.fetch_add(1, Ordering::Relaxed);
+        let network = self.clone();
+        dst.handle_call(
+            from,
+            request,
+            Box::new(move |result| {
+                let lost = {
+                    let net = network.net.read();
+                    net.cut.contains(&(to, from)) || !net.sinks.contains_key(&from)
+                };
+                if lost {
+                    network.calls.replies_lost.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // A member that is stopping did not run the handler.
+                let result = result.map_err(|e| match e {
+                    Error::Shutdown => Error::PeerUnreachable { peer: to },
+                    e => e,
+                });
+                answer(&slot, result);
+            }),
+        );
+    }
+
     fn send(&self, from: NodeId, msg: Message) {
         if msg.msg_type() == MessageType::MsgSnapshot {
             self.send_snapshot(from, msg);
@@ -271,5 +354,43 @@ impl Transport for MemTransport {
 
     fn stop(&self) {
         self.network.net.write().sinks.remove(&self.id);
+    }
+
+    fn call(&self, to: NodeId, request: Bytes, timeout: Duration, reply: CallReply) {
+        self.network.call(self.id, to, request, timeout, reply);
+    }
+}
+
+/// Answers the call in `slot` with `CallOutcomeUnknown` once `timeout`
+/// passed, unless its reply came first: on the tokio runtime when there is
+/// one, else on a thread of its own.
+fn arm_deadline(slot: ReplySlot, peer: NodeId, timeout: Duration) {
+    let expire = move || {
+        answer(
+            &slot,
+            Err(Error::CallOutcomeUnknown {
+                peer,
+                cause: UnknownCause::DeadlineExceeded,
+            }),
+        )
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                expire();
+            });
+        }
+        Err(_) => {
+            let spawned = std::thread::Builder::new()
+                .name("ha-mem-call-deadline".to_owned())
+                .spawn(move || {
+                    std::thread::sleep(timeout);
+                    expire();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "no thread for a call deadline; the call may wait for its reply");
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! The wire format is documented on [`TcpTransport`] (this module is
 //! private).
 
+mod call;
 mod config;
 mod inbound;
 mod outbound;
@@ -18,9 +19,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use bytes::Bytes;
 use ha_core::eraftpb::{Message, MessageType};
-use ha_core::{ClusterId, MessageSink, NodeId, SnapshotOutcome, Transport};
+use ha_core::{CallReply, ClusterId, Error, MessageSink, NodeId, SnapshotOutcome, Transport};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -30,6 +33,7 @@ use tokio::task::AbortHandle;
 pub use config::TcpConfig;
 pub use stats::{TcpRejections, TcpStats};
 
+use call::CallConn;
 use outbound::Link;
 use stats::{Counters, add};
 
@@ -67,8 +71,8 @@ use stats::{Counters, add};
 ///
 /// # Wire format, version 2
 ///
-/// A connection carries either raft messages or one snapshot stream, as its
-/// hello says. A message connection carries messages one way: the dialer
+/// A connection carries raft messages, one snapshot stream, or peer calls,
+/// as its hello says. A message connection carries messages one way: the dialer
 /// writes, the listener only reads (it never writes a byte; the dialer
 /// takes any byte or end-of-stream from the listener as "connection
 /// closed"). Each member dials each peer it sends to, so a pair of members
@@ -82,8 +86,9 @@ use stats::{Counters, add};
 ///   cluster id   32 bytes  the full ClusterId (SHA-256 of members + token)
 ///   sender       u64       the dialer's member id (never 0)
 ///   receiver     u64       the member the dialer means to reach
-///   kind         u8        version 2 only: 0 messages, 1 snapshot stream
-///                          (a version-1 hello is a message connection)
+///   kind         u8        version 2 only: 0 messages, 1 snapshot stream,
+///                          2 peer calls (a version-1 hello is a message
+///                          connection)
 /// message connection, then frames until either side closes:
 ///   length       u32       payload bytes, at most TcpConfig::max_frame_bytes
 ///   payload      protobuf  MessageBatch { repeated eraftpb.Message messages = 1; }
@@ -95,11 +100,29 @@ use stats::{Counters, add};
 ///             tag 3  empty: the end
 ///   listener: tag 4  empty: verified (size, CRC), durable, handed to raft
 ///             tag 5  body: UTF-8 reason: refused, nothing reached raft
+/// call connection, then frames of `length u32, body` (length counts the
+/// body, at most TcpConfig::max_call_bytes):
+///   dialer:   request  call id u64 (1, 2, ... per connection), payload
+///   listener: reply    call id u64, status u8, body:
+///                      0 ok: the handler's reply bytes
+///                      1 no call handler (empty)
+///                      2 overloaded: one reason byte
+///                      3 not leader: leader hint u64 (0 = none)
+///                      4 the handler failed: UTF-8 reason
+///                      5 the member is stopping (empty)
 /// ```
 ///
+/// Replies come in any order. The dialer refuses (closes, counts) a reply
+/// to an id it never issued or with an unknown status; a reply to a call
+/// whose deadline passed is dropped and counted
+/// ([`TcpStats::call_replies_late`]). Either side closes a call connection
+/// on an oversized, truncated or garbled frame, and on a frame begun but
+/// not finished within `call_stall_timeout`.
+///
 /// This build sends the version-1 hello on message connections, so it
-/// talks to version-1 members; they refuse snapshot streams (unknown
-/// version), and snapshots to them fail until they are upgraded.
+/// talks to version-1 members; they refuse snapshot streams and call
+/// connections (unknown version): snapshots to them fail, and calls to them
+/// end `CallOutcomeUnknown { ConnectionLost }`, until they are upgraded.
 ///
 /// A receiver reads magic and version first, so a later version may change
 /// the rest of the hello. It closes the connection, logs the reason and
@@ -143,6 +166,18 @@ use stats::{Counters, add};
 /// refuses to open the snapshot (one in flight to that peer already), the
 /// peer cannot be reached, refuses the stream or drops it, or the stream
 /// makes no progress for `snapshot_idle_timeout`; raft then retries.
+///
+/// # Peer calls
+///
+/// [`Transport::call`] uses one call connection per peer, dialled by the
+/// first call (no eager connection) and again by the first call after it
+/// closed; every call in flight to that peer shares it (at most
+/// `max_calls_in_flight`; one more is answered `Overloaded`). Deadlines are
+/// kept here, on the calling side. A connection that cannot be made
+/// answers its calls `PeerUnreachable`; one that breaks answers every call
+/// pending on it `CallOutcomeUnknown { ConnectionLost }` at once; `stop`
+/// answers them `Shutdown`. On the called side requests go to the engine
+/// ([`MessageSink::handle_call`]), which bounds how many handlers run.
 pub struct TcpTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
@@ -160,6 +195,9 @@ struct PeerEntry {
     addr: SocketAddr,
     /// The writer, started by the first message for this peer.
     link: Option<Link>,
+    /// The call connection, made by the first call (and the first after it
+    /// closed).
+    calls: Option<Arc<CallConn>>,
 }
 
 /// What the transport's tasks share.
@@ -269,10 +307,17 @@ impl TcpTransport {
                     if let Some(link) = &entry.link {
                         link.set_addr(addr);
                     }
+                    if let Some(calls) = entry.calls.take() {
+                        calls.close();
+                    }
                 }
             }
             Entry::Vacant(v) => {
-                v.insert(PeerEntry { addr, link: None });
+                v.insert(PeerEntry {
+                    addr,
+                    link: None,
+                    calls: None,
+                });
             }
         }
     }
@@ -283,6 +328,9 @@ impl TcpTransport {
     /// until it closes it; the engine ignores members not in the group.)
     pub fn remove_peer(&self, id: NodeId) {
         let removed = self.peers.lock().book.remove(&id);
+        if let Some(calls) = removed.as_ref().and_then(|e| e.calls.as_ref()) {
+            calls.close();
+        }
         drop(removed);
     }
 
@@ -394,6 +442,49 @@ impl Transport for TcpTransport {
         // Dropping a link aborts its writer.
         drop(links);
         tracing::info!(node = %self.shared.local, "transport stopped");
+    }
+
+    fn call(&self, to: NodeId, request: Bytes, timeout: Duration, reply: CallReply) {
+        let max = self.shared.config.max_call_bytes as usize - wire::CALL_REQUEST_HEAD;
+        if request.len() > max {
+            reply(Err(Error::TooLarge {
+                size: request.len(),
+                max,
+            }));
+            return;
+        }
+        let mut reply = reply;
+        // A connection that closed just now gives the call back: one more
+        // try on a fresh connection.
+        for _ in 0..2 {
+            let conn = {
+                let mut peers = self.peers.lock();
+                if peers.stopped {
+                    drop(peers);
+                    reply(Err(Error::Shutdown));
+                    return;
+                }
+                let Some(entry) = peers.book.get_mut(&to) else {
+                    drop(peers);
+                    tracing::debug!(node = %self.shared.local, peer = %to, "no address for peer; call refused");
+                    reply(Err(Error::PeerUnreachable { peer: to }));
+                    return;
+                };
+                match &entry.calls {
+                    Some(c) if !c.is_closed() => c.clone(),
+                    _ => {
+                        let c = CallConn::spawn(&self.shared, to, entry.addr);
+                        entry.calls = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            match conn.submit(&self.shared, request.clone(), timeout, reply) {
+                Ok(()) => return,
+                Err(r) => reply = r,
+            }
+        }
+        reply(Err(Error::PeerUnreachable { peer: to }));
     }
 }
 

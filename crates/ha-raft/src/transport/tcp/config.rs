@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// The smallest `max_frame_bytes` accepted: room for heartbeats, votes and
 /// small appends.
 const MIN_FRAME_BYTES: u32 = 64 * 1024;
+/// The smallest `max_call_bytes` accepted: room for small requests and a
+/// failure reason.
+const MIN_CALL_BYTES: u32 = 1024;
 
 /// Configuration of a [`TcpTransport`](super::TcpTransport). Build it with
 /// `TcpConfig::default()`, adjust fields, then call [`TcpConfig::validate`]
@@ -61,6 +64,25 @@ pub struct TcpConfig {
     /// stream. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub snapshot_idle_timeout: Duration,
+    /// Largest peer-call frame sent or accepted, in bytes (the 4-byte
+    /// length prefix excluded; the call id, and a reply's status byte, are
+    /// inside). A request larger than this minus 8 bytes is refused with
+    /// `TooLarge` before it is sent; a reply that does not fit reaches the
+    /// caller as `CallFailed`; a peer announcing a larger frame is
+    /// disconnected. Default 4 MiB.
+    pub max_call_bytes: u32,
+    /// Peer calls in flight on one call connection: this member's calls to
+    /// one peer (one more is answered `Overloaded { reason: TooManyCalls }`
+    /// at once), and replies to a peer not written yet (at the bound, its
+    /// connection is not read from until some went out). How many
+    /// handlers run at once is `Config::max_concurrent_calls`. Default 1024.
+    pub max_calls_in_flight: usize,
+    /// A call frame whose first byte arrived must be complete within this
+    /// time, or the connection is closed (a stalled or hostile peer cannot
+    /// hold a half-read frame). Idle time between frames is not limited.
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub call_stall_timeout: Duration,
     /// Sets `TCP_NODELAY` on every peer connection: raft messages are small
     /// and latency-bound, and the writer already batches. Default true.
     pub nodelay: bool,
@@ -77,6 +99,9 @@ impl Default for TcpConfig {
             reconnect_backoff_min: Duration::from_millis(50),
             reconnect_backoff_max: Duration::from_secs(1),
             snapshot_idle_timeout: Duration::from_secs(10),
+            max_call_bytes: 4 * 1024 * 1024,
+            max_calls_in_flight: 1024,
+            call_stall_timeout: Duration::from_secs(5),
             nodelay: true,
         }
     }
@@ -100,12 +125,25 @@ impl TcpConfig {
                 field: "send_queue_len",
             });
         }
+        if self.max_call_bytes < MIN_CALL_BYTES {
+            return Err(ConfigError::OutOfRange {
+                field: "max_call_bytes",
+                value: u64::from(self.max_call_bytes),
+                expected: "at least 1024",
+            });
+        }
+        if self.max_calls_in_flight == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_calls_in_flight",
+            });
+        }
         for (field, d) in [
             ("connect_timeout", self.connect_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("write_timeout", self.write_timeout),
             ("reconnect_backoff_min", self.reconnect_backoff_min),
             ("snapshot_idle_timeout", self.snapshot_idle_timeout),
+            ("call_stall_timeout", self.call_stall_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Zero { field });

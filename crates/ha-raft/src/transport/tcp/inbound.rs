@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::stats::add;
 use super::wire::{self, ConnKind, HELLO_BODY_LEN, Hello, LEN_PREFIX, PREAMBLE_LEN, Reject};
-use super::{OpenGauge, Shared, snapshot};
+use super::{OpenGauge, Shared, call, snapshot};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin.
@@ -91,6 +91,19 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
         let end = tokio::select! {
             _ = Shared::stopped(&mut shutdown) => Ok(()),
             r = snapshot::receive(&shared, &mut rd, hello) => r,
+        };
+        if let Err(f) = end {
+            refused(&shared, remote, Some(hello.from), f);
+        }
+        return;
+    }
+    if hello.kind == ConnKind::Calls {
+        // Counted as a call connection, not as a message connection.
+        drop(open);
+        tracing::debug!(node = %shared.local, peer = %hello.from, %remote, "call connection opened");
+        let end = tokio::select! {
+            _ = Shared::stopped(&mut shutdown) => Ok(()),
+            r = call::serve(&shared, rd, hello.from) => r,
         };
         if let Err(f) = end {
             refused(&shared, remote, Some(hello.from), f);

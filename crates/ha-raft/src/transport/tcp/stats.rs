@@ -33,6 +33,10 @@ pub(crate) struct Counters {
     pub(crate) snapshots_received: AtomicU64,
     pub(crate) snapshot_bytes_received: AtomicU64,
     pub(crate) open_snapshot_streams: AtomicU64,
+    pub(crate) calls_sent: AtomicU64,
+    pub(crate) calls_received: AtomicU64,
+    pub(crate) call_replies_late: AtomicU64,
+    pub(crate) open_call_connections: AtomicU64,
     bad_magic: AtomicU64,
     unknown_version: AtomicU64,
     other_cluster: AtomicU64,
@@ -46,6 +50,8 @@ pub(crate) struct Counters {
     snapshot_busy: AtomicU64,
     snapshot_refused: AtomicU64,
     snapshot_idle: AtomicU64,
+    unknown_call_id: AtomicU64,
+    call_stalled: AtomicU64,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -72,6 +78,8 @@ impl Counters {
             Reject::SnapshotBusy => &self.snapshot_busy,
             Reject::SnapshotRefused => &self.snapshot_refused,
             Reject::SnapshotIdle => &self.snapshot_idle,
+            Reject::UnknownCallId(_) => &self.unknown_call_id,
+            Reject::CallStalled => &self.call_stalled,
         };
         add(c, 1);
     }
@@ -104,6 +112,10 @@ impl Counters {
             snapshots_received: get(&self.snapshots_received),
             snapshot_bytes_received: get(&self.snapshot_bytes_received),
             open_snapshot_streams: get(&self.open_snapshot_streams),
+            calls_sent: get(&self.calls_sent),
+            calls_received: get(&self.calls_received),
+            call_replies_late: get(&self.call_replies_late),
+            open_call_connections: get(&self.open_call_connections),
             queued_messages,
             rejected: TcpRejections {
                 bad_magic: get(&self.bad_magic),
@@ -119,6 +131,8 @@ impl Counters {
                 snapshot_busy: get(&self.snapshot_busy),
                 snapshot_refused: get(&self.snapshot_refused),
                 snapshot_idle: get(&self.snapshot_idle),
+                unknown_call_id: get(&self.unknown_call_id),
+                call_stalled: get(&self.call_stalled),
             },
         }
     }
@@ -190,6 +204,15 @@ pub struct TcpStats {
     /// are not counted in `open_inbound`/`open_outbound` or the connect
     /// counters, which describe the message connections.
     pub open_snapshot_streams: u64,
+    /// Peer-call requests written to peers.
+    pub calls_sent: u64,
+    /// Peer-call requests read from peers and handed to the engine.
+    pub calls_received: u64,
+    /// Call replies that arrived after their call's deadline; discarded.
+    pub call_replies_late: u64,
+    /// Call connections open now, either direction (not counted in
+    /// `open_inbound`/`open_outbound`).
+    pub open_call_connections: u64,
     /// Messages waiting in the per-peer send queues now.
     pub queued_messages: u64,
     /// Inbound connections closed for a protocol violation, by reason.
@@ -207,8 +230,9 @@ impl TcpStats {
     }
 }
 
-/// Inbound connections closed for a protocol violation, by reason. Each
-/// closes only that connection, with a logged reason.
+/// Connections closed for a protocol violation, by reason: inbound ones,
+/// and call connections this member dialled whose replies broke the
+/// protocol. Each closes only that connection, with a logged reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TcpRejections {
@@ -240,6 +264,11 @@ pub struct TcpRejections {
     pub snapshot_refused: u64,
     /// Let a snapshot stream idle past `snapshot_idle_timeout`.
     pub snapshot_idle: u64,
+    /// Answered a call this member never made (on a call connection it
+    /// dialled).
+    pub unknown_call_id: u64,
+    /// Left a call frame unfinished past `call_stall_timeout`.
+    pub call_stalled: u64,
 }
 
 impl TcpRejections {
@@ -258,5 +287,7 @@ impl TcpRejections {
             + self.snapshot_busy
             + self.snapshot_refused
             + self.snapshot_idle
+            + self.unknown_call_id
+            + self.call_stalled
     }
 }

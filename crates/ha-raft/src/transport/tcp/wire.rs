@@ -2,8 +2,11 @@
 //! Pure functions over byte slices, so they can be tested (and fuzzed)
 //! without sockets. The format is documented on the parent module.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use ha_core::eraftpb::{Message, MessageType};
-use ha_core::{ClusterId, NodeId};
+use ha_core::{ClusterId, Error, NodeId, OverloadReason};
 
 /// First bytes of every peer connection: "ha raft peer".
 pub(crate) const MAGIC: [u8; 4] = *b"HARP";
@@ -45,6 +48,9 @@ pub(crate) enum ConnKind {
     Messages,
     /// One snapshot stream, then the receiver's ack.
     Snapshot,
+    /// Peer calls, multiplexed: requests from the dialer, replies from the
+    /// listener.
+    Calls,
 }
 
 impl ConnKind {
@@ -52,6 +58,7 @@ impl ConnKind {
         match self {
             ConnKind::Messages => 0,
             ConnKind::Snapshot => 1,
+            ConnKind::Calls => 2,
         }
     }
 
@@ -59,6 +66,7 @@ impl ConnKind {
         match b {
             0 => Ok(ConnKind::Messages),
             1 => Ok(ConnKind::Snapshot),
+            2 => Ok(ConnKind::Calls),
             other => Err(Reject::UnknownKind(other)),
         }
     }
@@ -111,6 +119,10 @@ pub(crate) enum Reject {
     SnapshotRefused,
     /// A snapshot stream that made no progress within the idle timeout.
     SnapshotIdle,
+    /// A call reply for a call id this member never issued.
+    UnknownCallId(u64),
+    /// A call frame begun but not completed within the stall timeout.
+    CallStalled,
 }
 
 impl std::fmt::Display for Reject {
@@ -138,6 +150,8 @@ impl std::fmt::Display for Reject {
             Reject::SnapshotIdle => {
                 write!(f, "snapshot stream idle longer than the idle timeout")
             }
+            Reject::UnknownCallId(id) => write!(f, "reply to call {id}, which was never made"),
+            Reject::CallStalled => write!(f, "call frame not completed within the stall timeout"),
         }
     }
 }
@@ -147,7 +161,7 @@ impl std::fmt::Display for Reject {
 pub(crate) fn encode_hello(h: &Hello) -> Vec<u8> {
     let version = match h.kind {
         ConnKind::Messages => MESSAGES_VERSION,
-        ConnKind::Snapshot => PROTOCOL_VERSION,
+        ConnKind::Snapshot | ConnKind::Calls => PROTOCOL_VERSION,
     };
     let mut b = Vec::with_capacity(PREAMBLE_LEN + HELLO_BODY_LEN + 1);
     b.extend_from_slice(&MAGIC);
@@ -326,6 +340,150 @@ fn check_message(m: &Message) -> Result<(), Reject> {
             "unknown or local raft message type, or unknown entry type",
         ))
     }
+}
+
+// ---------------------------------------------------------------------------
+// Call connections.
+
+/// Bytes of a call request frame before its payload: the call id.
+pub(crate) const CALL_REQUEST_HEAD: usize = 8;
+/// Bytes of a call reply frame before its body: call id and status.
+pub(crate) const CALL_REPLY_HEAD: usize = 9;
+
+/// Status byte of a call reply frame.
+pub(crate) mod status {
+    /// The handler's reply; the body is its bytes.
+    pub(crate) const OK: u8 = 0;
+    /// No call handler set; empty body.
+    pub(crate) const NO_HANDLER: u8 = 1;
+    /// Over the concurrency bound; body: one reason byte.
+    pub(crate) const OVERLOADED: u8 = 2;
+    /// The handler answered `NotLeader`; body: the hint (u64, 0 = none).
+    pub(crate) const NOT_LEADER: u8 = 3;
+    /// The handler failed; body: UTF-8 reason.
+    pub(crate) const FAILED: u8 = 4;
+    /// The member is stopping; empty body.
+    pub(crate) const STOPPING: u8 = 5;
+}
+
+/// Appends a call request frame to `out`.
+pub(crate) fn encode_call_request(id: u64, payload: &[u8], out: &mut Vec<u8>) {
+    let len = (CALL_REQUEST_HEAD + payload.len()) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Splits a call request frame's payload into the call id and the request.
+pub(crate) fn split_call_request(frame: &[u8]) -> Result<(u64, &[u8]), Reject> {
+    let Some((id, rest)) = frame.split_first_chunk::<CALL_REQUEST_HEAD>() else {
+        return Err(Reject::Malformed("call request shorter than its id"));
+    };
+    Ok((u64::from_be_bytes(*id), rest))
+}
+
+fn overload_byte(r: OverloadReason) -> u8 {
+    match r {
+        OverloadReason::ApplyLag => 1,
+        OverloadReason::TooManyPending => 2,
+        OverloadReason::QueueFull => 3,
+        OverloadReason::Uncommitted => 4,
+        _ => 0,
+    }
+}
+
+fn overload_from_byte(b: u8) -> OverloadReason {
+    match b {
+        1 => OverloadReason::ApplyLag,
+        2 => OverloadReason::TooManyPending,
+        3 => OverloadReason::QueueFull,
+        4 => OverloadReason::Uncommitted,
+        _ => OverloadReason::TooManyCalls,
+    }
+}
+
+/// Appends a call reply frame to `out`. A reply body that would make the
+/// frame longer than `max_frame` is replaced by a `FAILED` status saying so;
+/// a failure reason that long is cut.
+pub(crate) fn encode_call_reply(
+    id: u64,
+    result: &Result<Bytes, Error>,
+    max_frame: u32,
+    out: &mut Vec<u8>,
+) {
+    let room = (max_frame as usize).saturating_sub(CALL_REPLY_HEAD);
+    let failed = |reason: &str| {
+        let mut end = reason.len().min(room);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        (status::FAILED, reason.as_bytes()[..end].to_vec())
+    };
+    let (st, body) = match result {
+        Ok(b) if b.len() <= room => {
+            frame_head(out, id, status::OK, b.len());
+            out.extend_from_slice(b);
+            return;
+        }
+        Ok(b) => failed(&format!(
+            "reply of {} bytes exceeds the transport's max_call_bytes",
+            b.len()
+        )),
+        Err(Error::NoCallHandler { .. }) => (status::NO_HANDLER, Vec::new()),
+        Err(Error::Overloaded { reason }) => (status::OVERLOADED, vec![overload_byte(*reason)]),
+        Err(Error::NotLeader { leader_hint }) => (
+            status::NOT_LEADER,
+            leader_hint.map_or(0, |n| n.0).to_be_bytes().to_vec(),
+        ),
+        Err(Error::Shutdown) => (status::STOPPING, Vec::new()),
+        Err(Error::CallFailed { reason, .. }) => failed(reason),
+        Err(other) => failed(&other.to_string()),
+    };
+    frame_head(out, id, st, body.len());
+    out.extend_from_slice(&body);
+}
+
+fn frame_head(out: &mut Vec<u8>, id: u64, st: u8, body_len: usize) {
+    out.extend_from_slice(&((CALL_REPLY_HEAD + body_len) as u32).to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(st);
+}
+
+/// Decodes a call reply frame's payload into the call id and what the
+/// caller is told. `peer` is the member called.
+pub(crate) fn decode_call_reply(
+    peer: NodeId,
+    frame: &[u8],
+) -> Result<(u64, Result<Bytes, Error>), Reject> {
+    let Some((head, body)) = frame.split_first_chunk::<CALL_REPLY_HEAD>() else {
+        return Err(Reject::Malformed("call reply shorter than its head"));
+    };
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&head[..8]);
+    let id = u64::from_be_bytes(id);
+    let result = match head[8] {
+        status::OK => Ok(Bytes::copy_from_slice(body)),
+        status::NO_HANDLER if body.is_empty() => Err(Error::NoCallHandler { peer }),
+        status::OVERLOADED if body.len() == 1 => Err(Error::Overloaded {
+            reason: overload_from_byte(body[0]),
+        }),
+        status::NOT_LEADER => {
+            let hint = body
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| Reject::Malformed("NotLeader reply without an 8-byte hint"))?;
+            Err(Error::NotLeader {
+                leader_hint: (hint != 0).then_some(NodeId(hint)),
+            })
+        }
+        status::FAILED => Err(Error::CallFailed {
+            peer,
+            reason: Arc::from(String::from_utf8_lossy(body).as_ref()),
+        }),
+        status::STOPPING if body.is_empty() => Err(Error::PeerUnreachable { peer }),
+        _ => return Err(Reject::Malformed("unknown call reply status or body")),
+    };
+    Ok((id, result))
 }
 
 #[cfg(test)]
@@ -515,6 +673,92 @@ mod tests {
     }
 
     #[test]
+    fn call_frames_round_trip_with_every_status() {
+        let peer = NodeId(2);
+        let mut out = Vec::new();
+        encode_call_request(7, b"renew", &mut out);
+        let len = check_len(out[..4].try_into().unwrap(), 1 << 20).unwrap();
+        assert_eq!(len, out.len() - 4);
+        assert_eq!(split_call_request(&out[4..]), Ok((7, &b"renew"[..])));
+        assert!(split_call_request(&[1, 2, 3]).is_err());
+
+        let reasons = [
+            OverloadReason::ApplyLag,
+            OverloadReason::TooManyPending,
+            OverloadReason::QueueFull,
+            OverloadReason::Uncommitted,
+            OverloadReason::TooManyCalls,
+        ];
+        let mut cases: Vec<(Result<Bytes, Error>, Result<Bytes, Error>)> = vec![
+            (Ok(Bytes::from_static(b"ok")), Ok(Bytes::from_static(b"ok"))),
+            (Ok(Bytes::new()), Ok(Bytes::new())),
+            (
+                Err(Error::NoCallHandler { peer: NodeId(5) }),
+                Err(Error::NoCallHandler { peer }),
+            ),
+            (
+                Err(Error::NotLeader {
+                    leader_hint: Some(NodeId(3)),
+                }),
+                Err(Error::NotLeader {
+                    leader_hint: Some(NodeId(3)),
+                }),
+            ),
+            (
+                Err(Error::NotLeader { leader_hint: None }),
+                Err(Error::NotLeader { leader_hint: None }),
+            ),
+            (Err(Error::Shutdown), Err(Error::PeerUnreachable { peer })),
+        ];
+        for r in reasons {
+            cases.push((
+                Err(Error::Overloaded { reason: r }),
+                Err(Error::Overloaded { reason: r }),
+            ));
+        }
+        for (i, (sent, want)) in cases.into_iter().enumerate() {
+            let mut out = Vec::new();
+            encode_call_reply(i as u64, &sent, 1 << 20, &mut out);
+            let (id, got) = decode_call_reply(peer, &out[4..]).unwrap();
+            assert_eq!(id, i as u64);
+            assert_eq!(
+                format!("{got:?}"),
+                format!("{want:?}"),
+                "status of {sent:?}"
+            );
+        }
+        // Handler failures travel as text; a body too large for the frame
+        // becomes a failure that says so, cut to fit.
+        let mut out = Vec::new();
+        let e = Err(Error::LeaseNotFound { lease: 7 });
+        encode_call_reply(1, &e, 1 << 20, &mut out);
+        match decode_call_reply(peer, &out[4..]) {
+            Ok((1, Err(Error::CallFailed { peer: p, reason }))) => {
+                assert_eq!(p, peer);
+                assert!(reason.contains("lease 7"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut out = Vec::new();
+        encode_call_reply(2, &Ok(Bytes::from(vec![0u8; 100])), 40, &mut out);
+        assert_eq!(out.len(), 4 + 40, "the reply frame exceeds its maximum");
+        assert!(matches!(
+            decode_call_reply(peer, &out[4..]),
+            Ok((2, Err(Error::CallFailed { .. })))
+        ));
+        // Unknown statuses and bodies that do not fit theirs are refused.
+        for bad in [
+            vec![0, 0, 0, 0, 0, 0, 0, 1, 99],
+            vec![0, 0, 0, 0, 0, 0, 0, 1, status::NOT_LEADER, 1],
+            vec![0, 0, 0, 0, 0, 0, 0, 1, status::OVERLOADED],
+            vec![0, 0, 0, 0, 0, 0, 0, 1, status::NO_HANDLER, 1],
+            vec![0, 0, 0, 1],
+        ] {
+            assert!(decode_call_reply(peer, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn random_and_mutated_bytes_never_panic() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut good = Vec::new();
@@ -541,6 +785,8 @@ mod tests {
             };
             let _ = decode_batch(&bytes);
             let _ = decode_snapshot_header(&bytes);
+            let _ = decode_call_reply(NodeId(2), &bytes);
+            let _ = split_call_request(&bytes);
             let _ = check_hello(&bytes, &cluster(), NodeId(1));
         }
     }
