@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use ha_core::{
-    ApplyContext, Config, Error, LogStore, NodeId, StartMode, StateMachine, StateStore,
-    StorageError, WriteBatch,
+    ApplyContext, Config, Error, LogStore, NodeId, OverloadReason, StartMode, StateMachine,
+    StateStore, StorageError, UnknownCause, WriteBatch,
 };
 use ha_raft::{
     CallOptions, InstallCrashPoint, MemNetwork, MemberChange, MemberRole, Node, ReadConsistency,
@@ -1523,4 +1523,222 @@ async fn a_crash_half_way_through_the_restore_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_restore_before_the_log_restart_recovers() {
     crash_during_install(InstallCrashPoint::AfterRestore).await;
+}
+
+// ---------------------------------------------------------------------------
+// Peer calls over the memory network.
+
+/// A call handler for tests. A request is a verb: `fail` (a handler
+/// error), `not-leader`, `hang` (never answers), `slow` (answers after
+/// 300 ms), `panic`; anything else is echoed as `callee<-caller:request`.
+struct Echo(NodeId);
+
+#[async_trait::async_trait]
+impl ha_raft::CallHandler for Echo {
+    async fn handle(&self, from: NodeId, request: Bytes) -> ha_core::Result<Bytes> {
+        match request.as_ref() {
+            b"fail" => Err(Error::LeaseNotFound { lease: 7 }),
+            b"not-leader" => Err(Error::NotLeader {
+                leader_hint: Some(NodeId(9)),
+            }),
+            b"hang" => futures::future::pending().await,
+            b"panic" => panic!("the test asked this handler to panic"),
+            b"slow" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(Bytes::from_static(b"late"))
+            }
+            other => Ok(Bytes::from(format!(
+                "{}<-{}:{}",
+                self.0,
+                from,
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+}
+
+fn echoed(callee: NodeId, caller: NodeId, request: &str) -> Bytes {
+    Bytes::from(format!("{callee}<-{caller}:{request}"))
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_calls_round_trip_and_call_leader_reaches_the_leader() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    for &id in &c.members {
+        c.node(id).set_call_handler(Arc::new(Echo(id)));
+    }
+    // Every member calls every other, and itself (the local handler).
+    for &from in &c.members {
+        for &to in &c.members {
+            let req = format!("ping {from}->{to}");
+            let r = c
+                .node(from)
+                .call(to, Bytes::from(req.clone()), CALL_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("call {from} -> {to} failed: {e}"));
+            assert_eq!(r, echoed(to, from, &req), "reply of the wrong handler");
+        }
+    }
+    let (delivered, _, _) = c.net.call_counts();
+    assert_eq!(delivered, 6, "calls to itself must not cross the network");
+
+    // From a follower: the leader's handler answers, over the network.
+    let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let r = c
+        .node(follower)
+        .call_leader(Bytes::from_static(b"renew"), CALL_TIMEOUT)
+        .await
+        .expect("call_leader from a follower");
+    assert_eq!(r, echoed(leader, follower, "renew"));
+    assert_eq!(c.net.call_counts().0, 7);
+    // On the leader: its own handler, without the network.
+    let r = c
+        .node(leader)
+        .call_leader(Bytes::from_static(b"renew"), CALL_TIMEOUT)
+        .await
+        .expect("call_leader on the leader");
+    assert_eq!(r, echoed(leader, leader, "renew"));
+    assert_eq!(
+        c.net.call_counts().0,
+        7,
+        "the leader called itself remotely"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_call_failures_are_typed_and_never_hang() {
+    let mut c = Cluster::start_with(3, |cfg| cfg.max_concurrent_calls = 2).await;
+    c.leader().await;
+    let (a, b, n3) = (NodeId(1), NodeId(2), NodeId(3));
+    c.node(a).set_call_handler(Arc::new(Echo(a)));
+    c.node(b).set_call_handler(Arc::new(Echo(b)));
+    let call = |from: NodeId, to: NodeId, req: &'static str, t: Duration| {
+        c.node(from).call(to, Bytes::from_static(req.as_bytes()), t)
+    };
+
+    // No handler set on member 3 (yet).
+    match call(a, n3, "x", CALL_TIMEOUT).await {
+        Err(Error::NoCallHandler { peer }) => assert_eq!(peer, n3),
+        other => panic!("a member without a handler must say so: {other:?}"),
+    }
+    // A handler error: typed NotLeader stays itself, others become text.
+    match call(a, b, "fail", CALL_TIMEOUT).await {
+        Err(Error::CallFailed { peer, reason }) => {
+            assert_eq!(peer, b);
+            assert!(reason.contains("lease 7"), "{reason}");
+        }
+        other => panic!("a handler error must be CallFailed: {other:?}"),
+    }
+    match call(a, b, "not-leader", CALL_TIMEOUT).await {
+        Err(Error::NotLeader { leader_hint }) => assert_eq!(leader_hint, Some(NodeId(9))),
+        other => panic!("NotLeader must arrive as itself: {other:?}"),
+    }
+    match call(a, b, "panic", CALL_TIMEOUT).await {
+        Err(Error::CallFailed { peer, .. }) => assert_eq!(peer, b),
+        other => panic!("a panicking handler must be CallFailed: {other:?}"),
+    }
+    // A handler that never answers: the caller's deadline.
+    let started = std::time::Instant::now();
+    match call(a, b, "hang", Duration::from_millis(300)).await {
+        Err(Error::CallOutcomeUnknown { peer, cause }) => {
+            assert_eq!((peer, cause), (b, UnknownCause::DeadlineExceeded));
+        }
+        other => panic!("a call that got no reply must be CallOutcomeUnknown: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_millis(250)..Duration::from_secs(2)).contains(&took),
+        "the deadline fired after {took:?}"
+    );
+    // The bound of 2 concurrent handler runs on member 2: the handler
+    // that hangs above still holds one, one more hang takes the other, and
+    // the next call is refused at once.
+    let _held = tokio::spawn({
+        let n = c.node(a).clone();
+        async move { n.call(b, Bytes::from_static(b"hang"), CALL_TIMEOUT).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match call(a, b, "x", CALL_TIMEOUT).await {
+        Err(Error::Overloaded {
+            reason: OverloadReason::TooManyCalls,
+        }) => {}
+        other => panic!("over max_concurrent_calls must be Overloaded: {other:?}"),
+    }
+    // Member 1's handler has a bound of its own.
+    call(b, a, "x", CALL_TIMEOUT)
+        .await
+        .expect("member 1's handler is not bounded by member 2's");
+
+    // A partitioned peer: refused at once, not at the deadline.
+    c.net.isolate(a);
+    let started = std::time::Instant::now();
+    match call(a, n3, "x", CALL_TIMEOUT).await {
+        Err(Error::PeerUnreachable { peer }) => assert_eq!(peer, n3),
+        other => panic!("a call across a partition must be PeerUnreachable: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+    c.net.heal();
+
+    // A reply lost on a link cut while the handler ran: the deadline.
+    let slow = tokio::spawn({
+        let n = c.node(b).clone();
+        async move {
+            n.call(a, Bytes::from_static(b"slow"), Duration::from_secs(1))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.net.cut(a, b);
+    match slow.await.expect("the calling task") {
+        Err(Error::CallOutcomeUnknown { peer, cause }) => {
+            assert_eq!((peer, cause), (a, UnknownCause::DeadlineExceeded))
+        }
+        other => panic!("a reply lost on a cut link must end at the deadline: {other:?}"),
+    }
+    assert!(c.net.call_counts().2 >= 1, "no reply was lost");
+    c.net.heal();
+
+    // A member that is gone.
+    c.stop(n3).await;
+    match c
+        .node(a)
+        .call(n3, Bytes::from_static(b"x"), CALL_TIMEOUT)
+        .await
+    {
+        Err(Error::PeerUnreachable { peer }) => assert_eq!(peer, n3),
+        other => panic!("a call to a stopped member must be PeerUnreachable: {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_peer_calls_each_get_their_own_reply() {
+    let c = Cluster::start_with(3, |cfg| cfg.max_concurrent_calls = 1_000).await;
+    c.leader().await;
+    c.node(NodeId(2))
+        .set_call_handler(Arc::new(Echo(NodeId(2))));
+    let caller = c.node(NodeId(1)).clone();
+    let calls = (0..500).map(|i| {
+        let n = caller.clone();
+        async move {
+            let req = format!("call-{i}");
+            let r = n
+                .call(NodeId(2), Bytes::from(req.clone()), CALL_TIMEOUT)
+                .await;
+            (req, r)
+        }
+    });
+    for (req, r) in futures::future::join_all(calls).await {
+        let r = r.unwrap_or_else(|e| panic!("{req} failed: {e}"));
+        assert_eq!(
+            r,
+            echoed(NodeId(2), NodeId(1), &req),
+            "a reply went to the wrong call"
+        );
+    }
+    c.shutdown().await;
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ha_core::eraftpb::{Entry, Message, MessageType, Snapshot, SnapshotMetadata};
 use ha_core::{
-    ApplyContext, ClusterId, Config, LogStore, MessageSink, NodeId, SnapshotOutcome,
-    SnapshotReader, SnapshotWriter, StateMachine, StateStore, StorageError, Transport, WriteBatch,
+    ApplyContext, CallReply, ClusterId, Config, Error, LogStore, MessageSink, NodeId,
+    OverloadReason, SnapshotOutcome, SnapshotReader, SnapshotWriter, StateMachine, StateStore,
+    StorageError, Transport, UnknownCause, WriteBatch,
 };
 use ha_raft::{Node, ReadConsistency, Role, TcpConfig, TcpTransport};
 use ha_storage::{MemLogStore, MemStateStore};
@@ -643,6 +644,12 @@ impl MessageSink for Recorder {
     }
     fn receive_snapshot(&self, _msg: Message) -> Result<Box<dyn SnapshotWriter>, StorageError> {
         Err(StorageError::corrupt("recorder", "stages no snapshots"))
+    }
+    /// Echoes every call, prefixed with the caller's id.
+    fn handle_call(&self, from: NodeId, request: Bytes, reply: CallReply) {
+        let mut r = from.0.to_be_bytes().to_vec();
+        r.extend_from_slice(&request);
+        reply(Ok(Bytes::from(r)));
     }
 }
 
@@ -1332,6 +1339,522 @@ async fn hostile_snapshot_streams_close_alone_and_reach_nothing() {
         }
         g.assert_no_fatal();
         g.shutdown().await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Peer calls over TCP.
+
+/// A call handler for tests: `fail` (a handler error), `not-leader`,
+/// `hang` (never answers), `slow` (answers after 500 ms), `delay:<ms>:<x>`
+/// (answers after that long, so replies come back out of order); anything
+/// else is echoed as `callee<-caller:request`.
+struct Echo(NodeId);
+
+#[async_trait::async_trait]
+impl ha_raft::CallHandler for Echo {
+    async fn handle(&self, from: NodeId, request: Bytes) -> ha_core::Result<Bytes> {
+        let text = String::from_utf8_lossy(&request).into_owned();
+        match text.as_str() {
+            "fail" => return Err(Error::LeaseNotFound { lease: 7 }),
+            "not-leader" => {
+                return Err(Error::NotLeader {
+                    leader_hint: Some(NodeId(3)),
+                });
+            }
+            "hang" => return futures::future::pending().await,
+            "slow" => tokio::time::sleep(Duration::from_millis(500)).await,
+            t if t.starts_with("delay:") => {
+                let ms: u64 = t
+                    .split(':')
+                    .nth(1)
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            _ => {}
+        }
+        Ok(Bytes::from(format!("{}<-{}:{}", self.0, from, text)))
+    }
+}
+
+fn echoed(callee: NodeId, caller: NodeId, request: &str) -> Bytes {
+    Bytes::from(format!("{callee}<-{caller}:{request}"))
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_calls_over_tcp_round_trip_and_call_leader_reaches_the_leader() {
+    bounded(async {
+        let g = Group::start(3, TcpConfig::default()).await;
+        let leader = g.leader().await;
+        for &id in &g.ids {
+            g.node(id).set_call_handler(Arc::new(Echo(id)));
+        }
+        for &from in &g.ids {
+            for &to in &g.ids {
+                let req = format!("ping {from}->{to}");
+                let r = g
+                    .node(from)
+                    .call(to, Bytes::from(req.clone()), CALL_TIMEOUT)
+                    .await
+                    .unwrap_or_else(|e| panic!("call {from} -> {to} failed: {e}"));
+                assert_eq!(r, echoed(to, from, &req), "reply of the wrong handler");
+            }
+        }
+        // Each member dialled each peer once, and served each peer once.
+        for &id in &g.ids {
+            let s = g.transport(id).stats();
+            assert_eq!(
+                (s.calls_sent, s.calls_received),
+                (2, 2),
+                "member {id}: {s:?}"
+            );
+            assert_eq!(s.open_call_connections, 4, "member {id}: {s:?}");
+        }
+        let follower = *g.ids.iter().find(|&&m| m != leader).unwrap();
+        let r = g
+            .node(follower)
+            .call_leader(Bytes::from_static(b"renew"), CALL_TIMEOUT)
+            .await
+            .expect("call_leader from a follower");
+        assert_eq!(r, echoed(leader, follower, "renew"));
+        let before = g.transport(leader).stats().calls_sent;
+        let r = g
+            .node(leader)
+            .call_leader(Bytes::from_static(b"renew"), CALL_TIMEOUT)
+            .await
+            .expect("call_leader on the leader");
+        assert_eq!(r, echoed(leader, leader, "renew"));
+        assert_eq!(
+            g.transport(leader).stats().calls_sent,
+            before,
+            "the leader called itself over the network"
+        );
+        g.assert_no_fatal();
+        g.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundreds_of_concurrent_calls_share_one_connection_and_each_gets_its_reply() {
+    bounded(async {
+        let g =
+            Group::start_with(2, TcpConfig::default(), |c| c.max_concurrent_calls = 1_000).await;
+        g.leader().await;
+        g.node(NodeId(2))
+            .set_call_handler(Arc::new(Echo(NodeId(2))));
+        let caller = g.node(NodeId(1)).clone();
+        // Later requests answer sooner: replies come back out of order.
+        let calls = (0..500u64).map(|i| {
+            let n = caller.clone();
+            async move {
+                let req = format!("delay:{}:{i}", (500 - i) % 50);
+                let r = n
+                    .call(NodeId(2), Bytes::from(req.clone()), CALL_TIMEOUT)
+                    .await;
+                (req, r)
+            }
+        });
+        for (req, r) in futures::future::join_all(calls).await {
+            let r = r.unwrap_or_else(|e| panic!("{req} failed: {e}"));
+            assert_eq!(
+                r,
+                echoed(NodeId(2), NodeId(1), &req),
+                "a reply went to the wrong call"
+            );
+        }
+        let s = g.transport(NodeId(1)).stats();
+        assert_eq!(s.calls_sent, 500, "{s:?}");
+        assert_eq!(
+            s.open_call_connections, 1,
+            "one call connection per peer: {s:?}"
+        );
+        assert_eq!(s.rejected.total(), 0, "{s:?}");
+        g.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_failures_over_tcp_are_typed_and_late_replies_are_discarded() {
+    bounded(async {
+        let tcp = TcpConfig {
+            max_calls_in_flight: 4,
+            max_call_bytes: 64 * 1024,
+            ..TcpConfig::default()
+        };
+        let mut g = Group::start(3, tcp).await;
+        g.leader().await;
+        let (a, b, n3) = (NodeId(1), NodeId(2), NodeId(3));
+        g.node(b).set_call_handler(Arc::new(Echo(b)));
+        let caller = g.node(a).clone();
+        let call = |to: NodeId, req: &'static str, t: Duration| {
+            caller.call(to, Bytes::from_static(req.as_bytes()), t)
+        };
+
+        match call(n3, "x", CALL_TIMEOUT).await {
+            Err(Error::NoCallHandler { peer }) => assert_eq!(peer, n3),
+            other => panic!("a member without a handler must say so: {other:?}"),
+        }
+        match call(b, "fail", CALL_TIMEOUT).await {
+            Err(Error::CallFailed { peer, reason }) => {
+                assert_eq!(peer, b);
+                assert!(reason.contains("lease 7"), "{reason}");
+            }
+            other => panic!("a handler error must be CallFailed: {other:?}"),
+        }
+        match call(b, "not-leader", CALL_TIMEOUT).await {
+            Err(Error::NotLeader { leader_hint }) => assert_eq!(leader_hint, Some(n3)),
+            other => panic!("NotLeader must arrive as itself: {other:?}"),
+        }
+        match g
+            .node(a)
+            .call(b, Bytes::from(vec![7u8; 64 * 1024]), CALL_TIMEOUT)
+            .await
+        {
+            Err(Error::TooLarge { .. }) => {}
+            other => panic!("a request over max_call_bytes must be TooLarge: {other:?}"),
+        }
+
+        // The deadline: the reply that comes later is discarded, and the
+        // connection goes on serving.
+        let started = Instant::now();
+        match call(b, "slow", Duration::from_millis(100)).await {
+            Err(Error::CallOutcomeUnknown { peer, cause }) => {
+                assert_eq!((peer, cause), (b, UnknownCause::DeadlineExceeded))
+            }
+            other => panic!("a call without a reply in time must be CallOutcomeUnknown: {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        eventually("the late reply arrives and is discarded", || {
+            g.transport(a).stats().call_replies_late == 1
+        })
+        .await;
+        assert_eq!(
+            call(b, "y", CALL_TIMEOUT).await.ok(),
+            Some(echoed(b, a, "y"))
+        );
+
+        // At most 4 calls in flight to one peer: a fifth is refused at once.
+        let hung: Vec<_> = (0..4)
+            .map(|_| {
+                let n = g.node(a).clone();
+                tokio::spawn(async move {
+                    n.call(b, Bytes::from_static(b"hang"), Duration::from_secs(2))
+                        .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match call(b, "x", CALL_TIMEOUT).await {
+            Err(Error::Overloaded {
+                reason: OverloadReason::TooManyCalls,
+            }) => {}
+            other => panic!("a fifth call in flight must be Overloaded: {other:?}"),
+        }
+        for h in hung {
+            assert!(matches!(
+                h.await.expect("calling task"),
+                Err(Error::CallOutcomeUnknown { .. })
+            ));
+        }
+        assert_eq!(
+            call(b, "z", CALL_TIMEOUT).await.ok(),
+            Some(echoed(b, a, "z"))
+        );
+
+        // A peer with no known address, and a peer that is down.
+        match call(NodeId(9), "x", CALL_TIMEOUT).await {
+            Err(Error::PeerUnreachable { peer }) => assert_eq!(peer, NodeId(9)),
+            other => panic!("a peer without an address must be PeerUnreachable: {other:?}"),
+        }
+        g.stop(n3).await;
+        let started = Instant::now();
+        match call(n3, "x", CALL_TIMEOUT).await {
+            Err(Error::PeerUnreachable { peer }) => assert_eq!(peer, n3),
+            other => panic!("a peer that is down must be PeerUnreachable: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no fast failure"
+        );
+        g.assert_no_fatal();
+        g.shutdown().await;
+    })
+    .await;
+}
+
+/// A v2 hello with a connection kind.
+fn hello_kind(cluster: &ClusterId, from: u64, to: u64, kind: u8) -> Vec<u8> {
+    let mut h = hello(b"HARP", 2, cluster, from, to);
+    h.push(kind);
+    h
+}
+
+/// A call request frame as the wire format documents it.
+fn call_request(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut b = ((8 + payload.len()) as u32).to_be_bytes().to_vec();
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// A call reply frame as the wire format documents it.
+fn call_reply(id: u64, status: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = ((9 + body.len()) as u32).to_be_bytes().to_vec();
+    b.extend_from_slice(&id.to_be_bytes());
+    b.push(status);
+    b.extend_from_slice(body);
+    b
+}
+
+/// Accepts one connection and reads its hello (55 bytes) and `requests`
+/// request frames; returns the stream and the request ids.
+async fn accept_calls(
+    listener: &tokio::net::TcpListener,
+    requests: usize,
+) -> (TcpStream, Vec<u64>) {
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let mut hello = [0u8; 55];
+    s.read_exact(&mut hello).await.expect("hello");
+    assert_eq!(&hello[..6], b"HARP\0\x02", "not a version-2 hello");
+    assert_eq!(hello[54], 2, "not a call connection");
+    let mut ids = Vec::new();
+    for _ in 0..requests {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.expect("request length");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.expect("request body");
+        ids.push(u64::from_be_bytes(body[..8].try_into().unwrap()));
+    }
+    (s, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_call_connection_fails_pending_calls_and_the_next_call_reconnects() {
+    bounded(async {
+        let (caller, _r) = bare(1, TcpConfig::default()).await;
+        // A fake peer that speaks the documented wire format.
+        let fake = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+        caller.set_peer(NodeId(2), fake.local_addr().unwrap());
+        let pending: Vec<_> = (0..3)
+            .map(|i| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                caller.call(
+                    NodeId(2),
+                    Bytes::from(format!("p{i}")),
+                    Duration::from_secs(30),
+                    Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                );
+                rx
+            })
+            .collect();
+        let (s, ids) = accept_calls(&fake, 3).await;
+        assert_eq!(ids, vec![1, 2, 3]);
+        let started = Instant::now();
+        drop(s);
+        for rx in pending {
+            match rx.await.expect("answered") {
+                Err(Error::CallOutcomeUnknown { peer, cause }) => {
+                    assert_eq!((peer, cause), (NodeId(2), UnknownCause::ConnectionLost))
+                }
+                other => panic!("a call pending on a lost connection: {other:?}"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "pending calls waited for their deadline"
+        );
+
+        // The next call dials again; the fake answers it by its id.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        caller.call(
+            NodeId(2),
+            Bytes::from_static(b"again"),
+            Duration::from_secs(30),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let (mut s, ids) = accept_calls(&fake, 1).await;
+        s.write_all(&call_reply(ids[0], 0, b"pong")).await.unwrap();
+        assert_eq!(
+            rx.await.expect("answered").ok(),
+            Some(Bytes::from_static(b"pong"))
+        );
+
+        // A reply to a call never made closes the connection, counted, and
+        // fails what was pending on it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        caller.call(
+            NodeId(2),
+            Bytes::from_static(b"q"),
+            Duration::from_secs(30),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let mut one = [0u8; 4 + 8 + 1];
+        s.read_exact(&mut one)
+            .await
+            .expect("the request on the open connection");
+        s.write_all(&call_reply(999, 0, b"forged")).await.unwrap();
+        match rx.await.expect("answered") {
+            Err(Error::CallOutcomeUnknown { cause, .. }) => {
+                assert_eq!(cause, UnknownCause::ConnectionLost)
+            }
+            other => panic!("a call on a connection closed for a forged reply: {other:?}"),
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest)).await;
+        let st = caller.stats();
+        assert_eq!(st.rejected.unknown_call_id, 1, "{st:?}");
+        assert_eq!(st.open_call_connections, 0, "{st:?}");
+
+        // An unknown status byte is refused too.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        caller.call(
+            NodeId(2),
+            Bytes::from_static(b"r"),
+            Duration::from_secs(30),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let (mut s, ids) = accept_calls(&fake, 1).await;
+        s.write_all(&call_reply(ids[0], 77, b"")).await.unwrap();
+        assert!(matches!(
+            rx.await.expect("answered"),
+            Err(Error::CallOutcomeUnknown { .. })
+        ));
+        assert_eq!(caller.stats().rejected.malformed_frame, 1);
+
+        caller.stop();
+        caller.closed().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_bytes_on_a_call_connection_close_it_alone() {
+    bounded(async {
+        let tcp = TcpConfig {
+            call_stall_timeout: Duration::from_millis(300),
+            max_call_bytes: 4096,
+            ..TcpConfig::default()
+        };
+        let (t, _r) = bare(1, tcp).await;
+        let addr = t.local_addr();
+        let cluster = bare_cluster();
+        let open = hello_kind(&cluster, 2, 1, 2);
+        let with = |tail: &[u8]| {
+            let mut b = open.clone();
+            b.extend_from_slice(tail);
+            b
+        };
+
+        // The documented format works on a raw socket: two requests, two
+        // replies (the recorder echoes with the caller's id in front).
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = open.clone();
+        bytes.extend_from_slice(&call_request(5, b"hi"));
+        bytes.extend_from_slice(&call_request(6, b"there"));
+        s.write_all(&bytes).await.unwrap();
+        for (id, body) in [(5u64, &b"hi"[..]), (6, &b"there"[..])] {
+            let mut want = 2u64.to_be_bytes().to_vec();
+            want.extend_from_slice(body);
+            let expected = call_reply(id, 0, &want);
+            let mut got = vec![0u8; expected.len()];
+            s.read_exact(&mut got).await.expect("a reply frame");
+            assert_eq!(got, expected, "reply frame not as documented");
+        }
+        drop(s);
+
+        type Counter = fn(&ha_raft::TcpRejections) -> u64;
+        let cases: Vec<(&str, Vec<u8>, bool, Counter)> = vec![
+            (
+                "a frame shorter than its call id",
+                with(&[0, 0, 0, 3, 1, 2, 3]),
+                false,
+                |r| r.malformed_frame,
+            ),
+            (
+                "an oversized frame",
+                with(&u32::MAX.to_be_bytes()),
+                true,
+                |r| r.frame_too_large,
+            ),
+            (
+                "a frame just over max_call_bytes",
+                with(&4097u32.to_be_bytes()),
+                true,
+                |r| r.frame_too_large,
+            ),
+            (
+                "a frame that stalls half way",
+                with(&[0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9]),
+                true,
+                |r| r.call_stalled,
+            ),
+            (
+                "a frame cut short",
+                with(&[0, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 1, 9, 9]),
+                false,
+                |r| r.truncated,
+            ),
+            (
+                "random bytes after the hello",
+                with(&[0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef]),
+                true,
+                |r| r.frame_too_large,
+            ),
+        ];
+        for (case, bytes, silent, counter) in cases {
+            let before = t.stats().rejected;
+            // A rejected connection may still carry replies to complete
+            // requests before the bad one; these carry none, so the member
+            // writes nothing.
+            expect_closed(addr, &bytes, silent, case).await;
+            eventually(case, || {
+                counter(&t.stats().rejected) == counter(&before) + 1
+            })
+            .await;
+            assert_eq!(
+                t.stats().rejected.total(),
+                before.total() + 1,
+                "{case}: counted as something else"
+            );
+        }
+        eventually("every call connection closed", || {
+            t.stats().open_call_connections == 0
+        })
+        .await;
+
+        // The transport still serves calls.
+        let (peer, _rp) = bare(2, TcpConfig::default()).await;
+        peer.set_peer(NodeId(1), addr);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        peer.call(
+            NodeId(1),
+            Bytes::from_static(b"ok?"),
+            Duration::from_secs(10),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let mut want = 2u64.to_be_bytes().to_vec();
+        want.extend_from_slice(b"ok?");
+        assert_eq!(rx.await.expect("answered").ok(), Some(Bytes::from(want)));
+        for x in [&t, &peer] {
+            x.stop();
+            x.closed().await;
+        }
     })
     .await;
 }
