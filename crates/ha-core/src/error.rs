@@ -20,7 +20,8 @@
 //! | [`Error::NoSpace`] | no | delete and compact, or raise the quota |
 //! | [`Error::LimitExceeded`] | no | make the key, value or request smaller, or split the transaction |
 //! | [`Error::InvalidRequest`] | no | fix the request |
-//! | [`Error::LeaseNotFound`] | no | grant a lease first |
+//! | [`Error::LeaseNotFound`] | no | grant a lease first (a kept-alive lease that is gone expired or was revoked: its keys are gone too) |
+//! | [`Error::LeaseExists`] | no | choose another id, or let the member choose |
 //! | [`Error::PeerUnreachable`] | no — a peer call did not reach the peer's handler | retry later, or call another member |
 //! | [`Error::NoCallHandler`] | no — the peer has no call handler (yet) | retry once the peer set one |
 //! | [`Error::CallOutcomeUnknown`] | maybe — the request left, no reply came | retry only if the request is idempotent |
@@ -115,6 +116,13 @@ pub enum InvalidRequest {
     NegativeRevision,
     /// The request could not be decoded.
     Malformed,
+    /// A lease TTL of zero, or too large to represent.
+    InvalidTtl,
+    /// A lease id that is not positive.
+    InvalidLeaseId,
+    /// A leader's expiry of a lease, proposed in an earlier term: a newer
+    /// leader took over and decides alone (nothing was changed).
+    StaleLeaseExpiry,
 }
 
 /// The error type of every ha operation.
@@ -250,10 +258,15 @@ pub enum Error {
         /// What is wrong.
         reason: InvalidRequest,
     },
-    /// A put named a lease that does not exist (leases come with the
-    /// lease API; until then every lease id is unknown).
+    /// The lease does not exist: never granted, revoked, or expired.
     #[error("lease {lease} not found")]
     LeaseNotFound {
+        /// The lease id given.
+        lease: i64,
+    },
+    /// A grant asked for a lease id that is already in use.
+    #[error("lease {lease} already exists")]
+    LeaseExists {
         /// The lease id given.
         lease: i64,
     },
@@ -322,6 +335,7 @@ impl Error {
                 | Error::LeaseNotFound { .. }
                 | Error::PeerUnreachable { .. }
                 | Error::NoCallHandler { .. }
+                | Error::LeaseExists { .. }
         )
     }
 

@@ -14,6 +14,10 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::ids::{ClusterId, NodeId};
+use crate::lease::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAlive, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+};
 
 /// A lease's id; [`LeaseId::NONE`] (0) means "no lease".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -454,6 +458,36 @@ pub trait KvClient: Send + Sync + 'static {
     /// Compacts history up to `revision`: reads below it fail with
     /// [`crate::Error::Compacted`] afterwards.
     async fn compact(&self, revision: i64, options: KvOptions) -> Result<CompactResponse>;
+
+    /// Grants a lease. Its TTL is at least the group's minimum (1.5 × the
+    /// election timeout); a smaller request is rounded up, as the response
+    /// says.
+    async fn lease_grant(
+        &self,
+        request: LeaseGrantRequest,
+        options: KvOptions,
+    ) -> Result<LeaseGrantResponse>;
+    /// Revokes a lease: its keys are deleted in one revision.
+    async fn lease_revoke(&self, id: LeaseId, options: KvOptions) -> Result<LeaseRevokeResponse>;
+    /// Renews a lease once (on the leader; other members forward).
+    async fn lease_keep_alive_once(
+        &self,
+        id: LeaseId,
+        options: KvOptions,
+    ) -> Result<LeaseKeepAliveResponse>;
+    /// Keeps a lease alive in the background, renewing it every third of
+    /// its TTL (sooner after a failed renewal), until the returned handle
+    /// is dropped. The handle is a stream of the renewals.
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<LeaseKeepAlive>;
+    /// What a lease has left, and with `keys` the keys attached to it.
+    async fn lease_time_to_live(
+        &self,
+        id: LeaseId,
+        keys: bool,
+        options: KvOptions,
+    ) -> Result<LeaseTimeToLiveResponse>;
+    /// Every lease of the group.
+    async fn leases(&self, options: KvOptions) -> Result<LeaseLeasesResponse>;
 
     /// Reads one key at the current revision.
     async fn get(&self, key: Vec<u8>, options: KvOptions) -> Result<Option<KeyValue>> {

@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod ids;
 mod kv;
+mod lease;
 mod state_machine;
 mod storage;
 mod transport;
@@ -36,6 +37,10 @@ pub use kv::{
     KeyRange, KeyValue, KvClient, KvOptions, LeaseId, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, SortOrder, SortTarget, TxnOp, TxnOpResponse, TxnRequest,
     TxnResponse, prefix_end,
+};
+pub use lease::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAlive, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveResponse,
 };
 pub use state_machine::{ApplyContext, StateMachine};
 pub use storage::{

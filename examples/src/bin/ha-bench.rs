@@ -37,6 +37,9 @@ enum Bench {
     Fsync(bench::fsync::Args),
     /// The replicated KV on RocksDB with fsync (see `ha_examples::bench_kv`).
     Kv(ha_examples::bench_kv::KvArgs),
+    /// Leases: grant throughput, keep-alive throughput through every
+    /// member (followers forward to the leader), and expiry time.
+    Lease(bench::lease::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -58,6 +61,7 @@ fn main() -> BenchResult<()> {
             Bench::Storage(args) => bench::storage::run(args).await,
             Bench::Restart(args) => bench::restart::run(args).await,
             Bench::Fsync(args) => bench::fsync::run(args).await,
+            Bench::Lease(args) => bench::lease::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args)
                 .await
                 .map_err(|e| e.to_string().into()),

@@ -3,6 +3,8 @@
 //! [`KvConfig`].
 
 mod config;
+mod keeper;
+mod lease;
 mod node;
 
 pub use config::{AutoCompaction, KvConfig};

@@ -1,23 +1,33 @@
 //! [`KvNode`]: a member of the group serving the replicated KV in-process.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use ha_core::{
     ClusterId, CompactResponse, Config, Consistency, DeleteRequest, DeleteResponse, Error,
-    InvalidRequest, KeyRange, KvClient, KvLimit, KvOptions, LogStore, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, Result, StateStore, Transport, TxnOp, TxnRequest, TxnResponse,
+    InvalidRequest, KeyRange, KvClient, KvLimit, KvOptions, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseId, LeaseKeepAlive, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, LogStore, NodeId, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, Result, StateStore, Transport, TxnOp, TxnRequest, TxnResponse,
+    WatchEvent,
 };
 use ha_storage::kv::{
-    HeaderStamp, KvCommand, KvQuery, KvReply, MvccMachine, check_txn, decode_reply,
-    txn_is_read_only,
+    HeaderStamp, KvCommand, KvObserver, KvQuery, KvReply, MAX_TTL_MS, MvccMachine, check_txn,
+    decode_reply, txn_is_read_only,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::config::{AutoCompaction, KvConfig};
+use super::keeper::{
+    LeaseCall, LeaseCallReply, Leases, decode_call, decode_call_reply, encode_call,
+    encode_call_reply, refusal_error, run_expiry,
+};
+use super::lease::Refusal;
+use crate::call::CallHandler;
 use crate::shell::{CallOptions, Node, ReadConsistency, ReadOptions};
 
 /// One member of an ha group serving the replicated KV (etcd v3
@@ -37,8 +47,59 @@ struct Inner {
     node: Node,
     config: KvConfig,
     cluster_id: ClusterId,
-    /// Dropped (or sent to) to stop the auto-compaction task.
+    request_timeout: Duration,
+    leases: Arc<Leases>,
+    /// Dropped (or sent to) to stop the background tasks (auto-compaction,
+    /// lease expiry, keep-alives).
     stop: watch::Sender<bool>,
+}
+
+/// Follows what the machine applies, on the apply thread: lease grants and
+/// revocations for the lease manager, and the revision for headers.
+struct NodeObserver {
+    leases: Arc<Leases>,
+}
+
+impl KvObserver for NodeObserver {
+    fn events(&mut self, _events: &[WatchEvent], revision: i64) {
+        self.leases.revision.store(revision, Ordering::Relaxed);
+    }
+
+    fn lease_granted(&mut self, id: LeaseId, ttl: Duration) {
+        self.leases.manager.lock().granted(id, ttl, Instant::now());
+    }
+
+    fn lease_revoked(&mut self, id: LeaseId) {
+        self.leases.manager.lock().revoked(id);
+    }
+
+    fn restored(&mut self, revision: i64, _compact_revision: i64, leases: &[(LeaseId, Duration)]) {
+        self.leases.revision.store(revision, Ordering::Relaxed);
+        self.leases.manager.lock().restored(leases, Instant::now());
+    }
+}
+
+/// Answers lease calls other members forward to this one (as leader).
+struct ForwardedCalls {
+    kv: Weak<Inner>,
+}
+
+#[async_trait]
+impl CallHandler for ForwardedCalls {
+    async fn handle(&self, _from: NodeId, request: Bytes) -> Result<Bytes> {
+        let Some(inner) = self.kv.upgrade() else {
+            return Err(Error::Shutdown);
+        };
+        let kv = KvNode { inner };
+        let reply = match decode_call(&request) {
+            Ok((call, timeout)) => {
+                let deadline = Instant::now() + timeout.min(kv.inner.request_timeout);
+                kv.leader_call(call, deadline).await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(encode_call_reply(&reply))
+    }
 }
 
 impl std::fmt::Debug for KvNode {
@@ -69,12 +130,22 @@ impl KvNode {
     {
         let kv = kv.validate()?;
         let cluster_id = ClusterId::derive(&config.initial_members, &config.cluster_token);
+        let leases = Leases::new(&config);
+        let request_timeout = config.request_timeout;
         let store = state.clone();
-        let machine = tokio::task::spawn_blocking(move || MvccMachine::open(store))
+        let mut machine = tokio::task::spawn_blocking(move || MvccMachine::open(store))
             .await
             .map_err(|e| Error::fatal(format!("opening the KV failed: {e}")))??;
+        leases.revision.store(machine.revision(), Ordering::Relaxed);
+        for (id, ttl) in machine.leases() {
+            leases.manager.lock().granted(id, ttl, Instant::now());
+        }
+        machine.set_observer(Box::new(NodeObserver {
+            leases: leases.clone(),
+        }));
         let node = Node::start(config, log, state, machine, transport).await?;
         let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run_expiry(node.clone(), leases.clone(), stop_rx.clone()));
         if kv.auto_compaction != AutoCompaction::Off {
             tokio::spawn(auto_compact(
                 node.clone(),
@@ -83,14 +154,18 @@ impl KvNode {
                 stop_rx,
             ));
         }
-        Ok(KvNode {
-            inner: Arc::new(Inner {
-                node,
-                config: kv,
-                cluster_id,
-                stop,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            node,
+            config: kv,
+            cluster_id,
+            request_timeout,
+            leases,
+            stop,
+        });
+        inner.node.set_call_handler(Arc::new(ForwardedCalls {
+            kv: Arc::downgrade(&inner),
+        }));
+        Ok(KvNode { inner })
     }
 
     /// The engine underneath (status, leadership, membership).
@@ -113,8 +188,137 @@ impl KvNode {
         self.inner.node.shutdown().await
     }
 
+    /// Stops this member at once, as if its process died: no leadership
+    /// transfer, unsynced writes lost (a test double for crashes; see
+    /// [`Node::kill`]). Background tasks stop too.
+    pub async fn kill(&self) {
+        let _ = self.inner.stop.send(true);
+        self.inner.node.kill().await;
+    }
+
     fn stamp(&self) -> HeaderStamp {
         stamp(&self.inner.node, self.inner.cluster_id)
+    }
+
+    /// The smallest lease TTL this group grants: 1.5 × the longest
+    /// election timeout. Smaller requests are rounded up to it.
+    pub fn min_lease_ttl(&self) -> Duration {
+        self.inner.leases.min_ttl
+    }
+
+    fn deadline(&self, options: &KvOptions) -> (Instant, Duration) {
+        let after = options.timeout.unwrap_or(self.inner.request_timeout);
+        (Instant::now() + after, after)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.inner.node.leader().leader == Some(self.inner.node.id())
+    }
+
+    /// A lease call on this member as the leader (its own, or forwarded).
+    async fn leader_call(&self, call: LeaseCall, deadline: Instant) -> Result<LeaseCallReply> {
+        let node = &self.inner.node;
+        let leases = &self.inner.leases;
+        let after = deadline.saturating_duration_since(Instant::now());
+        let (id, keys) = match call {
+            LeaseCall::KeepAlive(id) => (id, None),
+            LeaseCall::TimeToLive { id, keys } => (id, Some(keys)),
+        };
+        // For a time-to-live, read the lease linearizably first (which also
+        // makes this leader apply everything committed before the call).
+        let info = match keys {
+            Some(keys) => {
+                let reply = self
+                    .query(
+                        KvQuery::Lease { id, keys },
+                        KvOptions::default().with_timeout(after),
+                    )
+                    .await?;
+                match reply {
+                    KvReply::Lease(info) => Some(info),
+                    _ => return Err(unexpected()),
+                }
+            }
+            None => None,
+        };
+        let mut waited_for_apply = info.is_some();
+        loop {
+            let outcome = match &info {
+                None => leases.keep_alive(node, id),
+                Some(_) => leases.remaining(node, id),
+            };
+            match outcome {
+                Ok(ttl) => {
+                    let (granted_ttl, keys) = match info {
+                        Some(info) => (info.ttl, info.keys),
+                        None => (ttl, Vec::new()),
+                    };
+                    return Ok(LeaseCallReply {
+                        member_id: node.id(),
+                        raft_term: node.leader().term,
+                        revision: leases.revision.load(Ordering::Relaxed),
+                        ttl,
+                        granted_ttl,
+                        keys,
+                    });
+                }
+                // Just elected: its first entry is about to apply.
+                Err(Refusal::NotReady) if Instant::now() + Duration::from_millis(5) < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // A grant acknowledged elsewhere may not be applied here
+                // yet: a linearizable read waits until it is, then look
+                // again.
+                Err(Refusal::NotFound) if !waited_for_apply => {
+                    waited_for_apply = true;
+                    self.query(
+                        KvQuery::Lease { id, keys: false },
+                        KvOptions::default().with_timeout(after),
+                    )
+                    .await?;
+                }
+                Err(r) => return Err(refusal_error(r, id, node, after)),
+            }
+        }
+    }
+
+    /// A lease call: on this member if it leads, else forwarded to the
+    /// leader; repeated while no leader is reachable, until the deadline.
+    async fn lease_call(&self, call: LeaseCall, options: &KvOptions) -> Result<LeaseCallReply> {
+        let (deadline, after) = self.deadline(options);
+        loop {
+            let now = Instant::now();
+            let result = if self.is_leader() {
+                self.leader_call(call, deadline).await
+            } else {
+                let left = deadline.saturating_duration_since(now);
+                match self
+                    .inner
+                    .node
+                    .call_leader(encode_call(call, left), left)
+                    .await
+                {
+                    Ok(bytes) => decode_call_reply(&bytes),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Err(e) if retry_lease_call(&e) && Instant::now() + LEASE_CALL_RETRY < deadline => {
+                    tokio::time::sleep(LEASE_CALL_RETRY).await;
+                }
+                Err(e) if retry_lease_call(&e) => return Err(Error::Timeout { after }),
+                other => return other,
+            }
+        }
+    }
+
+    fn header(&self, member_id: NodeId, raft_term: u64, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id,
+            revision,
+            raft_term,
+        }
     }
 
     fn check_put(&self, p: &PutRequest) -> Result<()> {
@@ -202,6 +406,77 @@ impl KvNode {
     }
 }
 
+/// Pause between attempts of a lease call that found no leader.
+const LEASE_CALL_RETRY: Duration = Duration::from_millis(10);
+
+/// Errors after which a lease call is worth repeating: a leader change,
+/// a leader not reachable or not ready yet. (Keep-alives and time-to-live
+/// are idempotent, so a call whose outcome is unknown may repeat.)
+fn retry_lease_call(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NotLeader { .. }
+            | Error::ProposalDropped { .. }
+            | Error::PeerUnreachable { .. }
+            | Error::NoCallHandler { .. }
+            | Error::CallOutcomeUnknown { .. }
+            | Error::Overloaded { .. }
+    )
+}
+
+/// Renews `id` every third of its TTL (sooner after a failure) until the
+/// receiver is dropped, the member stops, or the lease is gone.
+async fn keep_alive_loop(
+    kv: KvNode,
+    id: LeaseId,
+    first: LeaseKeepAliveResponse,
+    tx: mpsc::Sender<Result<LeaseKeepAliveResponse>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ttl = first.ttl;
+    let mut next = Instant::now() + ttl / 3;
+    let _ = tx.try_send(Ok(first));
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {}
+        }
+        // Each attempt may take at most a third of the TTL, so that a lost
+        // leader leaves time for another attempt before the lease runs out.
+        let attempt = KvOptions::default().with_timeout((ttl / 3).max(Duration::from_millis(50)));
+        match kv.lease_keep_alive_once(id, attempt).await {
+            Ok(r) => {
+                ttl = r.ttl;
+                next = Instant::now() + ttl / 3;
+                // A full buffer skips the report, never the renewal.
+                let _ = tx.try_send(Ok(r));
+            }
+            Err(
+                e @ (Error::LeaseNotFound { .. }
+                | Error::Shutdown
+                | Error::Removed { .. }
+                | Error::Fatal { .. }),
+            ) => {
+                tokio::select! {
+                    _ = tx.send(Err(e)) => {}
+                    _ = stop.changed() => {}
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(lease = id.0, error = %e, "lease renewal failed; retrying");
+                next = Instant::now() + (ttl / 10).min(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 fn stamp(node: &Node, cluster_id: ClusterId) -> HeaderStamp {
     HeaderStamp {
         cluster_id,
@@ -272,6 +547,122 @@ impl KvClient for KvNode {
     async fn compact(&self, revision: i64, options: KvOptions) -> Result<CompactResponse> {
         match self.propose(KvCommand::Compact(revision), options).await? {
             KvReply::Compact(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn lease_grant(
+        &self,
+        request: LeaseGrantRequest,
+        options: KvOptions,
+    ) -> Result<LeaseGrantResponse> {
+        let min = self.inner.leases.min_ttl;
+        if request.ttl.is_zero() || request.ttl > Duration::from_millis(MAX_TTL_MS) {
+            return Err(Error::InvalidRequest {
+                reason: InvalidRequest::InvalidTtl,
+            });
+        }
+        if request.id.0 < 0 {
+            return Err(Error::InvalidRequest {
+                reason: InvalidRequest::InvalidLeaseId,
+            });
+        }
+        // Whole milliseconds (what is stored, rounded up), at least the
+        // minimum.
+        let ms = u64::try_from(request.ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(MAX_TTL_MS);
+        let ttl = Duration::from_millis(ms).max(min);
+        if min > request.ttl {
+            tracing::info!(
+                requested = ?request.ttl, granted = ?ttl,
+                "lease TTL rounded up to the minimum (1.5 x the election timeout)"
+            );
+        }
+        let chosen = request.id == LeaseId::NONE;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let id = if chosen {
+                LeaseId((rand::random::<u64>() >> 1).max(1) as i64)
+            } else {
+                request.id
+            };
+            match self
+                .propose(KvCommand::LeaseGrant { id, ttl }, options)
+                .await
+            {
+                Ok(KvReply::Lease(info)) => {
+                    return Ok(LeaseGrantResponse {
+                        header: info.header,
+                        id: info.id,
+                        ttl: info.ttl,
+                        requested_ttl: request.ttl,
+                    });
+                }
+                Ok(_) => return Err(unexpected()),
+                // A chosen id that happens to be taken: choose again.
+                Err(Error::LeaseExists { .. }) if chosen && attempts < 5 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn lease_revoke(&self, id: LeaseId, options: KvOptions) -> Result<LeaseRevokeResponse> {
+        match self.propose(KvCommand::LeaseRevoke(id), options).await? {
+            KvReply::LeaseRevoke(r) => Ok(r),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn lease_keep_alive_once(
+        &self,
+        id: LeaseId,
+        options: KvOptions,
+    ) -> Result<LeaseKeepAliveResponse> {
+        let r = self.lease_call(LeaseCall::KeepAlive(id), &options).await?;
+        Ok(LeaseKeepAliveResponse {
+            header: self.header(r.member_id, r.raft_term, r.revision),
+            id,
+            ttl: r.ttl,
+        })
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<LeaseKeepAlive> {
+        let first = self.lease_keep_alive_once(id, KvOptions::default()).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(keep_alive_loop(
+            self.clone(),
+            id,
+            first,
+            tx,
+            self.inner.stop.subscribe(),
+        ));
+        Ok(LeaseKeepAlive::new(
+            id,
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        id: LeaseId,
+        keys: bool,
+        options: KvOptions,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        let r = self
+            .lease_call(LeaseCall::TimeToLive { id, keys }, &options)
+            .await?;
+        Ok(LeaseTimeToLiveResponse {
+            header: self.header(r.member_id, r.raft_term, r.revision),
+            id,
+            ttl: r.ttl,
+            granted_ttl: r.granted_ttl,
+            keys: r.keys,
+        })
+    }
+
+    async fn leases(&self, options: KvOptions) -> Result<LeaseLeasesResponse> {
+        match self.query(KvQuery::Leases, options).await? {
+            KvReply::Leases(r) => Ok(r),
             _ => Err(unexpected()),
         }
     }

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     fatal: Mutex<Option<Error>>,
     status: Mutex<CoreStatus>,
     applied: AtomicU64,
+    /// Term of the last entry applied (0 until one is, after a start).
+    applied_term: AtomicU64,
     commit: AtomicU64,
     leader_tx: tokio::sync::watch::Sender<LeaderInfo>,
     membership_tx: tokio::sync::watch::Sender<crate::membership::Membership>,

@@ -80,6 +80,11 @@ pub struct Status {
     pub commit: u64,
     /// Highest index applied here.
     pub applied: u64,
+    /// Term of the last entry applied since this start (0 before one
+    /// is). A leader whose `applied_term` equals `term` has applied the
+    /// first entry of its term, and with it everything an earlier leader
+    /// committed.
+    pub applied_term: u64,
     /// Voting members.
     pub voters: Vec<NodeId>,
     /// Non-voting members.
@@ -532,6 +537,7 @@ impl Node {
             fatal: Mutex::new(None),
             status: Mutex::new(status),
             applied: AtomicU64::new(opened.recovered.applied),
+            applied_term: AtomicU64::new(0),
             commit: AtomicU64::new(opened.recovered.hard_state.commit),
             leader_tx,
             membership_tx,
@@ -887,6 +893,7 @@ impl Node {
             leader: s.leader,
             commit: self.shared.commit.load(Ordering::Relaxed),
             applied: self.shared.applied.load(Ordering::Relaxed),
+            applied_term: self.shared.applied_term.load(Ordering::Relaxed),
             voters: s.voters,
             learners: s.learners,
             pending_proposals: s.pending_proposals,

@@ -633,6 +633,9 @@ fn apply_entries<S: StateStore + ?Sized, M: StateMachine>(
     });
     match applied {
         Ok(step) => {
+            if let Some(last) = entries.iter().rev().find(|e| e.index == step.applied) {
+                shared.applied_term.store(last.term, Ordering::Relaxed);
+            }
             if sync {
                 shared
                     .durable_applied

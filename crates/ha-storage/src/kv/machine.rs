@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use ha_core::{
@@ -34,17 +35,24 @@ use prost::Message as _;
 
 use super::observer::KvObserver;
 use super::wire::{
-    RangeReply, Reply, TxnReply, WCommand, WCommandOp, WQuery, WQueryOp, WRecord, encode_reply,
+    RangeReply, Reply, TxnReply, WCommand, WCommandOp, WLeaseRecord, WQuery, WQueryOp, WRecord,
+    encode_reply,
 };
 
 const RECORD_PREFIX: &[u8] = b"\x01kv/r/";
 const RECORD_END: &[u8] = b"\x01kv/r0";
 const META_REVISION: &[u8] = b"\x01kv/m/rev";
 const META_COMPACT: &[u8] = b"\x01kv/m/compact";
+const LEASE_PREFIX: &[u8] = b"\x01kv/l/";
+const LEASE_END: &[u8] = b"\x01kv/l0";
 
 /// What a record costs against the space quota besides its key and value
 /// (its revision key and metadata, roughly).
 pub const RECORD_OVERHEAD: u64 = 32;
+
+/// The longest lease TTL: about 292 years, so that deadlines never
+/// overflow.
+pub const MAX_TTL_MS: u64 = i64::MAX as u64 / 1_000_000;
 
 fn record_key(main: i64, sub: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(RECORD_PREFIX.len() + 16);
@@ -52,6 +60,27 @@ fn record_key(main: i64, sub: i64) -> Vec<u8> {
     k.extend_from_slice(&(main as u64).to_be_bytes());
     k.extend_from_slice(&(sub as u64).to_be_bytes());
     k
+}
+
+fn lease_key(id: LeaseId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(LEASE_PREFIX.len() + 8);
+    k.extend_from_slice(LEASE_PREFIX);
+    k.extend_from_slice(&(id.0 as u64).to_be_bytes());
+    k
+}
+
+/// A lease as the machine keeps it: its TTL and the live keys attached.
+#[derive(Clone, Debug, Default)]
+struct Lease {
+    ttl_ms: u64,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+/// A lease granted or revoked in the current apply step, for the observer.
+#[derive(Clone, Copy, Debug)]
+enum LeaseChange {
+    Granted(LeaseId, u64),
+    Revoked(LeaseId),
 }
 
 fn malformed() -> Error {
@@ -166,6 +195,8 @@ pub struct MvccMachine<S: StateStore + ?Sized> {
     revision: i64,
     compact_revision: i64,
     used_bytes: u64,
+    leases: BTreeMap<LeaseId, Lease>,
+    lease_changes: Vec<LeaseChange>,
     observer: Option<Box<dyn KvObserver>>,
 }
 
@@ -211,6 +242,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             revision: 1,
             compact_revision: 0,
             used_bytes: 0,
+            leases: BTreeMap::new(),
+            lease_changes: Vec::new(),
             observer: None,
         };
         m.reload()?;
@@ -273,10 +306,56 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 }
                 true
             })?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if let Some(e) = err {
+            return Err(e);
         }
+        self.reload_leases()
+    }
+
+    /// Reads the leases and attaches the live keys to theirs.
+    fn reload_leases(&mut self) -> Result<(), StorageError> {
+        self.leases.clear();
+        self.lease_changes.clear();
+        let mut err = None;
+        let leases = &mut self.leases;
+        self.store
+            .scan(LEASE_PREFIX, Some(LEASE_END), &mut |k, v| {
+                let id = k
+                    .get(LEASE_PREFIX.len()..)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok());
+                let (Some(id), Ok(rec)) = (id, WLeaseRecord::decode(v)) else {
+                    err = Some(StorageError::corrupt(
+                        "kv lease",
+                        "undecodable lease record",
+                    ));
+                    return false;
+                };
+                leases.insert(
+                    LeaseId(u64::from_be_bytes(id) as i64),
+                    Lease {
+                        ttl_ms: rec.ttl_ms,
+                        keys: BTreeSet::new(),
+                    },
+                );
+                true
+            })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        for kv in self.live.values() {
+            if let Some(lease) = self.leases.get_mut(&kv.lease) {
+                lease.keys.insert(kv.key.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every lease with its TTL, by id.
+    pub fn leases(&self) -> Vec<(LeaseId, Duration)> {
+        self.leases
+            .iter()
+            .map(|(id, l)| (*id, Duration::from_millis(l.ttl_ms)))
+            .collect()
     }
 
     /// Sets who is told about applied changes (the watch hub and the
@@ -311,7 +390,12 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         self.live.is_empty()
     }
 
-    fn execute(&mut self, cmd: WCommand, batch: &mut WriteBatch) -> Result<Reply, Error> {
+    fn execute(
+        &mut self,
+        ctx: &ApplyContext,
+        cmd: WCommand,
+        batch: &mut WriteBatch,
+    ) -> Result<Reply, Error> {
         let quota = cmd.quota_bytes;
         match cmd.op.ok_or_else(malformed)? {
             WCommandOp::Put(p) => {
@@ -345,7 +429,69 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 Ok(Reply::Txn(reply))
             }
             WCommandOp::Compact(revision) => self.compact(revision, batch),
+            WCommandOp::LeaseGrant(g) => self.lease_grant(LeaseId(g.id), g.ttl_ms, batch),
+            WCommandOp::LeaseRevoke(id) => self.lease_revoke(LeaseId(id), batch),
+            WCommandOp::LeaseExpire(e) => {
+                if e.term != ctx.term {
+                    return Err(Error::InvalidRequest {
+                        reason: InvalidRequest::StaleLeaseExpiry,
+                    });
+                }
+                self.lease_revoke(LeaseId(e.id), batch)
+            }
         }
+    }
+
+    fn lease_grant(
+        &mut self,
+        id: LeaseId,
+        ttl_ms: u64,
+        batch: &mut WriteBatch,
+    ) -> Result<Reply, Error> {
+        let invalid = |reason| Err(Error::InvalidRequest { reason });
+        if id.0 <= 0 {
+            return invalid(InvalidRequest::InvalidLeaseId);
+        }
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return invalid(InvalidRequest::InvalidTtl);
+        }
+        if self.leases.contains_key(&id) {
+            return Err(Error::LeaseExists { lease: id.0 });
+        }
+        batch.put(lease_key(id), WLeaseRecord { ttl_ms }.encode_to_vec());
+        self.leases.insert(
+            id,
+            Lease {
+                ttl_ms,
+                keys: BTreeSet::new(),
+            },
+        );
+        self.lease_changes.push(LeaseChange::Granted(id, ttl_ms));
+        Ok(Reply::Lease {
+            revision: self.revision,
+            id: id.0,
+            ttl_ms,
+            keys: Vec::new(),
+        })
+    }
+
+    /// Removes a lease and deletes its keys, all at one revision.
+    fn lease_revoke(&mut self, id: LeaseId, batch: &mut WriteBatch) -> Result<Reply, Error> {
+        let Some(lease) = self.leases.get(&id) else {
+            return Err(Error::LeaseNotFound { lease: id.0 });
+        };
+        let keys: Vec<Vec<u8>> = lease.keys.iter().cloned().collect();
+        let mut w = self.writer(batch);
+        for key in keys {
+            self.delete(&DeleteRequest::new(KeyRange::Key(key)), &mut w);
+        }
+        self.finish(w);
+        self.leases.remove(&id);
+        batch.delete(lease_key(id));
+        self.lease_changes.push(LeaseChange::Revoked(id));
+        Ok(Reply::LeaseRevoke {
+            revision: self.revision,
+        })
     }
 
     fn writer<'a>(&self, batch: &'a mut WriteBatch) -> Writer<'a> {
@@ -384,8 +530,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         if (p.ignore_value || p.ignore_lease) && !self.live.contains_key(&p.key) {
             return invalid(InvalidRequest::KeyNotFound);
         }
-        if p.lease != LeaseId::NONE {
-            // No lease exists until the lease API lands.
+        if p.lease != LeaseId::NONE && !self.leases.contains_key(&p.lease) {
             return Err(Error::LeaseNotFound { lease: p.lease.0 });
         }
         Ok(())
@@ -460,6 +605,13 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 tombstone: false,
             },
         );
+        let old_lease = prev.as_ref().map_or(LeaseId::NONE, |kv| kv.lease);
+        if old_lease != kv.lease {
+            self.detach(old_lease, &kv.key);
+            if let Some(lease) = self.leases.get_mut(&kv.lease) {
+                lease.keys.insert(kv.key.clone());
+            }
+        }
         self.live.insert(kv.key.clone(), kv);
         Reply::Put {
             revision: w.main,
@@ -472,6 +624,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         let mut prev_kvs = Vec::new();
         for key in &keys {
             if let Some(kv) = self.live.remove(key) {
+                self.detach(kv.lease, key);
                 if d.prev_kv {
                     prev_kvs.push(kv);
                 }
@@ -493,6 +646,12 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             },
             deleted: keys.len() as u64,
             prev_kvs,
+        }
+    }
+
+    fn detach(&mut self, lease: LeaseId, key: &[u8]) {
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.keys.remove(key);
         }
     }
 
@@ -760,6 +919,27 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 set_revision(&mut reply, self.revision);
                 Ok(Reply::Txn(reply))
             }
+            WQueryOp::Lease(q) => {
+                let id = LeaseId(q.id);
+                let lease = self
+                    .leases
+                    .get(&id)
+                    .ok_or(Error::LeaseNotFound { lease: id.0 })?;
+                Ok(Reply::Lease {
+                    revision: self.revision,
+                    id: id.0,
+                    ttl_ms: lease.ttl_ms,
+                    keys: if q.keys {
+                        lease.keys.iter().cloned().collect()
+                    } else {
+                        Vec::new()
+                    },
+                })
+            }
+            WQueryOp::Leases(_) => Ok(Reply::Leases {
+                revision: self.revision,
+                leases: self.leases.iter().map(|(id, l)| (id.0, l.ttl_ms)).collect(),
+            }),
         }
     }
 
@@ -809,7 +989,10 @@ fn set_revision(t: &mut TxnReply, revision: i64) {
         match r {
             Reply::Put { revision: r, .. }
             | Reply::Delete { revision: r, .. }
-            | Reply::Compact { revision: r } => *r = revision,
+            | Reply::Compact { revision: r }
+            | Reply::Lease { revision: r, .. }
+            | Reply::Leases { revision: r, .. }
+            | Reply::LeaseRevoke { revision: r } => *r = revision,
             Reply::Range(r) => r.revision = revision,
             Reply::Txn(t) => set_revision(t, revision),
         }
@@ -817,9 +1000,9 @@ fn set_revision(t: &mut TxnReply, revision: i64) {
 }
 
 impl<S: StateStore + ?Sized> StateMachine for MvccMachine<S> {
-    fn apply(&mut self, _ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
+    fn apply(&mut self, ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
         let result = match WCommand::decode(command) {
-            Ok(cmd) => self.execute(cmd, batch),
+            Ok(cmd) => self.execute(ctx, cmd, batch),
             Err(_) => Err(malformed()),
         };
         Bytes::from(encode_reply(&result))
@@ -827,10 +1010,26 @@ impl<S: StateStore + ?Sized> StateMachine for MvccMachine<S> {
 
     fn on_committed(&mut self, _applied_index: u64) {
         self.pending.clear();
+        let changes = std::mem::take(&mut self.lease_changes);
+        if let Some(observer) = self.observer.as_mut() {
+            for change in changes {
+                match change {
+                    LeaseChange::Granted(id, ttl_ms) => {
+                        observer.lease_granted(id, Duration::from_millis(ttl_ms));
+                    }
+                    LeaseChange::Revoked(id) => observer.lease_revoked(id),
+                }
+            }
+        }
     }
 
     fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {
-        self.reload()
+        self.reload()?;
+        let leases = self.leases();
+        if let Some(observer) = self.observer.as_mut() {
+            observer.restored(self.revision, self.compact_revision, &leases);
+        }
+        Ok(())
     }
 
     fn query(&self, query: &[u8]) -> Bytes {

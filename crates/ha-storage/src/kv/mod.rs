@@ -35,12 +35,16 @@ mod machine;
 mod observer;
 mod wire;
 
-use ha_core::{DeleteRequest, PutRequest, RangeRequest, TxnRequest};
+use std::time::Duration;
+
+use ha_core::{DeleteRequest, LeaseId, PutRequest, RangeRequest, TxnRequest};
 use prost::Message as _;
 
-pub use machine::{MvccMachine, RECORD_OVERHEAD, check_txn, txn_is_read_only};
+pub use machine::{MAX_TTL_MS, MvccMachine, RECORD_OVERHEAD, check_txn, txn_is_read_only};
 pub use observer::KvObserver;
-pub use wire::{HeaderStamp, KvReply, decode_reply};
+pub use wire::{
+    HeaderStamp, KvReply, LeaseInfo, decode_error_bytes, decode_reply, encode_error_bytes,
+};
 
 /// A write of the KV, as proposed to the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +58,25 @@ pub enum KvCommand {
     Txn(TxnRequest),
     /// Compact history up to this revision.
     Compact(i64),
+    /// Grant a lease (the id is chosen before proposing: apply is
+    /// deterministic).
+    LeaseGrant {
+        /// Positive.
+        id: LeaseId,
+        /// At least 1 ms.
+        ttl: Duration,
+    },
+    /// Revoke a lease, deleting its keys in one revision.
+    LeaseRevoke(LeaseId),
+    /// A leader's expiry of a lease, applied only if the entry carrying it
+    /// is of `term` (a deposed leader's expiry that a newer leader
+    /// committed does nothing).
+    LeaseExpire {
+        /// The lease.
+        id: LeaseId,
+        /// The term the leader decided in.
+        term: u64,
+    },
 }
 
 impl KvCommand {
@@ -66,6 +89,17 @@ impl KvCommand {
             KvCommand::Delete(d) => wire::WCommandOp::Delete(d.into()),
             KvCommand::Txn(t) => wire::WCommandOp::Txn(t.into()),
             KvCommand::Compact(r) => wire::WCommandOp::Compact(*r),
+            KvCommand::LeaseGrant { id, ttl } => wire::WCommandOp::LeaseGrant(wire::WLeaseGrant {
+                id: id.0,
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            }),
+            KvCommand::LeaseRevoke(id) => wire::WCommandOp::LeaseRevoke(id.0),
+            KvCommand::LeaseExpire { id, term } => {
+                wire::WCommandOp::LeaseExpire(wire::WLeaseExpire {
+                    id: id.0,
+                    term: *term,
+                })
+            }
         };
         wire::WCommand {
             quota_bytes,
@@ -83,6 +117,15 @@ pub enum KvQuery {
     Range(RangeRequest),
     /// A transaction without writes (see [`txn_is_read_only`]).
     Txn(TxnRequest),
+    /// One lease's TTL, and with `keys` its keys.
+    Lease {
+        /// The lease.
+        id: LeaseId,
+        /// Include the attached keys.
+        keys: bool,
+    },
+    /// Every lease.
+    Leases,
 }
 
 impl KvQuery {
@@ -91,6 +134,11 @@ impl KvQuery {
         let op = match self {
             KvQuery::Range(r) => wire::WQueryOp::Range(r.into()),
             KvQuery::Txn(t) => wire::WQueryOp::Txn(t.into()),
+            KvQuery::Lease { id, keys } => wire::WQueryOp::Lease(wire::WLeaseQuery {
+                id: id.0,
+                keys: *keys,
+            }),
+            KvQuery::Leases => wire::WQueryOp::Leases(true),
         };
         wire::WQuery { op: Some(op) }.encode_to_vec()
     }

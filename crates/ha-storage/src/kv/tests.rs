@@ -87,6 +87,7 @@ struct Harness<B: Backend> {
     machine: Option<MvccMachine<B::Store>>,
     index: u64,
     quota: u64,
+    term: u64,
 }
 
 impl<B: Backend> Harness<B> {
@@ -98,6 +99,7 @@ impl<B: Backend> Harness<B> {
             machine,
             index: 0,
             quota: 0,
+            term: 1,
         }
     }
 
@@ -112,7 +114,7 @@ impl<B: Backend> Harness<B> {
             self.index += 1;
             let ctx = ApplyContext {
                 index: self.index,
-                term: 1,
+                term: self.term,
                 request: RequestId {
                     member: NodeId(1),
                     incarnation: 1,
@@ -226,6 +228,10 @@ macro_rules! backend_cases {
             #[test]
             fn one_step_many_commands_and_reopen() {
                 super::one_step_many_commands_and_reopen(Harness::new($make));
+            }
+            #[test]
+            fn leases_attach_revoke_expire_and_survive_reopen() {
+                super::leases_attach_revoke_expire_and_survive_reopen(Harness::new($make));
             }
             #[test]
             fn malformed_bytes_get_an_error_reply() {
@@ -1211,6 +1217,9 @@ impl Model {
                     header: self.header(self.rev()),
                 })
             }
+            // Leases have their own table of cases; histories do not
+            // generate them.
+            other => panic!("the reference model has no leases: {other:?}"),
         };
         if wrote {
             self.states.push(map);
@@ -1290,4 +1299,188 @@ fn check_against_model<B: Backend>(mut h: Harness<B>, ops: Vec<Op>) -> Result<()
         )?;
     }
     Ok(())
+}
+
+fn lease_of<B: Backend>(h: &Harness<B>, id: i64) -> Result<super::LeaseInfo, Error> {
+    match h.query(KvQuery::Lease {
+        id: LeaseId(id),
+        keys: true,
+    })? {
+        KvReply::Lease(l) => Ok(l),
+        other => panic!("a lease query answered {other:?}"),
+    }
+}
+
+fn grant<B: Backend>(h: &mut Harness<B>, id: i64, ttl_ms: u64) -> Result<KvReply, Error> {
+    h.write(KvCommand::LeaseGrant {
+        id: LeaseId(id),
+        ttl: std::time::Duration::from_millis(ttl_ms),
+    })
+}
+
+fn put_leased<B: Backend>(h: &mut Harness<B>, k: &str, lease: i64) -> Result<KvReply, Error> {
+    h.write(KvCommand::Put(PutRequest {
+        lease: LeaseId(lease),
+        ..PutRequest::new(k, "v")
+    }))
+}
+
+fn leases_attach_revoke_expire_and_survive_reopen<B: Backend>(mut h: Harness<B>) {
+    use std::time::Duration;
+    // A put naming an unknown lease fails, alone or in a transaction.
+    assert!(matches!(
+        put_leased(&mut h, "a", 7),
+        Err(Error::LeaseNotFound { lease: 7 })
+    ));
+    let before = h.m().revision();
+    let r = grant(&mut h, 7, 5_000);
+    let Ok(KvReply::Lease(l)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((l.id, l.ttl), (LeaseId(7), Duration::from_secs(5)));
+    assert_eq!(
+        h.m().revision(),
+        before,
+        "a grant does not change the revision"
+    );
+    // Bad grants.
+    assert!(matches!(
+        grant(&mut h, 7, 1_000),
+        Err(Error::LeaseExists { lease: 7 })
+    ));
+    for (id, ttl) in [(0, 1_000), (-3, 1_000)] {
+        let r = grant(&mut h, id, ttl);
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidRequest {
+                    reason: InvalidRequest::InvalidLeaseId
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    for ttl in [0, super::MAX_TTL_MS + 1] {
+        let r = grant(&mut h, 9, ttl);
+        assert!(
+            matches!(
+                r,
+                Err(Error::InvalidRequest {
+                    reason: InvalidRequest::InvalidTtl
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(grant(&mut h, 8, 2_000).is_ok());
+
+    // Keys attach; a put with another lease moves the key; ignore_lease
+    // keeps it; a delete detaches it.
+    for k in ["a", "b", "c", "d"] {
+        assert!(put_leased(&mut h, k, 7).is_ok());
+    }
+    assert!(put_leased(&mut h, "d", 8).is_ok());
+    let r = h.write(KvCommand::Put(PutRequest {
+        ignore_lease: true,
+        ..PutRequest::new("c", "v2")
+    }));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(h.get("c").expect("c").lease, LeaseId(7));
+    h.write(KvCommand::Delete(DeleteRequest::new(KeyRange::key("b"))))
+        .expect("delete b");
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![TxnOp::Put(PutRequest {
+            lease: LeaseId(99),
+            ..PutRequest::new("z", "v")
+        })],
+        failure: vec![],
+    };
+    assert!(matches!(
+        h.write(KvCommand::Txn(txn)),
+        Err(Error::LeaseNotFound { lease: 99 })
+    ));
+    assert_eq!(
+        lease_of(&h, 7).expect("7").keys,
+        vec![b"a".to_vec(), b"c".to_vec()]
+    );
+    assert_eq!(lease_of(&h, 8).expect("8").keys, vec![b"d".to_vec()]);
+
+    // Everything survives a reopen.
+    h.reopen();
+    assert_eq!(
+        lease_of(&h, 7).expect("7").keys,
+        vec![b"a".to_vec(), b"c".to_vec()]
+    );
+    let r = h.query(KvQuery::Leases).expect("leases");
+    let KvReply::Leases(all) = r else {
+        panic!("{r:?}")
+    };
+    let ids: Vec<(i64, u64)> = all
+        .leases
+        .iter()
+        .map(|l| (l.id.0, l.granted_ttl.as_millis() as u64))
+        .collect();
+    assert_eq!(ids, vec![(7, 5_000), (8, 2_000)]);
+
+    // Revoking deletes the lease's keys at ONE new revision.
+    let before = h.m().revision();
+    let r = h.write(KvCommand::LeaseRevoke(LeaseId(7)));
+    let Ok(KvReply::LeaseRevoke(rv)) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(rv.header.revision, before + 1);
+    assert!(h.get("a").is_none() && h.get("c").is_none());
+    assert!(h.get("d").is_some());
+    let at = h
+        .range(range_at(KeyRange::prefix(""), before))
+        .expect("history");
+    assert_eq!(
+        keys(&at),
+        vec!["a", "c", "d"],
+        "history keeps what the revoke deleted"
+    );
+    assert!(matches!(
+        lease_of(&h, 7),
+        Err(Error::LeaseNotFound { lease: 7 })
+    ));
+    assert!(matches!(
+        h.write(KvCommand::LeaseRevoke(LeaseId(7))),
+        Err(Error::LeaseNotFound { lease: 7 })
+    ));
+    // A revoke of a lease without keys leaves the revision alone.
+    assert!(grant(&mut h, 10, 1_000).is_ok());
+    let before = h.m().revision();
+    assert!(h.write(KvCommand::LeaseRevoke(LeaseId(10))).is_ok());
+    assert_eq!(h.m().revision(), before);
+
+    // An expiry decided in an earlier term does nothing; one of the
+    // entry's own term revokes.
+    h.term = 3;
+    let r = h.write(KvCommand::LeaseExpire {
+        id: LeaseId(8),
+        term: 2,
+    });
+    assert!(
+        matches!(
+            r,
+            Err(Error::InvalidRequest {
+                reason: InvalidRequest::StaleLeaseExpiry
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(h.get("d").is_some());
+    let r = h.write(KvCommand::LeaseExpire {
+        id: LeaseId(8),
+        term: 3,
+    });
+    assert!(matches!(r, Ok(KvReply::LeaseRevoke(_))), "{r:?}");
+    assert!(h.get("d").is_none());
+    h.reopen();
+    let r = h.query(KvQuery::Leases).expect("leases");
+    let KvReply::Leases(all) = r else {
+        panic!("{r:?}")
+    };
+    assert!(all.leases.is_empty(), "{all:?}");
 }

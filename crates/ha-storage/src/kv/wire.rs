@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use ha_core::{
     CompactResponse, Compare, CompareOp, CompareTarget, DeleteRequest, DeleteResponse, Error,
-    InvalidRequest, KeyRange, KeyValue, LeaseId, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, SortOrder, SortTarget, StorageError, TxnOp, TxnOpResponse,
-    TxnRequest, TxnResponse,
+    InvalidRequest, KeyRange, KeyValue, LeaseId, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseStatus, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, SortOrder,
+    SortTarget, StorageError, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
 };
 
 fn malformed() -> Error {
@@ -405,6 +405,37 @@ pub(crate) enum WCommandOp {
     Txn(WTxn),
     #[prost(int64, tag = "5")]
     Compact(i64),
+    #[prost(message, tag = "6")]
+    LeaseGrant(WLeaseGrant),
+    #[prost(int64, tag = "7")]
+    LeaseRevoke(i64),
+    #[prost(message, tag = "8")]
+    LeaseExpire(WLeaseExpire),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WLeaseGrant {
+    #[prost(int64, tag = "1")]
+    pub(crate) id: i64,
+    #[prost(uint64, tag = "2")]
+    pub(crate) ttl_ms: u64,
+}
+
+/// A leader's expiry of a lease, valid only in the term it was decided in.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WLeaseExpire {
+    #[prost(int64, tag = "1")]
+    pub(crate) id: i64,
+    #[prost(uint64, tag = "2")]
+    pub(crate) term: u64,
+}
+
+/// A lease as stored (under its id): what survives restarts and travels
+/// in snapshots. Deadlines are not replicated (the leader keeps them).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WLeaseRecord {
+    #[prost(uint64, tag = "1")]
+    pub(crate) ttl_ms: u64,
 }
 
 /// A write command. The space quota travels in the command (chosen by the
@@ -413,7 +444,7 @@ pub(crate) enum WCommandOp {
 pub(crate) struct WCommand {
     #[prost(uint64, tag = "1")]
     pub(crate) quota_bytes: u64,
-    #[prost(oneof = "WCommandOp", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "WCommandOp", tags = "2, 3, 4, 5, 6, 7, 8")]
     pub(crate) op: Option<WCommandOp>,
 }
 
@@ -423,11 +454,23 @@ pub(crate) enum WQueryOp {
     Range(WRange),
     #[prost(message, tag = "2")]
     Txn(WTxn),
+    #[prost(message, tag = "3")]
+    Lease(WLeaseQuery),
+    #[prost(bool, tag = "4")]
+    Leases(bool),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WLeaseQuery {
+    #[prost(int64, tag = "1")]
+    pub(crate) id: i64,
+    #[prost(bool, tag = "2")]
+    pub(crate) keys: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct WQuery {
-    #[prost(oneof = "WQueryOp", tags = "1, 2")]
+    #[prost(oneof = "WQueryOp", tags = "1, 2, 3, 4")]
     pub(crate) op: Option<WQueryOp>,
 }
 
@@ -519,11 +562,39 @@ pub(crate) enum WReplyOp {
     Compact(i64),
     #[prost(message, tag = "6")]
     Error(WError),
+    #[prost(message, tag = "7")]
+    Lease(WLeaseResp),
+    #[prost(message, tag = "8")]
+    Leases(WLeasesResp),
+    #[prost(int64, tag = "9")]
+    LeaseRevoke(i64),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WLeaseResp {
+    #[prost(int64, tag = "1")]
+    revision: i64,
+    #[prost(int64, tag = "2")]
+    id: i64,
+    #[prost(uint64, tag = "3")]
+    ttl_ms: u64,
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    keys: Vec<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct WLeasesResp {
+    #[prost(int64, tag = "1")]
+    revision: i64,
+    #[prost(int64, repeated, tag = "2")]
+    ids: Vec<i64>,
+    #[prost(uint64, repeated, tag = "3")]
+    ttls_ms: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct WReply {
-    #[prost(oneof = "WReplyOp", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "WReplyOp", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub(crate) op: Option<WReplyOp>,
 }
 
@@ -542,6 +613,21 @@ pub(crate) enum Reply {
     },
     Txn(TxnReply),
     Compact {
+        revision: i64,
+    },
+    /// A lease (granted, or asked about): its TTL and attached keys.
+    Lease {
+        revision: i64,
+        id: i64,
+        ttl_ms: u64,
+        keys: Vec<Vec<u8>>,
+    },
+    /// Every lease with its TTL.
+    Leases {
+        revision: i64,
+        leases: Vec<(i64, u64)>,
+    },
+    LeaseRevoke {
         revision: i64,
     },
 }
@@ -582,8 +668,12 @@ fn reply_to_op(r: &Reply) -> WOpResp {
             prev_kvs: kvs(prev_kvs),
         }),
         Reply::Txn(t) => WOpResp::Txn(txn_resp(t)),
-        // A compaction is never inside a transaction.
-        Reply::Compact { revision } => WOpResp::Range(WRangeResp {
+        // Neither a compaction nor a lease operation is ever inside a
+        // transaction.
+        Reply::Compact { revision }
+        | Reply::Lease { revision, .. }
+        | Reply::Leases { revision, .. }
+        | Reply::LeaseRevoke { revision } => WOpResp::Range(WRangeResp {
             revision: *revision,
             ..WRangeResp::default()
         }),
@@ -633,6 +723,23 @@ pub(crate) fn encode_reply(result: &Result<Reply, Error>) -> Vec<u8> {
         }),
         Ok(Reply::Txn(t)) => WReplyOp::Txn(txn_resp(t)),
         Ok(Reply::Compact { revision }) => WReplyOp::Compact(*revision),
+        Ok(Reply::Lease {
+            revision,
+            id,
+            ttl_ms,
+            keys,
+        }) => WReplyOp::Lease(WLeaseResp {
+            revision: *revision,
+            id: *id,
+            ttl_ms: *ttl_ms,
+            keys: keys.clone(),
+        }),
+        Ok(Reply::Leases { revision, leases }) => WReplyOp::Leases(WLeasesResp {
+            revision: *revision,
+            ids: leases.iter().map(|l| l.0).collect(),
+            ttls_ms: leases.iter().map(|l| l.1).collect(),
+        }),
+        Ok(Reply::LeaseRevoke { revision }) => WReplyOp::LeaseRevoke(*revision),
         Err(e) => WReplyOp::Error(encode_error(e)),
     };
     WReply { op: Some(op) }.encode_to_vec()
@@ -652,11 +759,18 @@ fn encode_error(e: &Error) -> WError {
                 InvalidRequest::KeyNotFound => 5,
                 InvalidRequest::IgnoredFieldSet => 6,
                 InvalidRequest::NegativeRevision => 7,
+                InvalidRequest::InvalidTtl => 9,
+                InvalidRequest::InvalidLeaseId => 10,
+                InvalidRequest::StaleLeaseExpiry => 11,
                 _ => 8,
             },
             0,
         ),
         Error::LeaseNotFound { lease } => (5, *lease, 0),
+        Error::LeaseExists { lease } => (6, *lease, 0),
+        Error::NotLeader { leader_hint } => (8, leader_hint.map_or(0, |n| n.0 as i64), 0),
+        Error::Timeout { after } => (9, after.as_millis().min(i64::MAX as u128) as i64, 0),
+        Error::Shutdown => (10, 0, 0),
         _ => (7, 0, 0),
     };
     WError {
@@ -692,10 +806,21 @@ fn decode_error(w: WError) -> Error {
                 5 => InvalidRequest::KeyNotFound,
                 6 => InvalidRequest::IgnoredFieldSet,
                 7 => InvalidRequest::NegativeRevision,
+                9 => InvalidRequest::InvalidTtl,
+                10 => InvalidRequest::InvalidLeaseId,
+                11 => InvalidRequest::StaleLeaseExpiry,
                 _ => InvalidRequest::Malformed,
             },
         },
         5 => Error::LeaseNotFound { lease: w.a },
+        6 => Error::LeaseExists { lease: w.a },
+        8 => Error::NotLeader {
+            leader_hint: (w.a > 0).then(|| ha_core::NodeId(w.a as u64)),
+        },
+        9 => Error::Timeout {
+            after: std::time::Duration::from_millis(w.a.max(0) as u64),
+        },
+        10 => Error::Shutdown,
         _ => Error::Storage(StorageError::Other(Arc::new(std::io::Error::other(
             w.detail,
         )))),
@@ -738,6 +863,25 @@ pub enum KvReply {
     Txn(TxnResponse),
     /// Of a compaction.
     Compact(CompactResponse),
+    /// Of a lease grant or a lease query.
+    Lease(LeaseInfo),
+    /// Of a query for every lease.
+    Leases(LeaseLeasesResponse),
+    /// Of a lease revocation or expiry.
+    LeaseRevoke(LeaseRevokeResponse),
+}
+
+/// A lease as the machine knows it (the replicated part: no deadline).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// Answering member and revision.
+    pub header: ResponseHeader,
+    /// The lease.
+    pub id: LeaseId,
+    /// The TTL it was granted.
+    pub ttl: std::time::Duration,
+    /// Its keys, sorted (when asked for).
+    pub keys: Vec<Vec<u8>>,
 }
 
 fn wkvs(v: Vec<WKeyValue>) -> Vec<KeyValue> {
@@ -805,6 +949,46 @@ pub fn decode_reply(bytes: &[u8], stamp: &HeaderStamp) -> Result<KvReply, Error>
         WReplyOp::Compact(revision) => KvReply::Compact(CompactResponse {
             header: stamp.header(revision),
         }),
+        WReplyOp::Lease(l) => KvReply::Lease(LeaseInfo {
+            header: stamp.header(l.revision),
+            id: LeaseId(l.id),
+            ttl: std::time::Duration::from_millis(l.ttl_ms),
+            keys: l.keys,
+        }),
+        WReplyOp::Leases(l) => KvReply::Leases(LeaseLeasesResponse {
+            header: stamp.header(l.revision),
+            leases: l
+                .ids
+                .into_iter()
+                .zip(l.ttls_ms)
+                .map(|(id, ttl)| LeaseStatus {
+                    id: LeaseId(id),
+                    granted_ttl: std::time::Duration::from_millis(ttl),
+                })
+                .collect(),
+        }),
+        WReplyOp::LeaseRevoke(revision) => KvReply::LeaseRevoke(LeaseRevokeResponse {
+            header: stamp.header(revision),
+        }),
         WReplyOp::Error(e) => return Err(decode_error(e)),
     })
+}
+
+/// Encodes an error the way the machine's replies carry it, for other
+/// channels that must carry KV errors between members (forwarded lease
+/// calls). Errors without a code of their own arrive as a storage error
+/// with their text.
+pub fn encode_error_bytes(e: &Error) -> Vec<u8> {
+    use prost::Message as _;
+    encode_error(e).encode_to_vec()
+}
+
+/// Decodes [`encode_error_bytes`]' output; bytes that are not an error
+/// decode as [`InvalidRequest::Malformed`].
+pub fn decode_error_bytes(bytes: &[u8]) -> Error {
+    use prost::Message as _;
+    match WError::decode(bytes) {
+        Ok(w) => decode_error(w),
+        Err(_) => malformed(),
+    }
 }
