@@ -28,7 +28,7 @@ pub use clock::Clock;
 pub use config::{Config, StartMode};
 pub use error::{
     ConfigError, DropReason, Error, InvalidRequest, KvLimit, OverloadReason, Result, StorageError,
-    UnknownCause,
+    UnknownCause, WatchCancelReason,
 };
 pub use ids::{ClusterId, NodeId, RequestId};
 pub use kv::{
@@ -43,7 +43,9 @@ pub use storage::{
     StateStore, StateView, WriteBatch,
 };
 pub use transport::{MessageSink, SnapshotOutcome, SnapshotReader, SnapshotWriter, Transport};
-pub use watch::{EventKind, WatchEvent};
+pub use watch::{
+    EventKind, WatchControl, WatchEvent, WatchId, WatchRequest, WatchResponse, WatchStream,
+};
 
 /// raft-rs's wire types, for storage and transport implementors.
 pub use raft_proto::eraftpb;
