@@ -10,14 +10,19 @@ use ha_core::{
     ClusterId, CompactResponse, Config, Consistency, DeleteRequest, DeleteResponse, Error,
     InvalidRequest, KeyRange, KvClient, KvLimit, KvOptions, LogStore, PutRequest, PutResponse,
     RangeRequest, RangeResponse, Result, StateStore, Transport, TxnOp, TxnRequest, TxnResponse,
+    WatchCancelReason, WatchRequest, WatchStream,
 };
 use ha_storage::kv::{
     HeaderStamp, KvCommand, KvQuery, KvReply, MvccMachine, check_txn, decode_reply,
     txn_is_read_only,
 };
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::config::{AutoCompaction, KvConfig};
+use super::watch::{
+    Driver, DriverConfig, HubConfig, HubObserver, SharedMachine, WatchHub, wake_channel, wake_of,
+};
 use crate::shell::{CallOptions, Node, ReadConsistency, ReadOptions};
 
 /// One member of an ha group serving the replicated KV (etcd v3
@@ -27,7 +32,8 @@ use crate::shell::{CallOptions, Node, ReadConsistency, ReadOptions};
 /// Limits are checked before anything is proposed. Writes are proposals
 /// (exactly once, on any member); linearizable reads use the engine's
 /// batched ReadIndex, serializable ones read this member's state at once.
-/// Cheap to clone.
+/// Watches are served by every member from what it applies (see
+/// [`KvClient::watch`]). Cheap to clone.
 #[derive(Clone)]
 pub struct KvNode {
     inner: Arc<Inner>,
@@ -39,6 +45,18 @@ struct Inner {
     cluster_id: ClusterId,
     /// Dropped (or sent to) to stop the auto-compaction task.
     stop: watch::Sender<bool>,
+    hub: Arc<Mutex<WatchHub>>,
+    watch_driver: Driver,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: nobody can shut the member down in
+        // order any more, so end the watches (their streams would wait
+        // forever otherwise) and let the driver go.
+        self.hub.lock().cancel_all(WatchCancelReason::MemberStopped);
+        self.watch_driver.stop_soon();
+    }
 }
 
 impl std::fmt::Debug for KvNode {
@@ -70,10 +88,41 @@ impl KvNode {
         let kv = kv.validate()?;
         let cluster_id = ClusterId::derive(&config.initial_members, &config.cluster_token);
         let store = state.clone();
-        let machine = tokio::task::spawn_blocking(move || MvccMachine::open(store))
+        let mut machine = tokio::task::spawn_blocking(move || MvccMachine::open(store))
             .await
             .map_err(|e| Error::fatal(format!("opening the KV failed: {e}")))??;
-        let node = Node::start(config, log, state, machine, transport).await?;
+        let hub = Arc::new(Mutex::new(WatchHub::new(
+            machine.revision(),
+            machine.compact_revision(),
+            HubConfig {
+                progress_interval: kv.watch_progress_interval,
+            },
+        )));
+        let wake = wake_channel();
+        machine.set_observer(Box::new(HubObserver {
+            hub: hub.clone(),
+            wake: wake_of(&wake.0),
+        }));
+        let machine = Arc::new(Mutex::new(machine));
+        let node = Node::start(
+            config,
+            log,
+            state,
+            SharedMachine(machine.clone()),
+            transport,
+        )
+        .await?;
+        let watch_driver = Driver::start(
+            machine,
+            hub.clone(),
+            node.clone(),
+            DriverConfig {
+                chunk_events: kv.watch_catch_up_chunk,
+                tick: (kv.watch_progress_interval / 2).min(Duration::from_millis(100)),
+            },
+            wake,
+        )
+        .map_err(|e| Error::fatal(format!("starting the watch thread failed: {e}")))?;
         let (stop, stop_rx) = watch::channel(false);
         if kv.auto_compaction != AutoCompaction::Off {
             tokio::spawn(auto_compact(
@@ -89,6 +138,8 @@ impl KvNode {
                 config: kv,
                 cluster_id,
                 stop,
+                hub,
+                watch_driver,
             }),
         })
     }
@@ -110,7 +161,20 @@ impl KvNode {
     /// As [`Node::shutdown`].
     pub async fn shutdown(&self) -> Result<()> {
         let _ = self.inner.stop.send(true);
-        self.inner.node.shutdown().await
+        let result = self.inner.node.shutdown().await;
+        // Everything applied was delivered; each watch learns where to
+        // resume (on another member).
+        self.inner
+            .hub
+            .lock()
+            .cancel_all(WatchCancelReason::MemberStopped);
+        self.inner.watch_driver.stop_soon();
+        result
+    }
+
+    /// Number of watches this member serves.
+    pub fn watchers(&self) -> usize {
+        self.inner.hub.lock().len()
     }
 
     fn stamp(&self) -> HeaderStamp {
@@ -274,6 +338,22 @@ impl KvClient for KvNode {
             KvReply::Compact(r) => Ok(r),
             _ => Err(unexpected()),
         }
+    }
+
+    /// Watches on this member, from what it applies: a follower's watch
+    /// sees a change when the follower applies it, and goes on across
+    /// leader changes. Never blocks on the group.
+    async fn watch(&self, request: WatchRequest) -> Result<WatchStream> {
+        self.check_range(&request.range)?;
+        self.inner.node.check_running()?;
+        super::watch::open(
+            &self.inner.hub,
+            &self.inner.watch_driver.wake,
+            &self.inner.node,
+            self.inner.cluster_id,
+            request,
+            self.inner.config.watch_buffer,
+        )
     }
 }
 
