@@ -15,7 +15,7 @@
 //! | [`Error::UnsafeMembershipChange`] | no | heal the group first, or force |
 //! | [`Error::InvalidMembershipChange`] | no | fix the request |
 //! | [`Error::Removed`] | — | this member was removed; stop it |
-//! | [`Error::Compacted`] | no (a read) | read at or after `compact_revision` |
+//! | [`Error::Compacted`] | no (a read or watch) | read at or after `compact_revision`; watch from after it |
 //! | [`Error::FutureRevision`] | no (a read) | read at or before `current` |
 //! | [`Error::NoSpace`] | no | delete and compact, or raise the quota |
 //! | [`Error::LimitExceeded`] | no | make the key, value or request smaller, or split the transaction |
@@ -26,6 +26,7 @@
 //! | [`Error::NoCallHandler`] | no — the peer has no call handler (yet) | retry once the peer set one |
 //! | [`Error::CallOutcomeUnknown`] | maybe — the request left, no reply came | retry only if the request is idempotent |
 //! | [`Error::CallFailed`] | the peer's handler returned an error | as the reason says |
+//! | [`Error::WatchCancelled`] | — (a watch) | watch again from `resume_revision`, here or on another member |
 //! | [`Error::Config`] | — | fix the configuration |
 //! | [`Error::Storage`] | — | the data directory or device needs attention |
 
@@ -125,6 +126,19 @@ pub enum InvalidRequest {
     StaleLeaseExpiry,
 }
 
+/// Why a watch was cancelled by the member serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchCancelReason {
+    /// The watcher did not take its responses fast enough: its buffer was
+    /// full when new events arrived, and the member never waits for a
+    /// watcher.
+    SlowConsumer,
+    /// The member serving the watch stopped (shut down, killed, or a
+    /// fatal error).
+    MemberStopped,
+}
+
 /// The error type of every ha operation.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -219,7 +233,9 @@ pub enum Error {
         /// This member.
         member: NodeId,
     },
-    /// A KV read asked for a revision that compaction removed.
+    /// A KV read asked for a revision that compaction removed, or a watch
+    /// for one at or below the compact revision (a delete at exactly that
+    /// revision is gone from history, so a watch from it could miss it).
     #[error("revision is compacted (compacted up to {compact_revision}); read at or after it")]
     Compacted {
         /// The store's compact revision: the oldest readable one.
@@ -304,6 +320,18 @@ pub enum Error {
         /// The handler's error, as text.
         reason: Arc<str>,
     },
+    /// The member ended the watch. Every event below `resume_revision`
+    /// was delivered; watch again from `resume_revision` (on this or any
+    /// member) to get exactly the rest.
+    #[error(
+        "watch cancelled ({reason:?}); every event below revision {resume_revision} was delivered, watch again from it"
+    )]
+    WatchCancelled {
+        /// The first revision whose events the watcher has not been sent.
+        resume_revision: i64,
+        /// Why.
+        reason: WatchCancelReason,
+    },
     /// Invalid configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -336,6 +364,7 @@ impl Error {
                 | Error::PeerUnreachable { .. }
                 | Error::NoCallHandler { .. }
                 | Error::LeaseExists { .. }
+                | Error::WatchCancelled { .. }
         )
     }
 

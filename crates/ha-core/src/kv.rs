@@ -5,8 +5,9 @@
 //!
 //! [`KvClient`] is what applications, recipes and tools use; the
 //! in-process handle (`ha_raft::KvNode`) implements it, and a remote
-//! client will too. Watches and leases arrive as further traits
-//! (`KvClient` stays as it is), so implementors are never broken.
+//! client will too. It covers the KV operations and watches
+//! ([`KvClient::watch`], vocabulary in [`crate::WatchRequest`]); leases
+//! join it as methods of their own.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::lease::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAlive, LeaseKeepAliveResponse,
     LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
 };
+use crate::watch::{WatchRequest, WatchStream};
 
 /// A lease's id; [`LeaseId::NONE`] (0) means "no lease".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -443,7 +445,9 @@ impl KvOptions {
 /// the member's default deadline). Errors follow [`crate::Error`]'s table; the KV adds
 /// [`crate::Error::Compacted`], [`crate::Error::FutureRevision`],
 /// [`crate::Error::NoSpace`], [`crate::Error::LimitExceeded`],
-/// [`crate::Error::InvalidRequest`] and [`crate::Error::LeaseNotFound`].
+/// [`crate::Error::InvalidRequest`] and [`crate::Error::LeaseNotFound`];
+/// watches end with [`crate::Error::WatchCancelled`] or
+/// [`crate::Error::Compacted`].
 #[async_trait]
 pub trait KvClient: Send + Sync + 'static {
     /// Sets a key.
@@ -458,6 +462,17 @@ pub trait KvClient: Send + Sync + 'static {
     /// Compacts history up to `revision`: reads below it fail with
     /// [`crate::Error::Compacted`] afterwards.
     async fn compact(&self, revision: i64, options: KvOptions) -> Result<CompactResponse>;
+    /// Watches keys for changes, from `request.start_revision` (0: the
+    /// answering member's next revision), with etcd's guarantees (see
+    /// [`crate::WatchStream`]). Works on every member; a watch on a member
+    /// that lags sees the changes when that member applies them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Compacted`] when `start_revision` is at or below the
+    /// compact revision; [`crate::Error::InvalidRequest`] for a negative
+    /// revision; [`crate::Error::LimitExceeded`] for an oversized range;
+    /// [`crate::Error::Shutdown`] when the member stopped.
+    async fn watch(&self, request: WatchRequest) -> Result<WatchStream>;
 
     /// Grants a lease. Its TTL is at least the group's minimum (1.5 × the
     /// election timeout); a smaller request is rounded up, as the response

@@ -29,7 +29,7 @@ pub use clock::Clock;
 pub use config::{Config, StartMode};
 pub use error::{
     ConfigError, DropReason, Error, InvalidRequest, KvLimit, OverloadReason, Result, StorageError,
-    UnknownCause,
+    UnknownCause, WatchCancelReason,
 };
 pub use ids::{ClusterId, NodeId, RequestId};
 pub use kv::{
@@ -50,7 +50,9 @@ pub use storage::{
 pub use transport::{
     CallReply, MessageSink, SnapshotOutcome, SnapshotReader, SnapshotWriter, Transport,
 };
-pub use watch::{EventKind, WatchEvent};
+pub use watch::{
+    EventKind, WatchControl, WatchEvent, WatchId, WatchRequest, WatchResponse, WatchStream,
+};
 
 /// raft-rs's wire types, for storage and transport implementors.
 pub use raft_proto::eraftpb;

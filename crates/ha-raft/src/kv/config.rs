@@ -54,6 +54,20 @@ pub struct KvConfig {
     pub quota_bytes: u64,
     /// Automatic compaction (default off).
     pub auto_compaction: AutoCompaction,
+    /// Responses buffered per watcher (default 128). A watcher whose
+    /// buffer is full when new events arrive is cancelled with
+    /// `WatchCancelled { resume_revision, reason: SlowConsumer }`: the
+    /// member never waits for a watcher.
+    pub watch_buffer: usize,
+    /// How long a watch that asked for `progress_notify` may stay idle
+    /// before it gets a progress notification (default 10 minutes, as in
+    /// etcd).
+    #[serde(with = "humantime_serde")]
+    pub watch_progress_interval: Duration,
+    /// Most history events read under one hold of the state machine while
+    /// catching up watchers that start in the past (default 1,000): the
+    /// apply thread waits at most that long.
+    pub watch_catch_up_chunk: usize,
 }
 
 impl Default for KvConfig {
@@ -65,6 +79,9 @@ impl Default for KvConfig {
             max_txn_ops: 128,
             quota_bytes: 2 * 1024 * 1024 * 1024,
             auto_compaction: AutoCompaction::Off,
+            watch_buffer: 128,
+            watch_progress_interval: Duration::from_secs(600),
+            watch_catch_up_chunk: 1000,
         }
     }
 }
@@ -80,6 +97,8 @@ impl KvConfig {
             ("max_value_bytes", self.max_value_bytes),
             ("max_request_bytes", self.max_request_bytes),
             ("max_txn_ops", self.max_txn_ops),
+            ("watch_buffer", self.watch_buffer),
+            ("watch_catch_up_chunk", self.watch_catch_up_chunk),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { field });
@@ -96,6 +115,13 @@ impl KvConfig {
                     expected: "at most max_request_bytes",
                 });
             }
+        }
+        if self.watch_progress_interval < Duration::from_millis(10) {
+            return Err(ConfigError::OutOfRange {
+                field: "watch_progress_interval",
+                value: self.watch_progress_interval.as_millis() as u64,
+                expected: "at least 10ms",
+            });
         }
         match self.auto_compaction {
             AutoCompaction::Off => {}
@@ -173,5 +199,29 @@ mod tests {
                 ..
             })
         ));
+        let bad = KvConfig {
+            watch_buffer: 0,
+            ..KvConfig::default()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(ConfigError::Zero {
+                field: "watch_buffer"
+            })
+        );
+        let bad = KvConfig {
+            watch_progress_interval: Duration::from_millis(1),
+            ..KvConfig::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "watch_progress_interval",
+                ..
+            })
+        ));
+        let c: KvConfig =
+            serde_json::from_str(r#"{"watch_progress_interval": "250ms"}"#).expect("parses");
+        assert_eq!(c.watch_progress_interval, Duration::from_millis(250));
     }
 }

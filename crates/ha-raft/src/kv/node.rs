@@ -13,12 +13,13 @@ use ha_core::{
     LeaseId, LeaseKeepAlive, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
     LeaseTimeToLiveResponse, LogStore, NodeId, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseHeader, Result, StateStore, Transport, TxnOp, TxnRequest, TxnResponse,
-    WatchEvent,
+    WatchCancelReason, WatchEvent, WatchRequest, WatchStream,
 };
 use ha_storage::kv::{
     HeaderStamp, KvCommand, KvObserver, KvQuery, KvReply, MAX_TTL_MS, MvccMachine, check_txn,
     decode_reply, txn_is_read_only,
 };
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::config::{AutoCompaction, KvConfig};
@@ -27,6 +28,9 @@ use super::keeper::{
     encode_call_reply, refusal_error, run_expiry,
 };
 use super::lease::Refusal;
+use super::watch::{
+    Driver, DriverConfig, HubConfig, HubObserver, SharedMachine, WatchHub, wake_channel, wake_of,
+};
 use crate::call::CallHandler;
 use crate::shell::{CallOptions, Node, ReadConsistency, ReadOptions};
 
@@ -37,7 +41,8 @@ use crate::shell::{CallOptions, Node, ReadConsistency, ReadOptions};
 /// Limits are checked before anything is proposed. Writes are proposals
 /// (exactly once, on any member); linearizable reads use the engine's
 /// batched ReadIndex, serializable ones read this member's state at once.
-/// Cheap to clone.
+/// Watches are served by every member from what it applies (see
+/// [`KvClient::watch`]). Cheap to clone.
 #[derive(Clone)]
 pub struct KvNode {
     inner: Arc<Inner>,
@@ -52,15 +57,57 @@ struct Inner {
     /// Dropped (or sent to) to stop the background tasks (auto-compaction,
     /// lease expiry, keep-alives).
     stop: watch::Sender<bool>,
+    hub: Arc<Mutex<WatchHub>>,
+    watch_driver: Driver,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: nobody can shut the member down in
+        // order any more, so end the watches (their streams would wait
+        // forever otherwise) and let the driver go.
+        self.hub.lock().cancel_all(WatchCancelReason::MemberStopped);
+        self.watch_driver.stop_soon();
+    }
 }
 
 /// Follows what the machine applies, on the apply thread: lease grants and
 /// revocations for the lease manager, and the revision for headers.
-struct NodeObserver {
+struct LeaseObserver {
     leases: Arc<Leases>,
 }
 
-impl KvObserver for NodeObserver {
+/// The machine's one observer: the watch hub, then the leases.
+struct Observers {
+    hub: HubObserver,
+    leases: LeaseObserver,
+}
+
+impl KvObserver for Observers {
+    fn events(&mut self, events: &[WatchEvent], revision: i64) {
+        self.hub.events(events, revision);
+        self.leases.events(events, revision);
+    }
+
+    fn compacted(&mut self, compact_revision: i64) {
+        self.hub.compacted(compact_revision);
+    }
+
+    fn lease_granted(&mut self, id: LeaseId, ttl: Duration) {
+        self.leases.lease_granted(id, ttl);
+    }
+
+    fn lease_revoked(&mut self, id: LeaseId) {
+        self.leases.lease_revoked(id);
+    }
+
+    fn restored(&mut self, revision: i64, compact_revision: i64, leases: &[(LeaseId, Duration)]) {
+        self.hub.restored(revision, compact_revision, leases);
+        self.leases.restored(revision, compact_revision, leases);
+    }
+}
+
+impl KvObserver for LeaseObserver {
     fn events(&mut self, _events: &[WatchEvent], revision: i64) {
         self.leases.revision.store(revision, Ordering::Relaxed);
     }
@@ -140,10 +187,43 @@ impl KvNode {
         for (id, ttl) in machine.leases() {
             leases.manager.lock().granted(id, ttl, Instant::now());
         }
-        machine.set_observer(Box::new(NodeObserver {
-            leases: leases.clone(),
+        let hub = Arc::new(Mutex::new(WatchHub::new(
+            machine.revision(),
+            machine.compact_revision(),
+            HubConfig {
+                progress_interval: kv.watch_progress_interval,
+            },
+        )));
+        let wake = wake_channel();
+        machine.set_observer(Box::new(Observers {
+            hub: HubObserver {
+                hub: hub.clone(),
+                wake: wake_of(&wake.0),
+            },
+            leases: LeaseObserver {
+                leases: leases.clone(),
+            },
         }));
-        let node = Node::start(config, log, state, machine, transport).await?;
+        let machine = Arc::new(Mutex::new(machine));
+        let node = Node::start(
+            config,
+            log,
+            state,
+            SharedMachine(machine.clone()),
+            transport,
+        )
+        .await?;
+        let watch_driver = Driver::start(
+            machine,
+            hub.clone(),
+            node.clone(),
+            DriverConfig {
+                chunk_events: kv.watch_catch_up_chunk,
+                tick: (kv.watch_progress_interval / 2).min(Duration::from_millis(100)),
+            },
+            wake,
+        )
+        .map_err(|e| Error::fatal(format!("starting the watch thread failed: {e}")))?;
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(run_expiry(node.clone(), leases.clone(), stop_rx.clone()));
         if kv.auto_compaction != AutoCompaction::Off {
@@ -161,6 +241,8 @@ impl KvNode {
             request_timeout,
             leases,
             stop,
+            hub,
+            watch_driver,
         });
         inner.node.set_call_handler(Arc::new(ForwardedCalls {
             kv: Arc::downgrade(&inner),
@@ -185,7 +267,20 @@ impl KvNode {
     /// As [`Node::shutdown`].
     pub async fn shutdown(&self) -> Result<()> {
         let _ = self.inner.stop.send(true);
-        self.inner.node.shutdown().await
+        let result = self.inner.node.shutdown().await;
+        // Everything applied was delivered; each watch learns where to
+        // resume (on another member).
+        self.inner
+            .hub
+            .lock()
+            .cancel_all(WatchCancelReason::MemberStopped);
+        self.inner.watch_driver.stop_soon();
+        result
+    }
+
+    /// Number of watches this member serves.
+    pub fn watchers(&self) -> usize {
+        self.inner.hub.lock().len()
     }
 
     /// Stops this member at once, as if its process died: no leadership
@@ -665,6 +760,22 @@ impl KvClient for KvNode {
             KvReply::Leases(r) => Ok(r),
             _ => Err(unexpected()),
         }
+    }
+
+    /// Watches on this member, from what it applies: a follower's watch
+    /// sees a change when the follower applies it, and goes on across
+    /// leader changes. Never blocks on the group.
+    async fn watch(&self, request: WatchRequest) -> Result<WatchStream> {
+        self.check_range(&request.range)?;
+        self.inner.node.check_running()?;
+        super::watch::open(
+            &self.inner.hub,
+            &self.inner.watch_driver.wake,
+            &self.inner.node,
+            self.inner.cluster_id,
+            request,
+            self.inner.config.watch_buffer,
+        )
     }
 }
 

@@ -614,6 +614,12 @@ impl Node {
         self.shared.id
     }
 
+    /// `Ok` while this member runs; else why it stopped (`Shutdown`, or
+    /// the fatal error).
+    pub(crate) fn check_running(&self) -> Result<()> {
+        self.shared.check_running()
+    }
+
     /// Proposes `command` with the default deadline. Resolves with the
     /// state machine's response once THIS member has applied it. Works on
     /// any member: followers forward to the leader, and a member with no

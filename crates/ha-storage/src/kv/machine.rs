@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ha_core::{
-    ApplyContext, Compare, CompareOp, CompareTarget, DeleteRequest, Error, InvalidRequest,
-    KeyRange, KeyValue, LeaseId, PutRequest, RangeRequest, SortOrder, SortTarget, StateMachine,
-    StateStore, StorageError, TxnOp, TxnRequest, WriteBatch,
+    ApplyContext, Compare, CompareOp, CompareTarget, DeleteRequest, Error, EventKind,
+    InvalidRequest, KeyRange, KeyValue, LeaseId, PutRequest, RangeRequest, SortOrder, SortTarget,
+    StateMachine, StateStore, StorageError, TxnOp, TxnRequest, WatchEvent, WriteBatch,
 };
 use prost::Message as _;
 
@@ -81,6 +81,17 @@ struct Lease {
 enum LeaseChange {
     Granted(LeaseId, u64),
     Revoked(LeaseId),
+}
+
+/// The (main, sub) revision of a record key, or `None` if it is not one.
+fn parse_record_key(k: &[u8]) -> Option<(i64, i64)> {
+    let rev = k.strip_prefix(RECORD_PREFIX)?;
+    let main: [u8; 8] = rev.get(..8)?.try_into().ok()?;
+    let sub: [u8; 8] = rev.get(8..16)?.try_into().ok()?;
+    Some((
+        u64::from_be_bytes(main) as i64,
+        u64::from_be_bytes(sub) as i64,
+    ))
 }
 
 fn malformed() -> Error {
@@ -198,6 +209,11 @@ pub struct MvccMachine<S: StateStore + ?Sized> {
     leases: BTreeMap<LeaseId, Lease>,
     lease_changes: Vec<LeaseChange>,
     observer: Option<Box<dyn KvObserver>>,
+    /// The changes of the current apply step, for the observer (collected
+    /// only while there is one).
+    step_events: Vec<WatchEvent>,
+    /// The current apply step compacted.
+    step_compacted: bool,
 }
 
 impl<S: StateStore + ?Sized> std::fmt::Debug for MvccMachine<S> {
@@ -245,6 +261,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             leases: BTreeMap::new(),
             lease_changes: Vec::new(),
             observer: None,
+            step_events: Vec::new(),
+            step_compacted: false,
         };
         m.reload()?;
         Ok(m)
@@ -254,6 +272,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         self.index.clear();
         self.live.clear();
         self.pending.clear();
+        self.step_events.clear();
+        self.step_compacted = false;
         self.used_bytes = 0;
         self.revision = read_i64(&*self.store, META_REVISION, "kv revision")?.unwrap_or(1);
         self.compact_revision =
@@ -262,18 +282,10 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         let (index, live, used) = (&mut self.index, &mut self.live, &mut self.used_bytes);
         self.store
             .scan(RECORD_PREFIX, Some(RECORD_END), &mut |k, v| {
-                let rev = &k[RECORD_PREFIX.len().min(k.len())..];
-                let (Some(main), Some(sub)) = (
-                    rev.get(..8).and_then(|b| b.try_into().ok()),
-                    rev.get(8..16).and_then(|b| b.try_into().ok()),
-                ) else {
+                let Some((main, sub)) = parse_record_key(k) else {
                     err = Some(StorageError::corrupt("kv record key", "not 16 bytes"));
                     return false;
                 };
-                let (main, sub) = (
-                    u64::from_be_bytes(main) as i64,
-                    u64::from_be_bytes(sub) as i64,
-                );
                 let rec = match WRecord::decode(v) {
                     Ok(r) => r,
                     Err(e) => {
@@ -362,6 +374,120 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
     /// lease manager, through the node); replaces any earlier observer.
     pub fn set_observer(&mut self, observer: Box<dyn KvObserver>) {
         self.observer = Some(observer);
+    }
+
+    /// The events of revisions `from..=to` (`to` capped at the current
+    /// revision), oldest first, in write order within a revision, each
+    /// with its `prev_kv` when the key existed before the change (found
+    /// through the key index; history below the compact revision is gone,
+    /// so an event right after a compaction may lack it). Whole revisions
+    /// only: it stops after the revision that brings the count to
+    /// `max_events` or beyond. Returns the events and the last revision
+    /// they cover (every event up to it is included). Records of the
+    /// apply step not yet committed are read from memory.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when `from` is at or below the compact
+    /// revision (a delete at exactly the compact revision is no longer
+    /// stored, so history from there would be incomplete); a storage error
+    /// when a record cannot be read.
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<(Vec<WatchEvent>, i64), Error> {
+        if self.compact_revision > 0 && from <= self.compact_revision {
+            return Err(Error::Compacted {
+                compact_revision: self.compact_revision,
+            });
+        }
+        let from = from.max(1);
+        let to = to.min(self.revision);
+        if from > to {
+            return Ok((Vec::new(), to));
+        }
+        let max_events = max_events.max(1);
+        let mut records: BTreeMap<(i64, i64), WRecord> = BTreeMap::new();
+        let mut covered = to;
+        let mut last_main = 0;
+        let mut err = None;
+        self.store.scan(
+            &record_key(from, 0),
+            Some(&record_key(to + 1, 0)),
+            &mut |k, v| {
+                let Some((main, sub)) = parse_record_key(k) else {
+                    err = Some(StorageError::corrupt("kv record key", "not 16 bytes"));
+                    return false;
+                };
+                if records.len() >= max_events && main != last_main {
+                    covered = last_main;
+                    return false;
+                }
+                match WRecord::decode(v) {
+                    Ok(r) => {
+                        records.insert((main, sub), r);
+                        last_main = main;
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(StorageError::corrupt("kv record", e.to_string()));
+                        false
+                    }
+                }
+            },
+        )?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        // The step not yet committed: its records are not in the store yet.
+        if records.len() < max_events {
+            for (&rev, rec) in self.pending.range((from, 0)..(covered + 1, 0)) {
+                records.entry(rev).or_insert_with(|| rec.clone());
+            }
+        }
+        let mut events = Vec::with_capacity(records.len());
+        for ((main, sub), rec) in records {
+            events.push(self.history_event(main, sub, rec)?);
+        }
+        Ok((events, covered))
+    }
+
+    fn history_event(&self, main: i64, sub: i64, rec: WRecord) -> Result<WatchEvent, Error> {
+        let prev = match self.index.get(&rec.key) {
+            Some(revs) => {
+                let n = revs.partition_point(|r| (r.main, r.sub) < (main, sub));
+                match n.checked_sub(1).and_then(|i| revs.get(i)) {
+                    Some(p) if !p.tombstone => Some(self.record(p.main, p.sub)?),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        Ok(if rec.tombstone {
+            WatchEvent {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: rec.key,
+                    mod_revision: main,
+                    ..KeyValue::default()
+                },
+                prev_kv: prev,
+            }
+        } else {
+            WatchEvent {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: rec.key,
+                    create_revision: rec.create_revision,
+                    mod_revision: main,
+                    version: rec.version,
+                    value: rec.value,
+                    lease: LeaseId(rec.lease),
+                },
+                prev_kv: prev,
+            }
+        })
     }
 
     /// The current revision.
@@ -612,6 +738,13 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 lease.keys.insert(kv.key.clone());
             }
         }
+        if self.observer.is_some() {
+            self.step_events.push(WatchEvent {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev_kv: prev.clone(),
+            });
+        }
         self.live.insert(kv.key.clone(), kv);
         Reply::Put {
             revision: w.main,
@@ -623,11 +756,23 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         let keys: Vec<Vec<u8>> = self.live_range(&d.range).map(|kv| kv.key.clone()).collect();
         let mut prev_kvs = Vec::new();
         for key in &keys {
-            if let Some(kv) = self.live.remove(key) {
+            let prev = self.live.remove(key);
+            if let Some(kv) = &prev {
                 self.detach(kv.lease, key);
-                if d.prev_kv {
-                    prev_kvs.push(kv);
-                }
+            }
+            if self.observer.is_some() {
+                self.step_events.push(WatchEvent {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: key.clone(),
+                        mod_revision: w.main,
+                        ..KeyValue::default()
+                    },
+                    prev_kv: prev.clone(),
+                });
+            }
+            if let (Some(kv), true) = (prev, d.prev_kv) {
+                prev_kvs.push(kv);
             }
             self.write_record(
                 w,
@@ -878,6 +1023,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             });
         }
         self.compact_revision = revision;
+        self.step_compacted = true;
         batch.put(META_COMPACT.to_vec(), revision.to_be_bytes().to_vec());
         let mut freed = 0;
         let pending = &mut self.pending;
@@ -1010,8 +1156,16 @@ impl<S: StateStore + ?Sized> StateMachine for MvccMachine<S> {
 
     fn on_committed(&mut self, _applied_index: u64) {
         self.pending.clear();
+        let events = std::mem::take(&mut self.step_events);
+        let compacted = std::mem::take(&mut self.step_compacted);
         let changes = std::mem::take(&mut self.lease_changes);
         if let Some(observer) = self.observer.as_mut() {
+            if !events.is_empty() {
+                observer.events(&events, self.revision);
+            }
+            if compacted {
+                observer.compacted(self.compact_revision);
+            }
             for change in changes {
                 match change {
                     LeaseChange::Granted(id, ttl_ms) => {
@@ -1021,6 +1175,9 @@ impl<S: StateStore + ?Sized> StateMachine for MvccMachine<S> {
                 }
             }
         }
+        // Keep the allocation for the next step.
+        self.step_events = events;
+        self.step_events.clear();
     }
 
     fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {

@@ -19,6 +19,12 @@ pub trait KvObserver: Send + 'static {
         let _ = (events, revision);
     }
 
+    /// The step compacted history: revisions at or below
+    /// `compact_revision` can no longer be read or watched from.
+    fn compacted(&mut self, compact_revision: i64) {
+        let _ = compact_revision;
+    }
+
     /// A lease was granted in the step.
     fn lease_granted(&mut self, id: LeaseId, ttl: Duration) {
         let _ = (id, ttl);

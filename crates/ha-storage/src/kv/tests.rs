@@ -10,9 +10,11 @@ use ha_core::{
     InvalidRequest, KeyRange, KeyValue, LeaseId, NodeId, PutRequest, RangeRequest, RequestId,
     SortOrder, SortTarget, StateMachine, StateStore, TxnOp, TxnOpResponse, TxnRequest, WriteBatch,
 };
+use ha_core::{EventKind, WatchEvent};
 use proptest::prelude::*;
+use std::time::Duration;
 
-use super::{HeaderStamp, KvCommand, KvQuery, KvReply, MvccMachine, decode_reply};
+use super::{HeaderStamp, KvCommand, KvObserver, KvQuery, KvReply, MvccMachine, decode_reply};
 use crate::MemStateStore;
 
 const STAMP: HeaderStamp = HeaderStamp {
@@ -105,6 +107,10 @@ impl<B: Backend> Harness<B> {
 
     fn m(&self) -> &MvccMachine<B::Store> {
         self.machine.as_ref().expect("machine open")
+    }
+
+    fn m_mut(&mut self) -> &mut MvccMachine<B::Store> {
+        self.machine.as_mut().expect("machine open")
     }
 
     fn step(&mut self, commands: &[KvCommand]) -> Vec<Result<KvReply, Error>> {
@@ -234,6 +240,10 @@ macro_rules! backend_cases {
                 super::leases_attach_revoke_expire_and_survive_reopen(Harness::new($make));
             }
             #[test]
+            fn events_reach_the_observer_and_history_repeats_them() {
+                super::events_reach_the_observer_and_history_repeats_them(Harness::new($make));
+            }
+            #[test]
             fn malformed_bytes_get_an_error_reply() {
                 super::malformed_bytes_get_an_error_reply(Harness::new($make));
             }
@@ -252,6 +262,167 @@ macro_rules! backend_cases {
 backend_cases!(mem, Mem(Arc::new(MemStateStore::new())));
 #[cfg(feature = "rocksdb")]
 backend_cases!(rocks, Rocks::new());
+
+/// What an observer was told.
+#[derive(Default)]
+struct Seen {
+    steps: Vec<(Vec<WatchEvent>, i64)>,
+    compacted: Vec<i64>,
+    restored: Vec<(i64, i64)>,
+}
+
+struct Recorder(Arc<std::sync::Mutex<Seen>>);
+
+impl KvObserver for Recorder {
+    fn events(&mut self, events: &[WatchEvent], revision: i64) {
+        self.0
+            .lock()
+            .expect("recorder")
+            .steps
+            .push((events.to_vec(), revision));
+    }
+    fn compacted(&mut self, compact_revision: i64) {
+        self.0
+            .lock()
+            .expect("recorder")
+            .compacted
+            .push(compact_revision);
+    }
+    fn restored(&mut self, revision: i64, compact_revision: i64, _: &[(LeaseId, Duration)]) {
+        self.0
+            .lock()
+            .expect("recorder")
+            .restored
+            .push((revision, compact_revision));
+    }
+}
+
+/// (kind, key, revision, value, prev value) of each event.
+type Brief = (EventKind, String, i64, String, Option<String>);
+
+fn brief(events: &[WatchEvent]) -> Vec<Brief> {
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                s(&e.kv.key),
+                e.kv.mod_revision,
+                s(&e.kv.value),
+                e.prev_kv.as_ref().map(|p| s(&p.value)),
+            )
+        })
+        .collect()
+}
+
+fn events_reach_the_observer_and_history_repeats_them<B: Backend>(mut h: Harness<B>) {
+    use EventKind::{Delete, Put};
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    h.m_mut().set_observer(Box::new(Recorder(seen.clone())));
+    let o = |s: &str| Some(s.to_string());
+    let ev = |k: EventKind, key: &str, rev: i64, v: &str, prev: Option<String>| -> Brief {
+        (k, key.to_string(), rev, v.to_string(), prev)
+    };
+    // One step of three commands: the observer hears once, in write order.
+    h.step(&[
+        KvCommand::Put(PutRequest::new("a/1", "x")),
+        KvCommand::Put(PutRequest::new("a/1", "y")),
+        KvCommand::Put(PutRequest::new("b", "z")),
+    ]);
+    // A transaction writes several keys at one revision; a failed put
+    // (ignore_value on a missing key) writes nothing and says nothing.
+    h.step(&[
+        KvCommand::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![
+                TxnOp::Put(PutRequest::new("a/2", "t")),
+                TxnOp::Delete(DeleteRequest::new(KeyRange::key("b"))),
+                TxnOp::Put(PutRequest::new("a/1", "w")),
+            ],
+            failure: vec![],
+        }),
+        KvCommand::Put(PutRequest {
+            ignore_value: true,
+            ..PutRequest::new("missing", "")
+        }),
+    ]);
+    h.write(KvCommand::Delete(DeleteRequest::new(KeyRange::prefix(
+        "a/",
+    ))))
+    .expect("delete prefix");
+    let all = vec![
+        ev(Put, "a/1", 2, "x", None),
+        ev(Put, "a/1", 3, "y", o("x")),
+        ev(Put, "b", 4, "z", None),
+        ev(Put, "a/2", 5, "t", None),
+        ev(Delete, "b", 5, "", o("z")),
+        ev(Put, "a/1", 5, "w", o("y")),
+        ev(Delete, "a/1", 6, "", o("w")),
+        ev(Delete, "a/2", 6, "", o("t")),
+    ];
+    {
+        let seen = seen.lock().expect("recorder");
+        let revisions: Vec<i64> = seen.steps.iter().map(|(_, r)| *r).collect();
+        assert_eq!(
+            revisions,
+            vec![4, 5, 6],
+            "one call per step with the revision after it"
+        );
+        let told: Vec<WatchEvent> = seen
+            .steps
+            .iter()
+            .flat_map(|(e, _)| e.iter().cloned())
+            .collect();
+        assert_eq!(brief(&told), all, "the observer's events");
+    }
+    // History repeats exactly what the observer heard, prev_kv included,
+    // and is cut at revision boundaries only.
+    let (events, covered) = h.m().history(2, 6, 100).expect("history");
+    assert_eq!((brief(&events), covered), (all.clone(), 6));
+    let (events, covered) = h.m().history(3, 6, 2).expect("history");
+    assert_eq!(
+        (brief(&events), covered),
+        (all[1..3].to_vec(), 4),
+        "two events: revisions 3 and 4"
+    );
+    let (events, covered) = h.m().history(5, 6, 1).expect("history");
+    assert_eq!(
+        (brief(&events), covered),
+        (all[3..6].to_vec(), 5),
+        "a revision is never split, whatever the bound"
+    );
+    let (events, covered) = h.m().history(7, 100, 10).expect("history");
+    assert_eq!((events.len(), covered), (0, 6), "nothing beyond the head");
+    // After a reopen the key index gives the same prev_kvs.
+    h.reopen();
+    let (events, _) = h.m().history(2, 6, 100).expect("history after reopen");
+    assert_eq!(brief(&events), all);
+    h.m_mut().set_observer(Box::new(Recorder(seen.clone())));
+    h.write(KvCommand::Compact(5)).expect("compact");
+    assert_eq!(seen.lock().expect("recorder").compacted, vec![5]);
+    for from in [2, 5] {
+        assert!(
+            matches!(
+                h.m().history(from, 6, 100),
+                Err(Error::Compacted {
+                    compact_revision: 5
+                })
+            ),
+            "history from {from} after compacting at 5"
+        );
+    }
+    let (events, _) = h.m().history(6, 6, 100).expect("history after compaction");
+    assert_eq!(
+        brief(&events),
+        all[6..].to_vec(),
+        "prev_kv kept at the compaction point"
+    );
+    // A snapshot install (here: a reload) tells the observer where the
+    // machine now stands.
+    h.m_mut().restored(0).expect("reload");
+    assert_eq!(seen.lock().expect("recorder").restored, vec![(6, 5)]);
+}
 
 fn put_sets_revisions_and_versions<B: Backend>(mut h: Harness<B>) {
     assert_eq!(h.m().revision(), 1, "an empty store is at revision 1");
