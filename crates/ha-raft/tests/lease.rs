@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ha_core::{
-    Config, Error, InvalidRequest, KeyRange, KvClient, KvOptions, LeaseGrantRequest, LeaseId,
-    NodeId, PutRequest, RangeRequest,
+    Config, Error, EventKind, InvalidRequest, KeyRange, KvClient, KvOptions, LeaseGrantRequest,
+    LeaseId, NodeId, PutRequest, RangeRequest, WatchRequest,
 };
 use ha_raft::{KvConfig, KvNode, MemNetwork};
 use ha_storage::{MemLogStore, MemStateStore};
@@ -310,6 +310,12 @@ async fn a_lease_whose_keeper_stops_expires_with_its_keys_in_one_revision() {
     }
     assert!(renewals >= 8, "renewed every third of the TTL: {renewals}");
     assert_eq!(keys_at(f, "e/", 0).await.len(), 3);
+    // A watcher on another member (the leader) sees the expiry.
+    let mut watch = g
+        .node(leader)
+        .watch(WatchRequest::prefix("e/").with_prev_kv())
+        .await
+        .expect("watch");
 
     // The keeper stops: the lease expires after its TTL, not before, and
     // within TTL + an election timeout (+ slack for a busy machine).
@@ -337,6 +343,18 @@ async fn a_lease_whose_keeper_stops_expires_with_its_keys_in_one_revision() {
     );
     // One revision deleted all three keys.
     assert_eq!(keys_at(f, "e/", revision - 1).await.len(), 3);
+    // ...and the watcher got the three deletions together, at that
+    // revision, with the lease in their previous values.
+    let got = tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("the expiry reached the watcher")
+        .expect("watch open")
+        .expect("events");
+    assert_eq!(got.events.len(), 3, "{got:?}");
+    for e in &got.events {
+        assert_eq!((e.kind, e.kv.mod_revision), (EventKind::Delete, revision));
+        assert_eq!(e.prev_kv.as_ref().map(|p| p.lease), Some(id));
+    }
     let r = f.lease_time_to_live(id, false, o()).await;
     assert!(matches!(r, Err(Error::LeaseNotFound { .. })), "{r:?}");
     g.stop().await;

@@ -4,7 +4,9 @@
 //! Writes go through every member, the leader is killed as if its process
 //! died, a new leader takes over, writing resumes, the dead member reopens
 //! its RocksDB, comes back and catches up — and every acknowledged write is
-//! read back, linearizably, from every member.
+//! read back, linearizably, from every member. Then the replicated KV: a
+//! past revision, a compare-and-swap, compaction, and a watch that sees a
+//! service registration vanish when its lease's keeper stops.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ha_core::{
-    Compare, CompareOp, CompareTarget, Config, DeleteRequest, KeyRange, KvClient, KvOptions,
-    NodeId, PutRequest, RangeRequest, TxnOp, TxnRequest,
+    Compare, CompareOp, CompareTarget, Config, DeleteRequest, EventKind, KeyRange, KvClient,
+    KvOptions, LeaseGrantRequest, NodeId, PutRequest, RangeRequest, TxnOp, TxnRequest,
+    WatchRequest,
 };
+use futures::StreamExt;
 use ha_examples::KvMachine;
 use ha_raft::{KvConfig, KvNode, MemNetwork, Node, ReadConsistency};
 use ha_storage::{RocksEnv, StorageConfig};
@@ -114,6 +118,7 @@ async fn kv_demo(env: &RocksEnv, root: &Path) -> DemoResult<()> {
     if !won.succeeded || lost.succeeded {
         return Err("a compare-and-swap transaction went wrong".into());
     }
+    lease_demo(&kvs).await?;
     let deleted = kvs[1]
         .delete(
             DeleteRequest {
@@ -143,6 +148,63 @@ async fn kv_demo(env: &RocksEnv, root: &Path) -> DemoResult<()> {
     for kv in &kvs {
         kv.shutdown().await?;
     }
+    Ok(())
+}
+
+/// A service registers under a lease kept alive by member 12 while member
+/// 13 watches; the keeper stops, the lease expires, the watch sees the
+/// registration go.
+async fn lease_demo(kvs: &[KvNode]) -> DemoResult<()> {
+    let o = KvOptions::default;
+    let mut watch = kvs[2]
+        .watch(WatchRequest::prefix("services/").with_prev_kv())
+        .await?;
+    let ttl = kvs[1].min_lease_ttl();
+    let lease = kvs[1]
+        .lease_grant(LeaseGrantRequest::new(ttl), o())
+        .await?
+        .id;
+    kvs[1]
+        .put(
+            PutRequest {
+                lease,
+                ..PutRequest::new("services/api/1", "10.0.0.7:8080")
+            },
+            o(),
+        )
+        .await?;
+    let keeper = kvs[1].lease_keep_alive(lease).await?;
+    tokio::time::sleep(ttl * 3).await;
+    let alive = kvs[0].lease_time_to_live(lease, true, o()).await?;
+    drop(keeper);
+    let stopped = Instant::now();
+    let (mut put_at, mut deleted_at) = (None, None);
+    while deleted_at.is_none() {
+        let response = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .map_err(|_| "the watch saw no expiry within 10 s")?
+            .ok_or("the watch ended")??;
+        for e in response.events {
+            match e.kind {
+                EventKind::Put => put_at = Some(e.kv.mod_revision),
+                EventKind::Delete => deleted_at = Some((e.kv.mod_revision, stopped.elapsed())),
+            }
+        }
+    }
+    let (Some(put_at), Some((deleted_at, after))) = (put_at, deleted_at) else {
+        return Err("the watch missed the registration".into());
+    };
+    println!(
+        "kv: member 13 watched services/: put at revision {put_at} under lease {} (TTL {} ms, kept alive by member 12 for {} ms, {} key attached)",
+        lease.0,
+        ttl.as_millis(),
+        (ttl * 3).as_millis(),
+        alive.keys.len()
+    );
+    println!(
+        "kv: keeper stopped; the leader expired the lease and the watch saw the delete at revision {deleted_at}, {} ms later",
+        after.as_millis()
+    );
     Ok(())
 }
 
