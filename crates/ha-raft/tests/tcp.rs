@@ -1573,6 +1573,12 @@ async fn call_failures_over_tcp_are_typed_and_late_replies_are_discarded() {
             other => panic!("a peer without an address must be PeerUnreachable: {other:?}"),
         }
         g.stop(n3).await;
+        // Member 1 has seen its call connection to member 3 close (only the
+        // one to member 2 is left), so the next call dials afresh.
+        eventually("the call connection to the stopped member closed", || {
+            g.transport(a).stats().open_call_connections == 1
+        })
+        .await;
         let started = Instant::now();
         match call(n3, "x", CALL_TIMEOUT).await {
             Err(Error::PeerUnreachable { peer }) => assert_eq!(peer, n3),
