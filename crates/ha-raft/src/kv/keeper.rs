@@ -76,11 +76,11 @@ impl Leases {
 /// The error a refusal becomes for the caller.
 pub(crate) fn refusal_error(r: Refusal, id: LeaseId, node: &Node, after: Duration) -> Error {
     match r {
-        Refusal::NotLeader => Error::NotLeader {
+        Refusal::Follower => Error::NotLeader {
             leader_hint: node.leader().leader,
         },
-        Refusal::NotReady => Error::Timeout { after },
-        Refusal::NotFound => Error::LeaseNotFound { lease: id.0 },
+        Refusal::TermNotApplied => Error::Timeout { after },
+        Refusal::Gone => Error::LeaseNotFound { lease: id.0 },
     }
 }
 

@@ -29,11 +29,11 @@ use ha_core::LeaseId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// This member does not lead.
-    NotLeader,
+    Follower,
     /// It leads but has not applied the first entry of its term yet.
-    NotReady,
+    TermNotApplied,
     /// No such lease, or it is past its deadline or being expired.
-    NotFound,
+    Gone,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -166,8 +166,8 @@ impl LeaseManager {
 
     fn check_ready(&self) -> Result<(), Refusal> {
         match self.role {
-            Role::Follower => Err(Refusal::NotLeader),
-            Role::Leader { ready: false, .. } => Err(Refusal::NotReady),
+            Role::Follower => Err(Refusal::Follower),
+            Role::Leader { ready: false, .. } => Err(Refusal::TermNotApplied),
             Role::Leader { ready: true, .. } => Ok(()),
         }
     }
@@ -175,9 +175,9 @@ impl LeaseManager {
     /// Renews a lease: its deadline becomes `now + ttl`. Returns the TTL.
     pub(crate) fn keep_alive(&mut self, id: LeaseId, now: Instant) -> Result<Duration, Refusal> {
         self.check_ready()?;
-        let t = self.leases.get_mut(&id).ok_or(Refusal::NotFound)?;
+        let t = self.leases.get_mut(&id).ok_or(Refusal::Gone)?;
         if t.expiring_since.is_some() || t.deadline.is_some_and(|d| d <= now) {
-            return Err(Refusal::NotFound);
+            return Err(Refusal::Gone);
         }
         t.deadline = Some(now + t.ttl);
         Ok(t.ttl)
@@ -186,7 +186,7 @@ impl LeaseManager {
     /// Time a lease has left.
     pub(crate) fn remaining(&self, id: LeaseId, now: Instant) -> Result<Duration, Refusal> {
         self.check_ready()?;
-        let t = self.leases.get(&id).ok_or(Refusal::NotFound)?;
+        let t = self.leases.get(&id).ok_or(Refusal::Gone)?;
         if t.expiring_since.is_some() {
             return Ok(Duration::ZERO);
         }
@@ -259,8 +259,8 @@ mod tests {
         let t0 = Instant::now();
         let mut m = LeaseManager::new(EXT, RETRY);
         m.granted(LeaseId(1), TTL, t0);
-        assert_eq!(m.keep_alive(LeaseId(1), t0), Err(Refusal::NotLeader));
-        assert_eq!(m.remaining(LeaseId(1), t0), Err(Refusal::NotLeader));
+        assert_eq!(m.keep_alive(LeaseId(1), t0), Err(Refusal::Follower));
+        assert_eq!(m.remaining(LeaseId(1), t0), Err(Refusal::Follower));
         assert!(m.due(t0 + ms(10_000), 10).is_empty());
         assert_eq!(m.next_wakeup(), None);
     }
@@ -273,7 +273,7 @@ mod tests {
         // Promoted at t0 + 1 s; its first entry is not applied yet.
         let t1 = t0 + ms(1_000);
         assert!(m.observe(Some(5), 4, t1));
-        assert_eq!(m.keep_alive(LeaseId(1), t1), Err(Refusal::NotReady));
+        assert_eq!(m.keep_alive(LeaseId(1), t1), Err(Refusal::TermNotApplied));
         assert!(
             m.due(t1 + ms(10_000), 10).is_empty(),
             "not ready: no expiry"
@@ -295,14 +295,14 @@ mod tests {
         // Past its deadline but its expiry not yet proposed: still refused.
         assert_eq!(
             m.keep_alive(LeaseId(1), t0 + ms(900)),
-            Err(Refusal::NotFound)
+            Err(Refusal::Gone)
         );
         assert_eq!(m.due(t0 + ms(900), 10), vec![(LeaseId(1), 2)]);
         assert_eq!(
             m.keep_alive(LeaseId(1), t0 + ms(901)),
-            Err(Refusal::NotFound)
+            Err(Refusal::Gone)
         );
-        assert_eq!(m.keep_alive(LeaseId(7), t0), Err(Refusal::NotFound));
+        assert_eq!(m.keep_alive(LeaseId(7), t0), Err(Refusal::Gone));
     }
 
     #[test]
@@ -338,7 +338,7 @@ mod tests {
         m.granted(LeaseId(1), TTL, t0);
         assert_eq!(m.due(t0 + TTL, 10).len(), 1);
         m.observe(None, 2, t0 + TTL);
-        assert_eq!(m.keep_alive(LeaseId(1), t0 + TTL), Err(Refusal::NotLeader));
+        assert_eq!(m.keep_alive(LeaseId(1), t0 + TTL), Err(Refusal::Follower));
         assert_eq!(m.next_wakeup(), None);
         let t1 = t0 + ms(2_000);
         assert!(m.observe(Some(7), 7, t1));
@@ -355,7 +355,7 @@ mod tests {
         let t1 = t0 + ms(100);
         m.restored(&[(LeaseId(1), TTL), (LeaseId(3), TTL)], t1);
         assert_eq!(m.remaining(LeaseId(1), t1), Ok(TTL - ms(100)));
-        assert_eq!(m.remaining(LeaseId(2), t1), Err(Refusal::NotFound));
+        assert_eq!(m.remaining(LeaseId(2), t1), Err(Refusal::Gone));
         assert_eq!(m.remaining(LeaseId(3), t1), Ok(TTL + EXT));
     }
 }

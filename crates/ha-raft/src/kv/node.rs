@@ -358,13 +358,13 @@ impl KvNode {
                     });
                 }
                 // Just elected: its first entry is about to apply.
-                Err(Refusal::NotReady) if Instant::now() + Duration::from_millis(5) < deadline => {
+                Err(Refusal::TermNotApplied) if Instant::now() + Duration::from_millis(5) < deadline => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 // A grant acknowledged elsewhere may not be applied here
                 // yet: a linearizable read waits until it is, then look
                 // again.
-                Err(Refusal::NotFound) if !waited_for_apply => {
+                Err(Refusal::Gone) if !waited_for_apply => {
                     waited_for_apply = true;
                     self.query(
                         KvQuery::Lease { id, keys: false },

@@ -815,7 +815,7 @@ fn decode_error(w: WError) -> Error {
         5 => Error::LeaseNotFound { lease: w.a },
         6 => Error::LeaseExists { lease: w.a },
         8 => Error::NotLeader {
-            leader_hint: (w.a > 0).then(|| ha_core::NodeId(w.a as u64)),
+            leader_hint: (w.a > 0).then_some(ha_core::NodeId(w.a as u64)),
         },
         9 => Error::Timeout {
             after: std::time::Duration::from_millis(w.a.max(0) as u64),
