@@ -28,6 +28,10 @@ pub enum Workload {
     Txn,
     /// 80% linearizable gets, 20% puts.
     Mixed,
+    /// Puts with 0 and then `--watchers` idle watchers on one member, plus
+    /// 100 watchers on written keys for delivery latency (see
+    /// [`crate::bench::kv_watch`]).
+    Watch,
 }
 
 /// Arguments of `ha-bench kv`.
@@ -55,17 +59,21 @@ pub struct KvArgs {
     /// inside it, removed afterwards).
     #[arg(long, default_value = "/var/tmp")]
     pub dir: PathBuf,
+    /// Idle watchers for `--workload watch` (half on keys, half on
+    /// prefixes, none of them written).
+    #[arg(long, default_value_t = 10_000)]
+    pub watchers: usize,
 }
 
-fn key(i: u64) -> Vec<u8> {
+pub(crate) fn key(i: u64) -> Vec<u8> {
     format!("bench/{i:08}").into_bytes()
 }
 
 /// A cheap deterministic generator per client (xorshift).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -81,7 +89,7 @@ async fn one_call(kv: &KvNode, w: Workload, rng: &mut Rng, keys: u64, value: &[u
         w => w,
     };
     match w {
-        Workload::Put | Workload::Mixed => kv
+        Workload::Put | Workload::Mixed | Workload::Watch => kv
             .put(PutRequest::new(k, value.to_vec()), KvOptions::default())
             .await
             .is_ok(),
@@ -105,11 +113,19 @@ async fn one_call(kv: &KvNode, w: Workload, rng: &mut Rng, keys: u64, value: &[u
     }
 }
 
-/// Runs the benchmark and prints its figures; the last line is JSON.
-///
-/// # Errors
-/// When the storage or the group cannot be set up.
-pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// A group of members on RocksDB (fsync on) in this process, on the
+/// in-memory network.
+pub(crate) struct BenchGroup {
+    /// The members.
+    pub(crate) nodes: Vec<KvNode>,
+    // Kept for the members' lifetime; the directory goes when dropped.
+    _env: RocksEnv,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `args.members` members in a temporary directory under
+/// `args.dir` and waits for a leader.
+pub(crate) async fn start_group(args: &KvArgs) -> Result<BenchGroup, Box<dyn std::error::Error>> {
     let storage = StorageConfig::default().validate()?;
     let env = RocksEnv::new(&storage)?;
     let dir = tempfile::tempdir_in(&args.dir)?;
@@ -137,6 +153,23 @@ pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
         .node()
         .wait_for_leader(Duration::from_secs(10))
         .await?;
+    Ok(BenchGroup {
+        nodes,
+        _env: env,
+        _dir: dir,
+    })
+}
+
+/// Runs the benchmark and prints its figures; the last line is JSON.
+///
+/// # Errors
+/// When the storage or the group cannot be set up.
+pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.workload == Workload::Watch {
+        return crate::bench::kv_watch::run(&args).await;
+    }
+    let group = start_group(&args).await?;
+    let nodes = &group.nodes;
     let value = vec![b'v'; args.value_size];
     if matches!(
         args.workload,
@@ -223,7 +256,7 @@ pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
         errors += e;
         hist.add(&h)?;
     }
-    for n in &nodes {
+    for n in nodes {
         n.shutdown().await?;
     }
     let rate = total as f64 / elapsed.as_secs_f64();

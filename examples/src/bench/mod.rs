@@ -10,6 +10,7 @@
 pub mod common;
 pub mod engine;
 pub mod fsync;
+pub mod kv_watch;
 pub mod lease;
 pub mod membership;
 pub mod restart;
