@@ -67,6 +67,9 @@ mod call;
 mod clock;
 mod codec;
 mod core;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod kv;
 mod logging;
 mod membership;

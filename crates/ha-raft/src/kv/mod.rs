@@ -10,3 +10,10 @@ mod watch;
 
 pub use config::{AutoCompaction, KvConfig};
 pub use node::KvNode;
+
+/// Runs the decoders of forwarded lease calls and their replies.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_lease_call(data: &[u8]) {
+    let _ = keeper::decode_call(data);
+    let _ = keeper::decode_call_reply(data);
+}

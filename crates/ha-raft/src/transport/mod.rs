@@ -1,7 +1,7 @@
 //! Transports between members.
 
 mod mem;
-mod tcp;
+pub(crate) mod tcp;
 
 pub use mem::{MemNetwork, MemTransport};
 pub use tcp::{TcpConfig, TcpRejections, TcpStats, TcpTransport};

@@ -10,7 +10,7 @@ mod inbound;
 mod outbound;
 mod snapshot;
 mod stats;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
