@@ -149,7 +149,7 @@ pub fn kv_bytes(data: &[u8]) {
     };
     let _ = decode_reply(data, &stamp);
     let _ = decode_error_bytes(data);
-    let _ = crate::kv::fuzz_lease_call(data);
+    crate::kv::fuzz_lease_call(data);
     let store = std::sync::Arc::new(MemStateStore::new());
     let Ok(mut machine) = MvccMachine::open(store) else {
         return;
