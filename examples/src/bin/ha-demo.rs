@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use ha_core::{
     Compare, CompareOp, CompareTarget, Config, DeleteRequest, EventKind, KeyRange, KvClient,
     KvOptions, LeaseGrantRequest, NodeId, PutRequest, RangeRequest, TxnOp, TxnRequest,
     WatchRequest,
 };
-use futures::StreamExt;
 use ha_examples::KvMachine;
 use ha_raft::{KvConfig, KvNode, MemNetwork, Node, ReadConsistency};
 use ha_storage::{RocksEnv, StorageConfig};
