@@ -24,6 +24,9 @@ pub enum Workload {
     Get,
     /// Serializable gets (local reads).
     GetSerializable,
+    /// Lease gets: linearizable, local on the leader while it holds its
+    /// read lease (a ReadIndex round on followers).
+    GetLease,
     /// Compare-and-put transactions (compare the key's mod revision, put).
     Txn,
     /// 80% linearizable gets, 20% puts.
@@ -95,6 +98,13 @@ async fn one_call(kv: &KvNode, w: Workload, rng: &mut Rng, keys: u64, value: &[u
             .is_ok(),
         Workload::Get => kv.get(k, KvOptions::default()).await.is_ok(),
         Workload::GetSerializable => kv.get(k, KvOptions::serializable()).await.is_ok(),
+        Workload::GetLease => kv
+            .get(
+                k,
+                KvOptions::default().with_consistency(ha_core::Consistency::Lease),
+            )
+            .await
+            .is_ok(),
         Workload::Txn => kv
             .txn(
                 TxnRequest {
@@ -173,7 +183,11 @@ pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
     let value = vec![b'v'; args.value_size];
     if matches!(
         args.workload,
-        Workload::Get | Workload::GetSerializable | Workload::Mixed | Workload::Txn
+        Workload::Get
+            | Workload::GetSerializable
+            | Workload::GetLease
+            | Workload::Mixed
+            | Workload::Txn
     ) {
         // Preload every key, 64 puts in flight.
         let next = Arc::new(AtomicU64::new(0));
@@ -262,10 +276,10 @@ pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
     let rate = total as f64 / elapsed.as_secs_f64();
     let rate2 = (total - at_half) as f64 / (elapsed - half_time).as_secs_f64();
     let name = format!("{:?}", args.workload).to_lowercase();
-    let name = if name == "getserializable" {
-        "get-serializable".to_string()
-    } else {
-        name
+    let name = match name.as_str() {
+        "getserializable" => "get-serializable".to_string(),
+        "getlease" => "get-lease".to_string(),
+        _ => name,
     };
     println!(
         "kv {name}: {} members, {} clients, {}-byte values, {} keys, RocksDB with fsync",

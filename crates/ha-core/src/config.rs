@@ -56,6 +56,15 @@ pub struct Config {
     pub election_tick: usize,
     /// Upper bound (exclusive) of the randomised election timeout, in ticks.
     pub max_election_tick: usize,
+    /// How far clocks may run apart over one election timeout, which lease
+    /// reads allow for: a leader's clock running slow and a follower's
+    /// ticks running fast, together. A leader's read lease lasts
+    /// `(election_tick - 1) * tick_interval - max_clock_drift` from the send
+    /// time of the quorum round that confirmed it (see
+    /// [`Config::lease_duration`]). The LAN preset's 25 ms allows each clock
+    /// to be 5% off; raise it for hosts whose clocks may drift more.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_drift: Duration,
     /// Pre-vote (Raft thesis 9.6): a partitioned member that comes back does
     /// not disrupt the group.
     pub pre_vote: bool,
@@ -141,6 +150,7 @@ impl Config {
             heartbeat_tick: 5,
             election_tick: 25,
             max_election_tick: 30,
+            max_clock_drift: Duration::from_millis(25),
             pre_vote: true,
             check_quorum: true,
             max_size_per_msg: 1024 * 1024,
@@ -173,6 +183,7 @@ impl Config {
             heartbeat_tick: 1,
             election_tick: 10,
             max_election_tick: 12,
+            max_clock_drift: Duration::from_millis(100),
             proposal_retry_interval: Duration::from_secs(3),
             read_retry_interval: Duration::from_secs(2),
             shutdown_transfer_timeout: Duration::from_secs(3),
@@ -184,6 +195,21 @@ impl Config {
     /// The shortest election timeout as a duration.
     pub fn election_timeout(&self) -> Duration {
         self.tick_interval * self.election_tick as u32
+    }
+
+    /// How long a read lease lasts from the send time of the quorum round
+    /// that confirmed it: `(election_tick - 1)` ticks (a follower that heard
+    /// from the leader grants no vote for at least that long, and a member
+    /// that just started none for `election_tick` ticks) minus
+    /// `max_clock_drift`. Zero when the drift bound leaves no lease.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease_window().saturating_sub(self.max_clock_drift)
+    }
+
+    /// `(election_tick - 1)` ticks: the lease before the drift allowance.
+    fn lease_window(&self) -> Duration {
+        self.tick_interval
+            .saturating_mul(u32::try_from(self.election_tick.saturating_sub(1)).unwrap_or(u32::MAX))
     }
 
     /// Checks every field; returns the config unchanged when it is valid.
@@ -235,6 +261,12 @@ impl Config {
             return Err(ConfigError::ElectionRange {
                 min: self.election_tick,
                 max: self.max_election_tick,
+            });
+        }
+        if self.max_clock_drift >= self.lease_window() {
+            return Err(ConfigError::ClockDriftTooLarge {
+                max_clock_drift: self.max_clock_drift,
+                lease_window: self.lease_window(),
             });
         }
         if self.max_size_per_msg == 0 {
@@ -301,6 +333,19 @@ mod tests {
     }
 
     #[test]
+    fn the_read_lease_is_election_tick_minus_one_ticks_minus_the_drift_bound() {
+        let c = Config::new(NodeId(1), three());
+        assert_eq!(c.lease_duration(), Duration::from_millis(240 - 25));
+        let c = Config::conservative(NodeId(1), three());
+        assert_eq!(c.lease_duration(), Duration::from_millis(900 - 100));
+        let c = Config {
+            max_clock_drift: Duration::from_secs(1),
+            ..Config::new(NodeId(1), three())
+        };
+        assert_eq!(c.lease_duration(), Duration::ZERO);
+    }
+
+    #[test]
     fn invalid_configs_are_rejected_with_the_reason() {
         let ok = Config::new(NodeId(1), three());
         let cases: Vec<(Config, ConfigError)> = vec![
@@ -356,6 +401,16 @@ mod tests {
                     ..ok.clone()
                 },
                 ConfigError::ElectionRange { min: 25, max: 25 },
+            ),
+            (
+                Config {
+                    max_clock_drift: Duration::from_millis(240),
+                    ..ok.clone()
+                },
+                ConfigError::ClockDriftTooLarge {
+                    max_clock_drift: Duration::from_millis(240),
+                    lease_window: Duration::from_millis(240),
+                },
             ),
             (
                 Config {

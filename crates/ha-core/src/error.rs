@@ -416,6 +416,18 @@ pub enum ConfigError {
         /// Configured maximum.
         max: usize,
     },
+    /// The clock-drift allowance leaves no read lease: it must be shorter
+    /// than `(election_tick - 1)` ticks.
+    #[error(
+        "max_clock_drift ({max_clock_drift:?}) must be shorter than (election_tick - 1) ticks \
+         ({lease_window:?}), or no read lease is left"
+    )]
+    ClockDriftTooLarge {
+        /// Configured drift allowance.
+        max_clock_drift: std::time::Duration,
+        /// `(election_tick - 1) * tick_interval`.
+        lease_window: std::time::Duration,
+    },
     /// A value that must be positive is zero.
     #[error("{field} must be greater than zero")]
     Zero {

@@ -406,6 +406,13 @@ pub enum Consistency {
     Linearizable,
     /// The answering member's state, at once; may be stale.
     Serializable,
+    /// Linearizable like [`Consistency::Linearizable`], without a quorum
+    /// round while the leader holds its read lease: the leader answers from
+    /// its own state. Assumes clocks drift apart by at most
+    /// `Config::max_clock_drift` per election timeout. Falls back to a
+    /// ReadIndex round on a follower, or on a leader without a lease (just
+    /// elected, after a leader transfer started, after a membership change).
+    Lease,
 }
 
 /// Per-call options of a [`KvClient`] call.

@@ -18,6 +18,22 @@ pub enum InjectedBug {
     /// ReadIndex contexts restart from zero at every start, so an answer to
     /// a round from before a restart can complete a new one.
     ReuseReadContext,
+    /// Lease reads go through raft-rs's `ReadOnlyOption::LeaseBased` (which
+    /// checks no clock: any member that believes it leads answers at once),
+    /// and so do linearizable reads.
+    RaftLeaseBased,
+    /// A member that just started grants votes at once (no vote guard), so
+    /// a restart lets a rival win while the old leader's lease holds.
+    NoVoteGuard,
+    /// The lease is kept after a leader transfer starts.
+    LeaseAcrossTransfer,
+    /// The lease is renewed, from the time they arrive, whenever heartbeat
+    /// responses from a quorum have been counted: duplicated and late
+    /// responses count too.
+    LeaseFromHeartbeatCount,
+    /// The lease lasts `(election_tick - 1)` ticks, with no allowance for
+    /// clock drift.
+    LeaseIgnoresDrift,
 }
 
 /// The set of switched-on bugs (empty in production).
@@ -28,6 +44,11 @@ pub(crate) struct Bugs {
     pub(crate) reapply_after_restart: bool,
     pub(crate) no_dedup: bool,
     pub(crate) reuse_read_context: bool,
+    pub(crate) raft_lease_based: bool,
+    pub(crate) no_vote_guard: bool,
+    pub(crate) lease_across_transfer: bool,
+    pub(crate) lease_from_heartbeat_count: bool,
+    pub(crate) lease_ignores_drift: bool,
 }
 
 impl Bugs {
@@ -40,6 +61,11 @@ impl Bugs {
             Some(InjectedBug::ReapplyAfterRestart) => b.reapply_after_restart = true,
             Some(InjectedBug::NoDedup) => b.no_dedup = true,
             Some(InjectedBug::ReuseReadContext) => b.reuse_read_context = true,
+            Some(InjectedBug::RaftLeaseBased) => b.raft_lease_based = true,
+            Some(InjectedBug::NoVoteGuard) => b.no_vote_guard = true,
+            Some(InjectedBug::LeaseAcrossTransfer) => b.lease_across_transfer = true,
+            Some(InjectedBug::LeaseFromHeartbeatCount) => b.lease_from_heartbeat_count = true,
+            Some(InjectedBug::LeaseIgnoresDrift) => b.lease_ignores_drift = true,
         }
         b
     }

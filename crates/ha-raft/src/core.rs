@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ha_core::eraftpb::{
@@ -153,7 +153,23 @@ struct ReadWaiter {
 #[derive(Debug)]
 struct ReadBatch {
     waiters: Vec<ReadWaiter>,
+    /// When the round's context left: the start of the lease it confirms.
     issued_at: Instant,
+    /// The term and membership epoch it was issued in: a round confirms a
+    /// lease only in both.
+    term: u64,
+    epoch: u64,
+    /// A lease renewal round with no reads of its own.
+    renewal: bool,
+}
+
+/// The leader's read lease: while it holds, no other member can have been
+/// elected, so this leader's commit index covers every committed write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lease {
+    term: u64,
+    /// Valid while `now < until` (the core's clock).
+    until: Instant,
 }
 
 /// A snapshot of the core's state for `status()`.
@@ -186,6 +202,20 @@ pub(crate) struct Core<L: LogStore> {
     read_counter: u64,
     queued_reads: Vec<ReadWaiter>,
     inflight_reads: BTreeMap<u64, ReadBatch>,
+    /// The read lease, if this leader holds one.
+    lease: Option<Lease>,
+    /// A leader transfer started in this term: no lease for the rest of it
+    /// (the transferee may win at once, votes of followers that still
+    /// heard from this leader included).
+    transfer_term: Option<u64>,
+    /// Bumped on every membership change: a round issued under another
+    /// configuration confirms no lease.
+    conf_epoch: u64,
+    /// When a lease read last came in: renewal rounds run while they do.
+    lease_wanted: Option<Instant>,
+    /// Heartbeat responses counted this term (only for the injected bug
+    /// that renews the lease from them).
+    heartbeat_responses: usize,
     /// Persist tasks handed out and not yet reported durable.
     persisting: usize,
     leader: LeaderInfo,
@@ -258,7 +288,13 @@ impl<L: LogStore> Core<L> {
             pre_vote: cfg.pre_vote,
             min_election_tick: cfg.election_tick,
             max_election_tick: cfg.max_election_tick,
-            read_only_option: raft::ReadOnlyOption::Safe,
+            // Never LeaseBased (it checks no clock and trusts a lease across
+            // a leader transfer): ha's lease is its own, below.
+            read_only_option: if bugs.raft_lease_based {
+                raft::ReadOnlyOption::LeaseBased
+            } else {
+                raft::ReadOnlyOption::Safe
+            },
             skip_bcast_commit: false,
             batch_append: true,
             max_uncommitted_size: cfg.max_uncommitted_size,
@@ -290,6 +326,11 @@ impl<L: LogStore> Core<L> {
             read_counter: 0,
             queued_reads: Vec::new(),
             inflight_reads: BTreeMap::new(),
+            lease: None,
+            transfer_term: None,
+            conf_epoch: 0,
+            lease_wanted: None,
+            heartbeat_responses: 0,
             persisting: 0,
             leader: LeaderInfo::default(),
             rng: rand::rngs::StdRng::seed_from_u64(rng_seed),
@@ -345,6 +386,7 @@ impl<L: LogStore> Core<L> {
     pub(crate) fn tick(&mut self, now: Instant, out: &mut Outbox) {
         self.raw.tick();
         self.rerandomize();
+        self.observe_transfer();
         self.ticks += 1;
         self.expire(now, out);
         self.expire_conf_ops(now, out);
@@ -410,6 +452,7 @@ impl<L: LogStore> Core<L> {
             MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
         ) && self.ticks < self.cfg.election_tick as u64
             && msg.context != raft::CAMPAIGN_TRANSFER
+            && !self.bugs.no_vote_guard
         {
             // The vote guard: a member that just started may have missed a
             // live leader whose lease still holds; it grants no vote until
@@ -451,10 +494,96 @@ impl<L: LogStore> Core<L> {
             }
             return;
         }
+        if self.bugs.lease_from_heartbeat_count
+            && t == MessageType::MsgHeartbeatResponse
+            && msg.term == self.raw.raft.term
+            && self.is_leader()
+        {
+            self.heartbeat_responses += 1;
+        }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "raft refused a peer message");
         }
         self.rerandomize();
+        // A transfer request may have arrived, forwarded by a follower.
+        self.observe_transfer();
+    }
+
+    /// The lease rule for leader transfers: once one starts in a term, no
+    /// lease for the rest of it, whether raft-rs aborts it later or not.
+    fn observe_transfer(&mut self) {
+        if self.raw.raft.lead_transferee.is_some() && !self.bugs.lease_across_transfer {
+            self.transfer_term = Some(self.raw.raft.term);
+            self.lease = None;
+        }
+    }
+
+    /// The lease length in force.
+    fn lease_duration(&self) -> Duration {
+        if self.bugs.lease_ignores_drift {
+            self.cfg.tick_interval * (self.cfg.election_tick as u32 - 1)
+        } else {
+            self.cfg.lease_duration()
+        }
+    }
+
+    /// Whether this member leads with a read lease at `now`.
+    pub(crate) fn holds_lease(&mut self, now: Instant) -> bool {
+        self.observe_transfer();
+        let term = self.raw.raft.term;
+        self.is_leader()
+            && self.transfer_term != Some(term)
+            && self.lease.is_some_and(|l| l.term == term && now < l.until)
+    }
+
+    /// Extends the lease to `start + lease_duration` when a round started at
+    /// `start` in `term`/`epoch` was acknowledged by a quorum.
+    fn confirm_lease(&mut self, start: Instant, term: u64, epoch: u64) {
+        let current = self.raw.raft.term;
+        if !self.is_leader()
+            || term != current
+            || epoch != self.conf_epoch
+            || self.transfer_term == Some(current)
+        {
+            return;
+        }
+        let until = start + self.lease_duration();
+        match &mut self.lease {
+            Some(l) if l.term == current => l.until = l.until.max(until),
+            _ => {
+                self.lease = Some(Lease {
+                    term: current,
+                    until,
+                })
+            }
+        }
+    }
+
+    /// Drops the lease (a membership change: the quorum that confirmed it
+    /// is not the group's quorum any more).
+    fn drop_lease(&mut self) {
+        self.lease = None;
+        self.conf_epoch += 1;
+    }
+
+    /// A lease renewal round is due: lease reads came in lately, the lease
+    /// was last confirmed more than a heartbeat interval ago (so lease reads
+    /// in steady use never find it expired), and no round of this term is
+    /// in flight that would renew it.
+    fn renewal_due(&self, now: Instant) -> bool {
+        let len = self.lease_duration();
+        let term = self.raw.raft.term;
+        self.is_leader()
+            && !self.bugs.raft_lease_based
+            && self.transfer_term != Some(term)
+            && self
+                .lease_wanted
+                .is_some_and(|t| now.saturating_duration_since(t) < len)
+            && self.lease.is_none_or(|l| {
+                let heartbeat = self.cfg.tick_interval * self.cfg.heartbeat_tick as u32;
+                l.term != term || l.until.saturating_duration_since(now) + heartbeat < len
+            })
+            && !self.inflight_reads.values().any(|b| b.term == term)
     }
 
     /// Queues a proposal. `seq` must grow with every call.
@@ -517,13 +646,50 @@ impl<L: LogStore> Core<L> {
         self.queued_reads.push(ReadWaiter { token, deadline });
     }
 
-    /// Starts a ReadIndex round for every queued read. Called by the driver
-    /// after a batch of inputs, so that many reads share one round.
-    pub(crate) fn issue_reads(&mut self, now: Instant, out: &mut Outbox) {
-        if self.queued_reads.is_empty() {
+    /// Queues a lease read: answered at this leader's commit index at once
+    /// while it holds its lease; otherwise (a follower, no lease) it joins
+    /// the next ReadIndex round, exactly like a linearizable read.
+    pub(crate) fn lease_read(
+        &mut self,
+        token: u64,
+        deadline: Instant,
+        now: Instant,
+        out: &mut Outbox,
+    ) {
+        self.lease_wanted = Some(now);
+        if !self.bugs.raft_lease_based && self.holds_lease(now) {
+            let index = self.commit();
+            match out.reads.last_mut() {
+                Some(r) if r.index == index => r.tokens.push(token),
+                _ => out.reads.push(ReadReady {
+                    index,
+                    tokens: vec![token],
+                }),
+            }
             return;
         }
-        if self.bugs.local_reads {
+        self.queued_reads.push(ReadWaiter { token, deadline });
+    }
+
+    /// Starts a ReadIndex round for every queued read (and lease renewal
+    /// rounds). Called by the driver after a batch of inputs, so that many
+    /// reads share one round.
+    pub(crate) fn issue_reads(&mut self, now: Instant, out: &mut Outbox) {
+        if self.bugs.lease_from_heartbeat_count && self.is_leader() {
+            let quorum = self.conf_state.voters.len() / 2 + 1;
+            if self.heartbeat_responses + 1 >= quorum {
+                self.heartbeat_responses = 0;
+                let (term, epoch) = (self.raw.raft.term, self.conf_epoch);
+                if self.raw.raft.commit_to_current_term() {
+                    self.confirm_lease(now, term, epoch);
+                }
+            }
+        }
+        let renewal = self.queued_reads.is_empty() && self.renewal_due(now);
+        if self.queued_reads.is_empty() && !renewal {
+            return;
+        }
+        if self.bugs.local_reads && !renewal {
             out.reads.push(ReadReady {
                 index: self.applied,
                 tokens: self.queued_reads.drain(..).map(|w| w.token).collect(),
@@ -553,6 +719,9 @@ impl<L: LogStore> Core<L> {
             ReadBatch {
                 waiters: std::mem::take(&mut self.queued_reads),
                 issued_at: now,
+                term: self.raw.raft.term,
+                epoch: self.conf_epoch,
+                renewal,
             },
         );
     }
@@ -622,6 +791,7 @@ impl<L: LogStore> Core<L> {
             }
             // raft took the configuration from the snapshot's metadata.
             self.conf_state = self.raw.raft.prs().conf().to_conf_state();
+            self.drop_lease();
             self.set_members(members);
             out.membership_changed = Some(self.membership());
         }
@@ -723,7 +893,10 @@ impl<L: LogStore> Core<L> {
             return Ok((self.conf_state.clone(), self.members.clone()));
         }
         match self.raw.apply_conf_change(&cc) {
-            Ok(cs) => self.conf_state = cs,
+            Ok(cs) => {
+                self.conf_state = cs;
+                self.drop_lease();
+            }
             Err(e) => {
                 tracing::warn!(index = entry.index, error = %e, "raft refused a committed conf change; configuration unchanged");
                 if own && let Some(op) = self.conf_ops.remove(&ctx.op) {
@@ -817,6 +990,7 @@ impl<L: LogStore> Core<L> {
             });
         }
         self.raw.transfer_leader(target.0);
+        self.observe_transfer();
         Ok(())
     }
 
@@ -930,10 +1104,20 @@ impl<L: LogStore> Core<L> {
             return;
         }
         if let Some(batch) = self.inflight_reads.remove(&ctx.counter) {
-            out.reads.push(ReadReady {
-                index,
-                tokens: batch.waiters.iter().map(|w| w.token).collect(),
-            });
+            // A quorum acknowledged this context after it was sent: no
+            // other leader can be elected until a follower's election
+            // timeout after that (see `Config::lease_duration`). raft-rs
+            // also releases earlier rounds with a later one; their own,
+            // earlier send time is the safe start.
+            if !self.bugs.raft_lease_based {
+                self.confirm_lease(batch.issued_at, batch.term, batch.epoch);
+            }
+            if !batch.waiters.is_empty() {
+                out.reads.push(ReadReady {
+                    index,
+                    tokens: batch.waiters.iter().map(|w| w.token).collect(),
+                });
+            }
         }
     }
 
@@ -949,6 +1133,12 @@ impl<L: LogStore> Core<L> {
             return;
         }
         let leader_moved = current.leader != self.leader.leader;
+        if current.term != self.leader.term {
+            self.heartbeat_responses = 0;
+        }
+        if !self.is_leader() {
+            self.lease = None;
+        }
         self.leader = current;
         out.leader_changed = Some(current);
         if current.leader.is_none() {
@@ -1052,7 +1242,8 @@ impl<L: LogStore> Core<L> {
         for b in self.inflight_reads.values_mut() {
             expire_reads(&mut b.waiters, out);
         }
-        self.inflight_reads.retain(|_, b| !b.waiters.is_empty());
+        self.inflight_reads
+            .retain(|_, b| b.renewal || !b.waiters.is_empty());
     }
 
     /// Fails every outstanding call (shutdown or fatal error).

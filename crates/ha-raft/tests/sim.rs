@@ -3,7 +3,10 @@
 //! replays byte for byte, and the faults really happen.
 //!
 //! `HA_SIM_SEEDS=N` runs N seeds per group size instead of the default
-//! (600 with three members, 400 with five: 1,000 per CI run).
+//! (600 with three members, 400 with five: 1,000 per CI run; the default
+//! workload includes lease reads). `HA_SIM_LEASE_SEEDS=N` runs N seeds of
+//! the lease workload per group size (default 150 with three members, 100
+//! with five).
 
 use std::ops::Range;
 
@@ -24,14 +27,18 @@ fn seeds(default: u64) -> u64 {
 /// Runs `range` and returns the counters, failing with the first failing
 /// seed's report.
 fn all_pass(members: usize, range: Range<u64>) -> Counters {
-    let cfg = SimConfig::new(members);
+    all_pass_with(&SimConfig::new(members), range)
+}
+
+fn all_pass_with(cfg: &SimConfig, range: Range<u64>) -> Counters {
+    let members = cfg.members;
     let started = std::time::Instant::now();
     let mut totals = Counters::default();
     let mut failing: Vec<SeedReport> = Vec::new();
     let mut worst_unknown: f64 = 0.0;
     let n = range.end - range.start;
     for seed in range {
-        let report = run_seed(&cfg, seed);
+        let report = run_seed(cfg, seed);
         totals.add(&report.counters);
         worst_unknown = worst_unknown.max(report.counters.unknown_pct());
         if !report.passed() {
@@ -39,8 +46,10 @@ fn all_pass(members: usize, range: Range<u64>) -> Counters {
         }
     }
     eprintln!(
-        "{members} members: {} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
+        "{members} members: {} lease_reads={} lease_hits={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
         summary_line(n, failing.len() as u64, &totals),
+        totals.lease_reads,
+        totals.lease_hits,
         started.elapsed().as_secs_f64() * 100.0 / n.max(1) as f64,
     );
     if let Some(first) = failing.first() {
@@ -117,7 +126,11 @@ fn every_seed_passes_with_five_members_part_2() {
 
 /// Runs seeds 0..200 with `bug` until one fails, and returns its report.
 fn first_catch(bug: InjectedBug, members: usize) -> SeedReport {
-    let mut cfg = SimConfig::new(members);
+    first_catch_with(SimConfig::new(members), bug)
+}
+
+fn first_catch_with(mut cfg: SimConfig, bug: InjectedBug) -> SeedReport {
+    let members = cfg.members;
     cfg.bug = Some(bug);
     for seed in 0..200 {
         let report = run_seed(&cfg, seed);
@@ -134,7 +147,15 @@ fn first_catch(bug: InjectedBug, members: usize) -> SeedReport {
 /// The bug is caught within 200 seeds, and by one of the checkers that
 /// should catch it (not by chance, e.g. too many unknown outcomes).
 fn caught_by(bug: InjectedBug, expected: &[&str]) -> SeedReport {
-    let report = first_catch(bug, 3);
+    check_caught(first_catch(bug, 3), bug, expected)
+}
+
+/// [`caught_by`] under the lease workload.
+fn caught_in_lease_runs_by(bug: InjectedBug, expected: &[&str]) -> SeedReport {
+    check_caught(first_catch_with(SimConfig::lease(3), bug), bug, expected)
+}
+
+fn check_caught(report: SeedReport, bug: InjectedBug, expected: &[&str]) -> SeedReport {
     let first = &report.violations[0];
     assert!(
         expected.contains(&first.property),
@@ -208,10 +229,82 @@ fn read_contexts_reused_across_restarts_are_caught() {
     );
 }
 
+/// What a stale lease read trips: the engine told to answer below an index
+/// already committed, or the history.
+const STALE_READ: &[&str] = &["read index covers every earlier commit", "linearizability"];
+
+#[test]
+fn reads_through_raft_lease_based_option_are_caught() {
+    caught_in_lease_runs_by(InjectedBug::RaftLeaseBased, STALE_READ);
+}
+
+#[test]
+#[ignore = "not yet caught within 200 seeds of the lease workload: see docs/NOTES.md, Lease reads (issue 9)"]
+fn no_vote_guard_after_a_restart_is_caught() {
+    caught_in_lease_runs_by(InjectedBug::NoVoteGuard, STALE_READ);
+}
+
+#[test]
+fn a_lease_kept_across_a_leader_transfer_is_caught() {
+    caught_in_lease_runs_by(InjectedBug::LeaseAcrossTransfer, STALE_READ);
+}
+
+#[test]
+fn a_lease_renewed_from_counted_heartbeat_responses_is_caught() {
+    caught_in_lease_runs_by(InjectedBug::LeaseFromHeartbeatCount, STALE_READ);
+}
+
+#[test]
+#[ignore = "not yet caught within 200 seeds of the lease workload: see docs/NOTES.md, Lease reads (issue 9)"]
+fn a_lease_that_ignores_clock_drift_is_caught() {
+    caught_in_lease_runs_by(InjectedBug::LeaseIgnoresDrift, STALE_READ);
+}
+
+fn lease_seeds(default: u64) -> u64 {
+    std::env::var("HA_SIM_LEASE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Lease reads under the faults that threaten them: no violation, and the
+/// lease reads really were answered (most by a leader holding its lease).
+fn lease_runs_pass(members: usize, range: Range<u64>) {
+    let n = range.end - range.start;
+    let c = all_pass_with(&SimConfig::lease(members), range.clone());
+    assert!(
+        c.transfers as f64 / n as f64 >= 0.5 && c.pauses as f64 / n as f64 >= 0.3,
+        "{members} members: too few transfers ({}) or pauses ({}) in {n} seeds",
+        c.transfers,
+        c.pauses
+    );
+    assert!(
+        c.lease_hits as f64 / n as f64 >= 100.0,
+        "{members} members: only {} of {} lease reads answered from a lease in {n} seeds",
+        c.lease_hits,
+        c.lease_reads
+    );
+    assert!(
+        c.crashes as f64 / n as f64 >= 0.5,
+        "{members} members: only {} restarts in {n} seeds",
+        c.crashes
+    );
+}
+
+#[test]
+fn every_seed_passes_with_lease_reads_three_members() {
+    lease_runs_pass(3, 0..lease_seeds(150));
+}
+
+#[test]
+fn every_seed_passes_with_lease_reads_five_members() {
+    lease_runs_pass(5, 0..lease_seeds(100));
+}
+
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 5);
+    assert_eq!(ALL_BUGS.len(), 10);
 }
 
 #[test]

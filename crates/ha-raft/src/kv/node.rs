@@ -486,6 +486,7 @@ impl KvNode {
         )?;
         let consistency = match options.consistency {
             Consistency::Serializable => ReadConsistency::Serializable,
+            Consistency::Lease => ReadConsistency::Lease,
             _ => ReadConsistency::Linearizable,
         };
         let reply = self

@@ -45,6 +45,17 @@ pub enum ReadConsistency {
     Linearizable,
     /// This member's applied state, at once. May be stale.
     Serializable,
+    /// Linearizable, without a quorum round while the leader holds its read
+    /// lease: the leader answers once it has applied its commit index. The
+    /// lease starts when a ReadIndex round that a quorum acknowledged was
+    /// sent, and lasts `Config::lease_duration` (less than an election
+    /// timeout, minus `Config::max_clock_drift`): it assumes no two
+    /// members' clocks drift apart by more than that bound. On a follower,
+    /// and on a leader without a lease (just elected, a leader transfer
+    /// started in its term, a membership change), it is a ReadIndex read;
+    /// the leader renews the lease with a round of its own while lease
+    /// reads keep coming.
+    Lease,
 }
 
 /// Options of a proposal.
@@ -726,6 +737,7 @@ impl Node {
         sh.waiters.add_read(token, query.into(), tx);
         let sent = match opts.consistency {
             ReadConsistency::Linearizable => sh.tx.send(Input::Read { token, deadline }).is_ok(),
+            ReadConsistency::Lease => sh.tx.send(Input::LeaseRead { token, deadline }).is_ok(),
             ReadConsistency::Serializable => {
                 sh.apply_tx.send(ApplyTask::Serializable { token }).is_ok()
             }

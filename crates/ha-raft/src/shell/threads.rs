@@ -42,6 +42,10 @@ pub(crate) enum Input {
         token: u64,
         deadline: Instant,
     },
+    LeaseRead {
+        token: u64,
+        deadline: Instant,
+    },
     Peer(Message),
     /// A `MsgSnapshot` whose snapshot is staged and verified.
     StagedSnapshot(Message),
@@ -224,6 +228,11 @@ impl<L: LogStore> RaftThread<L> {
                 self.core.propose(seq, command, deadline, now, out);
             }
             Input::Read { token, deadline } => self.core.read(token, deadline),
+            // The lease is checked against the clock as it is now, not at
+            // the start of this turn.
+            Input::LeaseRead { token, deadline } => {
+                self.core.lease_read(token, deadline, Instant::now(), out)
+            }
             Input::Peer(m) => {
                 self.shared.inbox.fetch_sub(1, Ordering::Relaxed);
                 self.core.step(m);

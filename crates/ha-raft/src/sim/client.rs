@@ -128,6 +128,7 @@ pub(crate) struct ClientPlan {
 /// Draws the operations of every client: `clients` that write and read
 /// through any member, and `readers` per member pinned to it. Values are
 /// unique in the run.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_workload(
     rng: &mut SimRng,
     clients: usize,
@@ -136,6 +137,7 @@ pub(crate) fn plan_workload(
     members: usize,
     keys: usize,
     span: Nanos,
+    lease_focus: bool,
 ) -> Vec<ClientPlan> {
     let mut next_value = 1u64;
     let mean_think = span / ops_per_client.max(1) as u64;
@@ -152,22 +154,22 @@ pub(crate) fn plan_workload(
                     } else {
                         rng.below(members)
                     };
-                    let request = match rng.below(100) {
-                        0..=44 => {
+                    let roll = rng.below(100);
+                    let consistency = match (roll, lease_focus) {
+                        (0..=44, _) => None,
+                        (45..=59, false) | (45..=54, true) => Some(Consistency::Linearizable),
+                        (60..=84, false) | (55..=94, true) => Some(Consistency::Lease),
+                        _ => Some(Consistency::Serializable),
+                    };
+                    let request = match consistency {
+                        None => {
                             next_value += 1;
                             Request::Write {
                                 key,
                                 value: next_value - 1,
                             }
                         }
-                        45..=84 => Request::Read {
-                            key,
-                            consistency: Consistency::Linearizable,
-                        },
-                        _ => Request::Read {
-                            key,
-                            consistency: Consistency::Serializable,
-                        },
+                        Some(consistency) => Request::Read { key, consistency },
                     };
                     PlannedOp {
                         think: rng.between(0, 2 * mean_think),
@@ -184,10 +186,10 @@ pub(crate) fn plan_workload(
             let ops = (0..ops_per_client)
                 .map(|_| {
                     let key = rng.below(keys.max(1)) as u8;
-                    let consistency = if rng.chance(0.8) {
-                        Consistency::Linearizable
-                    } else {
-                        Consistency::Serializable
+                    let consistency = match (rng.below(10), lease_focus) {
+                        (0..=3, false) | (0, true) => Consistency::Linearizable,
+                        (4..=7, false) | (1..=8, true) => Consistency::Lease,
+                        _ => Consistency::Serializable,
                     };
                     PlannedOp {
                         think: rng.between(0, 2 * mean_think),

@@ -62,8 +62,17 @@ pub(crate) enum FaultKind {
         target: Target,
         extra_max: Nanos,
     },
-    /// The leader hands leadership to another member.
-    TransferLeader,
+    /// The leader hands leadership to another member; on a sick host its
+    /// links are slow meanwhile (so it may hear of the new term late).
+    TransferLeader {
+        slow_links: Option<Nanos>,
+    },
+    /// A follower cut off from the leader (both ways) for the duration,
+    /// while another follower restarts in the middle of it: the cut one
+    /// campaigns, the restarted one has no leader.
+    RestartWhileCut {
+        down: Nanos,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -77,8 +86,17 @@ fn target(rng: &mut SimRng) -> Target {
     rng.pick(&[Target::Leader, Target::Follower, Target::Any])
 }
 
-/// Draws the faults of one seed, all starting inside `[from, to)`.
-pub(crate) fn plan(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
+/// Draws the faults of one seed, all starting inside `[from, to)`; with
+/// `lease_focus`, the faults that threaten a read lease.
+pub(crate) fn plan(
+    rng: &mut SimRng,
+    from: Nanos,
+    to: Nanos,
+    lease_focus: bool,
+) -> Vec<PlannedFault> {
+    if lease_focus {
+        return plan_lease(rng, from, to);
+    }
     let count = rng.between(3, 6);
     let mut faults: Vec<PlannedFault> = (0..count)
         .map(|_| {
@@ -134,7 +152,65 @@ pub(crate) fn plan(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault
                     },
                     rng.between(300 * MILLIS, 2 * SECONDS),
                 ),
-                _ => (FaultKind::TransferLeader, 0),
+                _ => (FaultKind::TransferLeader { slow_links: None }, 0),
+            };
+            PlannedFault {
+                start,
+                duration,
+                kind,
+            }
+        })
+        .collect();
+    faults.sort_by_key(|f| f.start);
+    faults
+}
+
+fn plan_lease(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
+    let count = rng.between(4, 8);
+    let mut faults: Vec<PlannedFault> = (0..count)
+        .map(|_| {
+            let start = rng.between(from, to.saturating_sub(1));
+            let (kind, duration) = match rng.below(100) {
+                0..=14 => {
+                    let kind = rng.pick(&[
+                        PartitionKind::IsolateLeader,
+                        PartitionKind::IsolateLeader,
+                        PartitionKind::IsolateLeader,
+                        PartitionKind::OneWay,
+                    ]);
+                    (
+                        FaultKind::Partition(kind),
+                        rng.between(300 * MILLIS, 1500 * MILLIS),
+                    )
+                }
+                15..=29 => (
+                    FaultKind::RestartWhileCut {
+                        down: rng.between(5 * MILLIS, 100 * MILLIS),
+                    },
+                    rng.between(500 * MILLIS, 1500 * MILLIS),
+                ),
+                30..=39 => (
+                    FaultKind::Crash(Target::Follower),
+                    rng.between(10 * MILLIS, 300 * MILLIS),
+                ),
+                40..=54 => (
+                    FaultKind::Pause(Target::Leader),
+                    rng.between(50 * MILLIS, 1000 * MILLIS),
+                ),
+                55..=69 => (
+                    FaultKind::SlowLinks {
+                        target: Target::Leader,
+                        extra_max: rng.between(100 * MILLIS, 600 * MILLIS),
+                    },
+                    rng.between(300 * MILLIS, 1500 * MILLIS),
+                ),
+                70..=84 => (FaultKind::TransferLeader { slow_links: None }, 0),
+                _ => (
+                    FaultKind::TransferLeader {
+                        slow_links: Some(rng.between(20 * MILLIS, 300 * MILLIS)),
+                    },
+                    rng.between(300 * MILLIS, 1000 * MILLIS),
+                ),
             };
             PlannedFault {
                 start,

@@ -24,6 +24,9 @@ pub enum Consistency {
     /// The member's applied state: may be stale, never goes backwards on
     /// one member process.
     Serializable,
+    /// A lease read: linearizable too, answered by a leader from its own
+    /// state while it holds its read lease.
+    Lease,
 }
 
 /// How an operation ended.

@@ -23,6 +23,9 @@ pub(crate) struct Member {
     pub(crate) life: u64,
     /// This member's tick interval (its clock drifts).
     pub(crate) tick_ns: Nanos,
+    /// Its nominal tick interval: its clock reads `tick / tick_ns` of the
+    /// virtual time, so its ticks and its time drift together.
+    pub(crate) nominal_tick_ns: Nanos,
     /// The process handles nothing before this time.
     pub(crate) paused_until: Nanos,
     /// Disk latency multiplier (a slow-disk fault).
@@ -32,8 +35,17 @@ pub(crate) struct Member {
 }
 
 impl Member {
+    /// This member's clock at virtual time `now`.
+    pub(crate) fn local_ns(&self, now: Nanos) -> Nanos {
+        let t =
+            u128::from(now) * u128::from(self.nominal_tick_ns) / u128::from(self.tick_ns.max(1));
+        u64::try_from(t).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn new(cfg: Config, tick_ns: Nanos) -> Self {
+        let nominal_tick_ns = u64::try_from(cfg.tick_interval.as_nanos()).unwrap_or(u64::MAX);
         Member {
+            nominal_tick_ns,
             cfg,
             log: MemLogStore::new(),
             state: MemStateStore::new(),

@@ -80,6 +80,8 @@ pub struct SimConfig {
     pub faults: bool,
     /// Record every event (see [`SeedReport::trace`]).
     pub trace: bool,
+    /// The lease workload ([`SimConfig::lease`]).
+    pub lease_focus: bool,
 }
 
 impl SimConfig {
@@ -96,6 +98,20 @@ impl SimConfig {
             quiet: Duration::from_secs(2),
             faults: true,
             trace: false,
+            lease_focus: false,
+        }
+    }
+
+    /// The lease workload: most reads are lease reads, two readers per
+    /// member, clocks that drift up to 20%, mostly at the extremes (with
+    /// `max_clock_drift` set to allow for it), and faults that threaten a lease: the leader paused,
+    /// isolated or slowed, leader transfers (some while the old leader's
+    /// links are slow), follower restarts.
+    pub fn lease(members: usize) -> Self {
+        SimConfig {
+            readers_per_member: 2,
+            lease_focus: true,
+            ..SimConfig::new(members)
         }
     }
 }
@@ -134,6 +150,11 @@ pub struct Counters {
     pub messages: u64,
     /// Messages lost (loss, cuts, crashed receivers).
     pub dropped: u64,
+    /// Lease reads that reached a running member.
+    pub lease_reads: u64,
+    /// Of those, answered at once by a leader holding its lease (the rest
+    /// took a ReadIndex round).
+    pub lease_hits: u64,
 }
 
 impl Counters {
@@ -151,6 +172,8 @@ impl Counters {
         self.snapshots += o.snapshots;
         self.messages += o.messages;
         self.dropped += o.dropped;
+        self.lease_reads += o.lease_reads;
+        self.lease_hits += o.lease_hits;
     }
 
     /// Unknown outcomes as a percentage of operations.
@@ -283,12 +306,17 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 5] = [
+pub const ALL_BUGS: [InjectedBug; 10] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
     InjectedBug::NoDedup,
     InjectedBug::ReuseReadContext,
+    InjectedBug::RaftLeaseBased,
+    InjectedBug::NoVoteGuard,
+    InjectedBug::LeaseAcrossTransfer,
+    InjectedBug::LeaseFromHeartbeatCount,
+    InjectedBug::LeaseIgnoresDrift,
 ];
 
 /// The command-line name of a bug (`local-reads`, ...).
@@ -299,6 +327,11 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::ReapplyAfterRestart => "reapply-after-restart",
         InjectedBug::NoDedup => "no-dedup",
         InjectedBug::ReuseReadContext => "reuse-read-context",
+        InjectedBug::RaftLeaseBased => "raft-lease-based",
+        InjectedBug::NoVoteGuard => "no-vote-guard",
+        InjectedBug::LeaseAcrossTransfer => "lease-across-transfer",
+        InjectedBug::LeaseFromHeartbeatCount => "lease-from-heartbeat-count",
+        InjectedBug::LeaseIgnoresDrift => "lease-ignores-drift",
     }
 }
 

@@ -82,6 +82,11 @@ impl Network {
         self.cuts.insert(fault, links);
     }
 
+    /// Adds a cut link to fault `fault`'s cuts.
+    pub(crate) fn add_cut(&mut self, fault: usize, link: (usize, usize)) {
+        self.cuts.entry(fault).or_default().insert(link);
+    }
+
     pub(crate) fn slow_down(&mut self, fault: usize, links: SlowLinks) {
         self.slow.insert(fault, links);
     }

@@ -89,6 +89,7 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
         OpKind::Read => {
             let c = match op.inputs.consistency {
                 Some(Consistency::Serializable) => "serializable ",
+                Some(Consistency::Lease) => "lease ",
                 _ => "",
             };
             match op.outcome {

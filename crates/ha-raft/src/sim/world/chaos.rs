@@ -200,7 +200,45 @@ impl World {
                     self.after(duration, Event::FaultEnd { f });
                 }
             }
-            FaultKind::TransferLeader => {
+            FaultKind::RestartWhileCut { down } => {
+                let Some(l) = self.leader() else {
+                    return;
+                };
+                let followers: Vec<usize> = (0..self.members.len())
+                    .filter(|&m| m != l && self.up(m))
+                    .collect();
+                if followers.len() < 2 {
+                    return;
+                }
+                let cut = self.rng.pick(&followers);
+                let others: Vec<usize> = followers.into_iter().filter(|&m| m != cut).collect();
+                let restart = self.rng.pick(&others);
+                self.net.cut(f, both_ways(&[l], &[cut]));
+                self.undo.insert(f, Undo::Network);
+                self.counters.partitions += 1;
+                self.log_fault(format!(
+                    "cut member {} from leader {} for {dur}; member {} restarts meanwhile",
+                    cut + 1,
+                    l + 1,
+                    restart + 1
+                ));
+                // The cut follower's campaign comes due while the leader
+                // still holds a lease confirmed by the restarting one, who
+                // hears nothing from the leader after its restart.
+                let crash_at = self.rng.between(100 * MILLIS, 250 * MILLIS);
+                self.after(
+                    crash_at,
+                    Event::CutLink {
+                        f,
+                        from: l,
+                        to: restart,
+                    },
+                );
+                self.after(crash_at, Event::Crash { m: restart });
+                self.after(crash_at + down, Event::Restart { m: restart });
+                self.after(duration, Event::FaultEnd { f });
+            }
+            FaultKind::TransferLeader { slow_links } => {
                 let Some(l) = self.leader() else {
                     self.log_fault("leader transfer skipped: no leader".to_owned());
                     return;
@@ -213,6 +251,15 @@ impl World {
                 }
                 let to = self.rng.pick(&others);
                 self.log_fault(format!("transfer leadership {} -> {}", l + 1, to + 1));
+                if let Some(extra_max) = slow_links {
+                    self.log_fault(format!(
+                        "slow links of member {}: up to +{} for {dur}",
+                        l + 1,
+                        fmt_ns(extra_max)
+                    ));
+                    self.slow_links(f, l, extra_max);
+                    self.after(duration, Event::FaultEnd { f });
+                }
                 if let Some(p) = self.members[l].proc.as_mut() {
                     let _ = p.core.transfer_leader(NodeId(to as u64 + 1));
                 }

@@ -77,14 +77,15 @@ impl World {
             return;
         };
         let m = r.member;
-        let instant = self.instant();
-        let deadline = self.clock.instant(self.now + self.request_timeout);
+        let instant = self.instant_of(m);
+        let deadline = instant + std::time::Duration::from_nanos(self.request_timeout);
         let Some(p) = self.members[m].proc.as_mut() else {
             self.complete(id, Outcome::Fail, Outputs::error("member is down"));
             return;
         };
         self.ops[id as usize].incarnation = p.incarnation;
         let mut out = Outbox::default();
+        let mut lease_hit = None;
         let serializable = match r.request {
             Request::Write { key, value } => {
                 p.next_seq += 1;
@@ -101,15 +102,28 @@ impl World {
             Request::Read { consistency, .. } => {
                 p.next_token += 1;
                 p.reads.insert(p.next_token, id);
-                if consistency == Consistency::Serializable {
-                    p.ser_reads.push(p.next_token);
-                    true
-                } else {
-                    p.core.read(p.next_token, deadline);
-                    false
+                match consistency {
+                    Consistency::Serializable => {
+                        p.ser_reads.push(p.next_token);
+                        true
+                    }
+                    Consistency::Lease => {
+                        let token = p.next_token;
+                        p.core.lease_read(token, deadline, instant, &mut out);
+                        lease_hit = Some(out.reads.iter().any(|r| r.tokens.contains(&token)));
+                        false
+                    }
+                    Consistency::Linearizable => {
+                        p.core.read(p.next_token, deadline);
+                        false
+                    }
                 }
             }
         };
+        if let Some(hit) = lease_hit {
+            self.counters.lease_reads += 1;
+            self.counters.lease_hits += u64::from(hit);
+        }
         if serializable {
             self.schedule_apply(m);
         }

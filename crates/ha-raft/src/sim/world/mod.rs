@@ -41,6 +41,9 @@ const CHAOS_START: Nanos = 300 * MILLIS;
 const FINAL_CLIENT: u64 = 1_000_000;
 /// Values of the liveness writes (clients use small ones).
 const LIVENESS_VALUE: u64 = 1 << 40;
+/// The clock-drift bound of the lease-focused runs, whose clocks drift up
+/// to 20% (which needs 80 ms).
+const LEASE_FOCUS_DRIFT_BOUND: std::time::Duration = std::time::Duration::from_millis(90);
 /// A run that has not finished by then is stuck.
 const GIVE_UP_AFTER: Nanos = 60 * SECONDS;
 
@@ -85,6 +88,12 @@ enum Event {
     },
     Crash {
         m: usize,
+    },
+    /// Fault `f`, if still on, also cuts `from → to`.
+    CutLink {
+        f: usize,
+        from: usize,
+        to: usize,
     },
     Restart {
         m: usize,
@@ -243,16 +252,38 @@ impl World {
     fn new(cfg: &SimConfig, seed: u64) -> Self {
         let mut rng = SimRng::new(seed);
         let ids: Vec<NodeId> = (1..=cfg.members as u64).map(NodeId).collect();
-        let base = Config::new(NodeId(1), ids.clone());
+        let config = |id| {
+            let mut c = Config::new(id, ids.clone());
+            if cfg.lease_focus {
+                // Far more drift than the default allows for, and a bound
+                // that allows for it: a lease that ignored it would show.
+                c.max_clock_drift = LEASE_FOCUS_DRIFT_BOUND;
+            }
+            c
+        };
+        let base = config(NodeId(1));
         let tick = nanos(base.tick_interval);
-        // Clock drift: each member's tick is off by up to this fraction.
-        let drift = rng.pick(&[0.0, 0.01, 0.03, 0.05]);
+        // Clock drift: each member's clock (and so its ticks) is off by up
+        // to this fraction, within what `max_clock_drift` allows for (a
+        // leader's clock slow by d and a follower's fast by d need a
+        // bound of at least (1 - (1 - d) / (1 + d)) · (election_tick - 1)
+        // ticks: 23 ms for 5%, 80 ms for 20%).
+        let drift = if cfg.lease_focus {
+            rng.pick(&[0.1, 0.15, 0.2])
+        } else {
+            rng.pick(&[0.0, 0.01, 0.03, 0.05])
+        };
         let members = ids
             .iter()
             .map(|&id| {
-                let skew = rng.float(-drift, drift);
+                let skew = if cfg.lease_focus && rng.chance(0.7) {
+                    // Mostly at the extremes, where a lease is most at risk.
+                    if rng.chance(0.5) { -drift } else { drift }
+                } else {
+                    rng.float(-drift, drift)
+                };
                 let tick_ns = (tick as f64 * (1.0 + skew)) as Nanos;
-                Member::new(Config::new(id, ids.clone()), tick_ns)
+                Member::new(config(id), tick_ns)
             })
             .collect();
         let net = Network::new(NetParams::random(&mut rng));
@@ -320,8 +351,9 @@ impl World {
         }
     }
 
-    fn instant(&self) -> Instant {
-        self.clock.instant(self.now)
+    /// Member `m`'s clock now (it runs at the rate of its ticks).
+    fn instant_of(&self, m: usize) -> Instant {
+        self.clock.instant(self.members[m].local_ns(self.now))
     }
 
     fn at(&mut self, at: Nanos, event: Event) {
@@ -474,8 +506,14 @@ impl World {
             Event::FaultEnd { f } => self.fault_end(f),
             Event::Crash { m } => {
                 if !self.healed && self.up(m) {
-                    self.log_fault(format!("crash member {} (crash loop)", m + 1));
+                    self.log_fault(format!("crash member {} (scheduled)", m + 1));
                     self.crash(m);
+                }
+            }
+            Event::CutLink { f, from, to } => {
+                if !self.healed && self.undo.contains_key(&f) {
+                    self.log_fault(format!("cut {} -> {} (fault {f})", from + 1, to + 1));
+                    self.net.add_cut(f, (from, to));
                 }
             }
             Event::Restart { m } => {
@@ -502,6 +540,7 @@ impl World {
             n,
             self.cfg.keys,
             chaos,
+            self.cfg.lease_focus,
         );
         for (c, plan) in plans.into_iter().enumerate() {
             self.exec.spawn(run_client(
@@ -514,7 +553,7 @@ impl World {
         }
         let heal_at = CHAOS_START + chaos;
         if self.cfg.faults {
-            self.faults = faults::plan(&mut self.rng, CHAOS_START, heal_at);
+            self.faults = faults::plan(&mut self.rng, CHAOS_START, heal_at, self.cfg.lease_focus);
             for f in 0..self.faults.len() {
                 self.at(self.faults[f].start, Event::FaultStart { f });
             }

@@ -120,7 +120,7 @@ impl World {
     }
 
     pub(super) fn tick(&mut self, m: usize, life: u64) {
-        let now = self.instant();
+        let now = self.instant_of(m);
         let mut out = Outbox::default();
         if let Some(p) = self.members[m].proc.as_mut() {
             p.core.tick(now, &mut out);
@@ -134,7 +134,7 @@ impl World {
     /// After any input: start read rounds, take raft's Ready, and act on
     /// everything the core asked for.
     pub(super) fn drive(&mut self, m: usize, mut out: Outbox) {
-        let now = self.instant();
+        let now = self.instant_of(m);
         let Some(p) = self.members[m].proc.as_mut() else {
             return;
         };
@@ -395,7 +395,7 @@ impl World {
     /// answer the reads whose index is applied.
     pub(super) fn apply(&mut self, m: usize) {
         let now = self.now;
-        let instant = self.instant();
+        let instant = self.instant_of(m);
         let sync_every = self.state_sync_every;
         let Some(p) = self.members[m].proc.as_mut() else {
             return;
