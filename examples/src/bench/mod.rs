@@ -11,6 +11,7 @@ pub mod common;
 pub mod engine;
 pub mod fsync;
 pub mod lease;
+pub mod lock;
 pub mod membership;
 pub mod restart;
 pub mod rocks;

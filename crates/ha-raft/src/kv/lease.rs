@@ -293,15 +293,9 @@ mod tests {
         assert_eq!(m.remaining(LeaseId(1), t0 + ms(500)), Ok(ms(400)));
         assert!(m.due(t0 + ms(899), 10).is_empty());
         // Past its deadline but its expiry not yet proposed: still refused.
-        assert_eq!(
-            m.keep_alive(LeaseId(1), t0 + ms(900)),
-            Err(Refusal::Gone)
-        );
+        assert_eq!(m.keep_alive(LeaseId(1), t0 + ms(900)), Err(Refusal::Gone));
         assert_eq!(m.due(t0 + ms(900), 10), vec![(LeaseId(1), 2)]);
-        assert_eq!(
-            m.keep_alive(LeaseId(1), t0 + ms(901)),
-            Err(Refusal::Gone)
-        );
+        assert_eq!(m.keep_alive(LeaseId(1), t0 + ms(901)), Err(Refusal::Gone));
         assert_eq!(m.keep_alive(LeaseId(7), t0), Err(Refusal::Gone));
     }
 

@@ -358,7 +358,9 @@ impl KvNode {
                     });
                 }
                 // Just elected: its first entry is about to apply.
-                Err(Refusal::TermNotApplied) if Instant::now() + Duration::from_millis(5) < deadline => {
+                Err(Refusal::TermNotApplied)
+                    if Instant::now() + Duration::from_millis(5) < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 // A grant acknowledged elsewhere may not be applied here
