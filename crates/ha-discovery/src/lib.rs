@@ -127,3 +127,9 @@ pub use ha_raft::{KvConfig, KvNode, MemNetwork, SystemClock};
 pub use ha_storage::{MemLogStore, MemStateStore};
 #[cfg(feature = "rocksdb")]
 pub use ha_storage::{RocksEnv, StorageConfig};
+
+// The README's examples are compiled and run as doctests here, in the crate
+// that can reach every other (the recipes' example needs ha-discovery).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -135,11 +135,10 @@ pub async fn run(args: Args) -> BenchResult<()> {
                 let from = last_unlock.lock().take();
                 if measuring.load(Ordering::Relaxed) {
                     acquired.fetch_add(1, Ordering::Relaxed);
-                    if let Some((at, holder)) = from {
-                        if holder != member {
-                            let _ =
-                                handoffs.record((now.duration_since(at).as_micros() as u64).max(1));
-                        }
+                    if let Some((at, holder)) = from
+                        && holder != member
+                    {
+                        let _ = handoffs.record((now.duration_since(at).as_micros() as u64).max(1));
                     }
                 }
                 *last_unlock.lock() = Some((Instant::now(), member));
