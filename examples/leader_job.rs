@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ha_discovery::{
     Config, Election, KvConfig, KvNode, LeaderTask, MemLogStore, MemNetwork, MemStateStore, NodeId,
-    Session,
 };
 
 type ExampleResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -80,9 +79,10 @@ async fn main() -> ExampleResult<()> {
     }
 
     let first = owner_rx.recv().await.ok_or("no instance ran the job")?;
-    // An observer on a member that stays up prints every change of owner.
-    let observer = Session::new(members[(first + 1) % members.len()].clone()).await?;
-    let mut owners = Election::new(&observer, "jobs/report").observe();
+    // An observer (no session needed) on a member that stays up prints
+    // every change of owner, starting with the current one.
+    let observer = Arc::new(members[(first + 1) % members.len()].clone());
+    let mut owners = Election::observe_on(observer, "jobs/report");
     let printer = tokio::spawn(async move {
         while let Some(Ok(owner)) = owners.next().await {
             match owner {

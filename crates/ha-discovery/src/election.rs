@@ -140,11 +140,21 @@ impl Election {
     /// the revision that made it — none skipped, none repeated (a change
     /// and its undoing in one revision is no change). Watches resume on
     /// their own after a cancellation; the stream ends after an error it
-    /// cannot recover from.
+    /// cannot recover from. The stream starts when first polled: "the
+    /// current leader" is the one at that time.
     pub fn observe(&self) -> BoxStream<'static, Result<Option<Leader>>> {
+        Election::observe_on(self.session.client().clone(), &self.prefix_name())
+    }
+
+    /// [`Election::observe`] without a session: for observers that never
+    /// campaign (no lease needed).
+    pub fn observe_on(
+        client: Arc<dyn KvClient>,
+        name: &str,
+    ) -> BoxStream<'static, Result<Option<Leader>>> {
         let observer = Observer {
-            client: self.session.client().clone(),
-            prefix: self.prefix.clone(),
+            client,
+            prefix: format!("{name}/").into_bytes(),
             by_revision: BTreeMap::new(),
             by_key: HashMap::new(),
             emitted: None,
@@ -158,6 +168,12 @@ impl Election {
             Some((item, o))
         })
         .boxed()
+    }
+
+    /// The election's name (its prefix without the trailing `/`).
+    fn prefix_name(&self) -> String {
+        let name = &self.prefix[..self.prefix.len().saturating_sub(1)];
+        String::from_utf8_lossy(name).into_owned()
     }
 }
 

@@ -146,6 +146,7 @@ fn by_create_revision(range: KeyRange) -> RangeRequest {
 /// Cancel safe: the transaction runs on the spawner, and if this future is
 /// gone when it completes, the key is deleted.
 pub(crate) async fn enqueue(session: &Session, prefix: &[u8], value: &[u8]) -> Result<Ticket> {
+    session.check_alive()?;
     let mut key = prefix.to_vec();
     key.extend_from_slice(session.lease_hex().as_bytes());
     let local = session.local_turn(&key).await;
@@ -154,7 +155,6 @@ pub(crate) async fn enqueue(session: &Session, prefix: &[u8], value: &[u8]) -> R
         key: key.clone(),
         local: Some(local),
     };
-    session.check_alive()?;
     let request = TxnRequest {
         compare: vec![Compare::key(
             key.clone(),

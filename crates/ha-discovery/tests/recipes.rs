@@ -972,6 +972,12 @@ async fn election_campaign_proclaim_resign_and_observe_every_change_in_order() {
     let mut observed = Election::new(&watcher, "el").observe();
     let seen =
         |x: Option<ha_discovery::Leader>| x.map(|l| String::from_utf8_lossy(&l.value).into_owned());
+    // The same without a session (a stream starts when first polled).
+    let mut sessionless = Election::observe_on(Arc::new(g.node(1).clone()), "el");
+    assert_eq!(
+        seen(sessionless.next().await.expect("item").expect("ok")),
+        None
+    );
     assert_eq!(
         seen(observed.next().await.expect("item").expect("ok")),
         None,
@@ -1013,6 +1019,16 @@ async fn election_campaign_proclaim_resign_and_observe_every_change_in_order() {
         None,
     ];
     assert_eq!(got, want, "observe() missed or reordered a change");
+    let mut other = Vec::new();
+    for _ in 0..5 {
+        let item = tokio::time::timeout(PATIENCE, sessionless.next())
+            .await
+            .expect("an observed change")
+            .expect("item")
+            .expect("ok");
+        other.push(seen(item));
+    }
+    assert_eq!(other, want, "observe_on() differs from observe()");
     g.stop().await;
 }
 
