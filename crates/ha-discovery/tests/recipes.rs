@@ -848,7 +848,7 @@ async fn a_semaphore_admits_n_holders_at_once() {
                 let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                 assert!(now <= PERMITS, "{now} holders of {PERMITS} permits");
                 most.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 inside.fetch_sub(1, Ordering::SeqCst);
                 permit.release().await.expect("release");
             }
