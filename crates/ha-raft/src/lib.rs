@@ -89,8 +89,3 @@ pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOp
 pub use crate::transport::{
     MemNetwork, MemTransport, TcpConfig, TcpRejections, TcpStats, TcpTransport,
 };
-
-// The README's embedding example is compiled and run as a doctest.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod fsync;
 pub mod kv_watch;
 pub mod lease;
+pub mod lock;
 pub mod membership;
 pub mod restart;
 pub mod rocks;

@@ -40,6 +40,10 @@ enum Bench {
     /// Leases: grant throughput, keep-alive throughput through every
     /// member (followers forward to the leader), and expiry time.
     Lease(bench::lease::Args),
+    /// The distributed mutex (ha-discovery): uncontended lock+unlock,
+    /// acquisitions/s under contention, and hand-off latency between
+    /// members.
+    Lock(bench::lock::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -62,6 +66,7 @@ fn main() -> BenchResult<()> {
             Bench::Restart(args) => bench::restart::run(args).await,
             Bench::Fsync(args) => bench::fsync::run(args).await,
             Bench::Lease(args) => bench::lease::run(args).await,
+            Bench::Lock(args) => bench::lock::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args)
                 .await
                 .map_err(|e| e.to_string().into()),

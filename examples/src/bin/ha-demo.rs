@@ -6,7 +6,9 @@
 //! its RocksDB, comes back and catches up — and every acknowledged write is
 //! read back, linearizably, from every member. Then the replicated KV: a
 //! past revision, a compare-and-swap, compaction, and a watch that sees a
-//! service registration vanish when its lease's keeper stops.
+//! service registration vanish when its lease's keeper stops. Then the
+//! recipes: a lock hand-off between members with fencing tokens, and an
+//! election that moves when its leader's member is killed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use ha_core::{
     KvOptions, LeaseGrantRequest, NodeId, PutRequest, RangeRequest, TxnOp, TxnRequest,
     WatchRequest,
 };
+use ha_discovery::{Election, Fenced, Mutex, Session};
 use ha_examples::KvMachine;
 use ha_raft::{KvConfig, KvNode, MemNetwork, Node, ReadConsistency};
 use ha_storage::{RocksEnv, StorageConfig};
@@ -145,10 +148,80 @@ async fn kv_demo(env: &RocksEnv, root: &Path) -> DemoResult<()> {
         ),
         other => return Err(format!("a read below the compaction answered {other:?}").into()),
     }
-    for kv in &kvs {
-        kv.shutdown().await?;
+    let killed = recipes_demo(&kvs).await?;
+    for (i, kv) in kvs.iter().enumerate() {
+        if i != killed {
+            kv.shutdown().await?;
+        }
     }
     Ok(())
+}
+
+/// The recipes (ha-discovery) on the KV group: a lock handed from member 11
+/// to a waiter on member 12 with a higher fencing token, the old token
+/// refused at the resource; then an election whose leader's member (13) is
+/// killed, and leadership moving to member 11. Returns the killed member's
+/// index.
+async fn recipes_demo(kvs: &[KvNode]) -> DemoResult<usize> {
+    let ttl = Duration::from_secs(1);
+    let session = |i: usize| Session::builder(kvs[i].clone()).ttl(ttl).start();
+    let (a, b) = (session(0).await?, session(1).await?);
+    let resource = Fenced::new(Vec::<&str>::new());
+    let held = Mutex::new(&a, "locks/report").lock().await?;
+    let first = held.fencing_token();
+    resource.write(first, |log| log.push("written by member 11"))?;
+    let waiter = tokio::spawn(async move {
+        let guard = Mutex::new(&b, "locks/report").lock().await;
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let unlocked = Instant::now();
+    held.unlock().await?;
+    let (guard, acquired) = waiter.await?;
+    let guard = guard?;
+    let second = guard.fencing_token();
+    resource.write(second, |log| log.push("written by member 12"))?;
+    println!(
+        "recipes: lock locks/report held on member 11 with fencing token {first}; unlocked, the waiter on member 12 got it {} us later with token {second}",
+        acquired.duration_since(unlocked).as_micros()
+    );
+    match resource.write(first, |log| log.push("stale")) {
+        Err(stale) => {
+            println!("recipes: a late write with token {first} is refused by the resource: {stale}")
+        }
+        Ok(()) => return Err("the resource accepted a stale fencing token".into()),
+    }
+    guard.unlock().await?;
+
+    let doomed = 2;
+    let c = session(doomed).await?;
+    let d = session(0).await?;
+    let leader = Election::new(&c, "elections/scheduler")
+        .campaign("member 13")
+        .await?;
+    let next = tokio::spawn(async move {
+        let l = Election::new(&d, "elections/scheduler")
+            .campaign("member 11")
+            .await;
+        (l, Instant::now(), d)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    kvs[doomed].kill().await;
+    let (leadership, took_over, _d) = next.await?;
+    let leadership = leadership?;
+    if !leader.is_lost() || leadership.fencing_token() <= leader.fencing_token() {
+        return Err("the election did not move safely".into());
+    }
+    println!(
+        "recipes: election leader \"member 13\" (token {}) killed with its member; \"member 11\" leads {} ms later with token {}",
+        leader.fencing_token(),
+        took_over.duration_since(killed).as_millis(),
+        leadership.fencing_token()
+    );
+    leadership.resign().await?;
+    a.close().await?;
+    Ok(doomed)
 }
 
 /// A service registers under a lease kept alive by member 12 while member
