@@ -8,11 +8,40 @@
 //! ```
 //!
 //! SIGTERM or SIGINT stops it cleanly: a leader hands leadership over
-//! first. See the README's "Running members as processes".
+//! first; so does the end of standard input with `--exit-on-stdin-close`. See the README's "Running members as processes".
 
 use clap::Parser;
 use ha_examples::node::{Flags, Settings, run};
+use std::io::Read;
+
 use tokio::signal::unix::{SignalKind, signal};
+
+/// Resolves when standard input reaches its end (or fails). A plain
+/// thread reads it: tokio's stdin is a blocking read underneath anyway.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = rx.await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch standard input; only signals stop this member");
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -23,7 +52,9 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let settings = match Settings::from_flags(Flags::parse()) {
+    let flags = Flags::parse();
+    let exit_on_stdin_close = flags.exit_on_stdin_close;
+    let settings = match Settings::from_flags(flags) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ha-node: {e}");
@@ -44,6 +75,7 @@ async fn main() -> std::process::ExitCode {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = int.recv() => tracing::info!("SIGINT"),
+            _ = stdin_closed(), if exit_on_stdin_close => tracing::info!("standard input closed"),
         }
     };
     match run(settings, stop).await {

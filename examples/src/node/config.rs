@@ -68,6 +68,10 @@ pub struct Flags {
     /// be applied.
     #[arg(long)]
     pub health_max_apply_lag: Option<u64>,
+    /// Stop (cleanly, as on SIGTERM) when standard input closes: a
+    /// supervisor or test that dies takes its members with it.
+    #[arg(long)]
+    pub exit_on_stdin_close: bool,
 }
 
 /// Raft timing presets.

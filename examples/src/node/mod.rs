@@ -226,7 +226,12 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still open after {HTTP_DRAIN:?}; stopping anyway"),
     }
-    transport.closed().await;
+    if tokio::time::timeout(HTTP_DRAIN, transport.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("peer connections still open after {HTTP_DRAIN:?}; stopping anyway");
+    }
     tracing::info!("ha-node stopped");
     result.map_err(StartError::from)
 }
