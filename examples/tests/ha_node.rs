@@ -523,8 +523,10 @@ struct Sse {
 }
 
 impl Sse {
-    /// The next `(event, data)`, skipping comments (keep-alives).
+    /// The next `(event, data)`, skipping comments (keep-alives); fails
+    /// when none comes within [`PATIENCE`].
     async fn next(&mut self) -> Option<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -542,9 +544,9 @@ impl Sse {
                 let v = serde_json::from_str(&data).expect("SSE data is JSON");
                 return Some((event, v));
             }
-            let chunk = tokio::time::timeout(PATIENCE, self.response.chunk())
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
                 .await
-                .expect("an SSE event within the patience")
+                .expect("no SSE event (keep-alives aside) within the patience")
                 .ok()??;
             self.buffer
                 .push_str(std::str::from_utf8(&chunk).expect("SSE is UTF-8"));

@@ -178,11 +178,12 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
             what: "opening RocksDB".into(),
             source: std::io::Error::other(e.to_string()),
         })??;
+    let (log, state) = (Arc::new(log), Arc::new(state));
     let kv = KvNode::start(
         config,
         KvConfig::default(),
-        Arc::new(log),
-        Arc::new(state),
+        log.clone(),
+        state.clone(),
         transport.clone(),
     )
     .await?;
@@ -220,11 +221,15 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     let result = kv.shutdown().await;
     membership.abort();
     let _ = drain_tx.send(());
+    let abort = server.abort_handle();
     match tokio::time::timeout(HTTP_DRAIN, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!("HTTP requests still open after {HTTP_DRAIN:?}; stopping anyway"),
+        Err(_) => {
+            tracing::warn!("HTTP requests still open after {HTTP_DRAIN:?}; stopping anyway");
+            abort.abort();
+        }
     }
     if tokio::time::timeout(HTTP_DRAIN, transport.closed())
         .await
@@ -232,6 +237,32 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     {
         tracing::warn!("peer connections still open after {HTTP_DRAIN:?}; stopping anyway");
     }
+    drop((app, kv));
+    close_storage(log, state).await;
     tracing::info!("ha-node stopped");
     result.map_err(StartError::from)
+}
+
+/// Waits until the member's threads and tasks have let go of its RocksDB
+/// stores, then closes them. A process that exits with a database still
+/// open (a watch or apply thread finishing late) runs RocksDB's static
+/// destructors under its background threads, which aborts
+/// ("pthread lock: Invalid argument") instead of exiting cleanly.
+async fn close_storage<L: Send + Sync + 'static, S: Send + Sync + 'static>(
+    log: Arc<L>,
+    state: Arc<S>,
+) {
+    let deadline = tokio::time::Instant::now() + HTTP_DRAIN;
+    while Arc::strong_count(&log) > 1 || Arc::strong_count(&state) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("storage still in use after {HTTP_DRAIN:?}; exiting with it open");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Closing waits for RocksDB's background work: off the runtime.
+    let closed = tokio::task::spawn_blocking(move || drop((log, state))).await;
+    if let Err(e) = closed {
+        tracing::warn!(error = %e, "closing storage failed");
+    }
 }
