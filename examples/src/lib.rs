@@ -6,6 +6,8 @@ pub mod bench;
 
 pub mod bench_kv;
 
+pub mod node;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

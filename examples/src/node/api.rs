@@ -1,0 +1,543 @@
+//! The HTTP/JSON client API (axum). Every route answers JSON; errors are
+//! [`ApiError`] bodies. Every request runs under a deadline (`?timeout_ms=`,
+//! default `request-timeout-ms`), bodies are bounded (`max-body-bytes`),
+//! and a body that is not the route's JSON answers 400 with the parser's
+//! reason.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use ha_core::{
+    Consistency, Error, KeyRange, KvClient, KvOptions, LeaseGrantRequest, LeaseId, NodeId,
+    RangeRequest, WatchStream,
+};
+use ha_raft::{MemberRole, Role};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::App;
+use super::error::{ApiError, cancel_reason};
+use super::json::{
+    AddMemberBody, CompactBody, DeleteBody, Encoding, GetBody, GrantBody, HeaderJson, LeaseBody,
+    MemberBody, PutBody, RangeBody, TransferBody, TxnBody, WatchBody, delete_json, ms, put_json,
+    range_json, txn_json, watch_json,
+};
+
+/// How much longer than the request's own deadline the HTTP layer waits
+/// before it answers `deadline_exceeded` itself: the library's deadline,
+/// with its precise answer (`timeout` or `outcome_unknown`), comes first.
+const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
+/// The API's routes over `app`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/kv/put", post(put))
+        .route("/v1/kv/get", post(get_key))
+        .route("/v1/kv/range", post(range))
+        .route("/v1/kv/delete", post(delete))
+        .route("/v1/kv/txn", post(txn))
+        .route("/v1/kv/compact", post(compact))
+        .route("/v1/watch", post(watch))
+        .route("/v1/lease/grant", post(lease_grant))
+        .route("/v1/lease/keepalive", post(lease_keep_alive))
+        .route("/v1/lease/revoke", post(lease_revoke))
+        .route("/v1/lease/ttl", post(lease_ttl))
+        .route("/v1/lease/list", get(lease_list))
+        .route("/v1/members", get(members))
+        .route("/v1/members/add", post(member_add))
+        .route("/v1/members/promote", post(member_promote))
+        .route("/v1/members/remove", post(member_remove))
+        .route("/v1/leader/transfer", post(leader_transfer))
+        .route("/v1/status", get(status))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(app.clone(), count))
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(app)
+}
+
+async fn count(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    app.metrics.request(&route, response.status().as_u16());
+    response
+}
+
+/// Query parameters every route takes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawParams {
+    encoding: Encoding,
+    timeout_ms: Option<u64>,
+}
+
+/// The request's encoding and deadline.
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    enc: Encoding,
+    deadline: Duration,
+}
+
+impl Params {
+    fn options(&self, serializable: bool) -> KvOptions {
+        let o = KvOptions::default().with_timeout(self.deadline);
+        if serializable {
+            o.with_consistency(Consistency::Serializable)
+        } else {
+            o
+        }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let Query(raw) = Query::<RawParams>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+        let deadline = match raw.timeout_ms {
+            Some(0) => return Err(ApiError::bad_request("timeout_ms must be greater than 0")),
+            Some(ms) => Duration::from_millis(ms.min(600_000)),
+            None => app.settings.request_timeout,
+        };
+        Ok(Params {
+            enc: raw.encoding,
+            deadline,
+        })
+    }
+}
+
+/// A JSON body, bounded; an empty body counts as `{}`.
+struct Body<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, app).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::body_too_large(app.settings.max_body_bytes)
+            } else {
+                ApiError::bad_json(e.body_text())
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad_json(e.to_string()))
+    }
+}
+
+/// Runs `f` under the request's deadline (plus slack).
+async fn within<T>(
+    deadline: Duration,
+    f: impl Future<Output = Result<T, Error>>,
+) -> Result<T, ApiError> {
+    let bound = deadline + DEADLINE_SLACK;
+    match tokio::time::timeout(bound, f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(_) => Err(ApiError::deadline_exceeded(bound)),
+    }
+}
+
+type Answer = Result<axum::Json<Value>, ApiError>;
+
+fn ok(v: impl serde::Serialize) -> Answer {
+    serde_json::to_value(v)
+        .map(axum::Json)
+        .map_err(|e| ApiError::bad_request(format!("cannot encode the answer: {e}")))
+}
+
+async fn put(State(app): State<Arc<App>>, p: Params, Body(b): Body<PutBody>) -> Answer {
+    let request = b.into_request(p.enc)?;
+    app.metrics.proposal("put");
+    let r = within(p.deadline, app.kv.put(request, p.options(false))).await?;
+    ok(put_json(p.enc, &r)?)
+}
+
+async fn get_key(State(app): State<Arc<App>>, p: Params, Body(b): Body<GetBody>) -> Answer {
+    let request = RangeRequest {
+        revision: b.revision,
+        ..RangeRequest::new(KeyRange::Key(p.enc.decode("key", &b.key)?))
+    };
+    let r = within(p.deadline, app.kv.range(request, p.options(b.serializable))).await?;
+    let j = range_json(p.enc, &r)?;
+    ok(json!({ "header": j.header, "kv": j.kvs.into_iter().next() }))
+}
+
+async fn range(State(app): State<Arc<App>>, p: Params, Body(b): Body<RangeBody>) -> Answer {
+    let serializable = b.serializable;
+    let request = b.into_request(p.enc)?;
+    let r = within(p.deadline, app.kv.range(request, p.options(serializable))).await?;
+    ok(range_json(p.enc, &r)?)
+}
+
+async fn delete(State(app): State<Arc<App>>, p: Params, Body(b): Body<DeleteBody>) -> Answer {
+    let request = b.into_request(p.enc)?;
+    app.metrics.proposal("delete");
+    let r = within(p.deadline, app.kv.delete(request, p.options(false))).await?;
+    ok(delete_json(p.enc, &r)?)
+}
+
+async fn txn(State(app): State<Arc<App>>, p: Params, Body(b): Body<TxnBody>) -> Answer {
+    let serializable = b.serializable;
+    let request = b.into_request(p.enc)?;
+    app.metrics.proposal("txn");
+    let r = within(p.deadline, app.kv.txn(request, p.options(serializable))).await?;
+    ok(txn_json(p.enc, &r)?)
+}
+
+async fn compact(State(app): State<Arc<App>>, p: Params, Body(b): Body<CompactBody>) -> Answer {
+    app.metrics.proposal("compact");
+    let r = within(p.deadline, app.kv.compact(b.revision, p.options(false))).await?;
+    ok(json!({ "header": HeaderJson::from(&r.header) }))
+}
+
+/// What a watch's SSE stream is doing.
+struct WatchState {
+    watch: WatchStream,
+    enc: Encoding,
+    /// The bookmark of the last response sent: every matching event at or
+    /// below it was delivered.
+    delivered: i64,
+    done: bool,
+}
+
+impl WatchState {
+    fn resume(&self) -> Value {
+        if self.delivered > 0 {
+            json!(self.delivered + 1)
+        } else {
+            Value::Null
+        }
+    }
+}
+
+fn sse(name: &str, data: &Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+async fn watch(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<WatchBody>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let start = b.start_revision;
+    let request = b.into_request(p.enc)?;
+    let watch = within(p.deadline, app.kv.watch(request)).await?;
+    let created = json!({ "watch_id": watch.id().0, "member_id": app.settings.id.0, "start_revision": start });
+    let state = WatchState {
+        watch,
+        enc: p.enc,
+        delivered: start.saturating_sub(1).max(0),
+        done: false,
+    };
+    let events = futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let event = match st.watch.next().await {
+            Some(Ok(response)) => match watch_json(st.enc, &response) {
+                Ok(j) => {
+                    st.delivered = response.header.revision;
+                    Event::default()
+                        .event("watch")
+                        .json_data(j)
+                        .unwrap_or_else(|e| {
+                            sse(
+                                "error",
+                                &json!({ "error": "internal", "message": e.to_string() }),
+                            )
+                        })
+                }
+                Err(e) => {
+                    st.done = true;
+                    let mut body = e.body();
+                    body["resume_revision"] = st.resume();
+                    sse("cancelled", &body)
+                }
+            },
+            Some(Err(Error::WatchCancelled {
+                resume_revision,
+                reason,
+            })) => {
+                st.done = true;
+                sse(
+                    "cancelled",
+                    &json!({ "error": "watch_cancelled", "reason": cancel_reason(reason), "resume_revision": resume_revision }),
+                )
+            }
+            Some(Err(e)) => {
+                st.done = true;
+                let mut body = ApiError::from(e).body();
+                body["resume_revision"] = st.resume();
+                sse("cancelled", &body)
+            }
+            None => {
+                st.done = true;
+                sse(
+                    "cancelled",
+                    &json!({ "error": "watch_cancelled", "reason": "ended", "resume_revision": st.resume() }),
+                )
+            }
+        };
+        Some((Ok(event), st))
+    });
+    let stream = futures::stream::once(async move { Ok(sse("created", &created)) }).chain(events);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn lease_grant(State(app): State<Arc<App>>, p: Params, Body(b): Body<GrantBody>) -> Answer {
+    let request = LeaseGrantRequest::new(Duration::from_millis(b.ttl_ms)).with_id(LeaseId(b.id));
+    app.metrics.proposal("lease_grant");
+    let r = within(p.deadline, app.kv.lease_grant(request, p.options(false))).await?;
+    ok(json!({
+        "header": HeaderJson::from(&r.header),
+        "id": r.id.0,
+        "ttl_ms": ms(r.ttl),
+        "requested_ttl_ms": ms(r.requested_ttl),
+        "rounded_up": r.rounded_up(),
+    }))
+}
+
+async fn lease_keep_alive(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<LeaseBody>,
+) -> Answer {
+    let r = within(
+        p.deadline,
+        app.kv
+            .lease_keep_alive_once(LeaseId(b.id), p.options(false)),
+    )
+    .await?;
+    ok(json!({ "header": HeaderJson::from(&r.header), "id": r.id.0, "ttl_ms": ms(r.ttl) }))
+}
+
+async fn lease_revoke(State(app): State<Arc<App>>, p: Params, Body(b): Body<LeaseBody>) -> Answer {
+    app.metrics.proposal("lease_revoke");
+    let r = within(
+        p.deadline,
+        app.kv.lease_revoke(LeaseId(b.id), p.options(false)),
+    )
+    .await?;
+    ok(json!({ "header": HeaderJson::from(&r.header) }))
+}
+
+async fn lease_ttl(State(app): State<Arc<App>>, p: Params, Body(b): Body<LeaseBody>) -> Answer {
+    let r = within(
+        p.deadline,
+        app.kv
+            .lease_time_to_live(LeaseId(b.id), b.keys, p.options(false)),
+    )
+    .await?;
+    let keys = r
+        .keys
+        .iter()
+        .map(|k| p.enc.encode("key", k))
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(json!({
+        "header": HeaderJson::from(&r.header),
+        "id": r.id.0,
+        "ttl_ms": ms(r.ttl),
+        "granted_ttl_ms": ms(r.granted_ttl),
+        "keys": keys,
+    }))
+}
+
+async fn lease_list(State(app): State<Arc<App>>, p: Params) -> Answer {
+    let r = within(p.deadline, app.kv.leases(p.options(false))).await?;
+    let leases: Vec<Value> = r
+        .leases
+        .iter()
+        .map(|l| json!({ "id": l.id.0, "granted_ttl_ms": ms(l.granted_ttl) }))
+        .collect();
+    ok(json!({ "header": HeaderJson::from(&r.header), "leases": leases }))
+}
+
+fn role_name(r: MemberRole) -> &'static str {
+    match r {
+        MemberRole::Voter => "voter",
+        MemberRole::OutgoingVoter => "outgoing_voter",
+        MemberRole::Learner => "learner",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+async fn members(State(app): State<Arc<App>>) -> Answer {
+    let node = app.kv.node();
+    let m = node.membership();
+    let leader = node.leader();
+    let list: Vec<Value> = m
+        .members
+        .iter()
+        .map(|mi| {
+            let peer = if mi.id == app.settings.id {
+                Some(app.transport.local_addr())
+            } else {
+                app.transport.peer_addr(mi.id)
+            };
+            json!({
+                "id": mi.id.0,
+                "role": role_name(mi.role),
+                "address": String::from_utf8_lossy(&mi.address),
+                "peer_address": peer.map(|a| a.to_string()),
+                "promote_when_caught_up": mi.promote_when_caught_up,
+                "is_leader": leader.leader == Some(mi.id),
+            })
+        })
+        .collect();
+    let removed: Vec<u64> = m.removed.iter().map(|n| n.0).collect();
+    ok(json!({
+        "member_id": app.settings.id.0,
+        "leader": leader.leader.map(|l| l.0),
+        "term": leader.term,
+        "joint": m.joint,
+        "members": list,
+        "removed": removed,
+    }))
+}
+
+async fn member_add(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<AddMemberBody>,
+) -> Answer {
+    let addr: SocketAddr = b.address.parse().map_err(|e| {
+        ApiError::bad_request(format!("address `{}` is not IP:port: {e}", b.address))
+    })?;
+    if b.id == 0 {
+        return Err(ApiError::bad_request("member id 0 is reserved"));
+    }
+    let id = NodeId(b.id);
+    within(
+        p.deadline,
+        app.kv
+            .node()
+            .add_learner(id, addr.to_string().into_bytes(), b.promote_when_caught_up),
+    )
+    .await?;
+    // The address book follows membership too; this saves the leader the
+    // wait for that task.
+    app.transport.set_peer(id, addr);
+    ok(json!({ "added": b.id, "address": addr.to_string() }))
+}
+
+async fn member_promote(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<MemberBody>,
+) -> Answer {
+    within(p.deadline, app.kv.node().promote(NodeId(b.id))).await?;
+    ok(json!({ "promoted": b.id }))
+}
+
+async fn member_remove(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<MemberBody>,
+) -> Answer {
+    within(p.deadline, app.kv.node().remove_member(NodeId(b.id))).await?;
+    ok(json!({ "removed": b.id }))
+}
+
+async fn leader_transfer(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<TransferBody>,
+) -> Answer {
+    let node = app.kv.node();
+    let st = node.status();
+    let target = match b.to {
+        Some(0) => return Err(ApiError::bad_request("member id 0 is reserved")),
+        Some(to) => NodeId(to),
+        None => st
+            .voters
+            .iter()
+            .copied()
+            .find(|v| *v != st.id)
+            .ok_or_else(|| ApiError::bad_request("no other voter to hand leadership to"))?,
+    };
+    within(p.deadline, node.transfer_leader(target)).await?;
+    ok(json!({ "leader": target.0 }))
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre_candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+async fn status(State(app): State<Arc<App>>) -> Answer {
+    let st = app.kv.node().status();
+    ok(json!({
+        "id": st.id.0,
+        "cluster_id": app.cluster_id.to_string(),
+        "incarnation": st.incarnation,
+        "role": role(st.role),
+        "term": st.term,
+        "leader": st.leader.map(|l| l.0),
+        "commit": st.commit,
+        "applied": st.applied,
+        "applied_term": st.applied_term,
+        "voters": st.voters.iter().map(|v| v.0).collect::<Vec<_>>(),
+        "learners": st.learners.iter().map(|v| v.0).collect::<Vec<_>>(),
+        "pending_proposals": st.pending_proposals,
+        "tick_lag_us": st.tick_lag.as_micros() as u64,
+        "fatal": st.fatal.map(|e| e.to_string()),
+        "removed": st.removed,
+        "watchers": app.kv.watchers(),
+        "listen": app.transport.local_addr().to_string(),
+        "http": app.http_addr.to_string(),
+    }))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let (healthy, body) = app.health();
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let (healthy, _) = app.health();
+    let text = app.metrics.render(&app.kv, &app.transport, healthy);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,421 @@
+//! ha-node's settings: command-line flags, an optional TOML file
+//! (`--config`, kebab-case keys), flags overriding the file, one place for
+//! defaults, and a `validate` that says what is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use ha_core::NodeId;
+use serde::Deserialize;
+
+/// Default deadline of a request that names none.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default largest request body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+/// Default largest `commit - applied` at which `/health` still answers 200.
+pub const DEFAULT_HEALTH_MAX_APPLY_LAG: u64 = 1_000;
+
+/// The command line (every setting may also come from `--config`).
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "ha-node",
+    about = "One member of an ha group as a process, with an HTTP/JSON client API."
+)]
+pub struct Flags {
+    /// A TOML file with the same settings, kebab-case (`data-dir = "..."`);
+    /// flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This member's id (not 0).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Where this member listens for its peers (`IP:port`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The member's data directory (two RocksDB instances and snapshots).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The group's initial members with their peer addresses:
+    /// `1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001`. Their ids (with
+    /// the cluster token) make the cluster id.
+    #[arg(long)]
+    pub members: Option<String>,
+    /// Where the HTTP/JSON client API listens (`IP:port`).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Start as a new member joining the group (its id is not one of
+    /// `--members`); a leader adds it with `POST /v1/members/add`.
+    #[arg(long)]
+    pub join: bool,
+    /// A token mixed into the cluster id, so two groups with the same ids
+    /// never talk to each other.
+    #[arg(long)]
+    pub cluster_token: Option<String>,
+    /// Raft timing: `lan` (default: 10 ms ticks, elections in 250-300 ms)
+    /// or `conservative` (etcd-like, about 1 s).
+    #[arg(long)]
+    pub preset: Option<Preset>,
+    /// Deadline of a request that names none (`timeout_ms`), milliseconds.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest request body, bytes.
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// `/health` answers 503 when more committed entries than this wait to
+    /// be applied.
+    #[arg(long)]
+    pub health_max_apply_lag: Option<u64>,
+    /// Stop (cleanly, as on SIGTERM) when standard input closes: a
+    /// supervisor or test that dies takes its members with it.
+    #[arg(long)]
+    pub exit_on_stdin_close: bool,
+}
+
+/// Raft timing presets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// `ha_core::Config::new`: tuned for a LAN.
+    #[default]
+    Lan,
+    /// `ha_core::Config::conservative`: for hosts whose threads can stall.
+    Conservative,
+}
+
+/// The TOML file: the flags' names, kebab-case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileConfig {
+    /// `--id`.
+    pub id: Option<u64>,
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--members`.
+    pub members: Option<String>,
+    /// `--http`.
+    pub http: Option<SocketAddr>,
+    /// `--join`.
+    pub join: Option<bool>,
+    /// `--cluster-token`.
+    pub cluster_token: Option<String>,
+    /// `--preset`.
+    pub preset: Option<Preset>,
+    /// `--request-timeout-ms`.
+    pub request_timeout_ms: Option<u64>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// `--health-max-apply-lag`.
+    pub health_max_apply_lag: Option<u64>,
+}
+
+/// Everything ha-node needs, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This member.
+    pub id: NodeId,
+    /// Peer listener.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Initial members and their peer addresses.
+    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// HTTP listener.
+    pub http: SocketAddr,
+    /// Joins an existing group.
+    pub join: bool,
+    /// Mixed into the cluster id.
+    pub cluster_token: String,
+    /// Raft timing.
+    pub preset: Preset,
+    /// Default request deadline.
+    pub request_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// `/health`'s apply-lag bound.
+    pub health_max_apply_lag: u64,
+}
+
+/// A setting that is missing or wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message.
+        reason: String,
+    },
+    /// A required setting is absent.
+    #[error("missing setting `{0}` (flag --{0} or key `{0}` in the config file)")]
+    Missing(&'static str),
+    /// A setting has a bad value.
+    #[error("bad value for `{setting}`: {reason}")]
+    Invalid {
+        /// Which setting.
+        setting: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// When it cannot be read or parsed.
+    pub fn load(path: &Path) -> Result<FileConfig, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        FileConfig::parse(&text).map_err(|reason| SettingsError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The parser's message.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+///
+/// # Errors
+/// When an item is not `id=IP:port`, an id is 0 or repeated.
+pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, SettingsError> {
+    let bad = |reason: String| SettingsError::Invalid {
+        setting: "members",
+        reason,
+    };
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{item}` is not id=IP:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|e| bad(format!("`{id}` is not a member id: {e}")))?;
+        if id == 0 {
+            return Err(bad("member id 0 is reserved".into()));
+        }
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|e| bad(format!("`{addr}` is not IP:port: {e}")))?;
+        if members.insert(NodeId(id), addr).is_some() {
+            return Err(bad(format!("member {id} is listed twice")));
+        }
+    }
+    if members.is_empty() {
+        return Err(bad("no members".into()));
+    }
+    Ok(members)
+}
+
+impl Settings {
+    /// Flags over the file over defaults, validated.
+    ///
+    /// # Errors
+    /// A missing or bad setting.
+    pub fn resolve(flags: Flags, file: FileConfig) -> Result<Settings, SettingsError> {
+        let id = flags.id.or(file.id).ok_or(SettingsError::Missing("id"))?;
+        if id == 0 {
+            return Err(SettingsError::Invalid {
+                setting: "id",
+                reason: "0 is reserved".into(),
+            });
+        }
+        let id = NodeId(id);
+        let members_text = flags
+            .members
+            .or(file.members)
+            .ok_or(SettingsError::Missing("members"))?;
+        let members = parse_members(&members_text)?;
+        let join = flags.join || file.join.unwrap_or(false);
+        if join && members.contains_key(&id) {
+            return Err(SettingsError::Invalid {
+                setting: "join",
+                reason: format!(
+                    "member {id} is one of the initial members: it bootstraps, it does not join"
+                ),
+            });
+        }
+        if !join && !members.contains_key(&id) {
+            return Err(SettingsError::Invalid {
+                setting: "members",
+                reason: format!("member {id} is not listed (a new member starts with --join)"),
+            });
+        }
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .or_else(|| members.get(&id).copied())
+            .ok_or(SettingsError::Missing("listen"))?;
+        let request_timeout_ms = flags
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64);
+        if request_timeout_ms == 0 {
+            return Err(SettingsError::Invalid {
+                setting: "request-timeout-ms",
+                reason: "must be greater than 0".into(),
+            });
+        }
+        let max_body_bytes = flags
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(SettingsError::Invalid {
+                setting: "max-body-bytes",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        Ok(Settings {
+            id,
+            listen,
+            data_dir: flags
+                .data_dir
+                .or(file.data_dir)
+                .ok_or(SettingsError::Missing("data-dir"))?,
+            members,
+            http: flags
+                .http
+                .or(file.http)
+                .ok_or(SettingsError::Missing("http"))?,
+            join,
+            cluster_token: flags
+                .cluster_token
+                .or(file.cluster_token)
+                .unwrap_or_default(),
+            preset: flags.preset.or(file.preset).unwrap_or_default(),
+            request_timeout: Duration::from_millis(request_timeout_ms),
+            max_body_bytes,
+            health_max_apply_lag: flags
+                .health_max_apply_lag
+                .or(file.health_max_apply_lag)
+                .unwrap_or(DEFAULT_HEALTH_MAX_APPLY_LAG),
+        })
+    }
+
+    /// Parses the command line and the file it names.
+    ///
+    /// # Errors
+    /// A missing or bad setting, or an unreadable file.
+    pub fn from_flags(flags: Flags) -> Result<Settings, SettingsError> {
+        let file = match &flags.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Settings::resolve(flags, file)
+    }
+
+    /// The engine's configuration for these settings.
+    pub fn raft_config(&self) -> ha_core::Config {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        let mut config = match self.preset {
+            Preset::Lan => ha_core::Config::new(self.id, ids),
+            Preset::Conservative => ha_core::Config::conservative(self.id, ids),
+        };
+        config.cluster_token = self.cluster_token.clone();
+        config.request_timeout = self.request_timeout;
+        config.snapshot_dir = Some(self.data_dir.join("snapshots"));
+        if self.join {
+            config.start_mode = ha_core::StartMode::Join;
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file = FileConfig::parse(
+            r#"
+            id = 2
+            members = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+            data-dir = "/tmp/ha/2"
+            http = "127.0.0.1:8002"
+            request-timeout-ms = 3000
+            "#,
+        )
+        .expect("valid toml");
+        let flags = Flags {
+            http: Some("127.0.0.1:9002".parse().expect("addr")),
+            ..Flags::default()
+        };
+        let s = Settings::resolve(flags, file).expect("valid settings");
+        assert_eq!(s.id, NodeId(2));
+        assert_eq!(
+            s.listen,
+            "127.0.0.1:7002".parse().expect("addr"),
+            "listen defaults to the member's own address"
+        );
+        assert_eq!(
+            s.http,
+            "127.0.0.1:9002".parse().expect("addr"),
+            "the flag wins over the file"
+        );
+        assert_eq!(s.request_timeout, Duration::from_secs(3));
+        assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(s.members.len(), 3);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        assert!(
+            FileConfig::parse("nope = 1").is_err(),
+            "unknown keys are refused"
+        );
+        assert!(matches!(
+            parse_members("1=x"),
+            Err(SettingsError::Invalid {
+                setting: "members",
+                ..
+            })
+        ));
+        assert!(parse_members("0=127.0.0.1:1").is_err());
+        assert!(parse_members("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
+        let flags = Flags {
+            id: Some(4),
+            members: Some("1=127.0.0.1:7001".into()),
+            data_dir: Some("/tmp/x".into()),
+            http: Some("127.0.0.1:1".parse().expect("addr")),
+            ..Flags::default()
+        };
+        assert!(matches!(
+            Settings::resolve(flags, FileConfig::default()),
+            Err(SettingsError::Invalid {
+                setting: "members",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Settings::resolve(Flags::default(), FileConfig::default()),
+            Err(SettingsError::Missing("id"))
+        ));
+    }
+}

@@ -1,0 +1,268 @@
+//! ha-node: one member of an ha group as a process — a [`KvNode`] on
+//! RocksDB in its data directory, over [`TcpTransport`], serving the
+//! HTTP/JSON client API of [`api`]. The binary (`src/bin/ha-node.rs`) only
+//! parses flags and waits for SIGTERM/SIGINT; everything else is here so
+//! tests can reuse it.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ha_core::{ClusterId, NodeId};
+use ha_raft::{KvConfig, KvNode, Membership, TcpConfig, TcpTransport};
+use ha_storage::{RocksEnv, StorageConfig};
+use serde_json::{Value, json};
+
+pub use config::{Flags, Settings, SettingsError};
+
+/// How long a stopping member lets open HTTP requests (and watch streams,
+/// which end once the member stopped) finish.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// What the HTTP handlers share.
+pub struct App {
+    /// The member.
+    pub kv: KvNode,
+    /// Its peer transport (the address book).
+    pub transport: Arc<TcpTransport>,
+    /// Its settings.
+    pub settings: Settings,
+    /// The group's id.
+    pub cluster_id: ClusterId,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// Set once a signal asked the member to stop.
+    stopping: AtomicBool,
+}
+
+impl App {
+    /// Whether `/health` answers 200, and its body: the member knows a
+    /// leader, is not stopping, removed or failed, and applies within
+    /// `health-max-apply-lag` entries of what it knows committed.
+    pub fn health(&self) -> (bool, Value) {
+        let st = self.kv.node().status();
+        let lag = st.commit.saturating_sub(st.applied);
+        let reason = if self.stopping.load(Ordering::Relaxed) {
+            Some("stopping")
+        } else if st.fatal.is_some() {
+            Some("fatal")
+        } else if st.removed {
+            Some("removed")
+        } else if st.leader.is_none() {
+            Some("no_leader")
+        } else if lag > self.settings.health_max_apply_lag {
+            Some("apply_lag")
+        } else {
+            None
+        };
+        (
+            reason.is_none(),
+            json!({
+                "healthy": reason.is_none(),
+                "reason": reason,
+                "leader": st.leader.map(|l| l.0),
+                "commit": st.commit,
+                "applied": st.applied,
+                "apply_lag": lag,
+            }),
+        )
+    }
+}
+
+/// Why ha-node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or a listener.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Storage, configuration or the engine.
+    #[error("{0}")]
+    Ha(#[from] ha_core::Error),
+    /// RocksDB.
+    #[error("storage: {0}")]
+    Storage(#[from] ha_core::StorageError),
+    /// The transport's configuration.
+    #[error("transport config: {0}")]
+    Config(#[from] ha_core::ConfigError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// Keeps the transport's address book in step with the replicated
+/// membership: a member with an `IP:port` address gets `set_peer`, a
+/// removed one `remove_peer`. Initial members keep the addresses from
+/// `--members` (the bootstrap configuration carries none).
+async fn follow_membership(
+    changes: impl futures::Stream<Item = Membership>,
+    transport: Arc<TcpTransport>,
+    local: NodeId,
+) {
+    futures::pin_mut!(changes);
+    while let Some(m) = changes.next().await {
+        for member in &m.members {
+            if member.id == local || member.address.is_empty() {
+                continue;
+            }
+            let parsed = std::str::from_utf8(&member.address)
+                .ok()
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            match parsed {
+                Some(addr) if transport.peer_addr(member.id) != Some(addr) => {
+                    tracing::info!(peer = %member.id, %addr, "address book: member address from membership");
+                    transport.set_peer(member.id, addr);
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(peer = %member.id, address = %String::from_utf8_lossy(&member.address), "member address is not IP:port; not dialling it")
+                }
+            }
+        }
+        for id in &m.removed {
+            if transport.peer_addr(*id).is_some() {
+                tracing::info!(peer = %id, "address book: member removed");
+                transport.remove_peer(*id);
+            }
+        }
+    }
+}
+
+/// Starts the member and serves the API until `stop` resolves, then shuts
+/// down in order: `/health` turns 503, the member stops (a leader hands
+/// leadership over first), open HTTP requests get up to a few seconds.
+///
+/// # Errors
+/// When the data directory, storage, a listener or the member cannot
+/// start, or the member stopped on a fatal error.
+pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+    let config = settings.raft_config();
+    let cluster_id = ClusterId::derive(&config.initial_members, &config.cluster_token);
+    let snapshots = settings.data_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshots).map_err(io(format!("creating {}", snapshots.display())))?;
+    // Listeners first: a port in use fails before anything is opened.
+    let http = tokio::net::TcpListener::bind(settings.http)
+        .await
+        .map_err(io(format!("binding the HTTP listener {}", settings.http)))?;
+    let http_addr = http.local_addr().map_err(io("reading the HTTP address"))?;
+    let tcp = TcpConfig::default().validate_for(&config)?;
+    let transport = TcpTransport::bind(settings.listen, cluster_id, settings.id, tcp)
+        .await
+        .map_err(io(format!("binding the peer listener {}", settings.listen)))?;
+    for (&id, &addr) in &settings.members {
+        transport.set_peer(id, addr);
+    }
+    let storage = StorageConfig::default();
+    let env = RocksEnv::new(&storage)?;
+    let dir = settings.data_dir.clone();
+    let (log, state) = tokio::task::spawn_blocking(move || env.open(&dir, &storage))
+        .await
+        .map_err(|e| StartError::Io {
+            what: "opening RocksDB".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    let (log, state) = (Arc::new(log), Arc::new(state));
+    let kv = KvNode::start(
+        config,
+        KvConfig::default(),
+        log.clone(),
+        state.clone(),
+        transport.clone(),
+    )
+    .await?;
+    let membership = tokio::spawn(follow_membership(
+        kv.node().membership_changes(),
+        transport.clone(),
+        settings.id,
+    ));
+    tracing::info!(
+        id = %settings.id, cluster = %cluster_id, peer = %transport.local_addr(), http = %http_addr,
+        data_dir = %settings.data_dir.display(), "ha-node started"
+    );
+    let max_body = settings.max_body_bytes;
+    let app = Arc::new(App {
+        kv: kv.clone(),
+        transport: transport.clone(),
+        settings,
+        cluster_id,
+        http_addr,
+        metrics: metrics::Metrics::new(),
+        stopping: AtomicBool::new(false),
+    });
+    let router = api::router(app.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(http, router)
+            .with_graceful_shutdown(async {
+                let _ = drain_rx.await;
+            })
+            .await
+    });
+    stop.await;
+    tracing::info!("stopping: handing leadership over if leader, then shutting down");
+    app.stopping.store(true, Ordering::Relaxed);
+    let result = kv.shutdown().await;
+    membership.abort();
+    let _ = drain_tx.send(());
+    let abort = server.abort_handle();
+    match tokio::time::timeout(HTTP_DRAIN, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Err(_) => {
+            tracing::warn!("HTTP requests still open after {HTTP_DRAIN:?}; stopping anyway");
+            abort.abort();
+        }
+    }
+    if tokio::time::timeout(HTTP_DRAIN, transport.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("peer connections still open after {HTTP_DRAIN:?}; stopping anyway");
+    }
+    drop((app, kv));
+    close_storage(log, state).await;
+    tracing::info!("ha-node stopped");
+    result.map_err(StartError::from)
+}
+
+/// Waits until the member's threads and tasks have let go of its RocksDB
+/// stores, then closes them. A process that exits with a database still
+/// open (a watch or apply thread finishing late) runs RocksDB's static
+/// destructors under its background threads, which aborts
+/// ("pthread lock: Invalid argument") instead of exiting cleanly.
+async fn close_storage<L: Send + Sync + 'static, S: Send + Sync + 'static>(
+    log: Arc<L>,
+    state: Arc<S>,
+) {
+    let deadline = tokio::time::Instant::now() + HTTP_DRAIN;
+    while Arc::strong_count(&log) > 1 || Arc::strong_count(&state) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("storage still in use after {HTTP_DRAIN:?}; exiting with it open");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Closing waits for RocksDB's background work: off the runtime.
+    let closed = tokio::task::spawn_blocking(move || drop((log, state))).await;
+    if let Err(e) = closed {
+        tracing::warn!(error = %e, "closing storage failed");
+    }
+}

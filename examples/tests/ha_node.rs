@@ -1,0 +1,989 @@
+//! ha-node as real processes on loopback: three members, writes through
+//! each over HTTP, SIGKILL and SIGTERM of the leader, restart and catch-up,
+//! hostile bytes on a peer port, a watch over server-sent events, and the
+//! client API's routes and errors.
+//!
+//! Every process is killed when its handle drops, and every test runs
+//! under a hard time bound. The tests take the same lock: three RocksDB
+//! processes per test are enough for a two-core machine.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ha_core::{ClusterId, NodeId};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a condition may take to become true.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The members' body limit in these tests.
+const MAX_BODY: usize = 64 << 10;
+/// Hard bound of a whole test.
+const TEST_BOUND: Duration = Duration::from_secs(150);
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A port nobody listens on now (the OS picked it for a socket that is
+/// closed again at once).
+fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One ha-node process; killed (SIGKILL) on drop. It also holds the
+/// child's standard input: if this test process dies without dropping it,
+/// the pipe closes and the member stops by itself
+/// (`--exit-on-stdin-close`).
+struct Proc {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    /// The bootstrap members (they make the cluster id).
+    initial: Vec<u64>,
+    peer: BTreeMap<u64, u16>,
+    http: BTreeMap<u64, u16>,
+    procs: BTreeMap<u64, Proc>,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(n: u64) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::Builder::new()
+                .prefix("ha-node-test-")
+                .tempdir()
+                .expect("temp dir"),
+            initial: (1..=n).collect(),
+            peer: (1..=n).map(|id| (id, free_port())).collect(),
+            http: (1..=n).map(|id| (id, free_port())).collect(),
+            procs: BTreeMap::new(),
+            // No pooled connections: members restart on the same ports.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    fn members(&self) -> String {
+        self.initial
+            .iter()
+            .map(|id| format!("{id}=127.0.0.1:{}", self.peer[id]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Starts member `id` (again), appending to its log; a member that is
+    /// not one of the initial ones joins.
+    fn spawn(&mut self, id: u64) {
+        self.peer.entry(id).or_insert_with(free_port);
+        self.http.entry(id).or_insert_with(free_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        // Settings through a config file, one through a flag that
+        // overrides it: both paths are exercised.
+        let config = self.dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n",
+                self.peer[&id],
+                self.dir.path().join(format!("data-{id}")).display(),
+                self.members(),
+            ),
+        )
+        .expect("write config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ha-node"));
+        if !self.initial.contains(&id) {
+            command.arg("--join");
+        }
+        let mut child = command
+            .arg("--exit-on-stdin-close")
+            .arg("--config")
+            .arg(&config)
+            .args(["--http", &format!("127.0.0.1:{}", self.http[&id])])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ha-node");
+        let stdin = child.stdin.take();
+        self.procs.insert(id, Proc { child, stdin });
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self, id: u64) {
+        drop(self.procs.remove(&id));
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it
+    /// exited successfully.
+    async fn terminate(&mut self, id: u64) -> bool {
+        let mut p = self.procs.remove(&id).expect("running member");
+        let pid = p.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} did not exit after SIGTERM:\n{}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes the member's standard input and waits for it to exit;
+    /// returns whether it exited successfully.
+    async fn close_stdin(&mut self, id: u64) -> bool {
+        let mut p = self.procs.remove(&id).expect("running member");
+        drop(p.stdin.take());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} did not exit when its stdin closed:\n{}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, id: u64, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http[&id])
+    }
+
+    async fn post(&self, id: u64, path: &str, body: Value) -> Result<(StatusCode, Value), String> {
+        let r = self
+            .client
+            .post(self.url(id, path))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
+        Ok((status, v))
+    }
+
+    async fn get(&self, id: u64, path: &str) -> Result<(StatusCode, Value), String> {
+        let r = self
+            .client
+            .get(self.url(id, path))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
+        Ok((status, v))
+    }
+
+    /// Waits until every running member answers `/health` 200 and they
+    /// agree on one leader, which it returns.
+    async fn healthy(&self) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut leaders = Vec::new();
+            for &id in self.procs.keys() {
+                match self.get(id, "/health").await {
+                    Ok((StatusCode::OK, v)) => leaders.push(v["leader"].as_u64()),
+                    _ => leaders.push(None),
+                }
+            }
+            if let Some(Some(l)) = leaders.first().copied()
+                && leaders.iter().all(|x| *x == Some(l))
+                && self.procs.contains_key(&l)
+            {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members not healthy with one leader within {PATIENCE:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.peer
+            .keys()
+            .map(|id| format!("--- member {id} ---\n{}", self.log(*id)))
+            .collect()
+    }
+
+    /// A put through member `id` (UTF-8 keys and values), retried while the
+    /// member says nothing was applied (no leader yet, not reachable...).
+    /// Returns once acknowledged.
+    async fn put(&self, id: u64, key: &str, value: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let r = self
+                .post(
+                    id,
+                    "/v1/kv/put?encoding=utf8",
+                    json!({ "key": key, "value": value }),
+                )
+                .await;
+            match r {
+                Ok((StatusCode::OK, _)) => return,
+                // A maybe-applied write retried is still fine here: the
+                // value is the same, and the check is that it is present.
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "put {key} through member {id} not acknowledged within {PATIENCE:?}: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// A linearizable read of `key` through member `id`.
+    async fn read(&self, id: u64, key: &str) -> Option<String> {
+        let (status, v) = self
+            .post(id, "/v1/kv/get?encoding=utf8", json!({ "key": key }))
+            .await
+            .unwrap_or_else(|e| panic!("get {key} from member {id}: {e}"));
+        assert_eq!(status, StatusCode::OK, "get {key} from member {id}: {v}");
+        v["kv"]["value"].as_str().map(str::to_string)
+    }
+
+    /// Every acknowledged write is on every running member (linearizable
+    /// reads through each).
+    async fn check_all(&self, acked: &BTreeMap<String, String>) {
+        for &id in self.procs.keys() {
+            for (k, v) in acked {
+                assert_eq!(
+                    self.read(id, k).await.as_deref(),
+                    Some(v.as_str()),
+                    "acknowledged write {k} missing or wrong on member {id}"
+                );
+            }
+        }
+    }
+
+    fn cluster_id(&self) -> ClusterId {
+        let ids: Vec<NodeId> = self.initial.iter().map(|&id| NodeId(id)).collect();
+        ClusterId::derive(&ids, "")
+    }
+}
+
+/// Runs `test` alone (after the other tests of this file) under
+/// [`TEST_BOUND`].
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    tokio::time::timeout(TEST_BOUND, test)
+        .await
+        .expect("test exceeded its time bound");
+}
+
+/// A peer-protocol hello (the wire format `TcpTransport` documents).
+fn hello(cluster: &ClusterId, from: u64, to: u64) -> Vec<u8> {
+    let mut b = b"HARP".to_vec();
+    b.extend_from_slice(&1u16.to_be_bytes());
+    b.extend_from_slice(&cluster.0);
+    b.extend_from_slice(&from.to_be_bytes());
+    b.extend_from_slice(&to.to_be_bytes());
+    b
+}
+
+/// Sends `bytes` to a peer port and expects the member to close the
+/// connection without writing anything.
+async fn expect_closed(addr: SocketAddr, bytes: &[u8], case: &str) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the peer port");
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("{case}: the member wrote {n} bytes on a peer connection"),
+        Err(_) => panic!("{case}: connection not closed within {PATIENCE:?}"),
+    }
+}
+
+/// Prometheus text: the value of the first sample whose line starts with
+/// `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are_cut_off() {
+    bounded(async {
+        let mut c = Cluster::start(3).await;
+        let leader = c.healthy().await;
+        let mut acked = BTreeMap::new();
+        for id in 1..=3u64 {
+            for i in 0..10 {
+                let (k, v) = (format!("k/{id}/{i}"), format!("v{id}-{i}"));
+                c.put(id, &k, &v).await;
+                acked.insert(k, v);
+            }
+        }
+
+        c.kill(leader);
+        let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+        for &id in &others {
+            for i in 0..10 {
+                let (k, v) = (format!("after-kill/{id}/{i}"), format!("w{id}-{i}"));
+                c.put(id, &k, &v).await;
+                acked.insert(k, v);
+            }
+        }
+        let new_leader = c.healthy().await;
+        assert_ne!(new_leader, leader, "a killed member cannot lead");
+
+        c.spawn(leader);
+        c.healthy().await;
+        // It caught up: every acknowledged write, read linearizably
+        // through every member, the restarted one included.
+        c.check_all(&acked).await;
+
+        // Hostile bytes on a member's peer port close that connection only.
+        let target = others[0];
+        let addr: SocketAddr = format!("127.0.0.1:{}", c.peer[&target])
+            .parse()
+            .expect("addr");
+        let other_cluster = ClusterId::derive(&[NodeId(1), NodeId(2), NodeId(3)], "another group");
+        // From an id that is no member: a real member's connection stays.
+        let mut oversized = hello(&c.cluster_id(), 99, target);
+        oversized.extend_from_slice(&u32::MAX.to_be_bytes());
+        expect_closed(addr, b"GET / HTTP/1.1\r\nHost: ha\r\n\r\n", "garbage").await;
+        expect_closed(
+            addr,
+            &hello(&other_cluster, leader, target),
+            "another cluster's id",
+        )
+        .await;
+        expect_closed(addr, &oversized, "an oversized frame").await;
+        c.put(target, "after-hostile", "still-serving").await;
+        acked.insert("after-hostile".into(), "still-serving".into());
+        c.check_all(&acked).await;
+
+        let metrics = c
+            .client
+            .get(c.url(target, "/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        for (reason, what) in [
+            ("bad_magic", "garbage"),
+            ("other_cluster", "another cluster's id"),
+            ("frame_too_large", "an oversized frame"),
+        ] {
+            assert_eq!(
+                sample(
+                    &metrics,
+                    &format!("ha_peer_connections_rejected_total{{reason=\"{reason}\"}}")
+                ),
+                Some(1.0),
+                "{what} counted once in /metrics:\n{metrics}"
+            );
+        }
+        for series in [
+            "ha_term ",
+            "ha_commit_index ",
+            "ha_leader_changes_total ",
+            "ha_entries_per_sync ",
+            "ha_watchers ",
+            "ha_apply_lag_entries ",
+        ] {
+            assert!(
+                sample(&metrics, series).is_some(),
+                "{series} missing from /metrics:\n{metrics}"
+            );
+        }
+        assert_eq!(sample(&metrics, "ha_healthy "), Some(1.0));
+        assert!(
+            sample(&metrics, "ha_node_proposals_total{op=\"put\"}").is_some_and(|n| n >= 1.0),
+            "puts through this member counted:\n{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_leader_hands_leadership_over_and_loses_nothing() {
+    bounded(async {
+        let mut c = Cluster::start(3).await;
+        let leader = c.healthy().await;
+        let mut acked = BTreeMap::new();
+        for i in 0..30u64 {
+            let id = i % 3 + 1;
+            let (k, v) = (format!("t/{i}"), format!("{i}"));
+            c.put(id, &k, &v).await;
+            acked.insert(k, v);
+        }
+        let (_, before) = c.get(leader, "/v1/status").await.expect("status");
+        let stopped_at = Instant::now();
+        assert!(
+            c.terminate(leader).await,
+            "ha-node exits 0 after SIGTERM:\n{}",
+            c.log(leader)
+        );
+        let new_leader = c.healthy().await;
+        let took = stopped_at.elapsed();
+        assert_ne!(new_leader, leader);
+        assert!(
+            c.log(leader)
+                .contains("handed leadership over before shutdown"),
+            "the stopping leader handed leadership over:\n{}",
+            c.log(leader)
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "a new leader after SIGTERM took {took:?}"
+        );
+        let (_, after) = c.get(new_leader, "/v1/status").await.expect("status");
+        assert!(
+            after["term"].as_u64() > before["term"].as_u64(),
+            "a new term: {before} -> {after}"
+        );
+        for i in 30..40u64 {
+            let id = if i % 2 == 0 {
+                new_leader
+            } else {
+                (1..=3)
+                    .find(|&x| x != leader && x != new_leader)
+                    .expect("third")
+            };
+            let (k, v) = (format!("t/{i}"), format!("{i}"));
+            c.put(id, &k, &v).await;
+            acked.insert(k, v);
+        }
+        c.check_all(&acked).await;
+        c.spawn(leader);
+        c.healthy().await;
+        c.check_all(&acked).await;
+        // A member whose supervisor's end of its stdin closes stops cleanly.
+        assert!(
+            c.close_stdin(leader).await,
+            "clean exit on stdin close:\n{}",
+            c.log(leader)
+        );
+        assert!(c.log(leader).contains("standard input closed"));
+    })
+    .await;
+}
+
+/// Server-sent events of one watch, parsed as they arrive.
+struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    /// The next `(event, data)`, skipping comments (keep-alives); fails
+    /// when none comes within [`PATIENCE`].
+    async fn next(&mut self) -> Option<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(e) = line.strip_prefix("event:") {
+                        event = e.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let v = serde_json::from_str(&data).expect("SSE data is JSON");
+                return Some((event, v));
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("no SSE event (keep-alives aside) within the patience")
+                .ok()??;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("SSE is UTF-8"));
+        }
+    }
+}
+
+async fn watch(c: &Cluster, id: u64, body: Value) -> Sse {
+    let response = reqwest::Client::new()
+        .post(c.url(id, "/v1/watch?encoding=utf8"))
+        .json(&body)
+        .send()
+        .await
+        .expect("watch request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut sse = Sse {
+        response,
+        buffer: String::new(),
+    };
+    let (event, data) = sse.next().await.expect("the created event");
+    assert_eq!(event, "created", "{data}");
+    sse
+}
+
+/// Collects `(key, value, revision)` of put events until `until` holds or
+/// the watch is cancelled; returns the cancel event's data if it was.
+async fn collect(
+    sse: &mut Sse,
+    seen: &mut Vec<(String, String, i64)>,
+    until: impl Fn(&[(String, String, i64)]) -> bool,
+) -> Option<Value> {
+    while !until(seen) {
+        let (event, data) = sse.next().await?;
+        match event.as_str() {
+            "watch" => {
+                for e in data["events"].as_array().expect("events") {
+                    seen.push((
+                        e["kv"]["key"].as_str().expect("key").to_string(),
+                        e["kv"]["value"].as_str().expect("value").to_string(),
+                        e["kv"]["mod_revision"].as_i64().expect("revision"),
+                    ));
+                }
+            }
+            "cancelled" => return Some(data),
+            other => panic!("unexpected SSE event {other}: {data}"),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_over_sse_sees_writes_through_another_member_and_resumes_after_its_member_stops() {
+    bounded(async {
+        let mut c = Cluster::start(3).await;
+        let leader = c.healthy().await;
+        // Watch on a follower, write through another member.
+        let watcher = (1..=3).find(|&id| id != leader).expect("a follower");
+        let writer = (1..=3).find(|&id| id != watcher).expect("another member");
+        let mut sse = watch(&c, watcher, json!({ "key": "w/", "prefix": true })).await;
+        for i in 0..5 {
+            c.put(writer, &format!("w/{i}"), &format!("{i}")).await;
+        }
+        c.put(writer, "elsewhere", "not watched").await;
+        let mut seen = Vec::new();
+        let cancelled = collect(&mut sse, &mut seen, |s| s.len() >= 5).await;
+        assert!(cancelled.is_none(), "watch cancelled early: {cancelled:?}");
+        let keys: Vec<&str> = seen.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["w/0", "w/1", "w/2", "w/3", "w/4"],
+            "in order, once each"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].2 < w[1].2),
+            "revisions ascend: {seen:?}"
+        );
+
+        // More writes, then the watcher's member stops: its stream ends
+        // with the revision to resume from, and a watch on another member
+        // from there gets exactly what was missed.
+        for i in 5..8 {
+            c.put(writer, &format!("w/{i}"), &format!("{i}")).await;
+        }
+        assert!(c.terminate(watcher).await, "clean exit");
+        let cancelled = collect(&mut sse, &mut seen, |_| false)
+            .await
+            .expect("the stream ends with a cancelled event");
+        assert_eq!(cancelled["reason"], "member_stopped", "{cancelled}");
+        let resume = cancelled["resume_revision"]
+            .as_i64()
+            .expect("resume_revision");
+        assert!(
+            seen.iter().all(|(_, _, r)| *r < resume),
+            "everything below {resume} was delivered: {seen:?}"
+        );
+        let mut resumed = watch(
+            &c,
+            writer,
+            json!({ "key": "w/", "prefix": true, "start_revision": resume }),
+        )
+        .await;
+        c.put(writer, "w/8", "8").await;
+        collect(&mut resumed, &mut seen, |s| {
+            s.iter().any(|(k, _, _)| k == "w/8")
+        })
+        .await;
+        let keys: Vec<String> = seen.iter().map(|(k, _, _)| k.clone()).collect();
+        let want: Vec<String> = (0..9).map(|i| format!("w/{i}")).collect();
+        assert_eq!(
+            keys, want,
+            "every write seen exactly once across the resume"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_errors() {
+    bounded(async {
+        let c = Cluster::start(3).await;
+        let leader = c.healthy().await;
+        let f = (1..=3).find(|&id| id != leader).expect("a follower");
+
+        // Base64 is the default encoding: "a" = YQ==, "b" = Yg==.
+        let (s, v) = c
+            .post(
+                f,
+                "/v1/kv/put",
+                json!({ "key": "YQ==", "value": "Yg==", "prev_kv": true }),
+            )
+            .await
+            .expect("put");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let rev = v["header"]["revision"].as_i64().expect("revision");
+        let (s, v) = c
+            .post(f, "/v1/kv/get", json!({ "key": "YQ==" }))
+            .await
+            .expect("get");
+        assert_eq!(
+            (s, v["kv"]["value"].as_str()),
+            (StatusCode::OK, Some("Yg==")),
+            "{v}"
+        );
+        let (s, v) = c
+            .post(
+                f,
+                "/v1/kv/range",
+                json!({ "key": "YQ==", "serializable": true, "count_only": true }),
+            )
+            .await
+            .expect("range");
+        assert_eq!((s, v["count"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+
+        // A transaction: compare-and-swap, then a read in the same branch.
+        let (s, v) = c
+            .post(f, "/v1/kv/txn?encoding=utf8", json!({
+                "compare": [{ "key": "a", "op": "=", "value": "b" }],
+                "success": [{ "put": { "key": "a", "value": "c" } }, { "range": { "key": "a" } }],
+                "failure": []
+            }))
+            .await
+            .expect("txn");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["succeeded"], true, "{v}");
+        assert_eq!(v["responses"][1]["range"]["kvs"][0]["value"], "c", "{v}");
+        let (s, v) = c
+            .post(
+                leader,
+                "/v1/kv/delete?encoding=utf8",
+                json!({ "key": "a", "prefix": true, "prev_kv": true }),
+            )
+            .await
+            .expect("delete");
+        assert_eq!((s, v["deleted"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+
+        // Leases: grant, put with it, keep alive, time to live with keys,
+        // list, revoke (its key goes), then 404 for it.
+        let (s, v) = c
+            .post(f, "/v1/lease/grant", json!({ "ttl_ms": 10_000 }))
+            .await
+            .expect("grant");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let lease = v["id"].as_i64().expect("lease id");
+        c.post(
+            f,
+            "/v1/kv/put?encoding=utf8",
+            json!({ "key": "leased", "value": "x", "lease": lease }),
+        )
+        .await
+        .expect("put");
+        let (s, v) = c
+            .post(f, "/v1/lease/keepalive", json!({ "id": lease }))
+            .await
+            .expect("keepalive");
+        assert_eq!((s, v["id"].as_i64()), (StatusCode::OK, Some(lease)), "{v}");
+        let (s, v) = c
+            .post(
+                leader,
+                "/v1/lease/ttl?encoding=utf8",
+                json!({ "id": lease, "keys": true }),
+            )
+            .await
+            .expect("ttl");
+        assert_eq!(
+            (s, v["keys"].clone()),
+            (StatusCode::OK, json!(["leased"])),
+            "{v}"
+        );
+        let (s, v) = c.get(f, "/v1/lease/list").await.expect("list");
+        assert!(
+            s == StatusCode::OK
+                && v["leases"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x["id"] == lease)),
+            "{v}"
+        );
+        let (s, v) = c
+            .post(f, "/v1/lease/revoke", json!({ "id": lease }))
+            .await
+            .expect("revoke");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            c.read(leader, "leased").await,
+            None,
+            "a revoked lease's key is gone"
+        );
+        let (s, v) = c
+            .post(f, "/v1/lease/keepalive", json!({ "id": lease }))
+            .await
+            .expect("keepalive");
+        assert_eq!(
+            (s, v["error"].as_str(), v["lease"].as_i64()),
+            (StatusCode::NOT_FOUND, Some("lease_not_found"), Some(lease)),
+            "{v}"
+        );
+
+        // Compaction, then a read below it: 410 with the compact revision.
+        let (_, v) = c
+            .post(
+                f,
+                "/v1/kv/put?encoding=utf8",
+                json!({ "key": "z", "value": "1" }),
+            )
+            .await
+            .expect("put");
+        let head = v["header"]["revision"].as_i64().expect("revision");
+        let (s, v) = c
+            .post(f, "/v1/kv/compact", json!({ "revision": head }))
+            .await
+            .expect("compact");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (s, v) = c
+            .post(f, "/v1/kv/range", json!({ "key": "YQ==", "revision": rev }))
+            .await
+            .expect("range");
+        assert_eq!(
+            (s, v["error"].as_str(), v["compact_revision"].as_i64()),
+            (StatusCode::GONE, Some("compacted"), Some(head)),
+            "{v}"
+        );
+
+        // Bad requests: a reason, never a panic or a dropped connection.
+        let raw = |path: &str, body: &'static str| {
+            c.client
+                .post(c.url(f, path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let r = raw("/v1/kv/put", "{not json").await.expect("send");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let v: Value = r.json().await.expect("json error body");
+        assert_eq!(v["error"], "bad_json", "{v}");
+        let r = raw("/v1/kv/put", r#"{"key":"a","value":"b"}"#)
+            .await
+            .expect("send");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["error"], "bad_encoding", "`a` is not base64: {v}");
+        let r = raw("/v1/kv/put", r#"{"key":"YQ==","unknown":1}"#)
+            .await
+            .expect("send");
+        assert_eq!(
+            r.status(),
+            StatusCode::BAD_REQUEST,
+            "unknown fields are refused"
+        );
+        let (s, v) = c
+            .post(f, "/v1/kv/put", json!({ "key": "", "value": "" }))
+            .await
+            .expect("put");
+        assert_eq!(
+            (s, v["error"].as_str(), v["reason"].as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                Some("invalid_request"),
+                Some("empty_key")
+            ),
+            "{v}"
+        );
+        let big = "A".repeat(3 * MAX_BODY);
+        let r = c
+            .client
+            .post(c.url(f, "/v1/kv/put"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"key":"YQ==","value":"{big}"}}"#))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["error"], "body_too_large", "{v}");
+        let (s, v) = c
+            .post(f, "/v1/kv/put?timeout_ms=abc", json!({}))
+            .await
+            .expect("put");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_request")),
+            "{v}"
+        );
+        let (s, v) = c.get(f, "/v1/nope").await.expect("404");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("no_such_route")),
+            "{v}"
+        );
+
+        // Membership and leadership: a follower refuses with the leader's id.
+        let (s, v) = c.get(f, "/v1/members").await.expect("members");
+        assert_eq!(
+            (s, v["members"].as_array().map(Vec::len)),
+            (StatusCode::OK, Some(3)),
+            "{v}"
+        );
+        let (s, v) = c
+            .post(f, "/v1/members/remove", json!({ "id": leader }))
+            .await
+            .expect("remove");
+        assert_eq!(
+            (s, v["error"].as_str(), v["leader_hint"].as_u64()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("not_leader"),
+                Some(leader)
+            ),
+            "{v}"
+        );
+        let (s, v) = c
+            .post(leader, "/v1/members/promote", json!({ "id": f }))
+            .await
+            .expect("promote");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_membership_change")),
+            "promoting a voter: {v}"
+        );
+        let (s, v) = c
+            .post(leader, "/v1/leader/transfer", json!({ "to": f }))
+            .await
+            .expect("transfer");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(c.healthy().await, f, "leadership moved to {f}");
+
+        let (s, v) = c.get(f, "/v1/status").await.expect("status");
+        assert_eq!(
+            (s, v["role"].as_str(), v["id"].as_u64()),
+            (StatusCode::OK, Some("leader"), Some(f)),
+            "{v}"
+        );
+        let (s, v) = c.get(f, "/health").await.expect("health");
+        assert_eq!(
+            (s, v["healthy"].as_bool()),
+            (StatusCode::OK, Some(true)),
+            "{v}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_over_http_joins_and_every_member_learns_its_address() {
+    bounded(async {
+        let mut c = Cluster::start(3).await;
+        let leader = c.healthy().await;
+        let mut acked = BTreeMap::new();
+        for i in 0..10 {
+            c.put(i % 3 + 1, &format!("j/{i}"), "before").await;
+            acked.insert(format!("j/{i}"), "before".to_string());
+        }
+        c.spawn(4);
+        let address = format!("127.0.0.1:{}", c.peer[&4]);
+        let (s, v) = c
+            .post(
+                leader,
+                "/v1/members/add",
+                json!({ "id": 4, "address": address }),
+            )
+            .await
+            .expect("add");
+        assert_eq!(s, StatusCode::OK, "{v}\n{}", c.logs());
+        // Promoted once caught up; every member's address book learns the
+        // new member's address from the replicated membership.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut done = true;
+            for id in 1..=3u64 {
+                let (_, v) = c.get(id, "/v1/members").await.expect("members");
+                let four = v["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|x| x["id"] == 4))
+                    .cloned();
+                done &= four
+                    .is_some_and(|f| f["role"] == "voter" && f["peer_address"] == json!(address));
+            }
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member 4 not a voter known everywhere:\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.healthy().await;
+        // Lead through it: the others must reach it by the learned address.
+        let (s, v) = c
+            .post(leader, "/v1/leader/transfer", json!({ "to": 4 }))
+            .await
+            .expect("transfer");
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(c.healthy().await, 4);
+        for i in 10..20 {
+            c.put(i % 4 + 1, &format!("j/{i}"), "after").await;
+            acked.insert(format!("j/{i}"), "after".to_string());
+        }
+        c.check_all(&acked).await;
+    })
+    .await;
+}
