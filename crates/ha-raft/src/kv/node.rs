@@ -383,6 +383,10 @@ impl KvNode {
     /// leader; repeated while no leader is reachable, until the deadline.
     async fn lease_call(&self, call: LeaseCall, options: &KvOptions) -> Result<LeaseCallReply> {
         let (deadline, after) = self.deadline(options);
+        // On the leader a renewal is answered from memory without waiting
+        // on anything: give the runtime its turn, so that a caller renewing
+        // in a tight loop cannot starve its other tasks and timers.
+        tokio::task::consume_budget().await;
         loop {
             let now = Instant::now();
             let result = if self.is_leader() {
