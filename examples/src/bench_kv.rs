@@ -133,14 +133,17 @@ pub(crate) struct BenchGroup {
     _dir: tempfile::TempDir,
 }
 
-/// Starts `args.members` members in a temporary directory under
-/// `args.dir` and waits for a leader.
-pub(crate) async fn start_group(args: &KvArgs) -> Result<BenchGroup, Box<dyn std::error::Error>> {
+/// Starts `members` members in a temporary directory under `dir` and waits
+/// for a leader.
+pub(crate) async fn start_group(
+    members: u64,
+    dir: &std::path::Path,
+) -> crate::bench::BenchResult<BenchGroup> {
     let storage = StorageConfig::default().validate()?;
     let env = RocksEnv::new(&storage)?;
-    let dir = tempfile::tempdir_in(&args.dir)?;
+    let dir = tempfile::tempdir_in(dir)?;
     let net = MemNetwork::new();
-    let members: Vec<NodeId> = (1..=args.members).map(NodeId).collect();
+    let members: Vec<NodeId> = (1..=members).map(NodeId).collect();
     let mut nodes = Vec::new();
     for &id in &members {
         let (log, state) = env.open(&dir.path().join(format!("member-{id}")), &storage)?;
@@ -174,11 +177,11 @@ pub(crate) async fn start_group(args: &KvArgs) -> Result<BenchGroup, Box<dyn std
 ///
 /// # Errors
 /// When the storage or the group cannot be set up.
-pub async fn run(args: KvArgs) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
     if args.workload == Workload::Watch {
         return crate::bench::kv_watch::run(&args).await;
     }
-    let group = start_group(&args).await?;
+    let group = start_group(args.members, &args.dir).await?;
     let nodes = &group.nodes;
     let value = vec![b'v'; args.value_size];
     if matches!(

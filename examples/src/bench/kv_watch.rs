@@ -39,8 +39,8 @@ fn sent_at(value: &[u8]) -> Option<u64> {
 /// # Errors
 /// When the storage or the group cannot be set up, or a watch cannot be
 /// opened.
-pub async fn run(args: &KvArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let group = start_group(args).await?;
+pub async fn run(args: &KvArgs) -> crate::bench::BenchResult<()> {
+    let group = start_group(args.members, &args.dir).await?;
     let nodes = &group.nodes;
     let keys = args.keys.max(LATENCY_WATCHERS);
     let base = Instant::now();

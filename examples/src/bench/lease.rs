@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ha_core::{Config, KvClient, KvOptions, LeaseGrantRequest, LeaseId, NodeId};
-use ha_raft::{KvConfig, KvNode, MemNetwork};
-use ha_storage::{RocksEnv, StorageConfig};
+use ha_core::{KvClient, KvOptions, LeaseGrantRequest, LeaseId};
 
 use super::common::{BenchResult, LeaderChanges, histogram, print_json};
 
@@ -44,33 +42,8 @@ pub struct Args {
 /// # Errors
 /// When the storage or the group cannot be set up.
 pub async fn run(args: Args) -> BenchResult<()> {
-    let storage = StorageConfig::default().validate()?;
-    let env = RocksEnv::new(&storage)?;
-    let dir = tempfile::tempdir_in(&args.dir)?;
-    let net = MemNetwork::new();
-    let members: Vec<NodeId> = (1..=args.members).map(NodeId).collect();
-    let mut nodes = Vec::new();
-    for &id in &members {
-        let (log, state) = env.open(&dir.path().join(format!("member-{id}")), &storage)?;
-        let config = Config {
-            request_timeout: Duration::from_secs(10),
-            ..Config::new(id, members.clone())
-        };
-        nodes.push(
-            KvNode::start(
-                config,
-                KvConfig::default(),
-                Arc::new(log),
-                Arc::new(state),
-                net.transport(id),
-            )
-            .await?,
-        );
-    }
-    nodes[0]
-        .node()
-        .wait_for_leader(Duration::from_secs(10))
-        .await?;
+    let group = crate::bench_kv::start_group(args.members, &args.dir).await?;
+    let nodes = &group.nodes;
     let changes = LeaderChanges::watch(nodes[0].node()).await;
 
     // Grant: `clients` grants in flight, through every member.
@@ -200,7 +173,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
     };
     let late = all_gone.saturating_sub(min);
     let leader_changes = changes.finish();
-    for n in &nodes {
+    for n in nodes {
         n.shutdown().await?;
     }
 

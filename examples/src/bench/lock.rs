@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ha_core::{Config, NodeId};
 use ha_discovery::{Mutex, Session};
-use ha_raft::{KvConfig, KvNode, MemNetwork};
-use ha_storage::{RocksEnv, StorageConfig};
 
 use super::common::{BenchResult, LeaderChanges, histogram, print_json};
 
@@ -50,29 +47,8 @@ type LastUnlock = Arc<parking_lot::Mutex<Option<(Instant, usize)>>>;
 /// # Errors
 /// When the storage or the group cannot be set up.
 pub async fn run(args: Args) -> BenchResult<()> {
-    let storage = StorageConfig::default().validate()?;
-    let env = RocksEnv::new(&storage)?;
-    let dir = tempfile::tempdir_in(&args.dir)?;
-    let net = MemNetwork::new();
-    let members: Vec<NodeId> = (1..=args.members).map(NodeId).collect();
-    let mut nodes = Vec::new();
-    for &id in &members {
-        let (log, state) = env.open(&dir.path().join(format!("member-{id}")), &storage)?;
-        let config = Config {
-            request_timeout: Duration::from_secs(10),
-            ..Config::new(id, members.clone())
-        };
-        nodes.push(
-            KvNode::start(
-                config,
-                KvConfig::default(),
-                Arc::new(log),
-                Arc::new(state),
-                net.transport(id),
-            )
-            .await?,
-        );
-    }
+    let group = crate::bench_kv::start_group(args.members, &args.dir).await?;
+    let nodes = &group.nodes;
     let leader = nodes[0]
         .node()
         .wait_for_leader(Duration::from_secs(10))
@@ -167,7 +143,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
     }
     let rate = acquisitions as f64 / elapsed.as_secs_f64();
     let leader_changes = changes.finish();
-    for n in &nodes {
+    for n in nodes {
         n.shutdown().await?;
     }
 

@@ -67,9 +67,7 @@ fn main() -> BenchResult<()> {
             Bench::Fsync(args) => bench::fsync::run(args).await,
             Bench::Lease(args) => bench::lease::run(args).await,
             Bench::Lock(args) => bench::lock::run(args).await,
-            Bench::Kv(args) => ha_examples::bench_kv::run(args)
-                .await
-                .map_err(|e| e.to_string().into()),
+            Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
         }
     })
 }
