@@ -8,6 +8,8 @@ pub mod bench_kv;
 
 pub mod node;
 
+pub mod procs;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -8,9 +8,7 @@
 //! processes per test are enough for a two-core machine.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ha_core::{ClusterId, NodeId};
@@ -18,298 +16,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long a condition may take to become true.
-const PATIENCE: Duration = Duration::from_secs(30);
-/// The members' body limit in these tests.
-const MAX_BODY: usize = 64 << 10;
-/// Hard bound of a whole test.
-const TEST_BOUND: Duration = Duration::from_secs(150);
+use ha_examples::procs::{Cluster, MAX_BODY, PATIENCE, TEST_BOUND};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A port nobody listens on now (the OS picked it for a socket that is
-/// closed again at once).
-fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// One ha-node process; killed (SIGKILL) on drop. It also holds the
-/// child's standard input: if this test process dies without dropping it,
-/// the pipe closes and the member stops by itself
-/// (`--exit-on-stdin-close`).
-struct Proc {
-    child: Child,
-    stdin: Option<std::process::ChildStdin>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    /// The bootstrap members (they make the cluster id).
-    initial: Vec<u64>,
-    peer: BTreeMap<u64, u16>,
-    http: BTreeMap<u64, u16>,
-    procs: BTreeMap<u64, Proc>,
-    client: reqwest::Client,
-}
-
-impl Cluster {
-    async fn start(n: u64) -> Cluster {
-        let mut c = Cluster {
-            dir: tempfile::Builder::new()
-                .prefix("ha-node-test-")
-                .tempdir()
-                .expect("temp dir"),
-            initial: (1..=n).collect(),
-            peer: (1..=n).map(|id| (id, free_port())).collect(),
-            http: (1..=n).map(|id| (id, free_port())).collect(),
-            procs: BTreeMap::new(),
-            // No pooled connections: members restart on the same ports.
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("http client"),
-        };
-        for id in 1..=n {
-            c.spawn(id);
-        }
-        c
-    }
-
-    fn members(&self) -> String {
-        self.initial
-            .iter()
-            .map(|id| format!("{id}=127.0.0.1:{}", self.peer[id]))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node-{id}.log"))
-    }
-
-    fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
-    }
-
-    /// Starts member `id` (again), appending to its log; a member that is
-    /// not one of the initial ones joins.
-    fn spawn(&mut self, id: u64) {
-        self.peer.entry(id).or_insert_with(free_port);
-        self.http.entry(id).or_insert_with(free_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .expect("log file");
-        // Settings through a config file, one through a flag that
-        // overrides it: both paths are exercised.
-        let config = self.dir.path().join(format!("node-{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n",
-                self.peer[&id],
-                self.dir.path().join(format!("data-{id}")).display(),
-                self.members(),
-            ),
-        )
-        .expect("write config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ha-node"));
-        if !self.initial.contains(&id) {
-            command.arg("--join");
-        }
-        let mut child = command
-            .arg("--exit-on-stdin-close")
-            .arg("--config")
-            .arg(&config)
-            .args(["--http", &format!("127.0.0.1:{}", self.http[&id])])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn ha-node");
-        let stdin = child.stdin.take();
-        self.procs.insert(id, Proc { child, stdin });
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self, id: u64) {
-        drop(self.procs.remove(&id));
-    }
-
-    /// SIGTERM, then waits for the process to exit; returns whether it
-    /// exited successfully.
-    async fn terminate(&mut self, id: u64) -> bool {
-        let mut p = self.procs.remove(&id).expect("running member");
-        let pid = p.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {id} did not exit after SIGTERM:\n{}",
-                self.log(id)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Closes the member's standard input and waits for it to exit;
-    /// returns whether it exited successfully.
-    async fn close_stdin(&mut self, id: u64) -> bool {
-        let mut p = self.procs.remove(&id).expect("running member");
-        drop(p.stdin.take());
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {id} did not exit when its stdin closed:\n{}",
-                self.log(id)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn url(&self, id: u64, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http[&id])
-    }
-
-    async fn post(&self, id: u64, path: &str, body: Value) -> Result<(StatusCode, Value), String> {
-        let r = self
-            .client
-            .post(self.url(id, path))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = r.status();
-        let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
-        Ok((status, v))
-    }
-
-    async fn get(&self, id: u64, path: &str) -> Result<(StatusCode, Value), String> {
-        let r = self
-            .client
-            .get(self.url(id, path))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = r.status();
-        let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
-        Ok((status, v))
-    }
-
-    /// Waits until every running member answers `/health` 200 and they
-    /// agree on one leader, which it returns.
-    async fn healthy(&self) -> u64 {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let mut leaders = Vec::new();
-            for &id in self.procs.keys() {
-                match self.get(id, "/health").await {
-                    Ok((StatusCode::OK, v)) => leaders.push(v["leader"].as_u64()),
-                    _ => leaders.push(None),
-                }
-            }
-            if let Some(Some(l)) = leaders.first().copied()
-                && leaders.iter().all(|x| *x == Some(l))
-                && self.procs.contains_key(&l)
-            {
-                return l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "members not healthy with one leader within {PATIENCE:?}: {leaders:?}\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn logs(&self) -> String {
-        self.peer
-            .keys()
-            .map(|id| format!("--- member {id} ---\n{}", self.log(*id)))
-            .collect()
-    }
-
-    /// A put through member `id` (UTF-8 keys and values), retried while the
-    /// member says nothing was applied (no leader yet, not reachable...).
-    /// Returns once acknowledged.
-    async fn put(&self, id: u64, key: &str, value: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let r = self
-                .post(
-                    id,
-                    "/v1/kv/put?encoding=utf8",
-                    json!({ "key": key, "value": value }),
-                )
-                .await;
-            match r {
-                Ok((StatusCode::OK, _)) => return,
-                // A maybe-applied write retried is still fine here: the
-                // value is the same, and the check is that it is present.
-                other => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "put {key} through member {id} not acknowledged within {PATIENCE:?}: {other:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    /// A linearizable read of `key` through member `id`.
-    async fn read(&self, id: u64, key: &str) -> Option<String> {
-        let (status, v) = self
-            .post(id, "/v1/kv/get?encoding=utf8", json!({ "key": key }))
-            .await
-            .unwrap_or_else(|e| panic!("get {key} from member {id}: {e}"));
-        assert_eq!(status, StatusCode::OK, "get {key} from member {id}: {v}");
-        v["kv"]["value"].as_str().map(str::to_string)
-    }
-
-    /// Every acknowledged write is on every running member (linearizable
-    /// reads through each).
-    async fn check_all(&self, acked: &BTreeMap<String, String>) {
-        for &id in self.procs.keys() {
-            for (k, v) in acked {
-                assert_eq!(
-                    self.read(id, k).await.as_deref(),
-                    Some(v.as_str()),
-                    "acknowledged write {k} missing or wrong on member {id}"
-                );
-            }
-        }
-    }
-
-    fn cluster_id(&self) -> ClusterId {
-        let ids: Vec<NodeId> = self.initial.iter().map(|&id| NodeId(id)).collect();
-        ClusterId::derive(&ids, "")
-    }
-}
 
 /// Runs `test` alone (after the other tests of this file) under
 /// [`TEST_BOUND`].
@@ -357,7 +66,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are_cut_off() {
     bounded(async {
-        let mut c = Cluster::start(3).await;
+        let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let mut acked = BTreeMap::new();
         for id in 1..=3u64 {
@@ -455,7 +164,7 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_leader_hands_leadership_over_and_loses_nothing() {
     bounded(async {
-        let mut c = Cluster::start(3).await;
+        let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let mut acked = BTreeMap::new();
         for i in 0..30u64 {
@@ -600,7 +309,7 @@ async fn collect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_over_sse_sees_writes_through_another_member_and_resumes_after_its_member_stops() {
     bounded(async {
-        let mut c = Cluster::start(3).await;
+        let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         // Watch on a follower, write through another member.
         let watcher = (1..=3).find(|&id| id != leader).expect("a follower");
@@ -666,7 +375,7 @@ async fn a_watch_over_sse_sees_writes_through_another_member_and_resumes_after_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_errors() {
     bounded(async {
-        let c = Cluster::start(3).await;
+        let c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let f = (1..=3).find(|&id| id != leader).expect("a follower");
 
@@ -929,7 +638,7 @@ async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_over_http_joins_and_every_member_learns_its_address() {
     bounded(async {
-        let mut c = Cluster::start(3).await;
+        let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let mut acked = BTreeMap::new();
         for i in 0..10 {

@@ -1,0 +1,360 @@
+//! A group of `ha-node` processes on loopback, for the process tests and
+//! the benchmarks that need real processes (`ha-bench failover`, `ha-bench
+//! kv --target`).
+//!
+//! This is test tooling: a failure to start a process or a condition that
+//! does not become true within [`PATIENCE`] panics with the members' logs.
+//! Every process is killed (SIGKILL) when its handle drops, and stops by
+//! itself when this process dies (`--exit-on-stdin-close`).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ha_core::{ClusterId, NodeId};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The `ha-node` binary next to the running executable (the test or
+/// benchmark binary; tests run from `target/*/deps`, so its parent is
+/// tried too), or `$HA_NODE_BIN`.
+pub fn node_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HA_NODE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    for _ in 0..2 {
+        let candidate = dir.join("ha-node");
+        if candidate.exists() {
+            return candidate;
+        }
+        dir.pop();
+    }
+    panic!(
+        "no ha-node binary next to {} (build it, or set HA_NODE_BIN)",
+        exe.display()
+    )
+}
+
+/// How long a condition may take to become true.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// The members' body limit in these tests.
+pub const MAX_BODY: usize = 64 << 10;
+/// Hard bound of a whole test.
+pub const TEST_BOUND: Duration = Duration::from_secs(150);
+
+/// A port nobody listens on now (the OS picked it for a socket that is
+/// closed again at once).
+pub fn free_port() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One ha-node process; killed (SIGKILL) on drop. It also holds the
+/// child's standard input: if this test process dies without dropping it,
+/// the pipe closes and the member stops by itself
+/// (`--exit-on-stdin-close`).
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A group of ha-node processes on loopback, with their data, config files
+/// and logs in one temporary directory.
+pub struct Cluster {
+    /// Data directories, config files and logs.
+    pub dir: tempfile::TempDir,
+    /// The bootstrap members (they make the cluster id).
+    pub initial: Vec<u64>,
+    /// Peer ports by member id.
+    pub peer: BTreeMap<u64, u16>,
+    /// HTTP client API ports by member id.
+    pub http: BTreeMap<u64, u16>,
+    /// The running processes by member id.
+    pub procs: BTreeMap<u64, Proc>,
+    /// An HTTP client without pooled connections.
+    pub client: reqwest::Client,
+    binary: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `n` members running [`node_binary`].
+    pub async fn start(n: u64) -> Cluster {
+        Cluster::start_with(node_binary(), n).await
+    }
+
+    /// Starts `n` members running `binary`.
+    pub async fn start_with(binary: PathBuf, n: u64) -> Cluster {
+        let mut c = Cluster {
+            dir: tempfile::Builder::new()
+                .prefix("ha-node-test-")
+                .tempdir()
+                .expect("temp dir"),
+            initial: (1..=n).collect(),
+            peer: (1..=n).map(|id| (id, free_port())).collect(),
+            http: (1..=n).map(|id| (id, free_port())).collect(),
+            procs: BTreeMap::new(),
+            binary,
+            // No pooled connections: members restart on the same ports.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client"),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// The `--members` list of the bootstrap members.
+    pub fn members(&self) -> String {
+        self.initial
+            .iter()
+            .map(|id| format!("{id}=127.0.0.1:{}", self.peer[id]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Where member `id` logs.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    /// Member `id`'s log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Starts member `id` (again), appending to its log; a member that is
+    /// not one of the initial ones joins.
+    pub fn spawn(&mut self, id: u64) {
+        self.peer.entry(id).or_insert_with(free_port);
+        self.http.entry(id).or_insert_with(free_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        // Settings through a config file, one through a flag that
+        // overrides it: both paths are exercised.
+        let config = self.dir.path().join(format!("node-{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n",
+                self.peer[&id],
+                self.dir.path().join(format!("data-{id}")).display(),
+                self.members(),
+            ),
+        )
+        .expect("write config");
+        let mut command = Command::new(&self.binary);
+        if !self.initial.contains(&id) {
+            command.arg("--join");
+        }
+        let mut child = command
+            .arg("--exit-on-stdin-close")
+            .arg("--config")
+            .arg(&config)
+            .args(["--http", &format!("127.0.0.1:{}", self.http[&id])])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ha-node");
+        let stdin = child.stdin.take();
+        self.procs.insert(id, Proc { child, stdin });
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self, id: u64) {
+        drop(self.procs.remove(&id));
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it
+    /// exited successfully.
+    pub async fn terminate(&mut self, id: u64) -> bool {
+        let mut p = self.procs.remove(&id).expect("running member");
+        let pid = p.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} did not exit after SIGTERM:\n{}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes the member's standard input and waits for it to exit;
+    /// returns whether it exited successfully.
+    pub async fn close_stdin(&mut self, id: u64) -> bool {
+        let mut p = self.procs.remove(&id).expect("running member");
+        drop(p.stdin.take());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} did not exit when its stdin closed:\n{}",
+                self.log(id)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The URL of `path` on member `id`'s client API.
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http[&id])
+    }
+
+    /// POSTs `body` as JSON; the status and the JSON answer.
+    pub async fn post(
+        &self,
+        id: u64,
+        path: &str,
+        body: Value,
+    ) -> Result<(StatusCode, Value), String> {
+        let r = self
+            .client
+            .post(self.url(id, path))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
+        Ok((status, v))
+    }
+
+    /// GETs `path`; the status and the JSON answer.
+    pub async fn get(&self, id: u64, path: &str) -> Result<(StatusCode, Value), String> {
+        let r = self
+            .client
+            .get(self.url(id, path))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let v = r.json::<Value>().await.map_err(|e| e.to_string())?;
+        Ok((status, v))
+    }
+
+    /// Waits until every running member answers `/health` 200 and they
+    /// agree on one leader, which it returns.
+    pub async fn healthy(&self) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut leaders = Vec::new();
+            for &id in self.procs.keys() {
+                match self.get(id, "/health").await {
+                    Ok((StatusCode::OK, v)) => leaders.push(v["leader"].as_u64()),
+                    _ => leaders.push(None),
+                }
+            }
+            if let Some(Some(l)) = leaders.first().copied()
+                && leaders.iter().all(|x| *x == Some(l))
+                && self.procs.contains_key(&l)
+            {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members not healthy with one leader within {PATIENCE:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.peer
+            .keys()
+            .map(|id| format!("--- member {id} ---\n{}", self.log(*id)))
+            .collect()
+    }
+
+    /// A put through member `id` (UTF-8 keys and values), retried while the
+    /// member says nothing was applied (no leader yet, not reachable...).
+    /// Returns once acknowledged.
+    pub async fn put(&self, id: u64, key: &str, value: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let r = self
+                .post(
+                    id,
+                    "/v1/kv/put?encoding=utf8",
+                    json!({ "key": key, "value": value }),
+                )
+                .await;
+            match r {
+                Ok((StatusCode::OK, _)) => return,
+                // A maybe-applied write retried is still fine here: the
+                // value is the same, and the check is that it is present.
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "put {key} through member {id} not acknowledged within {PATIENCE:?}: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// A linearizable read of `key` through member `id`.
+    pub async fn read(&self, id: u64, key: &str) -> Option<String> {
+        let (status, v) = self
+            .post(id, "/v1/kv/get?encoding=utf8", json!({ "key": key }))
+            .await
+            .unwrap_or_else(|e| panic!("get {key} from member {id}: {e}"));
+        assert_eq!(status, StatusCode::OK, "get {key} from member {id}: {v}");
+        v["kv"]["value"].as_str().map(str::to_string)
+    }
+
+    /// Every acknowledged write is on every running member (linearizable
+    /// reads through each).
+    pub async fn check_all(&self, acked: &BTreeMap<String, String>) {
+        for &id in self.procs.keys() {
+            for (k, v) in acked {
+                assert_eq!(
+                    self.read(id, k).await.as_deref(),
+                    Some(v.as_str()),
+                    "acknowledged write {k} missing or wrong on member {id}"
+                );
+            }
+        }
+    }
+
+    /// The cluster id the bootstrap members derive.
+    pub fn cluster_id(&self) -> ClusterId {
+        let ids: Vec<NodeId> = self.initial.iter().map(|&id| NodeId(id)).collect();
+        ClusterId::derive(&ids, "")
+    }
+}
