@@ -146,6 +146,8 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are
             "ha_entries_per_sync ",
             "ha_watchers ",
             "ha_apply_lag_entries ",
+            "ha_sync_duration_seconds_count ",
+            "ha_read_duration_seconds_count{consistency=\"linearizable\"} ",
         ] {
             assert!(
                 sample(&metrics, series).is_some(),
@@ -156,6 +158,21 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are
         assert!(
             sample(&metrics, "ha_node_proposals_total{op=\"put\"}").is_some_and(|n| n >= 1.0),
             "puts through this member counted:\n{metrics}"
+        );
+        assert!(
+            sample(&metrics, "ha_proposal_duration_seconds_count ").is_some_and(|n| n >= 1.0),
+            "proposal latencies recorded:\n{metrics}"
+        );
+        // Every running peer's link is connected (the killed member was
+        // restarted and caught up above).
+        let connected = metrics
+            .lines()
+            .filter(|l| l.starts_with("ha_peer_link_state{") && l.contains("state=\"connected\""))
+            .filter(|l| l.ends_with(" 1"))
+            .count();
+        assert!(
+            connected >= 1,
+            "peer links connected in /metrics:\n{metrics}"
         );
     })
     .await;

@@ -71,8 +71,11 @@ mod core;
 #[doc(hidden)]
 pub mod fuzzing;
 mod kv;
+mod latency;
 mod logging;
 mod membership;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod raft_storage;
 mod shell;
 pub mod sim;
@@ -84,8 +87,10 @@ pub use crate::call::CallHandler;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
 pub use crate::kv::{AutoCompaction, KvConfig, KvNode};
+pub use crate::latency::{LATENCY_BOUNDS_US, LATENCY_BUCKETS, Latency};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
 pub use crate::transport::{
-    MemNetwork, MemTransport, TcpConfig, TcpRejections, TcpStats, TcpTransport,
+    MemNetwork, MemTransport, PeerLink, PeerLinkState, TcpConfig, TcpRejections, TcpStats,
+    TcpTransport,
 };

@@ -442,6 +442,101 @@ async fn a_restarted_member_is_reconnected_to_and_catches_up() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_links_and_latencies_are_reported() {
+    bounded(async {
+        let mut g = Group::start(3, TcpConfig::default()).await;
+        let leader = g.leader().await;
+        for _ in 0..20 {
+            g.propose(leader).await;
+        }
+        for c in [
+            ReadConsistency::Linearizable,
+            ReadConsistency::Lease,
+            ReadConsistency::Serializable,
+        ] {
+            g.node(leader)
+                .read(Bytes::new(), c)
+                .await
+                .unwrap_or_else(|e| panic!("{c:?} read: {e}"));
+        }
+        let m = g.node(leader).metrics();
+        assert_eq!(m.proposal_latency.count, 20, "{m:?}");
+        assert!(m.proposal_latency.mean().is_some());
+        assert_eq!(m.read_index_latency.count, 1, "{m:?}");
+        assert_eq!(m.lease_read_latency.count, 1, "{m:?}");
+        assert_eq!(m.serializable_read_latency.count, 1, "{m:?}");
+        assert!(
+            m.sync_latency.count > 0 && m.sync_latency.count <= m.syncs,
+            "every synced write is timed: {m:?}"
+        );
+
+        let follower = *g.ids.iter().find(|&&id| id != leader).unwrap();
+        eventually("the leader's links to both followers connected", || {
+            let peers = g.transport(leader).peers();
+            peers.len() == 2
+                && peers
+                    .iter()
+                    .all(|p| p.state == ha_raft::PeerLinkState::Connected && p.failures == 0)
+        })
+        .await;
+
+        #[cfg(feature = "prometheus")]
+        let collector = ha_raft::prometheus::MemberCollector::new(g.node(leader).clone())
+            .with_tcp(g.members[&leader].transport.clone());
+        #[cfg(feature = "prometheus")]
+        {
+            let text = scrape(&collector);
+            for line in [
+                "ha_role{role=\"leader\"} 1".to_string(),
+                "ha_proposal_duration_seconds_count 20".to_string(),
+                "ha_read_duration_seconds_count{consistency=\"lease\"} 1".to_string(),
+                format!(
+                    "ha_peer_link_state{{peer=\"{}\",state=\"connected\"}} 1",
+                    follower.0
+                ),
+                "ha_peer_connections_rejected_total{reason=\"bad_magic\"} 0".to_string(),
+            ] {
+                assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+            }
+        }
+
+        // A peer that goes away shows as failing, not connected.
+        g.stop(follower).await;
+        eventually(
+            "the leader sees its link to the stopped member fail",
+            || {
+                g.transport(leader).peers().iter().any(|p| {
+                    p.id == follower
+                        && p.state != ha_raft::PeerLinkState::Connected
+                        && p.failures > 0
+                })
+            },
+        )
+        .await;
+        #[cfg(feature = "prometheus")]
+        {
+            let text = scrape(&collector);
+            let line = format!(
+                "ha_peer_link_state{{peer=\"{}\",state=\"connected\"}} 0",
+                follower.0
+            );
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        g.shutdown().await;
+    })
+    .await;
+}
+
+#[cfg(feature = "prometheus")]
+fn scrape(collector: &ha_raft::prometheus::MemberCollector) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(collector.clone()));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    text
+}
+
 // ---------------------------------------------------------------------------
 // Hostile and broken connections.
 

@@ -531,7 +531,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let (healthy, _) = app.health();
-    let text = app.metrics.render(&app.kv, &app.transport, healthy);
+    let text = app.metrics.render(healthy);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -203,7 +203,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         settings,
         cluster_id,
         http_addr,
-        metrics: metrics::Metrics::new(),
+        metrics: metrics::Metrics::new(&kv, transport.clone()),
         stopping: AtomicBool::new(false),
     });
     let router = api::router(app.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use crate::bugs::CrashSwitch;
 use crate::call::Calls;
 use crate::core::{CoreStatus, LeaderInfo};
+use crate::latency::LatencyRecorder;
 use crate::snapshot::Snapshots;
 use threads::{ApplyTask, Input};
 use waiters::Waiters;
@@ -44,14 +45,20 @@ pub(crate) struct Metrics {
     leader_changes: AtomicU64,
     tick_lag_us: AtomicU64,
     max_tick_lag_us: AtomicU64,
+    proposal_latency: LatencyRecorder,
+    sync_latency: LatencyRecorder,
+    read_index_latency: LatencyRecorder,
+    lease_read_latency: LatencyRecorder,
+    serializable_read_latency: LatencyRecorder,
 }
 
 impl Metrics {
-    fn record_persist(&self, entries: u64, synced: bool) {
+    fn record_persist(&self, entries: u64, synced: bool, took: Duration) {
         self.persist_batches.fetch_add(1, Ordering::Relaxed);
         self.entries_persisted.fetch_add(entries, Ordering::Relaxed);
         if synced {
             self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.sync_latency.record(took);
         }
     }
 

@@ -30,6 +30,7 @@ use crate::bugs::{Bugs, CrashSwitch, InjectedBug, InstallCrashPoint};
 use crate::call::{CallHandler, Calls};
 use crate::codec::{ConfContext, MemberRecord};
 use crate::core::{Core, CoreStatus, LeaderInfo, Role};
+use crate::latency::Latency;
 use crate::logging::raft_logger;
 use crate::membership::{MemberChange, MemberSet, Membership};
 use crate::snapshot::{InstallMarker, SnapshotFiles, Snapshots};
@@ -138,6 +139,16 @@ pub struct EngineMetrics {
     pub snapshots_installed: u64,
     /// Snapshot bytes this member sent.
     pub snapshot_bytes_sent: u64,
+    /// Proposals from the call to the answer (successful ones).
+    pub proposal_latency: Latency,
+    /// Synced log writes (write plus sync) on the log writer thread.
+    pub sync_latency: Latency,
+    /// Linearizable (ReadIndex) reads from the call to the answer.
+    pub read_index_latency: Latency,
+    /// Lease reads (answered locally or by a ReadIndex round).
+    pub lease_read_latency: Latency,
+    /// Serializable reads.
+    pub serializable_read_latency: Latency,
 }
 
 /// One member of an ha group.
@@ -658,6 +669,7 @@ impl Node {
         let command: Bytes = command.into();
         let sh = &self.shared;
         sh.check_running()?;
+        let started = Instant::now();
         if sh.status.lock().removed {
             return Err(Error::Removed { member: sh.id });
         }
@@ -694,13 +706,17 @@ impl Node {
             }
             *seq
         };
-        await_reply(sh, rx, deadline, || {
+        let reply = await_reply(sh, rx, deadline, || {
             sh.waiters.remove_proposal(seq);
             Error::OutcomeUnknown {
                 cause: UnknownCause::DeadlineExceeded,
             }
         })
-        .await
+        .await;
+        if reply.is_ok() {
+            sh.metrics.proposal_latency.record(started.elapsed());
+        }
+        reply
     }
 
     /// Reads with the state machine's `query`, linearizably by default.
@@ -730,8 +746,9 @@ impl Node {
     pub async fn read_with(&self, query: impl Into<Bytes>, opts: ReadOptions) -> Result<Bytes> {
         let sh = &self.shared;
         sh.check_running()?;
+        let started = Instant::now();
         let timeout = opts.timeout.unwrap_or(sh.cfg.request_timeout);
-        let deadline = Instant::now() + timeout;
+        let deadline = started + timeout;
         let token = sh.next_read.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         sh.waiters.add_read(token, query.into(), tx);
@@ -746,11 +763,21 @@ impl Node {
             sh.waiters.remove_read(token);
             return Err(sh.stopped_error());
         }
-        await_reply(sh, rx, deadline, || {
+        let reply = await_reply(sh, rx, deadline, || {
             sh.waiters.remove_read(token);
             Error::Timeout { after: timeout }
         })
-        .await
+        .await;
+        if reply.is_ok() {
+            let m = &sh.metrics;
+            match opts.consistency {
+                ReadConsistency::Linearizable => &m.read_index_latency,
+                ReadConsistency::Lease => &m.lease_read_latency,
+                ReadConsistency::Serializable => &m.serializable_read_latency,
+            }
+            .record(started.elapsed());
+        }
+        reply
     }
 
     /// Hands leadership to `target` (any voter), waiting until it leads.
@@ -940,6 +967,11 @@ impl Node {
             snapshots_received: snap.received.load(Ordering::Relaxed),
             snapshots_installed: snap.installed.load(Ordering::Relaxed),
             snapshot_bytes_sent: snap.bytes_sent.load(Ordering::Relaxed),
+            proposal_latency: m.proposal_latency.snapshot(),
+            sync_latency: m.sync_latency.snapshot(),
+            read_index_latency: m.read_index_latency.snapshot(),
+            lease_read_latency: m.lease_read_latency.snapshot(),
+            serializable_read_latency: m.serializable_read_latency.snapshot(),
         }
     }
 

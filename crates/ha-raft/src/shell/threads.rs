@@ -392,9 +392,12 @@ fn persist_group<L: LogStore>(
     }
     if write.snapshot.is_some() || !write.entries.is_empty() || write.hard_state.is_some() {
         let entries = write.entries.len() as u64;
+        let started = std::time::Instant::now();
         log.persist(&write)
             .map_err(|e| Error::fatal(format!("log write failed: {e}")))?;
-        shared.metrics.record_persist(entries, write.sync);
+        shared
+            .metrics
+            .record_persist(entries, write.sync, started.elapsed());
     }
     if let Some(descriptor) = staged {
         // The marker is gone with that write; the staging is not needed.

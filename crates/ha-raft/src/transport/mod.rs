@@ -4,4 +4,4 @@ mod mem;
 pub(crate) mod tcp;
 
 pub use mem::{MemNetwork, MemTransport};
-pub use tcp::{TcpConfig, TcpRejections, TcpStats, TcpTransport};
+pub use tcp::{PeerLink, PeerLinkState, TcpConfig, TcpRejections, TcpStats, TcpTransport};

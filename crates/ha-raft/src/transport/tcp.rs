@@ -35,7 +35,23 @@ pub use stats::{TcpRejections, TcpStats};
 
 use call::CallConn;
 use outbound::Link;
+pub use outbound::PeerLinkState;
 use stats::{Counters, add};
+
+/// One peer as [`TcpTransport::peers`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerLink {
+    /// The peer.
+    pub id: NodeId,
+    /// Where it is known to listen.
+    pub addr: SocketAddr,
+    /// This member's message connection to it.
+    pub state: PeerLinkState,
+    /// Consecutive failed attempts (0 once a connection holds).
+    pub failures: u32,
+    /// Messages queued for it.
+    pub queued: usize,
+}
 
 /// The TCP transport of one member: the default production [`Transport`],
 /// on the application's tokio runtime (it never starts a runtime of its
@@ -337,6 +353,28 @@ impl TcpTransport {
     /// Where member `id` is known to listen.
     pub fn peer_addr(&self, id: NodeId) -> Option<SocketAddr> {
         self.peers.lock().book.get(&id).map(|e| e.addr)
+    }
+
+    /// Every known peer with the state of this member's message
+    /// connection to it, in id order.
+    pub fn peers(&self) -> Vec<PeerLink> {
+        let peers = self.peers.lock();
+        let mut out: Vec<PeerLink> = peers
+            .book
+            .iter()
+            .map(|(&id, e)| PeerLink {
+                id,
+                addr: e.addr,
+                state: e
+                    .link
+                    .as_ref()
+                    .map_or(PeerLinkState::Idle, |l| l.status().state()),
+                failures: e.link.as_ref().map_or(0, |l| l.status().failures()),
+                queued: e.link.as_ref().map_or(0, Link::queued),
+            })
+            .collect();
+        out.sort_by_key(|p| p.id);
+        out
     }
 
     /// The transport's counters now.

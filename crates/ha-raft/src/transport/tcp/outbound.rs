@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ha_core::NodeId;
@@ -26,19 +27,87 @@ const STABLE_AFTER: Duration = Duration::from_secs(1);
 /// Write buffers above this are released after use rather than kept.
 const KEEP_BUFFER: usize = 1024 * 1024;
 
+/// The state of this member's message connection to one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerLinkState {
+    /// Nothing to send yet: no connection was needed.
+    Idle,
+    /// Connecting (and sending the hello).
+    Connecting,
+    /// Connected; messages flow.
+    Connected,
+    /// The last attempt failed or the connection broke; waiting before the
+    /// next attempt.
+    Backoff,
+}
+
+impl PeerLinkState {
+    /// A stable lowercase name (for labels and logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerLinkState::Idle => "idle",
+            PeerLinkState::Connecting => "connecting",
+            PeerLinkState::Connected => "connected",
+            PeerLinkState::Backoff => "backoff",
+        }
+    }
+
+    fn from_u8(v: u8) -> PeerLinkState {
+        match v {
+            1 => PeerLinkState::Connecting,
+            2 => PeerLinkState::Connected,
+            3 => PeerLinkState::Backoff,
+            _ => PeerLinkState::Idle,
+        }
+    }
+}
+
+/// What the writer task publishes about its connection.
+#[derive(Default)]
+pub(crate) struct LinkStatus {
+    state: AtomicU8,
+    failures: AtomicU32,
+}
+
+impl LinkStatus {
+    fn set(&self, state: PeerLinkState, failures: u32) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.failures.store(failures, Ordering::Relaxed);
+    }
+
+    pub(crate) fn state(&self) -> PeerLinkState {
+        PeerLinkState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
 /// The sending end of one peer's writer. Dropping it aborts the writer.
 pub(crate) struct Link {
     queue: mpsc::Sender<Message>,
     addr: watch::Sender<SocketAddr>,
     task: AbortHandle,
+    status: Arc<LinkStatus>,
 }
 
 impl Link {
     pub(crate) fn spawn(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> Link {
         let (queue, rx) = mpsc::channel(shared.config.send_queue_len);
         let (addr, addr_rx) = watch::channel(addr);
-        let task = shared.spawn(run(shared.clone(), peer, rx, addr_rx));
-        Link { queue, addr, task }
+        let status = Arc::new(LinkStatus::default());
+        let task = shared.spawn(run(shared.clone(), peer, rx, addr_rx, status.clone()));
+        Link {
+            queue,
+            addr,
+            task,
+            status,
+        }
+    }
+
+    pub(crate) fn status(&self) -> &LinkStatus {
+        &self.status
     }
 
     /// The peer's queue; `try_send` on it never blocks.
@@ -88,6 +157,7 @@ async fn run(
     peer: NodeId,
     mut queue: mpsc::Receiver<Message>,
     mut addr: watch::Receiver<SocketAddr>,
+    status: Arc<LinkStatus>,
 ) {
     let local = shared.local;
     let c = &shared.counters;
@@ -97,6 +167,7 @@ async fn run(
     let mut buf = Vec::new();
     loop {
         if carry.is_none() {
+            status.set(PeerLinkState::Idle, failures);
             tokio::select! {
                 _ = Shared::stopped(&mut shutdown) => return,
                 m = queue.recv() => match m {
@@ -107,6 +178,7 @@ async fn run(
         }
         let target = *addr.borrow_and_update();
         add(&c.connect_attempts, 1);
+        status.set(PeerLinkState::Connecting, failures);
         let stream = tokio::select! {
             _ = Shared::stopped(&mut shutdown) => return,
             r = connect(&shared, peer, target, ConnKind::Messages) => r,
@@ -118,6 +190,7 @@ async fn run(
                 } else {
                     tracing::debug!(node = %local, %peer, addr = %target, "connected to peer");
                 }
+                status.set(PeerLinkState::Connected, 0);
                 let opened = Instant::now();
                 let end = pump(
                     &shared,
@@ -176,6 +249,7 @@ async fn run(
             tracing::debug!(node = %local, %peer, discarded, reason = %why, "messages for an unreachable peer discarded");
         }
         let wait = backoff(&shared.config, failures);
+        status.set(PeerLinkState::Backoff, failures);
         tokio::select! {
             _ = Shared::stopped(&mut shutdown) => return,
             _ = tokio::time::sleep(wait) => {}
