@@ -14,7 +14,6 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use super::lease::{LeaseManager, Refusal};
-use crate::core::Role;
 use crate::shell::{CallOptions, Node};
 
 /// Most expiries proposed per pass of the expiry loop.
@@ -47,14 +46,10 @@ impl Leases {
 
     /// Brings the manager in line with the engine's role and applied term.
     pub(crate) fn sync(&self, node: &Node, now: Instant) {
-        let status = node.status();
-        let leading = (status.role == Role::Leader).then_some(status.term);
-        let promoted = self
-            .manager
-            .lock()
-            .observe(leading, status.applied_term, now);
+        let (leading, applied_term) = node.leading_and_applied_term();
+        let promoted = self.manager.lock().observe(leading, applied_term, now);
         if promoted {
-            tracing::debug!(node = %node.id(), term = status.term, "lease deadlines extended for a new term");
+            tracing::debug!(node = %node.id(), term = ?leading, "lease deadlines extended for a new term");
         }
     }
 

@@ -950,6 +950,17 @@ impl Node {
         }
     }
 
+    /// The term this member leads in (None unless it leads) and the term
+    /// of the last entry it applied: what lease keeping needs on every
+    /// renewal, without copying the whole [`Status`].
+    pub(crate) fn leading_and_applied_term(&self) -> (Option<u64>, u64) {
+        let leading = {
+            let s = self.shared.status.lock();
+            (s.role == Role::Leader).then_some(s.term)
+        };
+        (leading, self.shared.applied_term.load(Ordering::Relaxed))
+    }
+
     /// Engine counters.
     pub fn metrics(&self) -> EngineMetrics {
         let m = &self.shared.metrics;
