@@ -245,6 +245,10 @@ pub(crate) struct Core<L: LogStore> {
     /// "in progress" by an applied index that lags).
     conf_answers: Vec<(u64, u64, Result<(), Error>)>,
     ready_answers: Vec<(u64, Result<(), Error>)>,
+    /// The snapshot handed out for install and not yet reported installed:
+    /// its staged file must stay (a second copy that raft declines has the
+    /// same file name).
+    installing: Option<SnapshotDescriptor>,
 }
 
 #[derive(Debug)]
@@ -345,6 +349,7 @@ impl<L: LogStore> Core<L> {
             notices: Vec::new(),
             conf_answers: Vec::new(),
             ready_answers: Vec::new(),
+            installing: None,
         })
         .map(|mut core| {
             core.rerandomize();
@@ -433,6 +438,21 @@ impl<L: LogStore> Core<L> {
         wanted.is_some() && pending == wanted
     }
 
+    /// Whether the staged file of `descriptor` is still needed: raft holds
+    /// that snapshot, or it is being installed. A declined copy of it must
+    /// then not discard the staging (both copies share the file name).
+    pub(crate) fn needs_staged(&self, descriptor: &SnapshotDescriptor) -> bool {
+        let pending = self
+            .raw
+            .raft
+            .raft_log
+            .unstable()
+            .snapshot
+            .as_ref()
+            .and_then(|s| decode_descriptor(&s.data).ok());
+        pending.as_ref() == Some(descriptor) || self.installing.as_ref() == Some(descriptor)
+    }
+
     fn step_peer(&mut self, msg: Message) {
         if !valid_peer_message(&msg) {
             // raft-proto's getters panic on enum values they do not know,
@@ -474,23 +494,27 @@ impl<L: LogStore> Core<L> {
             self.removed_self = true;
             return;
         }
-        if self.in_config(self.id.0) && !self.in_config(msg.from) {
-            // Only members of the configuration take part. A removed member
-            // is told so (at most once per election timeout), so it stops
-            // campaigning instead of disrupting the group.
-            if self.members.removed.contains(&msg.from) {
-                let last = self.removed_notices.get(&msg.from).copied();
-                if last.is_none_or(|t| self.ticks >= t + self.cfg.election_tick as u64) {
-                    self.removed_notices.insert(msg.from, self.ticks);
-                    self.notices.push(Message {
-                        msg_type: MessageType::MsgHeartbeatResponse as i32,
-                        to: msg.from,
-                        from: self.id.0,
-                        term: self.raw.raft.term,
-                        context: REMOVED_NOTICE.to_vec(),
-                        ..Default::default()
-                    });
-                }
+        if self.in_config(self.id.0)
+            && !self.in_config(msg.from)
+            && self.members.removed.contains(&msg.from)
+        {
+            // A removed member takes no part: it is told so (at most once
+            // per election timeout), so it stops campaigning instead of
+            // disrupting the group. Any OTHER sender outside the applied
+            // configuration may be a member added after it (this member
+            // lags): raft must hear it, or a lagging member never learns
+            // of a leader that joined later (found by the simulator).
+            let last = self.removed_notices.get(&msg.from).copied();
+            if last.is_none_or(|t| self.ticks >= t + self.cfg.election_tick as u64) {
+                self.removed_notices.insert(msg.from, self.ticks);
+                self.notices.push(Message {
+                    msg_type: MessageType::MsgHeartbeatResponse as i32,
+                    to: msg.from,
+                    from: self.id.0,
+                    term: self.raw.raft.term,
+                    context: REMOVED_NOTICE.to_vec(),
+                    ..Default::default()
+                });
             }
             return;
         }
@@ -783,6 +807,10 @@ impl<L: LogStore> Core<L> {
         self.persisting = self.persisting.saturating_sub(tasks);
         self.raw.on_persist_ready(number);
         if let Some((index, members)) = installed {
+            // A later snapshot may be handed out already: it stays.
+            if self.installing.as_ref().is_some_and(|d| d.index <= index) {
+                self.installing = None;
+            }
             // The state store now stands at the snapshot: raft may count it
             // as applied (on_persist_ready made it persisted).
             if index > self.applied {
@@ -1037,6 +1065,7 @@ impl<L: LogStore> Core<L> {
                 };
                 self.raw.store().log().restart_readable(point)?;
                 restart = Some(point);
+                self.installing = Some(descriptor.clone());
                 install = Some(descriptor);
             }
             for rs in rd.take_read_states() {
@@ -1762,6 +1791,142 @@ mod tests {
         core.step(hup);
         core.handle_ready(now, &mut out).unwrap();
         assert_eq!(core.status().term, 0, "a forged message changed raft state");
+    }
+
+    #[test]
+    fn a_declined_copy_of_the_snapshot_being_installed_keeps_its_staging() {
+        use ha_core::eraftpb::{Snapshot, SnapshotMetadata};
+        let now = Instant::now();
+        let mut core = fresh_core();
+        let mut out = Outbox::default();
+        let descriptor = SnapshotDescriptor {
+            index: 10,
+            term: 2,
+            size: 8,
+            crc32: 1,
+            id: 7,
+            builder: 2,
+        };
+        let msg = Message {
+            msg_type: MessageType::MsgSnapshot as i32,
+            from: 2,
+            to: 1,
+            term: 2,
+            snapshot: Some(Snapshot {
+                data: descriptor.encode_to_vec(),
+                metadata: Some(SnapshotMetadata {
+                    conf_state: Some(ConfState::from((vec![1, 2, 3], Vec::<u64>::new()))),
+                    index: 10,
+                    term: 2,
+                }),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            core.step_staged_snapshot(msg.clone()),
+            "raft took the snapshot"
+        );
+        assert!(core.needs_staged(&descriptor));
+        core.handle_ready(now, &mut out).unwrap();
+        let task = out.persist.iter().find(|t| t.install.is_some());
+        assert!(task.is_some(), "the snapshot was handed out for install");
+        // Raft sent it again meanwhile; the copy is declined, and its
+        // staging (the same file) must not be discarded under the install.
+        assert!(!core.step_staged_snapshot(msg.clone()));
+        assert!(
+            core.needs_staged(&descriptor),
+            "the staging of the snapshot being installed would be discarded"
+        );
+        let number = out.persist.last().map(|t| t.number).unwrap();
+        let tasks = out.persist.len();
+        out.persist.clear();
+        // A newer snapshot is handed out before the first one is installed.
+        let later = SnapshotDescriptor {
+            index: 20,
+            id: 8,
+            ..descriptor.clone()
+        };
+        let mut msg = msg;
+        if let Some(snap) = msg.snapshot.as_mut() {
+            snap.data = later.encode_to_vec();
+            if let Some(meta) = snap.metadata.as_mut() {
+                meta.index = 20;
+            }
+        }
+        assert!(
+            core.step_staged_snapshot(msg),
+            "raft took the newer snapshot"
+        );
+        core.handle_ready(now, &mut out).unwrap();
+        core.on_persisted(number, tasks, Some((10, MemberSet::default())), &mut out);
+        assert!(
+            !core.needs_staged(&descriptor),
+            "installed: the staging can go"
+        );
+        assert!(
+            core.needs_staged(&later),
+            "the first install's end forgot the snapshot handed out after it"
+        );
+        let number = out.persist.last().map(|t| t.number).unwrap();
+        core.on_persisted(
+            number,
+            out.persist.len(),
+            Some((20, MemberSet::default())),
+            &mut out,
+        );
+        assert!(!core.needs_staged(&later));
+    }
+
+    #[test]
+    fn a_lagging_member_follows_a_leader_added_after_its_configuration() {
+        // Member 1 applied {1, 2, 3}; meanwhile 5 joined, 3 left, and 5
+        // leads. Its appends must reach raft, or member 1 never catches up.
+        let now = Instant::now();
+        let mut core = fresh_core();
+        let mut out = Outbox::default();
+        core.step(Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            from: 5,
+            to: 1,
+            term: 4,
+            ..Default::default()
+        });
+        core.handle_ready(now, &mut out).unwrap();
+        assert_eq!(
+            core.leader(),
+            LeaderInfo {
+                term: 4,
+                leader: Some(NodeId(5))
+            },
+            "a leader outside the applied configuration was ignored"
+        );
+        assert!(
+            sent(&mut out)
+                .iter()
+                .any(|m| m.msg_type() == MessageType::MsgHeartbeatResponse && m.to == 5),
+            "no answer to the new leader"
+        );
+        // A member known to be removed is still refused (and told so).
+        let mut core = fresh_core();
+        core.set_members(MemberSet {
+            removed: [4].into_iter().collect(),
+            ..MemberSet::default()
+        });
+        core.step(Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            from: 4,
+            to: 1,
+            term: 4,
+            ..Default::default()
+        });
+        core.handle_ready(now, &mut out).unwrap();
+        assert_eq!(core.leader().leader, None, "a removed member was followed");
+        let msgs = sent(&mut out);
+        assert!(
+            msgs.iter()
+                .all(|m| m.to != 4 || m.context == REMOVED_NOTICE),
+            "a removed member got an answer other than the notice: {msgs:?}"
+        );
     }
 
     #[test]

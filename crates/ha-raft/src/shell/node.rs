@@ -192,7 +192,7 @@ async fn await_reply<T>(
 
 pub(crate) struct Opened {
     /// An interrupted snapshot install was finished at this index.
-    installed: Option<u64>,
+    pub(crate) installed: Option<u64>,
     pub(crate) incarnation: u64,
     pub(crate) recovered: RecoveredState,
     members: MemberSet,

@@ -244,8 +244,10 @@ impl<L: LogStore> RaftThread<L> {
                     .and_then(|s| crate::snapshot::decode_descriptor(&s.data).ok());
                 if !self.core.step_staged_snapshot(m) {
                     // Stale, already covered by the log, or from a member
-                    // raft does not follow: nothing is installed.
-                    if let Some(d) = descriptor {
+                    // raft does not follow: nothing is installed. A copy of
+                    // the snapshot being installed shares its staging file,
+                    // which stays.
+                    if let Some(d) = descriptor.filter(|d| !self.core.needs_staged(d)) {
                         tracing::info!(
                             index = d.index,
                             "raft declined a snapshot; staging discarded"

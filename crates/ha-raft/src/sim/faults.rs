@@ -4,10 +4,9 @@
 //! follower") is resolved when the fault starts, so that a fault aimed at
 //! the leader hits whoever leads at that moment.
 //!
-//! Extension point: membership changes (add, remove, promote, joint) are a
-//! planned `FaultKind::Membership` once the engine exposes conf changes;
-//! the world then proposes them through the leader's core and the apply
-//! step's conf-change callback hands them to `Core::apply_conf_change`.
+//! Membership changes are planned here too ([`FaultKind::Membership`]);
+//! what they become depends on the group when they start (a group of
+//! five voters is not grown, one of three is not shrunk).
 
 use super::executor::{MILLIS, Nanos, SECONDS};
 use super::rng::SimRng;
@@ -67,12 +66,40 @@ pub(crate) enum FaultKind {
     TransferLeader {
         slow_links: Option<Nanos>,
     },
+    /// An operator changes the membership through the leader, as an
+    /// application would with `Node::change_membership`.
+    Membership(MembershipKind),
     /// A follower cut off from the leader (both ways) for the duration,
     /// while another follower restarts in the middle of it: the cut one
     /// campaigns, the restarted one has no leader.
     RestartWhileCut {
         down: Nanos,
     },
+}
+
+/// What an operator does to the membership. Every new member has a new id
+/// and starts empty; a removed member's process stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MembershipKind {
+    /// Add a learner, then promote it: explicitly, or by the leader once
+    /// it caught up (`promote_when_caught_up`), or never (it stays a
+    /// learner).
+    Grow(Promotion),
+    /// Remove a voter (the leader itself hands over first).
+    Shrink(Target),
+    /// Replace a voter: add a new id as a learner, promote it, remove the
+    /// old one.
+    Replace(Target),
+    /// Replace a voter in ONE joint change (add the new id as a voter and
+    /// remove the old one), left automatically.
+    JointReplace(Target),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Promotion {
+    Explicit,
+    Auto,
+    Never,
 }
 
 #[derive(Clone, Debug)]
@@ -161,8 +188,35 @@ pub(crate) fn plan(
             }
         })
         .collect();
+    faults.extend(plan_membership(rng, from, to));
     faults.sort_by_key(|f| f.start);
     faults
+}
+
+/// Membership changes of a seed: none in a quarter of the seeds, else one
+/// or two, starting in the first two thirds of the window so that they
+/// can finish while faults still run. The duration is how long the
+/// operator keeps retrying.
+fn plan_membership(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
+    let count = rng.pick(&[0, 1, 1, 2]);
+    let latest = from + (to - from) * 2 / 3;
+    (0..count)
+        .map(|_| {
+            let kind = match rng.below(100) {
+                0..=14 => MembershipKind::Grow(Promotion::Explicit),
+                15..=29 => MembershipKind::Grow(Promotion::Auto),
+                30..=37 => MembershipKind::Grow(Promotion::Never),
+                38..=54 => MembershipKind::Shrink(target(rng)),
+                55..=77 => MembershipKind::Replace(target(rng)),
+                _ => MembershipKind::JointReplace(target(rng)),
+            };
+            PlannedFault {
+                start: rng.between(from, latest),
+                duration: rng.between(2 * SECONDS, 4 * SECONDS),
+                kind: FaultKind::Membership(kind),
+            }
+        })
+        .collect()
 }
 
 fn plan_lease(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ha_core::{ApplyContext, StateMachine, StateStore, StorageError, WriteBatch};
+use ha_storage::MemStateStore;
 use parking_lot::Mutex;
 
 /// Prefix of the registers in the state store.
@@ -78,16 +79,27 @@ pub(crate) struct KvRegister {
     member: usize,
     map: BTreeMap<u8, (u64, u64)>,
     sink: ApplySink,
+    /// The member's state store, to reload from after a snapshot install.
+    store: MemStateStore,
 }
 
 impl KvRegister {
     /// Rebuilds the registers from a member's state store (after a restart
     /// the store holds what was durable).
-    pub(crate) fn open<S: StateStore + ?Sized>(
-        store: &S,
+    pub(crate) fn open(
+        store: &MemStateStore,
         member: usize,
         sink: ApplySink,
     ) -> Result<Self, StorageError> {
+        Ok(KvRegister {
+            member,
+            map: Self::load(store)?,
+            sink,
+            store: store.clone(),
+        })
+    }
+
+    fn load<S: StateStore + ?Sized>(store: &S) -> Result<BTreeMap<u8, (u64, u64)>, StorageError> {
         let mut map = BTreeMap::new();
         let mut end = PREFIX.to_vec();
         end.push(0xff);
@@ -104,7 +116,7 @@ impl KvRegister {
         if bad {
             return Err(StorageError::corrupt("simulated registers", "bad row"));
         }
-        Ok(KvRegister { member, map, sink })
+        Ok(map)
     }
 
     fn digest(&self) -> u64 {
@@ -138,6 +150,11 @@ impl StateMachine for KvRegister {
         Bytes::copy_from_slice(&ctx.index.to_be_bytes())
     }
 
+    fn restored(&mut self, _applied_index: u64) -> Result<(), StorageError> {
+        self.map = Self::load(&self.store)?;
+        Ok(())
+    }
+
     fn query(&self, query: &[u8]) -> Bytes {
         match query {
             [0, key] => match self.map.get(key) {
@@ -158,7 +175,6 @@ impl StateMachine for KvRegister {
 mod tests {
     use super::*;
     use ha_core::{NodeId, RequestId};
-    use ha_storage::MemStateStore;
 
     #[test]
     fn registers_survive_a_reopen_and_answer_with_the_write_index() {

@@ -3,6 +3,7 @@
 //! the shell's log-writer and apply threads hold in production.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use ha_core::Config;
 use ha_core::eraftpb::Entry;
@@ -13,6 +14,8 @@ use super::executor::Nanos;
 use super::kv::KvRegister;
 use crate::apply::Applier;
 use crate::core::{Core, PersistTask};
+use crate::membership::MemberSet;
+use crate::snapshot::{SnapshotDescriptor, SnapshotFiles, Snapshots};
 
 pub(crate) struct Member {
     pub(crate) cfg: Config,
@@ -32,6 +35,11 @@ pub(crate) struct Member {
     pub(crate) disk_factor: u64,
     /// Messages that waited in senders' reconnect queues while it was down.
     pub(crate) held: Vec<Message>,
+    /// Its snapshot files (built and staged): on its disk, so they outlive
+    /// crashes, as a pending install needs.
+    pub(crate) files: SnapshotFiles,
+    /// Removed from the group: its process stopped for good.
+    pub(crate) removed: bool,
 }
 
 impl Member {
@@ -55,6 +63,8 @@ impl Member {
             paused_until: 0,
             disk_factor: 1,
             held: Vec::new(),
+            files: SnapshotFiles::Memory(Default::default()),
+            removed: false,
         }
     }
 }
@@ -84,6 +94,24 @@ pub(crate) struct Process {
     pub(crate) reads: BTreeMap<u64, u64>,
     /// When the state store was last written with sync.
     pub(crate) last_sync: Nanos,
+    /// Applied index the state store holds durably (the shell's
+    /// `durable_applied`): the log is never compacted past it.
+    pub(crate) durable_applied: u64,
+    /// This process's snapshots (raft's storage adapter asks them).
+    pub(crate) snapshots: Arc<Snapshots>,
+    /// Build requests from `Snapshots::for_raft` (the shell's builder
+    /// thread listens on this channel).
+    pub(crate) build_rx: crossbeam_channel::Receiver<()>,
+    /// A snapshot install in progress (the disk batch's first task).
+    pub(crate) install: Option<Installing>,
+}
+
+/// A snapshot install between its steps: the pending-install marker is
+/// stored, then the state store restored, then the log restarted.
+pub(crate) struct Installing {
+    pub(crate) descriptor: SnapshotDescriptor,
+    /// The state store was restored: the snapshot's member metadata.
+    pub(crate) restored: Option<MemberSet>,
 }
 
 impl Process {
@@ -92,6 +120,8 @@ impl Process {
         applier: Applier<MemStateStore, KvRegister>,
         incarnation: u64,
         now: Nanos,
+        snapshots: Arc<Snapshots>,
+        build_rx: crossbeam_channel::Receiver<()>,
     ) -> Self {
         Process {
             core,
@@ -109,6 +139,10 @@ impl Process {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             last_sync: now,
+            durable_applied: 0,
+            snapshots,
+            build_rx,
+            install: None,
         }
     }
 }

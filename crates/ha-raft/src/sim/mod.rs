@@ -11,7 +11,15 @@
 //!   `crash()`), restarts with a new incarnation, crash loops, whole-group
 //!   power failures, process pauses, clock drift (each member ticks on its
 //!   own jittered schedule), slow disks (log writes complete after a random
-//!   delay, their messages leave only after), leader transfers.
+//!   delay, their messages leave only after), leader transfers;
+//! - membership: an operator adds learners, promotes them (or lets the
+//!   leader do it), removes voters, replaces members (one step at a time or
+//!   in one joint change), through the core's membership API, while the
+//!   other faults go on; new members start empty under new ids;
+//! - snapshots: the log is compacted as production does it, so lagging,
+//!   restarted and new members catch up by a snapshot that is built,
+//!   streamed, staged and installed through the production code (crashes
+//!   can land between the steps of an install).
 //!
 //! Every run ends with the faults healed and a quiet period, then checks
 //! that the group commits again and that all members hold the same state.
@@ -28,10 +36,6 @@
 //! // The same seed replays the same run.
 //! assert_eq!(run_seed(&SimConfig::new(3), 7).counters, report.counters);
 //! ```
-//!
-//! Membership changes are not simulated yet: the engine has no API to
-//! request them. The fault plan has the extension point (see the `faults`
-//! module), and `conf_changes` and `snapshots` count 0.
 
 mod check;
 mod client;
@@ -142,9 +146,11 @@ pub struct Counters {
     pub pauses: u64,
     /// Leader transfers requested.
     pub transfers: u64,
-    /// Membership changes (not simulated yet: always 0).
+    /// Membership changes committed (each requested change once; the
+    /// entry that leaves a joint configuration is not counted).
     pub conf_changes: u64,
-    /// Snapshots installed (not simulated yet: always 0).
+    /// Snapshots installed (including installs a crash interrupted and the
+    /// restart finished).
     pub snapshots: u64,
     /// Messages sent.
     pub messages: u64,

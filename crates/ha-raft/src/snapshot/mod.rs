@@ -117,6 +117,17 @@ pub(crate) fn decode_descriptor(data: &[u8]) -> Result<SnapshotDescriptor, Stora
 
 impl Snapshots {
     pub(crate) fn new(cfg: &Config, files: SnapshotFiles) -> Arc<Self> {
+        // Unique across restarts of this member without storing a counter:
+        // builds of one run count up from the start time.
+        let first_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Self::with_first_id(cfg, files, first_id)
+    }
+
+    /// [`Snapshots::new`] with the first build id given: the simulator
+    /// draws it from its seed, so that a run replays byte for byte.
+    pub(crate) fn with_first_id(cfg: &Config, files: SnapshotFiles, first_id: u64) -> Arc<Self> {
         Arc::new(Snapshots {
             me: cfg.node_id,
             files,
@@ -129,13 +140,7 @@ impl Snapshots {
             latest: Mutex::new(None),
             builder: Mutex::new(None),
             sending: Mutex::new(HashSet::new()),
-            // Unique across restarts of this member without storing a
-            // counter: builds of one run count up from the start time.
-            next_id: AtomicU64::new(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_micros() as u64),
-            ),
+            next_id: AtomicU64::new(first_id),
             stats: SnapshotStats::default(),
         })
     }

@@ -59,9 +59,16 @@ impl World {
         }
     }
 
+    /// The member slots not removed from the group.
+    pub(super) fn in_group(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&m| !self.members[m].removed)
+            .collect()
+    }
+
     pub(super) fn partition(&mut self, kind: PartitionKind) -> (BTreeSet<(usize, usize)>, String) {
-        let n = self.members.len();
-        let mut all: Vec<usize> = (0..n).collect();
+        let mut all: Vec<usize> = self.in_group();
+        let n = all.len();
         match kind {
             PartitionKind::Split => {
                 shuffle(&mut self.rng, &mut all);
@@ -73,7 +80,7 @@ impl World {
                 )
             }
             PartitionKind::IsolateLeader => {
-                let l = self.leader().unwrap_or_else(|| self.rng.below(n));
+                let l = self.leader().unwrap_or_else(|| all[self.rng.below(n)]);
                 let rest: Vec<usize> = all.iter().copied().filter(|&m| m != l).collect();
                 (
                     both_ways(&[l], &rest),
@@ -81,7 +88,7 @@ impl World {
                 )
             }
             PartitionKind::OneWay => {
-                let x = self.rng.below(n);
+                let x = all[self.rng.below(n)];
                 let inbound = self.rng.chance(0.5);
                 let links: BTreeSet<(usize, usize)> = all
                     .iter()
@@ -238,6 +245,7 @@ impl World {
                 self.after(crash_at + down, Event::Restart { m: restart });
                 self.after(duration, Event::FaultEnd { f });
             }
+            FaultKind::Membership(kind) => self.membership_start(kind, duration),
             FaultKind::TransferLeader { slow_links } => {
                 let Some(l) = self.leader() else {
                     self.log_fault("leader transfer skipped: no leader".to_owned());

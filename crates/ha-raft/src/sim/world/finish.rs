@@ -4,6 +4,7 @@
 use ha_core::LogStore;
 
 use super::{CONVERGENCE, DURABILITY, GRACE, LIVENESS, LIVENESS_VALUE, UNKNOWN, World};
+use crate::membership::Membership;
 use crate::sim::check::{RaftChecks, Violation, check_history, describe};
 use crate::sim::client::Request;
 use crate::sim::executor::SECONDS;
@@ -15,8 +16,11 @@ impl World {
     /// The final checks. Each stage needs the one before it, except the
     /// checks of the history, which always run.
     pub(super) fn final_checks(&mut self) {
-        if self.group_commits_again() && self.every_member_answers() {
-            self.members_converge();
+        if self.group_commits_again() {
+            self.settle_group();
+            if self.every_member_answers() {
+                self.members_converge();
+            }
         }
         if !self.halted {
             self.check_writes_and_history();
@@ -25,9 +29,11 @@ impl World {
 
     /// Liveness: a write commits once the faults healed.
     fn group_commits_again(&mut self) -> bool {
-        let n = self.members.len();
+        let group = self.in_group();
         for attempt in 0..3u64 {
-            let m = self.leader().unwrap_or(attempt as usize % n);
+            let m = self
+                .leader()
+                .unwrap_or(group[attempt as usize % group.len()]);
             let id = self.invoke_final(
                 m,
                 Request::Write {
@@ -51,10 +57,27 @@ impl World {
         false
     }
 
+    /// The final members are those of the leader's configuration; a
+    /// process outside it (a new member whose addition the operator gave
+    /// up on) is stopped, as its operator would.
+    fn settle_group(&mut self) {
+        let Some(l) = self.leader() else {
+            return;
+        };
+        let Some(ms) = self.members[l].proc.as_ref().map(|p| p.core.membership()) else {
+            return;
+        };
+        for m in self.in_group() {
+            if ms.get(ha_core::NodeId(m as u64 + 1)).is_none() {
+                self.retire(m, "not in the final configuration");
+            }
+        }
+    }
+
     /// Every member answers a linearizable read of every register.
     fn every_member_answers(&mut self) -> bool {
         let mut ids = Vec::new();
-        for m in 0..self.members.len() {
+        for m in self.in_group() {
             for key in 0..self.cfg.keys.max(1) as u8 {
                 ids.push(self.invoke_final(
                     m,
@@ -91,10 +114,14 @@ impl World {
     /// Every member catches up and holds the same state; logs match.
     fn members_converge(&mut self) {
         let limit = self.now + 10 * SECONDS;
+        let group = self.in_group();
         let caught_up = |w: &World| {
-            let procs: Vec<&Process> = w.members.iter().filter_map(|m| m.proc.as_ref()).collect();
+            let procs: Vec<&Process> = group
+                .iter()
+                .filter_map(|&m| w.members[m].proc.as_ref())
+                .collect();
             let top = procs.iter().map(|p| p.core.commit()).max().unwrap_or(0);
-            procs.len() == w.members.len() && procs.iter().all(|p| p.applier.applied() == top)
+            procs.len() == group.len() && procs.iter().all(|p| p.applier.applied() == top)
         };
         if !self.run_until(limit, caught_up) {
             if !self.halted {
@@ -105,32 +132,48 @@ impl World {
             }
             return;
         }
-        let digests: Vec<Vec<u8>> = self
-            .members
+        let digests: Vec<Vec<u8>> = group
             .iter()
-            .filter_map(|m| m.proc.as_ref())
+            .filter_map(|&m| self.members[m].proc.as_ref())
             .map(|p| p.applier.query(&kv::digest_query()).to_vec())
             .collect();
         if digests.windows(2).any(|w| w[0] != w[1]) {
             let shown: Vec<String> = digests
                 .iter()
-                .enumerate()
-                .map(|(m, d)| format!("member {}: {:02x?}", m + 1, d))
+                .zip(&group)
+                .map(|(d, m)| format!("member {}: {:02x?}", m + 1, d))
                 .collect();
             self.fail(Violation::new(
                 CONVERGENCE,
                 format!("state digests differ: {}", shown.join(", ")),
             ));
         }
+        let memberships: Vec<Membership> = group
+            .iter()
+            .filter_map(|&m| self.members[m].proc.as_ref())
+            .map(|p| p.core.membership())
+            .collect();
+        if memberships.windows(2).any(|w| w[0] != w[1]) {
+            let shown: Vec<String> = memberships
+                .iter()
+                .zip(&group)
+                .map(|(ms, m)| format!("member {}: {:?}", m + 1, ms.members))
+                .collect();
+            self.fail(Violation::new(
+                CONVERGENCE,
+                format!("memberships differ: {}", shown.join(", ")),
+            ));
+        }
         let mut logs = Vec::new();
-        for m in &self.members {
-            let last = m.log.last_index().unwrap_or(0);
-            let terms = m
-                .log
-                .entries(1, last + 1, None)
+        for &m in &group {
+            let log = &self.members[m].log;
+            let first = log.first_index().unwrap_or(1);
+            let last = log.last_index().unwrap_or(0);
+            let terms = log
+                .entries(first, last + 1, None)
                 .map(|es| es.iter().map(|e| e.term).collect())
                 .unwrap_or_default();
-            logs.push(terms);
+            logs.push((m, first, terms));
         }
         if let Err(v) = RaftChecks::log_matching(&logs) {
             self.fail(v);

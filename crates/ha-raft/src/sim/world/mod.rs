@@ -30,7 +30,9 @@ use crate::codec::ReadContext;
 mod chaos;
 mod clients;
 mod finish;
+mod membership;
 mod process;
+mod snapshots;
 
 /// How long past its deadline a client waits for the engine's own verdict
 /// (the shell's `GRACE`).
@@ -99,6 +101,25 @@ enum Event {
         m: usize,
     },
     Heal,
+    /// The operator's membership change `op` takes its next step.
+    MemberOp {
+        op: usize,
+    },
+    /// Member `m`'s builder thread builds the snapshot raft asked for.
+    Build {
+        m: usize,
+        life: u64,
+    },
+    /// Snapshot transfer `id` has streamed its last chunk.
+    SnapshotArrive {
+        id: u64,
+    },
+    /// The apply thread restores member `m`'s state store from the staged
+    /// snapshot (step 2 of an install).
+    InstallRestore {
+        m: usize,
+        life: u64,
+    },
 }
 
 struct Scheduled {
@@ -171,6 +192,20 @@ struct World {
     state_sync_every: Nanos,
     tick_jitter: Nanos,
     request_timeout: Nanos,
+    /// How members' clocks drift (a new member draws its skew from it).
+    drift: f64,
+    /// The log compaction settings of this seed: threshold, retain.
+    compaction: (u64, u64),
+    /// The operator's membership changes.
+    member_ops: Vec<membership::MemberOp>,
+    /// Membership request token → operator change.
+    conf_tokens: BTreeMap<u64, usize>,
+    next_conf_token: u64,
+    /// Snapshot transfers in flight.
+    transfers: BTreeMap<u64, snapshots::Transfer>,
+    next_transfer: u64,
+    /// When the chaos window ends.
+    heal_at: Nanos,
 }
 
 /// Runs one seed to the end and reports.
@@ -248,19 +283,42 @@ fn msg_summary(m: &Message) -> String {
     s
 }
 
+/// A member's configuration: `initial` members bootstrap the group, later
+/// ones join it.
+fn member_config(cfg: &SimConfig, initial: usize, id: NodeId, compaction: (u64, u64)) -> Config {
+    let ids: Vec<NodeId> = (1..=initial as u64).map(NodeId).collect();
+    let mut c = Config::new(id, ids);
+    if id.0 > initial as u64 {
+        c.start_mode = ha_core::StartMode::Join;
+    }
+    if cfg.lease_focus {
+        // Far more drift than the default allows for, and a bound
+        // that allows for it: a lease that ignored it would show.
+        c.max_clock_drift = LEASE_FOCUS_DRIFT_BOUND;
+    }
+    (c.compaction_threshold, c.compaction_retain) = compaction;
+    // Snapshots stream in virtual time; the shell's rate limit reads the
+    // wall clock and sleeps.
+    c.snapshot_rate_limit = 0;
+    c
+}
+
 impl World {
     fn new(cfg: &SimConfig, seed: u64) -> Self {
         let mut rng = SimRng::new(seed);
         let ids: Vec<NodeId> = (1..=cfg.members as u64).map(NodeId).collect();
-        let config = |id| {
-            let mut c = Config::new(id, ids.clone());
-            if cfg.lease_focus {
-                // Far more drift than the default allows for, and a bound
-                // that allows for it: a lease that ignored it would show.
-                c.max_clock_drift = LEASE_FOCUS_DRIFT_BOUND;
-            }
-            c
+        // Log compaction as production does it, with thresholds small
+        // enough that lagging, restarted and new members need snapshots
+        // (the default keeps 20,000 entries; a run writes about 1,000).
+        let compaction = if cfg.lease_focus {
+            (
+                Config::new(NodeId(1), ids.clone()).compaction_threshold,
+                5_000,
+            )
+        } else {
+            (rng.pick(&[40, 100, 300, 20_000]), rng.pick(&[0, 10, 50]))
         };
+        let config = |id| member_config(cfg, ids.len(), id, compaction);
         let base = config(NodeId(1));
         let tick = nanos(base.tick_interval);
         // Clock drift: each member's clock (and so its ticks) is off by up
@@ -324,6 +382,14 @@ impl World {
             state_sync_every,
             tick_jitter,
             request_timeout: nanos(base.request_timeout),
+            drift,
+            compaction,
+            member_ops: Vec::new(),
+            conf_tokens: BTreeMap::new(),
+            next_conf_token: 0,
+            transfers: BTreeMap::new(),
+            next_transfer: 0,
+            heal_at: CHAOS_START + nanos(cfg.chaos),
         }
     }
 
@@ -461,8 +527,13 @@ impl World {
 
     fn paused_target(&self, event: &Event) -> Option<usize> {
         let m = match event {
-            Event::Tick { m, .. } | Event::DiskDone { m, .. } | Event::Apply { m, .. } => *m,
+            Event::Tick { m, .. }
+            | Event::DiskDone { m, .. }
+            | Event::Apply { m, .. }
+            | Event::Build { m, .. }
+            | Event::InstallRestore { m, .. } => *m,
             Event::Deliver { msg } => (msg.to as usize).checked_sub(1)?,
+            Event::SnapshotArrive { id } => self.transfers.get(id)?.to,
             Event::Request { id } => self.open.get(id)?.member,
             _ => return None,
         };
@@ -522,6 +593,18 @@ impl World {
                 }
             }
             Event::Heal => self.heal(),
+            Event::MemberOp { op } => self.member_op_step(op),
+            Event::Build { m, life } => {
+                if self.alive(m, life) {
+                    self.build_snapshot(m);
+                }
+            }
+            Event::SnapshotArrive { id } => self.snapshot_arrives(id),
+            Event::InstallRestore { m, life } => {
+                if self.alive(m, life) {
+                    self.install_restore(m);
+                }
+            }
         }
     }
 
@@ -561,7 +644,7 @@ impl World {
         self.at(heal_at, Event::Heal);
         let settled = heal_at + quiet;
         if !self.run_until(GIVE_UP_AFTER, |w| {
-            w.healed && w.exec.live() == 0 && w.now >= settled
+            w.healed && w.exec.live() == 0 && w.now >= settled && w.member_ops_done()
         }) {
             if !self.halted {
                 self.fail(Violation::new(

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use ha_core::eraftpb::Message;
+use ha_core::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
 use ha_core::{Error, LogStore, LogWrite, NodeId};
+use prost::Message as _;
 
 use super::{ENGINE, Event, OpenRequest, READ_INDEX, World, msg_summary};
 use crate::core::{Failure, Outbox};
@@ -15,12 +16,38 @@ use crate::sim::executor::MILLIS;
 use crate::sim::history::{Outcome, Outputs};
 use crate::sim::kv::{self, KvRegister};
 use crate::sim::member::Process;
-use crate::snapshot::{SnapshotFiles, Snapshots};
+use crate::snapshot::Snapshots;
+
+fn is_conf_change(e: &Entry) -> bool {
+    matches!(
+        e.entry_type(),
+        EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+    )
+}
+
+/// A membership change an operator asked for (not the empty entry that
+/// leaves a joint configuration).
+fn is_requested_change(e: &Entry) -> bool {
+    match e.entry_type() {
+        EntryType::EntryConfChange => true,
+        EntryType::EntryConfChangeV2 => {
+            ConfChangeV2::decode(e.data.as_slice()).is_ok_and(|cc| !cc.changes.is_empty())
+        }
+        EntryType::EntryNormal => false,
+    }
+}
 
 impl World {
     pub(super) fn start(&mut self, m: usize) {
+        if self.members[m].removed {
+            return;
+        }
         let now = self.now;
+        let first_id = self.rng.next_u64() >> 16;
         let member = &self.members[m];
+        let snapshots = Snapshots::with_first_id(&member.cfg, member.files.clone(), first_id);
+        let (build_tx, build_rx) = crossbeam_channel::bounded(1);
+        snapshots.set_builder(build_tx);
         let started = KvRegister::open(&member.state, m, self.sink.clone())
             .map_err(Error::from)
             .and_then(|sm| {
@@ -32,9 +59,7 @@ impl World {
                     &self.logger,
                     self.rng.next_u64(),
                     self.bugs,
-                    // The simulator does not compact the log, so raft never
-                    // asks for a snapshot; snapshots are not simulated yet.
-                    Snapshots::new(&member.cfg, SnapshotFiles::Memory(Default::default())),
+                    snapshots.clone(),
                 )
             });
         let (opened, core, applier) = match started {
@@ -51,17 +76,33 @@ impl World {
         // Whatever the store holds at open is durable: it is what a crash
         // left, or what the bootstrap wrote with sync.
         let log = &self.members[m].log;
+        let first = log.first_index().unwrap_or(1);
         let last = log.last_index().unwrap_or(0);
         let durable = log
-            .entries(1, last + 1, None)
+            .entries(first, last + 1, None)
             .map(|es| es.iter().map(|e| e.term).collect())
             .unwrap_or_default();
-        self.checks.started(m, applier.applied(), durable);
+        if let Some(index) = opened.installed {
+            // A crash interrupted an install; open finished it.
+            self.counters.snapshots += 1;
+            let term = log.term(index).unwrap_or(0);
+            if let Err(v) = self.checks.installed(m, index, term) {
+                self.fail(v);
+            }
+        }
+        self.checks.started(m, applier.applied(), first, durable);
         let applied = applier.applied();
         let member = &mut self.members[m];
         member.life += 1;
         member.paused_until = 0;
-        member.proc = Some(Process::new(core, applier, incarnation, now));
+        member.proc = Some(Process::new(
+            core,
+            applier,
+            incarnation,
+            now,
+            snapshots,
+            build_rx,
+        ));
         let life = member.life;
         let tick_ns = member.tick_ns;
         let held = std::mem::take(&mut member.held);
@@ -83,11 +124,28 @@ impl World {
 
     /// Power failure: the process is gone and so is every unsynced write.
     pub(super) fn crash(&mut self, m: usize) {
-        let Some(mut p) = self.members[m].proc.take() else {
+        if !self.take_down(m, "member crashed") {
             return;
+        }
+        let member = &mut self.members[m];
+        member.log = member.log.crash();
+        member.state = member.state.crash();
+        self.checks.crashed(m);
+        self.counters.crashes += 1;
+        self.trace(|| format!("member {} crashes", m + 1));
+    }
+
+    /// The process is gone: its callers hear so. False if it was not
+    /// running.
+    pub(super) fn take_down(&mut self, m: usize, why: &str) -> bool {
+        let Some(mut p) = self.members[m].proc.take() else {
+            return false;
         };
         let mut out = Outbox::default();
         p.core.fail_all(None, &mut out);
+        for (token, result) in out.membership_done.drain(..) {
+            self.membership_answered(token, result);
+        }
         for f in out.failures.drain(..) {
             match f {
                 Failure::Proposal { seq, error } => {
@@ -103,30 +161,45 @@ impl World {
             }
         }
         for (_, id) in std::mem::take(&mut p.reads) {
-            self.complete(id, Outcome::Fail, Outputs::error("member crashed"));
+            self.complete(id, Outcome::Fail, Outputs::error(why));
         }
         for (_, id) in std::mem::take(&mut p.proposals) {
-            self.complete(id, Outcome::Unknown, Outputs::error("member crashed"));
+            self.complete(id, Outcome::Unknown, Outputs::error(why));
         }
         drop(p);
         let member = &mut self.members[m];
-        member.log = member.log.crash();
-        member.state = member.state.crash();
         member.life += 1;
         member.paused_until = 0;
-        self.checks.crashed(m);
-        self.counters.crashes += 1;
-        self.trace(|| format!("member {} crashes", m + 1));
+        true
     }
 
     pub(super) fn tick(&mut self, m: usize, life: u64) {
         let now = self.instant_of(m);
         let mut out = Outbox::default();
+        let mut removed = false;
         if let Some(p) = self.members[m].proc.as_mut() {
             p.core.tick(now, &mut out);
+            // The apply thread syncs the state store when idle, and the
+            // raft thread compacts the log up to what it holds durably.
+            let applied = p.applier.applied();
+            if self.now.saturating_sub(p.last_sync) >= self.state_sync_every
+                && applied > p.durable_applied
+                && p.applier.sync().is_ok()
+            {
+                p.durable_applied = applied;
+                p.last_sync = self.now;
+            }
+            p.core.maybe_compact(p.durable_applied);
+            // A member told it was removed (or that applied its removal)
+            // is stopped by its operator.
+            removed = p.core.status().removed && !p.core.membership().joint;
         }
         self.trace(|| format!("member {} tick", m + 1));
         self.drive(m, out);
+        if removed {
+            self.retire(m, "it learned it was removed");
+            return;
+        }
         let next = self.members[m].tick_ns + self.rng.between(0, self.tick_jitter);
         self.after(next, Event::Tick { m, life });
     }
@@ -148,6 +221,7 @@ impl World {
         }
         let leads = p.core.is_leader().then(|| p.core.leader().term);
         self.dispatch(m, out);
+        self.poll_builder(m);
         if let Some(term) = leads {
             match self.checks.leader(m, term) {
                 Ok(true) => self.trace(|| format!("member {} leads term {term}", m + 1)),
@@ -162,9 +236,17 @@ impl World {
             self.send(m, msg);
         }
         for e in &out.committed {
-            if let Err(v) = self.checks.committed(m, e) {
-                self.fail(v);
+            match self.checks.committed(m, e) {
+                Ok(true) if e.index > self.cfg.members as u64 && is_requested_change(e) => {
+                    self.counters.conf_changes += 1;
+                    self.trace(|| format!("membership change committed at {}", e.index));
+                }
+                Ok(_) => {}
+                Err(v) => self.fail(v),
             }
+        }
+        for (token, result) in std::mem::take(&mut out.membership_done) {
+            self.membership_answered(token, result);
         }
         let Some(p) = self.members[m].proc.as_mut() else {
             return;
@@ -242,6 +324,9 @@ impl World {
 
     pub(super) fn send(&mut self, from: usize, msg: Message) {
         self.counters.messages += 1;
+        if super::snapshots::is_snapshot(&msg) {
+            return self.send_snapshot(from, msg);
+        }
         let to = match (msg.to as usize).checked_sub(1) {
             Some(to) if to < self.members.len() => to,
             _ => {
@@ -321,7 +406,15 @@ impl World {
         if p.disk_busy || p.disk_queue.is_empty() {
             return;
         }
-        p.disk_batch = p.disk_queue.drain(..).collect();
+        // A task that installs a snapshot is written on its own, after the
+        // tasks before it and before the ones after it (the log writer's
+        // rule).
+        let n = match p.disk_queue.iter().position(|t| t.install.is_some()) {
+            Some(0) => 1,
+            Some(i) => i,
+            None => p.disk_queue.len(),
+        };
+        p.disk_batch = p.disk_queue.drain(..n).collect();
         p.disk_busy = true;
         let latency = self
             .rng
@@ -336,13 +429,17 @@ impl World {
         let Some(p) = self.members[m].proc.as_mut() else {
             return;
         };
+        if p.disk_batch.first().is_some_and(|t| t.install.is_some()) {
+            return self.install_marker(m);
+        }
+        let installing = p.install.take();
         let mut batch = std::mem::take(&mut p.disk_batch);
         p.disk_busy = false;
         let mut write = LogWrite::default();
         for t in &mut batch {
             write.merge(std::mem::take(&mut t.write));
         }
-        if !write.entries.is_empty() || write.hard_state.is_some() {
+        if write.snapshot.is_some() || !write.entries.is_empty() || write.hard_state.is_some() {
             if let Err(e) = self.members[m].log.persist(&write) {
                 self.halt(Violation::new(
                     ENGINE,
@@ -368,12 +465,30 @@ impl World {
                 self.send(m, msg);
             }
         }
+        let mut installed = None;
+        if let Some(i) = installing {
+            // Step 3 done: the log restarts after the snapshot and the
+            // marker is gone; the staging is not needed any more.
+            if let Some(p) = self.members[m].proc.as_ref() {
+                p.snapshots.discard_staged(&i.descriptor);
+            }
+            self.counters.snapshots += 1;
+            self.trace(|| {
+                format!(
+                    "member {} installed the snapshot at {}",
+                    m + 1,
+                    i.descriptor.index
+                )
+            });
+            installed = i.restored.map(|ms| (i.descriptor.index, ms));
+        }
         let mut out = Outbox::default();
         if let Some(p) = self.members[m].proc.as_mut() {
-            p.core.on_persisted(number, tasks, None, &mut out);
+            p.core.on_persisted(number, tasks, installed, &mut out);
         }
         self.kick_disk(m);
         self.drive(m, out);
+        self.schedule_apply(m);
     }
 
     // ---- apply ----
@@ -406,47 +521,74 @@ impl World {
         let mut conf_out = Outbox::default();
         let mut found = Vec::new();
         if !entries.is_empty() {
-            let before = p.applier.applied();
-            found.extend(
-                entries
-                    .iter()
-                    .filter(|e| e.index > before)
-                    .filter_map(|e| self.checks.applying(m, e).err()),
-            );
             let sync = now.saturating_sub(p.last_sync) >= sync_every;
             if sync {
                 p.last_sync = now;
             }
-            // Committed membership changes go to the core, as the shell's
-            // apply thread sends them to the raft thread. (Only the
-            // bootstrap's today: the simulator requests none yet.)
-            let Process { core, applier, .. } = p;
-            let applied = applier.apply(&entries, sync, &mut |e| {
-                core.apply_conf_change(e, &mut conf_out)
-            });
-            let step = match applied {
-                Ok(step) => step,
-                Err(e) => {
-                    self.halt(Violation::new(
-                        ENGINE,
-                        format!("member {} apply failed: {e}", m + 1),
-                    ));
+            // One piece per membership change, so that the checker knows
+            // the configuration each entry was committed under before it
+            // checks the entries after the change.
+            let mut rest: &[Entry] = &entries;
+            while !rest.is_empty() {
+                let cut = rest
+                    .iter()
+                    .position(is_conf_change)
+                    .map_or(rest.len(), |i| i + 1);
+                let (piece, tail) = rest.split_at(cut);
+                rest = tail;
+                let Some(p) = self.members[m].proc.as_mut() else {
                     return;
+                };
+                let before = p.applier.applied();
+                for e in piece.iter().filter(|e| e.index > before) {
+                    if let Err(v) = self.checks.applying(m, e) {
+                        found.push(v);
+                    }
                 }
-            };
-            let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
-            p.core.on_applied(step.applied, &seqs, instant);
-            for (seq, response) in step.completed {
-                if let Some(id) = p.proposals.remove(&seq) {
-                    completed.push((id, kv::decode_write(&response)));
+                // Committed membership changes go to the core, as the
+                // shell's apply thread sends them to the raft thread.
+                let Process { core, applier, .. } = p;
+                let mut configs = Vec::new();
+                let applied = applier.apply(piece, sync, &mut |e| {
+                    let r = core.apply_conf_change(e, &mut conf_out);
+                    if let Ok((cs, _)) = &r {
+                        configs.push((e.index, cs.clone()));
+                    }
+                    r
+                });
+                for (index, cs) in &configs {
+                    self.checks.config_applied(*index, cs);
+                }
+                let step = match applied {
+                    Ok(step) => step,
+                    Err(e) => {
+                        self.halt(Violation::new(
+                            ENGINE,
+                            format!("member {} apply failed: {e}", m + 1),
+                        ));
+                        return;
+                    }
+                };
+                if sync {
+                    p.durable_applied = step.applied;
+                }
+                let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
+                p.core.on_applied(step.applied, &seqs, instant);
+                for (seq, response) in step.completed {
+                    if let Some(id) = p.proposals.remove(&seq) {
+                        completed.push((id, kv::decode_write(&response)));
+                    }
                 }
             }
             let (first, last) = (entries[0].index, entries[entries.len() - 1].index);
+            let applied = self.members[m]
+                .proc
+                .as_ref()
+                .map_or(0, |p| p.applier.applied());
             self.trace(|| {
                 format!(
-                    "member {} applies {first}..={last} (applied {}, sync={sync})",
+                    "member {} applies {first}..={last} (applied {applied}, sync={sync})",
                     m + 1,
-                    step.applied
                 )
             });
         }
