@@ -560,6 +560,13 @@ impl<L: LogStore> Core<L> {
             && self.lease.is_some_and(|l| l.term == term && now < l.until)
     }
 
+    /// When this leader's read lease runs out (on its own clock), if it holds
+    /// one. The simulator watches it to time a partition right after a
+    /// round was acknowledged.
+    pub(crate) fn lease_until(&self) -> Option<Instant> {
+        self.lease.map(|l| l.until)
+    }
+
     /// Extends the lease to `start + lease_duration` when a round started at
     /// `start` in `term`/`epoch` was acknowledged by a quorum.
     fn confirm_lease(&mut self, start: Instant, term: u64, epoch: u64) {

@@ -171,7 +171,12 @@ fn check_caught(report: SeedReport, bug: InjectedBug, expected: &[&str]) -> Seed
         first.property,
         report.failure_report()
     );
-    eprintln!("{} caught at seed {}: {first}", bug_name(bug), report.seed);
+    eprintln!(
+        "{} caught at seed {}: {first}\nfault schedule:\n  {}",
+        bug_name(bug),
+        report.seed,
+        report.schedule.join("\n  ")
+    );
     report
 }
 
@@ -246,7 +251,6 @@ fn reads_through_raft_lease_based_option_are_caught() {
 }
 
 #[test]
-#[ignore = "not yet caught within 200 seeds of the lease workload: see docs/NOTES.md, Lease reads (issue 9)"]
 fn no_vote_guard_after_a_restart_is_caught() {
     caught_in_lease_runs_by(InjectedBug::NoVoteGuard, STALE_READ);
 }
@@ -262,7 +266,6 @@ fn a_lease_renewed_from_counted_heartbeat_responses_is_caught() {
 }
 
 #[test]
-#[ignore = "not yet caught within 200 seeds of the lease workload: see docs/NOTES.md, Lease reads (issue 9)"]
 fn a_lease_that_ignores_clock_drift_is_caught() {
     caught_in_lease_runs_by(InjectedBug::LeaseIgnoresDrift, STALE_READ);
 }

@@ -75,6 +75,25 @@ pub(crate) enum FaultKind {
     RestartWhileCut {
         down: Nanos,
     },
+    /// The lease plan's sharpest partition: the leader — moved first to the
+    /// member whose clock runs slowest, by a leader transfer, if another
+    /// one's does — is cut off from everyone (both ways) the moment a
+    /// quorum acknowledges its next lease round, so that round is the
+    /// followers' last contact; cut for the duration.
+    IsolateAfterLeaseRound,
+    /// A follower's disk stalls (a sick host); `cut_after` later another
+    /// follower is cut off from the leader (both ways) for the duration;
+    /// `crash_after` ticks of the cut one's clock after that, the stalled
+    /// one crashes, losing what it had not synced, and restarts `down`
+    /// later with a healthy disk, hearing nothing from the leader. Its
+    /// durable log is then no longer than the cut one's, whose campaign
+    /// comes due while the leader's lease (kept fresh by the stalled one's
+    /// heartbeat responses, which wait for no disk) still holds.
+    StallRestartWhileCut {
+        cut_after: Nanos,
+        crash_after: u64,
+        down: Nanos,
+    },
 }
 
 /// What an operator does to the membership. Every new member has a new id
@@ -225,7 +244,7 @@ fn plan_lease(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
         .map(|_| {
             let start = rng.between(from, to.saturating_sub(1));
             let (kind, duration) = match rng.below(100) {
-                0..=14 => {
+                0..=11 => {
                     let kind = rng.pick(&[
                         PartitionKind::IsolateLeader,
                         PartitionKind::IsolateLeader,
@@ -237,28 +256,40 @@ fn plan_lease(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
                         rng.between(300 * MILLIS, 1500 * MILLIS),
                     )
                 }
-                15..=29 => (
+                12..=21 => (
                     FaultKind::RestartWhileCut {
                         down: rng.between(5 * MILLIS, 100 * MILLIS),
                     },
                     rng.between(500 * MILLIS, 1500 * MILLIS),
                 ),
-                30..=39 => (
+                22..=31 => (
+                    FaultKind::StallRestartWhileCut {
+                        cut_after: rng.between(10 * MILLIS, 40 * MILLIS),
+                        crash_after: rng.between(19, 23),
+                        down: rng.between(5 * MILLIS, 30 * MILLIS),
+                    },
+                    rng.between(500 * MILLIS, 1500 * MILLIS),
+                ),
+                32..=41 => (
+                    FaultKind::IsolateAfterLeaseRound,
+                    rng.between(400 * MILLIS, 1200 * MILLIS),
+                ),
+                42..=49 => (
                     FaultKind::Crash(Target::Follower),
                     rng.between(10 * MILLIS, 300 * MILLIS),
                 ),
-                40..=54 => (
+                50..=61 => (
                     FaultKind::Pause(Target::Leader),
                     rng.between(50 * MILLIS, 1000 * MILLIS),
                 ),
-                55..=69 => (
+                62..=73 => (
                     FaultKind::SlowLinks {
                         target: Target::Leader,
                         extra_max: rng.between(100 * MILLIS, 600 * MILLIS),
                     },
                     rng.between(300 * MILLIS, 1500 * MILLIS),
                 ),
-                70..=84 => (FaultKind::TransferLeader { slow_links: None }, 0),
+                74..=86 => (FaultKind::TransferLeader { slow_links: None }, 0),
                 _ => (
                     FaultKind::TransferLeader {
                         slow_links: Some(rng.between(20 * MILLIS, 300 * MILLIS)),

@@ -1,13 +1,14 @@
 //! Faults as they happen: who is hit, what is cut, slowed, paused or
 //! crashed, and healing everything at the end of the chaos window.
 
+use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use ha_core::NodeId;
 
-use super::{Event, Undo, World};
+use super::{ArmedIsolation, CHAOS_START, Event, Undo, World, nanos};
 use crate::core::Outbox;
-use crate::sim::executor::{MILLIS, Nanos};
+use crate::sim::executor::{MILLIS, Nanos, SECONDS};
 use crate::sim::faults::{FaultKind, PartitionKind, PlannedFault, Target};
 use crate::sim::fmt_ns;
 use crate::sim::net::SlowLinks;
@@ -31,6 +32,16 @@ fn both_ways(a: &[usize], b: &[usize]) -> BTreeSet<(usize, usize)> {
     }
     links
 }
+
+/// How long an `IsolateAfterLeaseRound` lets a transfer to the slowest
+/// clock settle (the new leader's first commit, lease reads renewing its
+/// lease) before it arms.
+const ISOLATION_ARM_DELAY: Nanos = 500 * MILLIS;
+
+/// The disk latency multiplier of a stalled disk (a `StallRestartWhileCut`):
+/// at least a second per group commit, so nothing it was writing becomes
+/// durable before the member crashes.
+const DISK_STALL: u64 = 50_000;
 
 fn names(ms: &[usize]) -> String {
     let v: Vec<String> = ms.iter().map(|m| (m + 1).to_string()).collect();
@@ -246,6 +257,103 @@ impl World {
                 self.after(duration, Event::FaultEnd { f });
             }
             FaultKind::Membership(kind) => self.membership_start(kind, duration),
+            FaultKind::StallRestartWhileCut {
+                cut_after,
+                crash_after,
+                down,
+            } => {
+                let Some(l) = self.leader() else {
+                    return;
+                };
+                let followers: Vec<usize> = (0..self.members.len())
+                    .filter(|&m| m != l && self.up(m))
+                    .collect();
+                if followers.len() < 2 {
+                    return;
+                }
+                let stalled = self.rng.pick(&followers);
+                let others: Vec<usize> = followers.into_iter().filter(|&m| m != stalled).collect();
+                let cut = self.rng.pick(&others);
+                // The cut one's campaign comes due about `election_tick`
+                // ticks of its clock after the cut: the stalled one crashes
+                // a few ticks before, so that it has restarted by then while
+                // the lease it kept fresh still holds.
+                let crash_at = cut_after + crash_after * self.members[cut].tick_ns;
+                if self.now + crash_at + down >= CHAOS_START + nanos(self.cfg.chaos) {
+                    // Healing comes first: it would skip the crash, and the
+                    // write on the stalled disk would hold the member's log
+                    // for up to a minute.
+                    self.log_fault(format!(
+                        "stalled-disk restart skipped: member {} would crash after the heal",
+                        stalled + 1
+                    ));
+                    return;
+                }
+                self.members[stalled].disk_factor = DISK_STALL;
+                self.net.cut(f, BTreeSet::new());
+                self.undo.insert(f, Undo::Network);
+                self.counters.partitions += 1;
+                self.log_fault(format!(
+                    "disk of member {} stalls; member {} is cut from leader {} in {} for {dur}; \
+                     member {} crashes {} after the cut and restarts {} later",
+                    stalled + 1,
+                    cut + 1,
+                    l + 1,
+                    fmt_ns(cut_after),
+                    stalled + 1,
+                    fmt_ns(crash_at - cut_after),
+                    fmt_ns(down)
+                ));
+                for (from, to) in [(l, cut), (cut, l)] {
+                    self.after(cut_after, Event::CutLink { f, from, to });
+                }
+                // It hears nothing from the leader after its restart.
+                self.after(
+                    crash_at,
+                    Event::CutLink {
+                        f,
+                        from: l,
+                        to: stalled,
+                    },
+                );
+                self.after(crash_at, Event::Crash { m: stalled });
+                self.after(
+                    crash_at,
+                    Event::SetDisk {
+                        m: stalled,
+                        factor: 1,
+                    },
+                );
+                self.after(crash_at + down, Event::Restart { m: stalled });
+                self.after(cut_after + duration, Event::FaultEnd { f });
+            }
+            FaultKind::IsolateAfterLeaseRound => {
+                let Some(l) = self.leader() else {
+                    self.log_fault("isolation after a lease round skipped: no leader".to_owned());
+                    return;
+                };
+                // The member whose clock runs slowest (the lowest among equals).
+                let slowest = (0..self.members.len())
+                    .filter(|&m| self.up(m))
+                    .max_by_key(|&m| (self.members[m].tick_ns, Reverse(m)));
+                match slowest {
+                    Some(s) if self.members[s].tick_ns > self.members[l].tick_ns => {
+                        self.log_fault(format!(
+                            "transfer leadership {} -> {} (the slowest clock), to isolate it \
+                             after a lease round",
+                            l + 1,
+                            s + 1
+                        ));
+                        if let Some(p) = self.members[l].proc.as_mut() {
+                            let _ = p.core.transfer_leader(NodeId(s as u64 + 1));
+                        }
+                        self.counters.transfers += 1;
+                        self.drive(l, Outbox::default());
+                        self.after(ISOLATION_ARM_DELAY, Event::ArmIsolation { f });
+                    }
+                    _ => self.arm_isolation(f),
+                }
+            }
             FaultKind::TransferLeader { slow_links } => {
                 let Some(l) = self.leader() else {
                     self.log_fault("leader transfer skipped: no leader".to_owned());
@@ -275,6 +383,72 @@ impl World {
                 self.drive(l, Outbox::default());
             }
         }
+    }
+
+    /// Arms fault `f` (an `IsolateAfterLeaseRound`) on the current leader.
+    pub(super) fn arm_isolation(&mut self, f: usize) {
+        if self.healed {
+            return;
+        }
+        let Some(l) = self.leader() else {
+            self.log_fault("isolation after a lease round skipped: no leader".to_owned());
+            return;
+        };
+        let lease_until = self.members[l]
+            .proc
+            .as_ref()
+            .and_then(|p| p.core.lease_until());
+        self.log_fault(format!(
+            "isolate leader {} once a quorum acknowledges its next lease round",
+            l + 1
+        ));
+        self.armed_isolation = Some(ArmedIsolation {
+            f,
+            leader: l,
+            lease_until,
+            give_up: self.now + SECONDS,
+        });
+    }
+
+    /// After every turn of member `m`: cuts the armed leader off from
+    /// everyone the moment its lease was extended (a quorum acknowledged a
+    /// newer round), before it sends anything else. What it already sent
+    /// and is still in flight is lost on arrival.
+    pub(super) fn isolate_if_confirmed(&mut self, m: usize) {
+        let Some(a) = self.armed_isolation else {
+            return;
+        };
+        if a.leader != m {
+            return;
+        }
+        if self.healed || self.now > a.give_up {
+            self.armed_isolation = None;
+            self.log_fault(format!(
+                "isolation of member {} given up: no lease round acknowledged",
+                m + 1
+            ));
+            return;
+        }
+        let until = self.members[m]
+            .proc
+            .as_ref()
+            .and_then(|p| p.core.lease_until());
+        if until.is_none() || until <= a.lease_until {
+            return;
+        }
+        self.armed_isolation = None;
+        let rest: Vec<usize> = (0..self.members.len()).filter(|&x| x != m).collect();
+        self.net.cut(a.f, both_ways(&[m], &rest));
+        self.undo.insert(a.f, Undo::Network);
+        self.counters.partitions += 1;
+        let duration = self.faults[a.f].duration;
+        self.log_fault(format!(
+            "isolate leader {} | {} for {}: a lease round was just acknowledged",
+            m + 1,
+            names(&rest),
+            fmt_ns(duration)
+        ));
+        self.after(duration, Event::FaultEnd { f: a.f });
     }
 
     /// Slows every link in and out of `m` until fault `f` ends.

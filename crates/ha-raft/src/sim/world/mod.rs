@@ -100,6 +100,16 @@ enum Event {
     Restart {
         m: usize,
     },
+    /// Fault `f` (an `IsolateAfterLeaseRound`) arms: the leader is cut off
+    /// once a quorum acknowledges its next lease round.
+    ArmIsolation {
+        f: usize,
+    },
+    /// Member `m`'s disk latency multiplier becomes `factor`.
+    SetDisk {
+        m: usize,
+        factor: u64,
+    },
     Heal,
     /// The operator's membership change `op` takes its next step.
     MemberOp {
@@ -154,6 +164,19 @@ struct OpenRequest {
     committed_at_invoke: u64,
 }
 
+/// An `IsolateAfterLeaseRound` fault waiting for the leader's next lease
+/// round to be acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct ArmedIsolation {
+    f: usize,
+    leader: usize,
+    /// The leader's lease expiry when armed: a later one means a quorum
+    /// acknowledged a newer round.
+    lease_until: Option<Instant>,
+    /// Disarmed, if still waiting, after this time.
+    give_up: Nanos,
+}
+
 /// What a started fault needs undone at its end.
 enum Undo {
     Network,
@@ -180,6 +203,7 @@ struct World {
     sink: ApplySink,
     faults: Vec<PlannedFault>,
     undo: BTreeMap<usize, Undo>,
+    armed_isolation: Option<ArmedIsolation>,
     healed: bool,
     halted: bool,
     counters: Counters,
@@ -331,14 +355,28 @@ impl World {
         } else {
             rng.pick(&[0.0, 0.01, 0.03, 0.05])
         };
+        // Lease runs, sometimes: one member's clock runs slow and every other
+        // one's fast, both at the extreme — the layout in which a lease
+        // that ignored the drift would outlast the followers' election
+        // timeouts once the slow one leads (`IsolateAfterLeaseRound` moves
+        // leadership there).
+        let slow_one = (cfg.lease_focus && rng.chance(0.4)).then(|| rng.below(ids.len()));
         let members = ids
             .iter()
-            .map(|&id| {
-                let skew = if cfg.lease_focus && rng.chance(0.7) {
+            .enumerate()
+            .map(|(i, &id)| {
+                let skew = match slow_one {
+                    Some(s) if s == i => drift,
+                    Some(_) => -drift,
                     // Mostly at the extremes, where a lease is most at risk.
-                    if rng.chance(0.5) { -drift } else { drift }
-                } else {
-                    rng.float(-drift, drift)
+                    None if cfg.lease_focus && rng.chance(0.7) => {
+                        if rng.chance(0.5) {
+                            -drift
+                        } else {
+                            drift
+                        }
+                    }
+                    None => rng.float(-drift, drift),
                 };
                 let tick_ns = (tick as f64 * (1.0 + skew)) as Nanos;
                 Member::new(config(id), tick_ns)
@@ -370,6 +408,7 @@ impl World {
             sink: ApplySink::default(),
             faults: Vec::new(),
             undo: BTreeMap::new(),
+            armed_isolation: None,
             healed: false,
             halted: false,
             counters: Counters::default(),
@@ -590,6 +629,12 @@ impl World {
             Event::Restart { m } => {
                 if !self.up(m) {
                     self.start(m);
+                }
+            }
+            Event::ArmIsolation { f } => self.arm_isolation(f),
+            Event::SetDisk { m, factor } => {
+                if !self.healed {
+                    self.members[m].disk_factor = factor;
                 }
             }
             Event::Heal => self.heal(),

@@ -229,6 +229,7 @@ impl World {
                 Err(v) => self.fail(v),
             }
         }
+        self.isolate_if_confirmed(m);
     }
 
     pub(super) fn dispatch(&mut self, m: usize, mut out: Outbox) {
