@@ -156,7 +156,9 @@ async fn ephemeral_instances_leave_with_their_session_and_persistent_ones_stay()
         .await
         .expect("read");
     assert_eq!(
-        all.iter().map(|i| (&*i.id, i.ephemeral)).collect::<Vec<_>>(),
+        all.iter()
+            .map(|i| (&*i.id, i.ephemeral))
+            .collect::<Vec<_>>(),
         [("eph", true), ("per", false)]
     );
     let v2 = registry
@@ -184,7 +186,11 @@ async fn ephemeral_instances_leave_with_their_session_and_persistent_ones_stay()
         .expect("read")
         .expect("registered");
     assert_eq!(
-        (eph.weight, eph.ephemeral, eph.metadata.get("build").map(|s| &**s)),
+        (
+            eph.weight,
+            eph.ephemeral,
+            eph.metadata.get("build").map(|s| &**s)
+        ),
         (7, true, Some("42"))
     );
     assert_eq!(
@@ -548,7 +554,11 @@ impl KvClient for FlakyWatches {
     ) -> ha_core::Result<LeaseGrantResponse> {
         self.0.lease_grant(r, o).await
     }
-    async fn lease_revoke(&self, id: LeaseId, o: KvOptions) -> ha_core::Result<LeaseRevokeResponse> {
+    async fn lease_revoke(
+        &self,
+        id: LeaseId,
+        o: KvOptions,
+    ) -> ha_core::Result<LeaseRevokeResponse> {
         self.0.lease_revoke(id, o).await
     }
     async fn lease_keep_alive_once(
@@ -579,9 +589,8 @@ type Items = Vec<ha_core::Result<ha_core::WatchResponse>>;
 /// The items one future produces, as a stream.
 fn async_stream_once(
     f: impl std::future::Future<Output = Items> + Send + 'static,
-) -> std::pin::Pin<
-    Box<dyn futures::Stream<Item = ha_core::Result<ha_core::WatchResponse>> + Send>,
-> {
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = ha_core::Result<ha_core::WatchResponse>> + Send>>
+{
     Box::pin(
         futures::stream::once(f)
             .map(futures::stream::iter)
@@ -615,7 +624,9 @@ async fn watches_on_every_member_see_the_same_sequence() {
         let mut s = g.registry(i).watch("pay");
         // Start every watch (its snapshot) before the writes.
         let first = s.next().await.expect("a snapshot").expect("snapshot");
-        assert!(matches!(&first, ServiceChange::Snapshot { instances, .. } if instances.is_empty()));
+        assert!(
+            matches!(&first, ServiceChange::Snapshot { instances, .. } if instances.is_empty())
+        );
         streams.push(s);
     }
     // And one whose watches are cancelled after every response.
@@ -722,7 +733,9 @@ async fn the_protect_threshold_returns_everything_when_too_few_are_healthy() {
     ));
     for n in 1..4 {
         registry
-            .update("db", &format!("d{n}"), |i| i.health = HealthStatus::Unhealthy)
+            .update("db", &format!("d{n}"), |i| {
+                i.health = HealthStatus::Unhealthy
+            })
             .await
             .expect("update");
     }
@@ -760,13 +773,17 @@ async fn the_cache_answers_without_quorum_and_is_loaded_after_a_restart() {
         ..DiscoveryConfig::default()
     };
     let env = RecipeEnv::tokio().expect("runtime");
-    let discovery =
-        Discovery::new(g.registry(0), env.clone(), config.clone()).expect("discovery");
+    let discovery = Discovery::new(g.registry(0), env.clone(), config.clone()).expect("discovery");
     discovery.subscribe("api").expect("subscribe");
     let registry = g.registry(1);
     for n in 0..3 {
         registry
-            .register_persistent(&ServiceInstance::new("api", format!("a{n}"), "127.0.0.1", 1))
+            .register_persistent(&ServiceInstance::new(
+                "api",
+                format!("a{n}"),
+                "127.0.0.1",
+                1,
+            ))
             .await
             .expect("register");
     }
@@ -812,7 +829,11 @@ async fn the_cache_answers_without_quorum_and_is_loaded_after_a_restart() {
         .cached("api", &InstanceFilter::new())
         .expect("loaded from the file");
     assert_eq!(cached.len(), 3);
-    assert!(cached.iter().all(|i| i.namespace == "test" && i.mod_revision > 0));
+    assert!(
+        cached
+            .iter()
+            .all(|i| i.namespace == "test" && i.mod_revision > 0)
+    );
     drop(restarted);
 
     // A damaged file is a typed error, not a panic.

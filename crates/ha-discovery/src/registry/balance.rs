@@ -349,7 +349,11 @@ impl LoadBalancer {
         let ctx = PickContext { key };
         let n = self.picker.pick(&eligible, &ctx, &*stats);
         let instance = eligible.swap_remove(n.min(eligible.len() - 1));
-        stats.by_id.entry(instance.id.clone()).or_default().outstanding += 1;
+        stats
+            .by_id
+            .entry(instance.id.clone())
+            .or_default()
+            .outstanding += 1;
         Some(Call {
             instance,
             stats: self.stats.clone(),

@@ -215,7 +215,10 @@ impl Discovery {
         let read = self.inner.registry.snapshot(service, options);
         // The member's own deadline may be longer than ours on some paths
         // (a forward to a dead leader): bound the whole call on our clock.
-        let read = self.inner.env.timeout_any(self.inner.config.query_timeout, read);
+        let read = self
+            .inner
+            .env
+            .timeout_any(self.inner.config.query_timeout, read);
         match read.await {
             Some(Ok((revision, instances))) => {
                 self.store(service, revision, &instances);
@@ -246,11 +249,8 @@ impl Discovery {
         let services = self.inner.services.lock();
         let cached = services.get(service)?;
         let ns = self.inner.registry.namespace_name();
-        let all: Vec<ServiceInstance> = cached
-            .instances
-            .iter()
-            .map(|c| c.to_instance(ns))
-            .collect();
+        let all: Vec<ServiceInstance> =
+            cached.instances.iter().map(|c| c.to_instance(ns)).collect();
         Some(filter.apply(&all))
     }
 
@@ -384,10 +384,7 @@ async fn flusher(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
             () = env.clock().sleep(interval).fuse() => {}
         }
         let Some(inner) = inner.upgrade() else { return };
-        if inner
-            .dirty
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
+        if inner.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
             if let Err(e) = persist(&inner) {
                 inner
                     .dirty
@@ -452,7 +449,8 @@ fn load(path: &Path, namespace: &str) -> DiscoveryResult<HashMap<String, CachedS
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => return Err(cache_error(path, e)),
     };
-    let file: CacheFile = serde_json::from_slice(&bytes).map_err(|e| cache_error(path, e.into()))?;
+    let file: CacheFile =
+        serde_json::from_slice(&bytes).map_err(|e| cache_error(path, e.into()))?;
     if file.v != 1 {
         return Err(cache_error(
             path,

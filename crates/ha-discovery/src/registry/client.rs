@@ -105,7 +105,11 @@ impl Registry {
         if let Some(check) = &instance.check {
             check.validate()?;
         }
-        Ok(instance_key(&self.namespace, &instance.service, &instance.id))
+        Ok(instance_key(
+            &self.namespace,
+            &instance.service,
+            &instance.id,
+        ))
     }
 
     async fn put(&self, instance: &ServiceInstance, lease: LeaseId) -> DiscoveryResult<i64> {
@@ -205,7 +209,9 @@ impl Registry {
     /// # Errors
     /// As [`Registry::update`].
     pub async fn set_weight(&self, service: &str, id: &str, weight: u32) -> DiscoveryResult<()> {
-        self.update(service, id, |i| i.weight = weight).await.map(drop)
+        self.update(service, id, |i| i.weight = weight)
+            .await
+            .map(drop)
     }
 
     /// Enables or disables an instance (a disabled one is not returned by

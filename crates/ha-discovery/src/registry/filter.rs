@@ -101,7 +101,10 @@ impl InstanceFilter {
                 .metadata
                 .iter()
                 .all(|(k, v)| i.metadata.get(k) == Some(v))
-            && self.zone.as_ref().is_none_or(|z| i.zone.as_ref() == Some(z))
+            && self
+                .zone
+                .as_ref()
+                .is_none_or(|z| i.zone.as_ref() == Some(z))
             && self
                 .cluster
                 .as_ref()
@@ -145,7 +148,8 @@ mod tests {
     fn fleet(healthy: usize, unhealthy: usize) -> Vec<ServiceInstance> {
         (0..healthy + unhealthy)
             .map(|n| {
-                let mut i = ServiceInstance::new("s", format!("i{n}"), "127.0.0.1", 1000 + n as u16);
+                let mut i =
+                    ServiceInstance::new("s", format!("i{n}"), "127.0.0.1", 1000 + n as u16);
                 if n >= healthy {
                     i.health = HealthStatus::Unhealthy;
                 }
@@ -198,7 +202,9 @@ mod tests {
                 .zone("z1")
                 .meta("k", "1"),
             ServiceInstance::new("s", "b", "h", 2).tag("v2").zone("z2"),
-            ServiceInstance::new("s", "c", "h", 3).zone("z1").cluster("c1"),
+            ServiceInstance::new("s", "c", "h", 3)
+                .zone("z1")
+                .cluster("c1"),
         ];
         let ids = |flt: InstanceFilter| -> Vec<String> {
             flt.apply(&f).into_iter().map(|i| i.id).collect()

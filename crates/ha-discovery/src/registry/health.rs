@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use super::client::decode_all;
 use super::error::{DiscoveryError, DiscoveryResult};
 use super::instance::{
-    CheckKind, HealthStatus, ServiceInstance, all_instances_prefix, check_name,
-    checkers_prefix, heartbeat_key, instance_key,
+    CheckKind, HealthStatus, ServiceInstance, all_instances_prefix, check_name, checkers_prefix,
+    heartbeat_key, instance_key,
 };
 use crate::env::RecipeEnv;
 use crate::session::Session;
@@ -127,11 +127,12 @@ impl HealthCheckerBuilder {
         let r = self.session.put(key.clone(), value).await?;
         let stop = CancellationToken::new();
         let shared = Arc::new(SyncMutex::new(Vec::new()));
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|_| DiscoveryError::InvalidConfig {
-                reason: "the HTTP client cannot be built",
-            })?;
+        let http =
+            reqwest::Client::builder()
+                .build()
+                .map_err(|_| DiscoveryError::InvalidConfig {
+                    reason: "the HTTP client cannot be built",
+                })?;
         let worker = Worker {
             client: self.session.client().clone(),
             env: self.session.env().clone(),
@@ -505,7 +506,11 @@ impl Worker {
 
     /// Writes `status` only if the instance is unchanged since this scan
     /// read it and this checker is still registered.
-    async fn write_status(&self, i: &ServiceInstance, status: HealthStatus) -> DiscoveryResult<bool> {
+    async fn write_status(
+        &self,
+        i: &ServiceInstance,
+        status: HealthStatus,
+    ) -> DiscoveryResult<bool> {
         let key = instance_key(&i.namespace, &i.service, &i.id);
         let mut updated = i.clone();
         updated.health = status;

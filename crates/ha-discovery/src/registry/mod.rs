@@ -15,8 +15,8 @@ mod instance;
 mod watch;
 
 pub use balance::{
-    BalancerConfig, Call, ConsistentHash, LeastOutstanding, LoadBalancer, Outstanding,
-    PickContext, Picker, RoundRobin, SmoothWeightedRoundRobin, WeightedRandom,
+    BalancerConfig, Call, ConsistentHash, LeastOutstanding, LoadBalancer, Outstanding, PickContext,
+    Picker, RoundRobin, SmoothWeightedRoundRobin, WeightedRandom,
 };
 pub use cache::{Discovery, DiscoveryConfig, Source};
 pub use client::Registry;
