@@ -27,8 +27,9 @@ pub enum ServiceChange {
     Put {
         /// The revision of the change.
         revision: i64,
-        /// The instance after it.
-        instance: ServiceInstance,
+        /// The instance after it (boxed: a change is usually much
+        /// smaller than a snapshot, and this keeps the enum small).
+        instance: Box<ServiceInstance>,
     },
     /// An instance was removed (deregistered, or its session ended).
     Delete {
@@ -58,8 +59,8 @@ impl ServiceChange {
             }
             ServiceChange::Put { instance, .. } => {
                 match instances.binary_search_by(|i| i.id.cmp(&instance.id)) {
-                    Ok(at) => instances[at] = instance.clone(),
-                    Err(at) => instances.insert(at, instance.clone()),
+                    Ok(at) => instances[at] = (**instance).clone(),
+                    Err(at) => instances.insert(at, (**instance).clone()),
                 }
             }
             ServiceChange::Delete { id, .. } => {
@@ -152,9 +153,10 @@ impl ServiceWatcher {
                         let revision = event.revision();
                         match event.kind {
                             EventKind::Put => match ServiceInstance::from_kv(&event.kv) {
-                                Ok(instance) => self
-                                    .queue
-                                    .push_back(ServiceChange::Put { revision, instance }),
+                                Ok(instance) => self.queue.push_back(ServiceChange::Put {
+                                    revision,
+                                    instance: Box::new(instance),
+                                }),
                                 Err(e) => {
                                     tracing::warn!(error = %e, "skipping an undecodable registry record");
                                 }
