@@ -637,6 +637,37 @@ async fn watches_on_every_member_see_the_same_sequence() {
     s.next().await.expect("a snapshot").expect("snapshot");
     streams.push(s);
 
+    // Collect concurrently with the writes, so that each watch (and each
+    // resumption of the flaky one) sees the changes as they happen.
+    let collectors: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut seq = Vec::new();
+                let mut live = BTreeSet::new();
+                loop {
+                    let change = tokio::time::timeout(PATIENCE, s.next())
+                        .await
+                        .expect("changes keep coming")
+                        .expect("the stream goes on")
+                        .expect("no error");
+                    match &change {
+                        ServiceChange::Put { instance, .. } => {
+                            live.insert(instance.id.clone());
+                        }
+                        ServiceChange::Delete { id, .. } => {
+                            live.remove(id);
+                        }
+                        ServiceChange::Snapshot { .. } => panic!("an unexpected new snapshot"),
+                    }
+                    seq.push(describe(&change));
+                    if live.is_empty() && seq.len() > 6 {
+                        return seq;
+                    }
+                }
+            })
+        })
+        .collect();
     let registry = g.registry(0);
     let session = g.session(1).await;
     for n in 0..5 {
@@ -667,30 +698,8 @@ async fn watches_on_every_member_see_the_same_sequence() {
     registry.deregister("pay", "fixed").await.expect("delete");
 
     let mut sequences = Vec::new();
-    for s in &mut streams {
-        let mut seq = Vec::new();
-        let mut live = BTreeSet::new();
-        loop {
-            let change = tokio::time::timeout(PATIENCE, s.next())
-                .await
-                .expect("changes keep coming")
-                .expect("the stream goes on")
-                .expect("no error");
-            match &change {
-                ServiceChange::Put { instance, .. } => {
-                    live.insert(instance.id.clone());
-                }
-                ServiceChange::Delete { id, .. } => {
-                    live.remove(id);
-                }
-                ServiceChange::Snapshot { .. } => panic!("an unexpected new snapshot"),
-            }
-            seq.push(describe(&change));
-            if live.is_empty() && seq.len() > 6 {
-                break;
-            }
-        }
-        sequences.push(seq);
+    for c in collectors {
+        sequences.push(c.await.expect("collector"));
     }
     // 5 + 1 registrations, 2 updates, 1 + 4 + 1 removals.
     assert_eq!(sequences[0].len(), 14, "{:#?}", sequences[0]);
