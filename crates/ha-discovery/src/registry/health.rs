@@ -595,6 +595,91 @@ mod tests {
         assert_eq!(owner(std::iter::empty(), b"k"), None);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_or_replaced_checker_cannot_overwrite_a_newer_result() {
+        use crate::registry::client::Registry;
+        use ha_raft::{KvConfig, KvNode, MemNetwork};
+        use ha_storage::{MemLogStore, MemStateStore};
+        let id = ha_core::NodeId(1);
+        let net = MemNetwork::new();
+        let kv = KvNode::start(
+            ha_core::Config::new(id, vec![id]),
+            KvConfig::default(),
+            Arc::new(MemLogStore::new()),
+            Arc::new(MemStateStore::new()),
+            net.transport(id),
+        )
+        .await
+        .expect("member starts");
+        let session = Session::new(kv.clone()).await.expect("session");
+        let registry = Registry::new(Arc::new(kv.clone()));
+        registry
+            .register_persistent(
+                &ServiceInstance::new("s", "i", "127.0.0.1", 1)
+                    .check(super::super::instance::HealthCheck::tcp()),
+            )
+            .await
+            .expect("register");
+        let mut key = checkers_prefix();
+        key.extend_from_slice(b"c1");
+        let r = session.put(key.clone(), Vec::new()).await.expect("put");
+        let worker = |key_revision| Worker {
+            client: session.client().clone(),
+            env: session.env().clone(),
+            session: session.clone(),
+            id: "c1".into(),
+            key: key.clone(),
+            key_revision,
+            scan_interval: Duration::from_secs(3600),
+            custom: HashMap::new(),
+            http: reqwest::Client::new(),
+            states: HashMap::new(),
+            assigned: Arc::new(SyncMutex::new(Vec::new())),
+        };
+        let current = worker(r.header.revision);
+        let get = || async {
+            registry
+                .get("s", "i")
+                .await
+                .expect("read")
+                .expect("registered")
+        };
+        let stale = get().await;
+        // A newer write (another checker's result, an owner's update).
+        registry.set_weight("s", "i", 2).await.expect("update");
+        assert!(
+            !current
+                .write_status(&stale, HealthStatus::Unhealthy)
+                .await
+                .expect("txn"),
+            "a result based on a stale read was written"
+        );
+        assert_eq!(get().await.health, HealthStatus::Healthy);
+        // A checker whose registration is not the current one.
+        let replaced = worker(r.header.revision - 1);
+        assert!(
+            !replaced
+                .write_status(&get().await, HealthStatus::Unhealthy)
+                .await
+                .expect("txn"),
+            "a checker that is not registered wrote"
+        );
+        assert_eq!(get().await.health, HealthStatus::Healthy);
+        assert!(
+            current
+                .write_status(&get().await, HealthStatus::Unhealthy)
+                .await
+                .expect("txn")
+        );
+        let after = get().await;
+        assert_eq!(
+            (after.health, after.checked_by.as_deref(), after.weight),
+            (HealthStatus::Unhealthy, Some("c1"), 2)
+        );
+        session.close().await.expect("close");
+        kv.shutdown().await.expect("shutdown");
+    }
+
     #[test]
     fn the_hash_is_stable_across_builds() {
         // A fixed value: a change here would split a mixed-version group's
