@@ -98,6 +98,7 @@ mod fence;
 mod leader_task;
 mod mutex;
 mod queue;
+mod registry;
 mod rwlock;
 mod semaphore;
 mod sequence;
@@ -110,6 +111,14 @@ pub use crate::error::{LostReason, RecipeError, Result};
 pub use crate::fence::{Fence, Fenced, FencingToken, StaleToken};
 pub use crate::leader_task::{LeaderTask, run_when_leader};
 pub use crate::mutex::{Mutex, MutexGuard};
+// Service discovery (issue 13): registry, discovery, health, balancing.
+pub use crate::registry::{
+    BalancerConfig, Call, CheckFuture, CheckKind, ConsistentHash, CustomCheck, DEFAULT_NAMESPACE,
+    DecodeReason, Discovery, DiscoveryConfig, DiscoveryError, DiscoveryResult, HealthCheck,
+    HealthChecker, HealthCheckerBuilder, HealthStatus, InstanceFilter, LeastOutstanding,
+    LoadBalancer, Outstanding, PickContext, Picker, ROOT as REGISTRY_ROOT, Registry, RoundRobin,
+    ServiceChange, ServiceInstance, SmoothWeightedRoundRobin, Source, WeightedRandom,
+};
 pub use crate::rwlock::{RwLock, RwLockGuard, RwMode};
 pub use crate::semaphore::{Permit, Semaphore};
 pub use crate::sequence::Sequence;

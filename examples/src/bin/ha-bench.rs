@@ -44,6 +44,9 @@ enum Bench {
     /// acquisitions/s under contention, and hand-off latency between
     /// members.
     Lock(bench::lock::Args),
+    /// Service discovery (ha-discovery): registration rate, register →
+    /// seen on another member, instance death → removal everywhere.
+    Discovery(bench::discovery::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -67,6 +70,7 @@ fn main() -> BenchResult<()> {
             Bench::Fsync(args) => bench::fsync::run(args).await,
             Bench::Lease(args) => bench::lease::run(args).await,
             Bench::Lock(args) => bench::lock::run(args).await,
+            Bench::Discovery(args) => bench::discovery::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
         }
     })
