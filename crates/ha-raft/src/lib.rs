@@ -66,6 +66,7 @@ mod bugs;
 mod call;
 mod clock;
 mod codec;
+mod digest;
 mod core;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -83,6 +84,7 @@ pub use crate::bugs::{InjectedBug, InstallCrashPoint};
 pub use crate::call::CallHandler;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
+pub use crate::digest::{StateDigest, state_digest};
 pub use crate::kv::{AutoCompaction, KvConfig, KvNode};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};

@@ -9,6 +9,7 @@
 
 pub mod common;
 pub mod engine;
+pub mod failover;
 pub mod fsync;
 pub mod kv_watch;
 pub mod lease;

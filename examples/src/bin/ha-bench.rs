@@ -44,6 +44,10 @@ enum Bench {
     /// acquisitions/s under contention, and hand-off latency between
     /// members.
     Lock(bench::lock::Args),
+    /// Failover of ha-node processes: kills the leader each round
+    /// (SIGKILL) under continuous writes and restarts it; reports the time
+    /// from the kill to the first write committed afterwards.
+    Failover(bench::failover::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -68,6 +72,7 @@ fn main() -> BenchResult<()> {
             Bench::Lease(args) => bench::lease::run(args).await,
             Bench::Lock(args) => bench::lock::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
+            Bench::Failover(args) => bench::failover::run(args).await,
         }
     })
 }
