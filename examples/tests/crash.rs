@@ -49,9 +49,8 @@ struct Writes {
 /// key per attempt, so a write whose outcome is unknown never shadows an
 /// acknowledged one.
 async fn writer(writes: Arc<Writes>, client: reqwest::Client, port: u16, writer: u64, seed: u64) {
-    let url = format!(
-        "http://127.0.0.1:{port}/v1/kv/put?encoding=utf8&timeout_ms={WRITE_TIMEOUT_MS}"
-    );
+    let url =
+        format!("http://127.0.0.1:{port}/v1/kv/put?encoding=utf8&timeout_ms={WRITE_TIMEOUT_MS}");
     let mut seq = 0u64;
     while !writes.stop.load(Ordering::Relaxed) {
         seq += 1;

@@ -332,14 +332,23 @@ async fn the_link_proxy_passes_blackholes_refuses_and_delays() {
     let link = LinkProxy::start(echo_server().await).await.expect("proxy");
     let mut s = TcpStream::connect(link.addr()).await.expect("connect");
     let long = Duration::from_secs(10);
-    assert_eq!(roundtrip(&mut s, b"one", long).await.as_deref(), Some(&b"one"[..]));
+    assert_eq!(
+        roundtrip(&mut s, b"one", long).await.as_deref(),
+        Some(&b"one"[..])
+    );
 
     // Blackhole: the connection stays, nothing comes back.
     link.set(LinkMode::Blackhole);
-    assert_eq!(roundtrip(&mut s, b"lost", Duration::from_millis(300)).await, None);
+    assert_eq!(
+        roundtrip(&mut s, b"lost", Duration::from_millis(300)).await,
+        None
+    );
     // Pass again: later bytes flow, the lost ones stay lost.
     link.set(LinkMode::Pass);
-    assert_eq!(roundtrip(&mut s, b"two", long).await.as_deref(), Some(&b"two"[..]));
+    assert_eq!(
+        roundtrip(&mut s, b"two", long).await.as_deref(),
+        Some(&b"two"[..])
+    );
 
     // Delay: still delivered, in order.
     link.set(LinkMode::Delay(Duration::from_millis(50)));
@@ -369,5 +378,8 @@ async fn the_link_proxy_passes_blackholes_refuses_and_delays() {
 
     link.set(LinkMode::Pass);
     let mut u = TcpStream::connect(link.addr()).await.expect("connect");
-    assert_eq!(roundtrip(&mut u, b"back", long).await.as_deref(), Some(&b"back"[..]));
+    assert_eq!(
+        roundtrip(&mut u, b"back", long).await.as_deref(),
+        Some(&b"back"[..])
+    );
 }

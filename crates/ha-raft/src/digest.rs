@@ -41,7 +41,9 @@ impl StateDigest {
 ///
 /// # Errors
 /// When the store cannot be read or its engine metadata is damaged.
-pub fn state_digest<S: StateStore + ?Sized>(state: &S) -> Result<Option<StateDigest>, StorageError> {
+pub fn state_digest<S: StateStore + ?Sized>(
+    state: &S,
+) -> Result<Option<StateDigest>, StorageError> {
     let mut digest = None;
     state.read_consistent(&mut |view| {
         let Some((applied_index, applied_term, _)) = crate::apply::snapshot_point(view)? else {

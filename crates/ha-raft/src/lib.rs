@@ -66,8 +66,8 @@ mod bugs;
 mod call;
 mod clock;
 mod codec;
-mod digest;
 mod core;
+mod digest;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -127,8 +127,11 @@ pub async fn run(args: Args) -> BenchResult<()> {
     let mut figures = Vec::new();
     let mut acknowledged = 0;
     for round in 1..=args.rounds {
-        let leader = c.healthy().await;
+        c.healthy().await;
         tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+        // Asked again right before the kill: on a loaded machine the
+        // leadership may have moved while settling.
+        let leader = c.healthy().await;
         acknowledged += std::mem::take(&mut *acks.lock()).len();
         let killed = Instant::now();
         c.kill(leader);
@@ -185,7 +188,10 @@ pub async fn run(args: Args) -> BenchResult<()> {
         ("p50_ms", json!(ms(0.5).round() as u64)),
         ("p99_ms", json!(ms(0.99).round() as u64)),
         ("max_ms", json!((max.as_secs_f64() * 1e3).round() as u64)),
-        ("election_timeout_ms", json!(election_timeout.as_millis() as u64)),
+        (
+            "election_timeout_ms",
+            json!(election_timeout.as_millis() as u64),
+        ),
     ]);
     Ok(())
 }
