@@ -10,6 +10,8 @@ pub mod node;
 
 pub mod procs;
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -17,6 +17,8 @@ use ha_core::{ClusterId, NodeId};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::proxy::{LinkMode, LinkProxy};
+
 /// The `ha-node` binary next to the running executable (the test or
 /// benchmark binary; tests run from `target/*/deps`, so its parent is
 /// tried too), or `$HA_NODE_BIN`.
@@ -70,6 +72,16 @@ impl Drop for Proc {
     }
 }
 
+/// What [`Cluster::digests`] found: every running member at one applied
+/// index, and each member's state hash there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Converged {
+    /// The applied index they all stand at.
+    pub applied_index: u64,
+    /// Each member's SHA-256 of its state (`GET /v1/digest`).
+    pub sha256: BTreeMap<u64, String>,
+}
+
 /// A group of ha-node processes on loopback, with their data, config files
 /// and logs in one temporary directory.
 pub struct Cluster {
@@ -86,6 +98,216 @@ pub struct Cluster {
     /// An HTTP client without pooled connections.
     pub client: reqwest::Client,
     binary: PathBuf,
+    /// Fault-injecting proxies by directed link `(from, to)`: member `from`
+    /// dials `to` through it ([`Cluster::start_linked`]); empty otherwise.
+    pub links: BTreeMap<(u64, u64), LinkProxy>,
+}
+
+/// Fault injection and state checks: links through proxies, state
+/// digests, prefix reads.
+impl Cluster {
+    /// Starts `n` members running `binary`, every member dialling every
+    /// other through its own [`LinkProxy`] (one per directed link, in
+    /// [`Cluster::links`], all passing at first).
+    pub async fn start_linked(binary: PathBuf, n: u64) -> Cluster {
+        let mut c = Cluster::start_with(binary.clone(), 0).await;
+        c.initial = (1..=n).collect();
+        for id in 1..=n {
+            c.peer.insert(id, free_port());
+            c.http.insert(id, free_port());
+        }
+        for from in 1..=n {
+            for to in (1..=n).filter(|&to| to != from) {
+                let target = format!("127.0.0.1:{}", c.peer[&to])
+                    .parse()
+                    .expect("loopback address");
+                let link = LinkProxy::start(target).await.expect("start a link proxy");
+                c.links.insert((from, to), link);
+            }
+        }
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// The `--members` list member `id` is given: its own address, and its
+    /// peers' addresses or, where a link proxy exists, the proxy's.
+    pub fn members_for(&self, id: u64) -> String {
+        self.initial
+            .iter()
+            .map(|&to| {
+                let addr = match self.links.get(&(id, to)) {
+                    Some(link) => link.addr().to_string(),
+                    None => format!("127.0.0.1:{}", self.peer[&to]),
+                };
+                format!("{to}={addr}")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Sets the link `from` → `to` (panics when there is no such proxy).
+    pub fn set_link(&self, from: u64, to: u64, mode: LinkMode) {
+        self.links
+            .get(&(from, to))
+            .unwrap_or_else(|| panic!("no link proxy {from}->{to}"))
+            .set(mode);
+    }
+
+    /// Cuts `id` off from every other member, both ways.
+    pub fn isolate(&self, id: u64, mode: LinkMode) {
+        for (&(from, to), link) in &self.links {
+            if from == id || to == id {
+                link.set(mode);
+            }
+        }
+    }
+
+    /// Every link passes again.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.set(LinkMode::Pass);
+        }
+    }
+
+    /// Member `id`'s state digest: `(applied_index, sha256)`, or why not.
+    pub async fn digest(&self, id: u64) -> Result<(u64, String), String> {
+        let (status, v) = self.get(id, "/v1/digest").await?;
+        match (status, v["applied_index"].as_u64(), v["sha256"].as_str()) {
+            (StatusCode::OK, Some(i), Some(h)) => Ok((i, h.to_string())),
+            _ => Err(format!("digest of member {id}: {status} {v}")),
+        }
+    }
+
+    /// Waits until every running member reports the same applied index
+    /// (so no write may be in flight) and returns their digests there.
+    /// Panics when they do not settle within [`PATIENCE`].
+    pub async fn digests(&self) -> Converged {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut seen = BTreeMap::new();
+            for &id in self.procs.keys() {
+                if let Ok(d) = self.digest(id).await {
+                    seen.insert(id, d);
+                }
+            }
+            let indexes: Vec<u64> = seen.values().map(|(i, _)| *i).collect();
+            if seen.len() == self.procs.len()
+                && let Some(&first) = indexes.first()
+                && indexes.iter().all(|&i| i == first)
+            {
+                return Converged {
+                    applied_index: first,
+                    sha256: seen.into_iter().map(|(id, (_, h))| (id, h)).collect(),
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not settle at one applied index within {PATIENCE:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for [`Cluster::digests`] and asserts the members' state hashes
+    /// are equal there; returns the applied index.
+    pub async fn assert_same_state(&self) -> u64 {
+        let c = self.digests().await;
+        let first = c.sha256.values().next().cloned();
+        assert!(
+            c.sha256.values().all(|h| Some(h) == first.as_ref()),
+            "members at applied index {} hold different states: {:?}",
+            c.applied_index,
+            c.sha256
+        );
+        c.applied_index
+    }
+
+    /// Every key under `prefix` with its value, through member `id`
+    /// (`linearizable` or serializable); the member's error answer
+    /// otherwise (status and body).
+    pub async fn range_prefix(
+        &self,
+        id: u64,
+        prefix: &str,
+        linearizable: bool,
+        timeout_ms: u64,
+    ) -> Result<BTreeMap<String, String>, (Option<StatusCode>, Value)> {
+        let r = self
+            .post(
+                id,
+                &format!("/v1/kv/range?encoding=utf8&timeout_ms={timeout_ms}"),
+                json!({ "key": prefix, "prefix": true, "serializable": !linearizable }),
+            )
+            .await
+            .map_err(|e| (None, Value::String(e)))?;
+        match r {
+            (StatusCode::OK, v) => Ok(v["kvs"]
+                .as_array()
+                .map(|kvs| {
+                    kvs.iter()
+                        .filter_map(|kv| {
+                            Some((
+                                kv["key"].as_str()?.to_string(),
+                                kv["value"].as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()),
+            (status, v) => Err((Some(status), v)),
+        }
+    }
+
+    /// One put through member `id` with a deadline, not retried: `Ok` when
+    /// acknowledged, else the member's answer (or the transport error).
+    pub async fn try_put(
+        &self,
+        id: u64,
+        key: &str,
+        value: &str,
+        timeout_ms: u64,
+    ) -> Result<(), (Option<StatusCode>, Value)> {
+        match self
+            .post(
+                id,
+                &format!("/v1/kv/put?encoding=utf8&timeout_ms={timeout_ms}"),
+                json!({ "key": key, "value": value }),
+            )
+            .await
+        {
+            Ok((StatusCode::OK, _)) => Ok(()),
+            Ok((status, v)) => Err((Some(status), v)),
+            Err(e) => Err((None, Value::String(e))),
+        }
+    }
+
+    /// Every acknowledged write under `prefix` is on every running member:
+    /// one linearizable prefix read through each (retried while a member
+    /// cannot serve it yet).
+    pub async fn check_prefix(&self, prefix: &str, acked: &BTreeMap<String, String>) {
+        for &id in self.procs.keys() {
+            let deadline = Instant::now() + PATIENCE;
+            let got = loop {
+                match self.range_prefix(id, prefix, true, 5_000).await {
+                    Ok(got) => break got,
+                    Err(e) => assert!(
+                        Instant::now() < deadline,
+                        "member {id} could not read {prefix} linearizably within {PATIENCE:?}: {e:?}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            for (k, v) in acked {
+                assert_eq!(
+                    got.get(k),
+                    Some(v),
+                    "acknowledged write {k}={v} missing or wrong on member {id}"
+                );
+            }
+        }
+    }
 }
 
 impl Cluster {
@@ -106,6 +328,7 @@ impl Cluster {
             http: (1..=n).map(|id| (id, free_port())).collect(),
             procs: BTreeMap::new(),
             binary,
+            links: BTreeMap::new(),
             // No pooled connections: members restart on the same ports.
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
@@ -157,7 +380,7 @@ impl Cluster {
                 "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n",
                 self.peer[&id],
                 self.dir.path().join(format!("data-{id}")).display(),
-                self.members(),
+                self.members_for(id),
             ),
         )
         .expect("write config");

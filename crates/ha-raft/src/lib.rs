@@ -67,6 +67,7 @@ mod call;
 mod clock;
 mod codec;
 mod core;
+mod digest;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -86,6 +87,7 @@ pub use crate::bugs::{InjectedBug, InstallCrashPoint};
 pub use crate::call::CallHandler;
 pub use crate::clock::SystemClock;
 pub use crate::core::{LeaderInfo, Role};
+pub use crate::digest::{StateDigest, state_digest};
 pub use crate::kv::{AutoCompaction, KvConfig, KvNode};
 pub use crate::latency::{LATENCY_BOUNDS_US, LATENCY_BUCKETS, Latency};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};

@@ -10,6 +10,7 @@
 pub mod common;
 pub mod discovery;
 pub mod engine;
+pub mod failover;
 pub mod fsync;
 pub mod kv_watch;
 pub mod lease;

@@ -47,6 +47,10 @@ enum Bench {
     /// Service discovery (ha-discovery): registration rate, register →
     /// seen on another member, instance death → removal everywhere.
     Discovery(bench::discovery::Args),
+    /// Failover of ha-node processes: kills the leader each round
+    /// (SIGKILL) under continuous writes and restarts it; reports the time
+    /// from the kill to the first write committed afterwards.
+    Failover(bench::failover::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -72,6 +76,7 @@ fn main() -> BenchResult<()> {
             Bench::Lock(args) => bench::lock::run(args).await,
             Bench::Discovery(args) => bench::discovery::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
+            Bench::Failover(args) => bench::failover::run(args).await,
         }
     })
 }

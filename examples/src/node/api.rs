@@ -63,6 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/members/remove", post(member_remove))
         .route("/v1/leader/transfer", post(leader_transfer))
         .route("/v1/status", get(status))
+        .route("/v1/digest", get(digest))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), count))
@@ -517,6 +518,26 @@ async fn status(State(app): State<Arc<App>>) -> Answer {
         "listen": app.transport.local_addr().to_string(),
         "http": app.http_addr.to_string(),
     }))
+}
+
+/// A hash of the member's whole state at its applied index
+/// ([`ha_raft::state_digest`]): members at the same `applied_index` must
+/// answer the same `sha256`. Reads every key; for checks, not a hot path.
+async fn digest(State(app): State<Arc<App>>) -> Answer {
+    let state = app.state.clone();
+    let d = tokio::task::spawn_blocking(move || ha_raft::state_digest(&*state))
+        .await
+        .map_err(|e| ApiError::from(Error::fatal(format!("the digest task failed: {e}"))))?
+        .map_err(|e| ApiError::from(Error::from(e)))?;
+    ok(match d {
+        Some(d) => json!({
+            "applied_index": d.applied_index,
+            "applied_term": d.applied_term,
+            "keys": d.keys,
+            "sha256": d.hex(),
+        }),
+        None => json!({ "applied_index": 0, "applied_term": 0, "keys": 0, "sha256": null }),
+    })
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {

@@ -42,6 +42,8 @@ pub struct App {
     pub http_addr: SocketAddr,
     /// `/metrics`.
     pub metrics: metrics::Metrics,
+    /// The member's state store, for `GET /v1/digest`.
+    pub state: Arc<dyn ha_core::StateStore>,
     /// Set once a signal asked the member to stop.
     stopping: AtomicBool,
 }
@@ -204,6 +206,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         cluster_id,
         http_addr,
         metrics: metrics::Metrics::new(&kv, transport.clone()),
+        state: state.clone(),
         stopping: AtomicBool::new(false),
     });
     let router = api::router(app.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));
