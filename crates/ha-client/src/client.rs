@@ -309,10 +309,9 @@ impl RemoteKv {
         }
         Err(match (&error, kind) {
             (Error::NotLeader { leader_hint }, _) => Next::Leader(*leader_hint, error),
-            (
-                Error::Shutdown | Error::ProposalDropped { .. } | Error::Removed { .. },
-                _,
-            ) => Next::Elsewhere(Some(error)),
+            (Error::Shutdown | Error::ProposalDropped { .. } | Error::Removed { .. }, _) => {
+                Next::Elsewhere(Some(error))
+            }
             (Error::OutcomeUnknown { .. }, Kind::Read) if code == "deadline_exceeded" => {
                 Next::Fail(Error::Timeout { after: total })
             }

@@ -120,9 +120,7 @@ fn normalize(endpoint: &str) -> Result<String, ClientConfigError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("credentials in the address are not supported"));
     }
-    let port = url
-        .port_or_known_default()
-        .ok_or_else(|| bad("no port"))?;
+    let port = url.port_or_known_default().ok_or_else(|| bad("no port"))?;
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {
@@ -165,13 +163,22 @@ mod tests {
         let zero = RemoteKv::builder(["http://127.0.0.1:1"])
             .timeout(Duration::ZERO)
             .build();
-        assert!(matches!(zero, Err(ClientConfigError::Zero { field: "timeout" })));
+        assert!(matches!(
+            zero,
+            Err(ClientConfigError::Zero { field: "timeout" })
+        ));
     }
 
     #[test]
     fn addresses_normalize() {
-        assert_eq!(normalize("http://127.0.0.1:8001/").ok().as_deref(), Some("http://127.0.0.1:8001"));
+        assert_eq!(
+            normalize("http://127.0.0.1:8001/").ok().as_deref(),
+            Some("http://127.0.0.1:8001")
+        );
         assert_eq!(normalize("http://h").ok().as_deref(), Some("http://h:80"));
-        assert_eq!(normalize("http://[::1]:9").ok().as_deref(), Some("http://[::1]:9"));
+        assert_eq!(
+            normalize("http://[::1]:9").ok().as_deref(),
+            Some("http://[::1]:9")
+        );
     }
 }

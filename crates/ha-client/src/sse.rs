@@ -146,7 +146,11 @@ mod tests {
         );
         // Every split point gives the same events.
         for cut in 0..text.len() {
-            assert_eq!(events(&[&text[..cut], &text[cut..]]).await, whole, "cut at {cut}");
+            assert_eq!(
+                events(&[&text[..cut], &text[cut..]]).await,
+                whole,
+                "cut at {cut}"
+            );
         }
         // An unfinished event at the end is not an event.
         assert_eq!(events(&[b"event: watch\ndata: 1\n"]).await, vec![]);

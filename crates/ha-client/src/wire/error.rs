@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ha_core::{
-    DropReason, Error, InvalidRequest, KvLimit, NodeId, OverloadReason, StorageError,
-    UnknownCause, WatchCancelReason,
+    DropReason, Error, InvalidRequest, KvLimit, NodeId, OverloadReason, StorageError, UnknownCause,
+    WatchCancelReason,
 };
 use serde_json::{Map, Value};
 
@@ -426,9 +426,9 @@ impl From<Error> for WireError {
             Error::Overloaded { reason } => {
                 new(429, "overloaded").with("reason", encode(OVERLOAD_REASONS, *reason))
             }
-            Error::TooLarge { size, max } => new(413, "too_large")
-                .with("size", *size)
-                .with("max", *max),
+            Error::TooLarge { size, max } => {
+                new(413, "too_large").with("size", *size).with("max", *max)
+            }
             Error::Shutdown => new(503, "shutdown"),
             Error::Fatal { reason } => new(500, "fatal").with("reason", reason.to_string()),
             Error::MembershipChangeInProgress => new(409, "membership_change_in_progress"),
@@ -502,10 +502,7 @@ mod tests {
             Error::Timeout {
                 after: Duration::from_millis(1500),
             },
-            Error::TooLarge {
-                size: 10,
-                max: 5,
-            },
+            Error::TooLarge { size: 10, max: 5 },
             Error::Shutdown,
             Error::fatal("disk on fire"),
             Error::MembershipChangeInProgress,
@@ -522,7 +519,10 @@ mod tests {
                 requested: 9,
                 current: 8,
             },
-            Error::NoSpace { used: 11, quota: 10 },
+            Error::NoSpace {
+                used: 11,
+                quota: 10,
+            },
             Error::LeaseNotFound { lease: 3 },
             Error::LeaseExists { lease: 4 },
             Error::PeerUnreachable { peer: NodeId(2) },
@@ -532,7 +532,11 @@ mod tests {
                 reason: Arc::from("handler said no"),
             },
         ];
-        all.extend(DROP_REASONS.iter().map(|(r, _)| Error::ProposalDropped { reason: *r }));
+        all.extend(
+            DROP_REASONS
+                .iter()
+                .map(|(r, _)| Error::ProposalDropped { reason: *r }),
+        );
         for (c, _) in UNKNOWN_CAUSES {
             all.push(Error::OutcomeUnknown { cause: *c });
             all.push(Error::CallOutcomeUnknown {
@@ -540,13 +544,21 @@ mod tests {
                 cause: *c,
             });
         }
-        all.extend(OVERLOAD_REASONS.iter().map(|(r, _)| Error::Overloaded { reason: *r }));
+        all.extend(
+            OVERLOAD_REASONS
+                .iter()
+                .map(|(r, _)| Error::Overloaded { reason: *r }),
+        );
         all.extend(KV_LIMITS.iter().map(|(l, _)| Error::LimitExceeded {
             limit: *l,
             size: 100,
             max: 10,
         }));
-        all.extend(INVALID_REASONS.iter().map(|(r, _)| Error::InvalidRequest { reason: *r }));
+        all.extend(
+            INVALID_REASONS
+                .iter()
+                .map(|(r, _)| Error::InvalidRequest { reason: *r }),
+        );
         all.extend(CANCEL_REASONS.iter().map(|(r, _)| Error::WatchCancelled {
             resume_revision: 12,
             reason: *r,
@@ -601,7 +613,10 @@ mod tests {
         let (wire, _) = round_trip(&Error::NotLeader {
             leader_hint: Some(NodeId(2)),
         });
-        assert_eq!((wire.status, wire.body()["leader_hint"].clone()), (503, 2.into()));
+        assert_eq!(
+            (wire.status, wire.body()["leader_hint"].clone()),
+            (503, 2.into())
+        );
     }
 
     #[test]
@@ -617,7 +632,10 @@ mod tests {
         assert!(matches!(e, Error::TooLarge { size: 0, max: 64 }), "{e:?}");
         let e = WireError::from(Error::Storage(StorageError::corrupt("log", "bad crc")));
         assert_eq!(e.code, "storage");
-        assert!(matches!(e.into_error(None), Error::Storage(StorageError::Other(_))));
+        assert!(matches!(
+            e.into_error(None),
+            Error::Storage(StorageError::Other(_))
+        ));
         let e = WireError::bad_json("expected `}`").into_error(Some(NodeId(2)));
         assert!(
             matches!(&e, Error::CallFailed { peer: NodeId(2), reason } if reason.starts_with("bad_json:")),

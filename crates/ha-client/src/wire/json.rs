@@ -384,7 +384,11 @@ impl PutJson {
     pub fn new(enc: Encoding, r: &PutResponse) -> Result<PutJson> {
         Ok(PutJson {
             header: (&r.header).into(),
-            prev_kv: r.prev_kv.as_ref().map(|kv| KvJson::new(enc, kv)).transpose()?,
+            prev_kv: r
+                .prev_kv
+                .as_ref()
+                .map(|kv| KvJson::new(enc, kv))
+                .transpose()?,
         })
     }
 
@@ -1194,7 +1198,11 @@ impl WatchJson {
                             EventKind::Delete => EventKindJson::Delete,
                         },
                         kv: KvJson::new(enc, &e.kv)?,
-                        prev_kv: e.prev_kv.as_ref().map(|kv| KvJson::new(enc, kv)).transpose()?,
+                        prev_kv: e
+                            .prev_kv
+                            .as_ref()
+                            .map(|kv| KvJson::new(enc, kv))
+                            .transpose()?,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -1594,7 +1602,10 @@ mod tests {
         let body = via_text(
             &TxnBody::new(Encoding::Base64, &txn, Consistency::Serializable).expect("encodes"),
         );
-        assert_eq!(body.consistency().expect("consistent"), Consistency::Serializable);
+        assert_eq!(
+            body.consistency().expect("consistent"),
+            Consistency::Serializable
+        );
         assert_eq!(body.into_request(Encoding::Base64).expect("decodes"), txn);
     }
 
@@ -1666,13 +1677,21 @@ mod tests {
             ttl: Duration::from_millis(1500),
             requested_ttl: Duration::from_millis(100),
         };
-        assert_eq!(via_text(&GrantJson::new(&grant)).to_response().expect("ok"), grant);
+        assert_eq!(
+            via_text(&GrantJson::new(&grant)).to_response().expect("ok"),
+            grant
+        );
         let ka = LeaseKeepAliveResponse {
             header: h.clone(),
             id: LeaseId(7),
             ttl: Duration::from_secs(3),
         };
-        assert_eq!(via_text(&KeepAliveJson::new(&ka)).to_response().expect("ok"), ka);
+        assert_eq!(
+            via_text(&KeepAliveJson::new(&ka))
+                .to_response()
+                .expect("ok"),
+            ka
+        );
         let ttl = LeaseTimeToLiveResponse {
             header: h.clone(),
             id: LeaseId(7),
@@ -1689,7 +1708,12 @@ mod tests {
                 granted_ttl: Duration::from_secs(3),
             }],
         };
-        assert_eq!(via_text(&LeasesJson::new(&leases)).to_response().expect("ok"), leases);
+        assert_eq!(
+            via_text(&LeasesJson::new(&leases))
+                .to_response()
+                .expect("ok"),
+            leases
+        );
     }
 
     #[test]
@@ -1699,6 +1723,9 @@ mod tests {
         let h = j.to_header().expect("short hex");
         assert_eq!(h.cluster_id.short(), header().cluster_id.short());
         j.cluster_id = "zz".into();
-        assert_eq!(j.to_header().map_err(|e| e.code).err().as_deref(), Some("bad_answer"));
+        assert_eq!(
+            j.to_header().map_err(|e| e.code).err().as_deref(),
+            Some("bad_answer")
+        );
     }
 }

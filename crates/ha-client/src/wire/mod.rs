@@ -27,8 +27,8 @@ pub use error::{RemoteStorageError, WireError, cancel_reason};
 pub use json::{
     CompactBody, CompareBody, ConsistencyJson, DeleteBody, DeleteJson, Encoding, EventJson,
     EventKindJson, GetBody, GetJson, GrantBody, GrantJson, HeaderJson, HeaderOnlyJson,
-    KeepAliveJson, KvJson, LeaseBody, LeaseStatusJson, LeasesJson, MAX_TXN_DEPTH, OpJson,
-    PutBody, PutJson, RangeBody, RangeJson, Selector, SortOrderJson, SortTargetJson, TtlJson,
-    TxnBody, TxnJson, TxnOpBody, TxnOpJson, WatchBody, WatchCreatedJson, WatchJson, consistency,
+    KeepAliveJson, KvJson, LeaseBody, LeaseStatusJson, LeasesJson, MAX_TXN_DEPTH, OpJson, PutBody,
+    PutJson, RangeBody, RangeJson, Selector, SortOrderJson, SortTargetJson, TtlJson, TxnBody,
+    TxnJson, TxnOpBody, TxnOpJson, WatchBody, WatchCreatedJson, WatchJson, consistency,
     consistency_fields, ms,
 };
