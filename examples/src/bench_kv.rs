@@ -1,12 +1,16 @@
-//! `ha-bench kv`: the replicated KV end to end — a group of members in
-//! this process on RocksDB (fsync on), closed-loop clients calling
-//! [`KvClient`] on every member in turn.
+//! `ha-bench kv`: the replicated KV end to end — closed-loop clients
+//! calling [`KvClient`] on every member in turn: members in this process
+//! on RocksDB (fsync on), or with `--target`/`--spawn` ha-node processes
+//! through [`RemoteKv`] (their HTTP/JSON client API). One load loop,
+//! generic over the client, serves both.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use ha_client::RemoteKv;
 use ha_core::{
     Compare, CompareOp, CompareTarget, Config, KeyRange, KvClient, KvOptions, NodeId, PutRequest,
     RangeRequest, TxnOp, TxnRequest,
@@ -70,6 +74,15 @@ pub struct KvArgs {
     /// of the members in turn: lease reads are local only there.
     #[arg(long)]
     pub via_leader: bool,
+    /// Run against a group of ha-node processes through their client API
+    /// (`RemoteKv`) instead of members in this process: their `--http`
+    /// addresses, comma-separated (`http://127.0.0.1:8001,...`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "spawn")]
+    pub target: Vec<String>,
+    /// Like `--target`, with this many ha-node processes started here on
+    /// loopback (the `ha-node` binary next to this one) and stopped after.
+    #[arg(long)]
+    pub spawn: Option<u64>,
 }
 
 pub(crate) fn key(i: u64) -> Vec<u8> {
@@ -88,7 +101,13 @@ impl Rng {
     }
 }
 
-async fn one_call(kv: &KvNode, w: Workload, rng: &mut Rng, keys: u64, value: &[u8]) -> bool {
+async fn one_call<K: KvClient>(
+    kv: &K,
+    w: Workload,
+    rng: &mut Rng,
+    keys: u64,
+    value: &[u8],
+) -> bool {
     let k = key(rng.next() % keys);
     let w = match w {
         Workload::Mixed if rng.next() % 10 < 2 => Workload::Put,
@@ -180,13 +199,148 @@ pub(crate) async fn start_group(
 /// Runs the benchmark and prints its figures; the last line is JSON.
 ///
 /// # Errors
-/// When the storage or the group cannot be set up.
+/// When the storage or the group cannot be set up, or `--target` names
+/// no usable address.
 pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
+    if !args.target.is_empty() || args.spawn.is_some() {
+        return run_remote(args).await;
+    }
     if args.workload == Workload::Watch {
         return crate::bench::kv_watch::run(&args).await;
     }
     let group = start_group(args.members, &args.dir).await?;
-    let nodes = &group.nodes;
+    let nodes = group.nodes.clone();
+    let counter = {
+        let nodes = nodes.clone();
+        move || -> BoxFuture<'static, u64> {
+            let sum = nodes
+                .iter()
+                .map(|n| n.node().metrics().leader_changes)
+                .sum();
+            Box::pin(async move { sum })
+        }
+    };
+    let via_leader = args.via_leader;
+    let figures = load(&nodes, &args, counter, |nodes: &[KvNode]| {
+        if !via_leader {
+            return Ok(nodes.to_vec());
+        }
+        let lead = nodes[0].node().leader().leader;
+        let leader = nodes
+            .iter()
+            .find(|n| Some(n.node().id()) == lead)
+            .ok_or("no leader after the preload")?;
+        Ok(vec![leader.clone()])
+    })
+    .await?;
+    for n in &nodes {
+        n.shutdown().await?;
+    }
+    report(
+        &args,
+        args.members,
+        "RocksDB with fsync, in this process",
+        None,
+        &figures,
+    );
+    Ok(())
+}
+
+/// `--target` / `--spawn`: the same load through `RemoteKv`.
+async fn run_remote(args: KvArgs) -> crate::bench::BenchResult<()> {
+    if args.workload == Workload::Watch {
+        return Err("--workload watch runs in this process only (no --target, --spawn)".into());
+    }
+    if args.via_leader {
+        return Err("--via-leader runs in this process only (no --target, --spawn)".into());
+    }
+    let cluster = match args.spawn {
+        Some(n) => {
+            let c = crate::procs::Cluster::start(n).await;
+            c.healthy().await;
+            Some(c)
+        }
+        None => None,
+    };
+    let targets = match &cluster {
+        Some(c) => c.endpoints(&c.initial),
+        None => args.target.clone(),
+    };
+    // Client c talks to member c % n first, as the in-process run spreads
+    // its clients over the members.
+    let mut clients = Vec::new();
+    for first in 0..targets.len() {
+        let mut order = targets.clone();
+        order.rotate_left(first);
+        clients.push(
+            RemoteKv::builder(order)
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        );
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let counter = {
+        let targets = targets.clone();
+        move || -> BoxFuture<'static, u64> {
+            let (http, targets) = (http.clone(), targets.clone());
+            Box::pin(async move { highest_term(&http, &targets).await })
+        }
+    };
+    let figures = load(&clients, &args, counter, |c: &[RemoteKv]| Ok(c.to_vec())).await?;
+    let how = if cluster.is_some() {
+        "ha-node processes started here, through RemoteKv"
+    } else {
+        "ha-node processes at --target, through RemoteKv"
+    };
+    report(&args, targets.len() as u64, how, Some(&targets), &figures);
+    drop(cluster);
+    Ok(())
+}
+
+/// The highest raft term the members report on `/v1/status` (members
+/// that do not answer are skipped). Every leader change takes a new term,
+/// so the difference over a run bounds the leader changes from above (an
+/// election that elects nobody also takes a term).
+async fn highest_term(http: &reqwest::Client, targets: &[String]) -> u64 {
+    let mut term = 0;
+    for t in targets {
+        if let Ok(r) = http.get(format!("{t}/v1/status")).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            term = term.max(v["term"].as_u64().unwrap_or(0));
+        }
+    }
+    term
+}
+
+/// What one load run measured.
+struct Figures {
+    total: u64,
+    at_half: u64,
+    half_time: Duration,
+    elapsed: Duration,
+    errors: u64,
+    hist: Histogram<u64>,
+    leader_changes: u64,
+}
+
+/// Preloads (for reads), runs `args.clients` closed-loop clients in turn
+/// over what `narrow` keeps of `kvs` after the preload, for a warm-up
+/// second and `args.seconds` measured, and counts leader changes with
+/// `counter` (a running count, read before and after the measured part).
+async fn load<K, C, N>(
+    kvs: &[K],
+    args: &KvArgs,
+    mut counter: C,
+    narrow: N,
+) -> crate::bench::BenchResult<Figures>
+where
+    K: KvClient + Clone,
+    C: FnMut() -> BoxFuture<'static, u64>,
+    N: FnOnce(&[K]) -> crate::bench::BenchResult<Vec<K>>,
+{
     let value = vec![b'v'; args.value_size];
     if matches!(
         args.workload,
@@ -201,7 +355,7 @@ pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
         let mut loaders = Vec::new();
         for c in 0..64 {
             let (kv, next, value, keys) = (
-                nodes[c % nodes.len()].clone(),
+                kvs[c % kvs.len()].clone(),
                 next.clone(),
                 value.clone(),
                 args.keys,
@@ -222,16 +376,10 @@ pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
             l.await?;
         }
     }
-    let targets: Vec<KvNode> = if args.via_leader {
-        let lead = nodes[0].node().leader().leader;
-        let leader = nodes
-            .iter()
-            .find(|n| Some(n.node().id()) == lead)
-            .ok_or("no leader after the preload")?;
-        vec![leader.clone()]
-    } else {
-        nodes.clone()
-    };
+    let targets = narrow(kvs)?;
+    if targets.is_empty() {
+        return Err("no client to run the load through".into());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
@@ -262,10 +410,7 @@ pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let changes_before: u64 = nodes
-        .iter()
-        .map(|n| n.node().metrics().leader_changes)
-        .sum();
+    let changes_before = counter().await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     let half = Duration::from_secs(args.seconds) / 2;
@@ -274,12 +419,8 @@ pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
     tokio::time::sleep(Duration::from_secs(args.seconds) - half).await;
     measuring.store(false, Ordering::Relaxed);
     let (total, elapsed) = (done.load(Ordering::Relaxed), start.elapsed());
+    let leader_changes = counter().await.saturating_sub(changes_before);
     stop.store(true, Ordering::Relaxed);
-    let leader_changes = nodes
-        .iter()
-        .map(|n| n.node().metrics().leader_changes)
-        .sum::<u64>()
-        - changes_before;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
     for t in tasks {
@@ -287,11 +428,20 @@ pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
         errors += e;
         hist.add(&h)?;
     }
-    for n in nodes {
-        n.shutdown().await?;
-    }
-    let rate = total as f64 / elapsed.as_secs_f64();
-    let rate2 = (total - at_half) as f64 / (elapsed - half_time).as_secs_f64();
+    Ok(Figures {
+        total,
+        at_half,
+        half_time,
+        elapsed,
+        errors,
+        hist,
+        leader_changes,
+    })
+}
+
+fn report(args: &KvArgs, members: u64, how: &str, targets: Option<&[String]>, f: &Figures) {
+    let rate = f.total as f64 / f.elapsed.as_secs_f64();
+    let rate2 = (f.total - f.at_half) as f64 / (f.elapsed - f.half_time).as_secs_f64();
     let name = format!("{:?}", args.workload).to_lowercase();
     let name = match name.as_str() {
         "getserializable" => "get-serializable".to_string(),
@@ -300,33 +450,43 @@ pub async fn run(args: KvArgs) -> crate::bench::BenchResult<()> {
     };
     let via = if args.via_leader { "leader" } else { "all" };
     println!(
-        "kv {name}: {} members, {} clients via {via}, {}-byte values, {} keys, RocksDB with fsync",
-        args.members, args.clients, args.value_size, args.keys
+        "kv {name}: {members} members, {} clients via {via}, {}-byte values, {} keys, {how}",
+        args.clients, args.value_size, args.keys
     );
+    if let Some(t) = targets {
+        println!("  members       {}", t.join(","));
+    }
     println!(
-        "  ops           {total} in {:.1}s ({errors} errors)",
-        elapsed.as_secs_f64()
+        "  ops           {} in {:.1}s ({} errors)",
+        f.total,
+        f.elapsed.as_secs_f64(),
+        f.errors
     );
     println!("  throughput    {rate:.0}/s whole run, {rate2:.0}/s second half");
     println!(
         "  latency       p50 {} us, p99 {} us, max {} us",
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        hist.max()
+        f.hist.value_at_quantile(0.5),
+        f.hist.value_at_quantile(0.99),
+        f.hist.max()
     );
-    println!("  leader changes {leader_changes}");
+    println!("  leader changes {}", f.leader_changes);
     // Field order as the issue gives it (serde_json would sort the keys).
+    let remote = if targets.is_some() {
+        ",\"client\":\"remote\""
+    } else {
+        ""
+    };
     println!(
-        "{{\"bench\":\"kv\",\"workload\":{},\"members\":{},\"clients\":{},\"ops_per_sec\":{},\"ops_per_sec_2nd_half\":{},\"p50_us\":{},\"p99_us\":{},\"leader_changes\":{},\"via\":{}}}",
+        "{{\"bench\":\"kv\",\"workload\":{},\"members\":{},\"clients\":{},\"ops_per_sec\":{},\"ops_per_sec_2nd_half\":{},\"p50_us\":{},\"p99_us\":{},\"leader_changes\":{},\"errors\":{},\"via\":{}{remote}}}",
         serde_json::Value::from(name),
-        args.members,
+        members,
         args.clients,
         rate.round() as u64,
         rate2.round() as u64,
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        leader_changes,
+        f.hist.value_at_quantile(0.5),
+        f.hist.value_at_quantile(0.99),
+        f.leader_changes,
+        f.errors,
         serde_json::Value::from(via),
     );
-    Ok(())
 }

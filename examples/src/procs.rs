@@ -581,3 +581,12 @@ impl Cluster {
         ClusterId::derive(&ids, "")
     }
 }
+
+/// For remote clients (`ha_client::RemoteKv`, `ha-bench kv --spawn`).
+impl Cluster {
+    /// The client-API addresses (`http://127.0.0.1:port`) of members
+    /// `order`, in that order: a `RemoteKv` talks to the first one first.
+    pub fn endpoints(&self, order: &[u64]) -> Vec<String> {
+        order.iter().map(|id| self.url(*id, "")).collect()
+    }
+}

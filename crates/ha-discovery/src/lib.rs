@@ -137,6 +137,15 @@ pub use ha_storage::{MemLogStore, MemStateStore};
 #[cfg(feature = "rocksdb")]
 pub use ha_storage::{RocksEnv, StorageConfig};
 
+/// The recipes from a process that is not a member (feature `remote`):
+/// [`remote::RemoteKv`] is a [`KvClient`] over the members' HTTP/JSON
+/// client API with failover between them, so `Session::new(remote)` and
+/// every recipe on it work as they do on an in-process [`KvNode`].
+#[cfg(feature = "remote")]
+pub mod remote {
+    pub use ha_client::{ClientConfigError, RemoteKv, RemoteKvBuilder};
+}
+
 // The README's examples are compiled and run as doctests here, in the crate
 // that can reach every other (the recipes' example needs ha-discovery).
 #[cfg(doctest)]

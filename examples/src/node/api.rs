@@ -32,9 +32,10 @@ use serde_json::{Value, json};
 use super::App;
 use super::error::{ApiError, cancel_reason};
 use super::json::{
-    AddMemberBody, CompactBody, DeleteBody, Encoding, GetBody, GrantBody, HeaderJson, LeaseBody,
-    MemberBody, PutBody, RangeBody, TransferBody, TxnBody, WatchBody, delete_json, ms, put_json,
-    range_json, txn_json, watch_json,
+    AddMemberBody, CompactBody, DeleteBody, DeleteJson, Encoding, GetBody, GetJson, GrantBody,
+    GrantJson, HeaderOnlyJson, KeepAliveJson, LeaseBody, LeasesJson, MemberBody, PutBody, PutJson,
+    RangeBody, RangeJson, TransferBody, TtlJson, TxnBody, TxnJson, WatchBody, WatchCreatedJson,
+    WatchJson, consistency,
 };
 
 /// How much longer than the request's own deadline the HTTP layer waits
@@ -98,13 +99,14 @@ struct Params {
 }
 
 impl Params {
-    fn options(&self, serializable: bool) -> KvOptions {
-        let o = KvOptions::default().with_timeout(self.deadline);
-        if serializable {
-            o.with_consistency(Consistency::Serializable)
-        } else {
-            o
-        }
+    fn options(&self, consistency: Consistency) -> KvOptions {
+        KvOptions::default()
+            .with_timeout(self.deadline)
+            .with_consistency(consistency)
+    }
+
+    fn write(&self) -> KvOptions {
+        self.options(Consistency::Linearizable)
     }
 }
 
@@ -175,8 +177,8 @@ fn ok(v: impl serde::Serialize) -> Answer {
 async fn put(State(app): State<Arc<App>>, p: Params, Body(b): Body<PutBody>) -> Answer {
     let request = b.into_request(p.enc)?;
     app.metrics.proposal("put");
-    let r = within(p.deadline, app.kv.put(request, p.options(false))).await?;
-    ok(put_json(p.enc, &r)?)
+    let r = within(p.deadline, app.kv.put(request, p.write())).await?;
+    ok(PutJson::new(p.enc, &r)?)
 }
 
 async fn get_key(State(app): State<Arc<App>>, p: Params, Body(b): Body<GetBody>) -> Answer {
@@ -184,37 +186,43 @@ async fn get_key(State(app): State<Arc<App>>, p: Params, Body(b): Body<GetBody>)
         revision: b.revision,
         ..RangeRequest::new(KeyRange::Key(p.enc.decode("key", &b.key)?))
     };
-    let r = within(p.deadline, app.kv.range(request, p.options(b.serializable))).await?;
-    let j = range_json(p.enc, &r)?;
-    ok(json!({ "header": j.header, "kv": j.kvs.into_iter().next() }))
+    let c = consistency(b.serializable, b.consistency)?;
+    let r = within(p.deadline, app.kv.range(request, p.options(c))).await?;
+    let j = RangeJson::new(p.enc, &r)?;
+    ok(GetJson {
+        header: j.header,
+        kv: j.kvs.into_iter().next(),
+    })
 }
 
 async fn range(State(app): State<Arc<App>>, p: Params, Body(b): Body<RangeBody>) -> Answer {
-    let serializable = b.serializable;
+    let c = b.consistency()?;
     let request = b.into_request(p.enc)?;
-    let r = within(p.deadline, app.kv.range(request, p.options(serializable))).await?;
-    ok(range_json(p.enc, &r)?)
+    let r = within(p.deadline, app.kv.range(request, p.options(c))).await?;
+    ok(RangeJson::new(p.enc, &r)?)
 }
 
 async fn delete(State(app): State<Arc<App>>, p: Params, Body(b): Body<DeleteBody>) -> Answer {
     let request = b.into_request(p.enc)?;
     app.metrics.proposal("delete");
-    let r = within(p.deadline, app.kv.delete(request, p.options(false))).await?;
-    ok(delete_json(p.enc, &r)?)
+    let r = within(p.deadline, app.kv.delete(request, p.write())).await?;
+    ok(DeleteJson::new(p.enc, &r)?)
 }
 
 async fn txn(State(app): State<Arc<App>>, p: Params, Body(b): Body<TxnBody>) -> Answer {
-    let serializable = b.serializable;
+    let c = b.consistency()?;
     let request = b.into_request(p.enc)?;
     app.metrics.proposal("txn");
-    let r = within(p.deadline, app.kv.txn(request, p.options(serializable))).await?;
-    ok(txn_json(p.enc, &r)?)
+    let r = within(p.deadline, app.kv.txn(request, p.options(c))).await?;
+    ok(TxnJson::new(p.enc, &r)?)
 }
 
 async fn compact(State(app): State<Arc<App>>, p: Params, Body(b): Body<CompactBody>) -> Answer {
     app.metrics.proposal("compact");
-    let r = within(p.deadline, app.kv.compact(b.revision, p.options(false))).await?;
-    ok(json!({ "header": HeaderJson::from(&r.header) }))
+    let r = within(p.deadline, app.kv.compact(b.revision, p.write())).await?;
+    ok(HeaderOnlyJson {
+        header: (&r.header).into(),
+    })
 }
 
 /// What a watch's SSE stream is doing.
@@ -249,7 +257,12 @@ async fn watch(
     let start = b.start_revision;
     let request = b.into_request(p.enc)?;
     let watch = within(p.deadline, app.kv.watch(request)).await?;
-    let created = json!({ "watch_id": watch.id().0, "member_id": app.settings.id.0, "start_revision": start });
+    let created = serde_json::to_value(WatchCreatedJson {
+        watch_id: watch.id().0,
+        member_id: app.settings.id.0,
+        start_revision: start,
+    })
+    .unwrap_or(Value::Null);
     let state = WatchState {
         watch,
         enc: p.enc,
@@ -261,7 +274,7 @@ async fn watch(
             return None;
         }
         let event = match st.watch.next().await {
-            Some(Ok(response)) => match watch_json(st.enc, &response) {
+            Some(Ok(response)) => match WatchJson::new(st.enc, &response) {
                 Ok(j) => {
                     st.delivered = response.header.revision;
                     Event::default()
@@ -314,14 +327,8 @@ async fn watch(
 async fn lease_grant(State(app): State<Arc<App>>, p: Params, Body(b): Body<GrantBody>) -> Answer {
     let request = LeaseGrantRequest::new(Duration::from_millis(b.ttl_ms)).with_id(LeaseId(b.id));
     app.metrics.proposal("lease_grant");
-    let r = within(p.deadline, app.kv.lease_grant(request, p.options(false))).await?;
-    ok(json!({
-        "header": HeaderJson::from(&r.header),
-        "id": r.id.0,
-        "ttl_ms": ms(r.ttl),
-        "requested_ttl_ms": ms(r.requested_ttl),
-        "rounded_up": r.rounded_up(),
-    }))
+    let r = within(p.deadline, app.kv.lease_grant(request, p.write())).await?;
+    ok(GrantJson::new(&r))
 }
 
 async fn lease_keep_alive(
@@ -331,52 +338,32 @@ async fn lease_keep_alive(
 ) -> Answer {
     let r = within(
         p.deadline,
-        app.kv
-            .lease_keep_alive_once(LeaseId(b.id), p.options(false)),
+        app.kv.lease_keep_alive_once(LeaseId(b.id), p.write()),
     )
     .await?;
-    ok(json!({ "header": HeaderJson::from(&r.header), "id": r.id.0, "ttl_ms": ms(r.ttl) }))
+    ok(KeepAliveJson::new(&r))
 }
 
 async fn lease_revoke(State(app): State<Arc<App>>, p: Params, Body(b): Body<LeaseBody>) -> Answer {
     app.metrics.proposal("lease_revoke");
-    let r = within(
-        p.deadline,
-        app.kv.lease_revoke(LeaseId(b.id), p.options(false)),
-    )
-    .await?;
-    ok(json!({ "header": HeaderJson::from(&r.header) }))
+    let r = within(p.deadline, app.kv.lease_revoke(LeaseId(b.id), p.write())).await?;
+    ok(HeaderOnlyJson {
+        header: (&r.header).into(),
+    })
 }
 
 async fn lease_ttl(State(app): State<Arc<App>>, p: Params, Body(b): Body<LeaseBody>) -> Answer {
     let r = within(
         p.deadline,
-        app.kv
-            .lease_time_to_live(LeaseId(b.id), b.keys, p.options(false)),
+        app.kv.lease_time_to_live(LeaseId(b.id), b.keys, p.write()),
     )
     .await?;
-    let keys = r
-        .keys
-        .iter()
-        .map(|k| p.enc.encode("key", k))
-        .collect::<Result<Vec<_>, _>>()?;
-    ok(json!({
-        "header": HeaderJson::from(&r.header),
-        "id": r.id.0,
-        "ttl_ms": ms(r.ttl),
-        "granted_ttl_ms": ms(r.granted_ttl),
-        "keys": keys,
-    }))
+    ok(TtlJson::new(p.enc, &r)?)
 }
 
 async fn lease_list(State(app): State<Arc<App>>, p: Params) -> Answer {
-    let r = within(p.deadline, app.kv.leases(p.options(false))).await?;
-    let leases: Vec<Value> = r
-        .leases
-        .iter()
-        .map(|l| json!({ "id": l.id.0, "granted_ttl_ms": ms(l.granted_ttl) }))
-        .collect();
-    ok(json!({ "header": HeaderJson::from(&r.header), "leases": leases }))
+    let r = within(p.deadline, app.kv.leases(p.write())).await?;
+    ok(LeasesJson::new(&r))
 }
 
 fn role_name(r: MemberRole) -> &'static str {
