@@ -91,6 +91,7 @@
 #![deny(missing_docs)]
 
 mod barrier;
+mod config;
 mod election;
 mod env;
 mod error;
@@ -104,6 +105,12 @@ mod sequence;
 mod session;
 
 pub use crate::barrier::{Barrier, DoubleBarrier};
+pub use crate::config::{
+    ConfigCenter, ConfigCenterBuilder, ConfigCenterError, ConfigEntry, ConfigEvent, ConfigFormat,
+    ConfigId, ConfigInstance, ConfigMeta, ConfigPage, ConfigResult, ConfigSource, ConfigStatus,
+    ConfigValidator, ConfigWatch, DEFAULT_ROOT as CONFIG_DEFAULT_ROOT, GreyRule, HistoryLimit,
+    InstanceReport, MAX_ID_PART, Publish, Rollout, SecretKey, TypedConfig, TypedConfigBuilder,
+};
 pub use crate::election::{Election, Leader, Leadership};
 pub use crate::env::{BoxTask, RecipeEnv, Spawn, TokioSpawn};
 pub use crate::error::{LostReason, RecipeError, Result};
