@@ -8,6 +8,7 @@
 //! running a [`store_machine::StoreMachine`].
 
 pub mod common;
+pub mod config;
 pub mod engine;
 pub mod fsync;
 pub mod kv_watch;

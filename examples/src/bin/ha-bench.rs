@@ -44,6 +44,9 @@ enum Bench {
     /// acquisitions/s under contention, and hand-off latency between
     /// members.
     Lock(bench::lock::Args),
+    /// The config center (ha-discovery): per publish, the time until the
+    /// LAST of many version watchers (spread over the members) has it.
+    Config(bench::config::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -67,6 +70,7 @@ fn main() -> BenchResult<()> {
             Bench::Fsync(args) => bench::fsync::run(args).await,
             Bench::Lease(args) => bench::lease::run(args).await,
             Bench::Lock(args) => bench::lock::run(args).await,
+            Bench::Config(args) => bench::config::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
         }
     })

@@ -154,7 +154,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> TypedConfigBuilder<T> {
                     }
                     Err(e) => {
                         let failed = record.meta.version;
-                        let (value, mut status) = follower.from_cache().ok_or(e.clone())?;
+                        let (value, mut status) = follower.cached_value().ok_or(e.clone())?;
                         tracing::warn!(id = %self.id, version = failed, error = %e,
                             "config version does not load; running on the cached one");
                         status.failed_version = Some(failed);
@@ -165,7 +165,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> TypedConfigBuilder<T> {
             }
             Err(ConfigCenterError::Kv(e)) => {
                 let (value, mut status) = follower
-                    .from_cache()
+                    .cached_value()
                     .ok_or(ConfigCenterError::Kv(e.clone()))?;
                 tracing::warn!(id = %self.id, error = %e,
                     "group unreachable; running on cached config version {}", status.version);
@@ -274,7 +274,8 @@ impl<T: DeserializeOwned + Send + Sync + 'static> TypedConfig<T> {
     }
 
     /// Runs `callback` after each successful reload, with the new value
-    /// and status (on the background task: keep it short).
+    /// and status, before [`TypedConfig::status`] shows the new version
+    /// (on the background task: keep it short).
     pub fn on_change(&self, callback: impl Fn(&Arc<T>, &ConfigStatus) + Send + Sync + 'static) {
         self.shared.callbacks.lock().push(Arc::new(callback));
     }
@@ -382,7 +383,7 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
     }
 
     /// The cached value, if there is a cache that loads.
-    fn from_cache(&self) -> Option<(T, ConfigStatus)> {
+    fn cached_value(&self) -> Option<(T, ConfigStatus)> {
         let cache = self.cache.as_ref()?;
         let record = match cache.load() {
             Ok(r) => r?,
@@ -472,12 +473,14 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
                 let value = Arc::new(value);
                 shared.value.store(value.clone());
                 let status = status_of(record, ConfigSource::Group);
-                shared.status.send_replace(status.clone());
                 self.store_cache(record);
+                // Callbacks first, then the status: whoever waits on the
+                // status sees the callbacks done.
                 let callbacks = shared.callbacks.lock().clone();
                 for callback in callbacks {
                     callback(&value, &status);
                 }
+                shared.status.send_replace(status);
             }
             Err(e) => {
                 tracing::warn!(id = %self.id, version = record.meta.version, error = %e,

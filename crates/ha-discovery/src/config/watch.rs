@@ -21,7 +21,7 @@ const RETRY: Duration = Duration::from_millis(100);
 pub enum ConfigEvent {
     /// A new version (of the stable line; grey candidates are not
     /// versions yet).
-    Published(ConfigEntry),
+    Published(Box<ConfigEntry>),
     /// The config was deleted; a later publish starts again at version 1.
     Deleted,
 }
@@ -247,7 +247,7 @@ impl Follower {
         }
         for missing in self.last + 1..version {
             let found = match self.center.get_version(&self.id, missing).await {
-                Ok(Some(entry)) => Some(Ok(ConfigEvent::Published(entry))),
+                Ok(Some(entry)) => Some(Ok(ConfigEvent::Published(Box::new(entry)))),
                 Ok(None) => None,
                 Err(e) => Some(Err(e)),
             };
@@ -262,7 +262,7 @@ impl Follower {
             .center
             .inner
             .open(&self.id, &record)
-            .map(ConfigEvent::Published);
+            .map(|entry| ConfigEvent::Published(Box::new(entry)));
         self.tx.send(item).await.is_ok()
     }
 
