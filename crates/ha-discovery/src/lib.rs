@@ -1,8 +1,10 @@
 //! The crate an application depends on: the coordination recipes of
 //! **ha** — sessions, locks with fencing tokens, readers-writer locks,
 //! semaphores, barriers, a sequence, leader election and the singleton
-//! job — built like etcd's `concurrency` package and Apache Curator, and
-//! the types needed to run a member.
+//! job — built like etcd's `concurrency` package and Apache Curator; a
+//! config center ([`ConfigCenter`], [`TypedConfig`]: versioned configs
+//! with history, rollback, validation, secrets, hot reload and grey
+//! release); and the types needed to run a member.
 //!
 //! Every recipe is a client of the public [`KvClient`] API (KV, watches,
 //! leases) and nothing else, so it works the same through an in-process
