@@ -1,8 +1,10 @@
 //! The crate an application depends on: the coordination recipes of
 //! **ha** — sessions, locks with fencing tokens, readers-writer locks,
 //! semaphores, barriers, a sequence, leader election and the singleton
-//! job — built like etcd's `concurrency` package and Apache Curator, and
-//! the types needed to run a member.
+//! job — built like etcd's `concurrency` package and Apache Curator; a
+//! config center ([`ConfigCenter`], [`TypedConfig`]: versioned configs
+//! with history, rollback, validation, secrets, hot reload and grey
+//! release); and the types needed to run a member.
 //!
 //! Every recipe is a client of the public [`KvClient`] API (KV, watches,
 //! leases) and nothing else, so it works the same through an in-process
@@ -91,6 +93,7 @@
 #![deny(missing_docs)]
 
 mod barrier;
+mod config;
 mod election;
 mod env;
 mod error;
@@ -105,6 +108,12 @@ mod sequence;
 mod session;
 
 pub use crate::barrier::{Barrier, DoubleBarrier};
+pub use crate::config::{
+    ConfigCenter, ConfigCenterBuilder, ConfigCenterError, ConfigEntry, ConfigEvent, ConfigFormat,
+    ConfigId, ConfigInstance, ConfigMeta, ConfigPage, ConfigResult, ConfigSource, ConfigStatus,
+    ConfigValidator, ConfigWatch, DEFAULT_ROOT as CONFIG_DEFAULT_ROOT, GreyRule, HistoryLimit,
+    InstanceReport, MAX_ID_PART, Publish, Rollout, SecretKey, TypedConfig, TypedConfigBuilder,
+};
 pub use crate::election::{Election, Leader, Leadership};
 pub use crate::env::{BoxTask, RecipeEnv, Spawn, TokioSpawn};
 pub use crate::error::{LostReason, RecipeError, Result};

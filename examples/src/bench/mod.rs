@@ -9,6 +9,8 @@
 
 pub mod common;
 pub mod discovery;
+
+pub mod config;
 pub mod engine;
 pub mod failover;
 pub mod fsync;

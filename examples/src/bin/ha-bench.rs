@@ -51,6 +51,10 @@ enum Bench {
     /// (SIGKILL) under continuous writes and restarts it; reports the time
     /// from the kill to the first write committed afterwards.
     Failover(bench::failover::Args),
+
+    /// The config center (ha-discovery): per publish, the time until the
+    /// LAST of many version watchers (spread over the members) has it.
+    Config(bench::config::Args),
 }
 
 fn main() -> BenchResult<()> {
@@ -75,6 +79,8 @@ fn main() -> BenchResult<()> {
             Bench::Lease(args) => bench::lease::run(args).await,
             Bench::Lock(args) => bench::lock::run(args).await,
             Bench::Discovery(args) => bench::discovery::run(args).await,
+
+            Bench::Config(args) => bench::config::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
             Bench::Failover(args) => bench::failover::run(args).await,
         }

@@ -149,6 +149,8 @@ async fn kv_demo(env: &RocksEnv, root: &Path) -> DemoResult<()> {
         other => return Err(format!("a read below the compaction answered {other:?}").into()),
     }
     discovery_demo(&kvs).await?;
+
+    config_demo(&kvs).await?;
     let killed = recipes_demo(&kvs).await?;
     for (i, kv) in kvs.iter().enumerate() {
         if i != killed {
@@ -493,6 +495,85 @@ async fn main() -> DemoResult<()> {
     println!(
         "demo ok: leader_changes={leader_changes} writes={}",
         acked.len()
+    );
+    Ok(())
+}
+
+/// The config center (ha-discovery): instances on members 12 and 13 hold
+/// a typed config; a version published on member 11 reaches both; a grey
+/// candidate reaches only the selected instance; a rollback reaches both.
+async fn config_demo(kvs: &[KvNode]) -> DemoResult<()> {
+    use ha_discovery::{
+        ConfigCenter, ConfigFormat, ConfigId, ConfigInstance, GreyRule, Publish, TypedConfig,
+    };
+    /// The settings the instances read.
+    #[derive(serde::Deserialize)]
+    struct Settings {
+        pool: u32,
+    }
+    let wait = Duration::from_secs(10);
+    let admin = ConfigCenter::builder(kvs[0].clone())
+        .author("demo")
+        .build()?;
+    let id = ConfigId::new("demo", "web", "settings.json")?;
+    let v1 = admin
+        .publish(&id, Publish::new(ConfigFormat::Json, r#"{"pool": 8}"#))
+        .await?;
+    let mut instances = Vec::new();
+    for (i, kv) in kvs.iter().enumerate().skip(1) {
+        let center = ConfigCenter::builder(kv.clone()).build()?;
+        let instance = ConfigInstance::new(format!("web-{}", 11 + i));
+        instances.push(
+            TypedConfig::<Settings>::builder(&center, id.clone())
+                .instance(instance)
+                .start()
+                .await?,
+        );
+    }
+    let t = Instant::now();
+    let v2 = admin
+        .publish(&id, Publish::new(ConfigFormat::Json, r#"{"pool": 32}"#))
+        .await?;
+    for c in &instances {
+        c.wait_until(wait, |s| s.version == v2.version).await?;
+    }
+    println!(
+        "config: {id} v{} published on member 11; instances on members 12 and 13 run it (pool={}) {} ms later",
+        v2.version,
+        instances[1].get().pool,
+        t.elapsed().as_millis()
+    );
+    let grey = admin
+        .publish_grey(
+            &id,
+            Publish::new(ConfigFormat::Json, r#"{"pool": 64}"#),
+            GreyRule::instances(["web-13"]),
+        )
+        .await?;
+    instances[1]
+        .wait_until(wait, |s| s.grey && s.version == grey.version)
+        .await?;
+    if instances[0].status().grey || instances[0].get().pool != 32 {
+        return Err("a grey candidate reached an instance it did not select".into());
+    }
+    println!(
+        "config: grey v{} to web-13 only: web-13 pool={}, web-12 pool={} (stable v{})",
+        grey.version,
+        instances[1].get().pool,
+        instances[0].get().pool,
+        v2.version
+    );
+    admin.abort(&id).await?;
+    let back = admin.rollback(&id, v1.version).await?;
+    for c in &instances {
+        c.wait_until(wait, |s| s.version == back.version && !s.grey)
+            .await?;
+    }
+    println!(
+        "config: grey aborted, rolled back to v{} as v{}: both instances run pool={}",
+        v1.version,
+        back.version,
+        instances[0].get().pool
     );
     Ok(())
 }
