@@ -9,12 +9,11 @@
 //! cargo run --release -p ha-examples --example config_center
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ha_discovery::{
-    Config, ConfigCenter, ConfigFormat, ConfigId, ConfigInstance, GreyRule, KvConfig, KvNode,
-    MemLogStore, MemNetwork, MemStateStore, NodeId, Publish, Rollout, Session, TypedConfig,
+    ConfigCenter, ConfigFormat, ConfigId, ConfigInstance, GreyRule, Publish, Rollout, Session,
+    TypedConfig,
 };
 use serde::Deserialize;
 
@@ -61,25 +60,8 @@ async fn main() -> ExampleResult<()> {
     let t0 = Instant::now();
     let at = move || format!("[{:6.3}s]", t0.elapsed().as_secs_f64());
 
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let network = MemNetwork::new();
-    let mut members = Vec::new();
-    for &id in &ids {
-        members.push(
-            KvNode::start(
-                Config::new(id, ids.clone()),
-                KvConfig::default(),
-                Arc::new(MemLogStore::new()),
-                Arc::new(MemStateStore::new()),
-                network.transport(id),
-            )
-            .await?,
-        );
-    }
-    members[0]
-        .node()
-        .wait_for_leader(Duration::from_secs(10))
-        .await?;
+    // Three members in this process, on memory storage.
+    let (_network, members) = ha_examples::start_mem_kv_group(3).await?;
     println!("{} three members up", at());
 
     // The operator's side: a center that publishes, with a validator.

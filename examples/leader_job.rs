@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use ha_discovery::{
-    Config, Election, KvConfig, KvNode, LeaderTask, MemLogStore, MemNetwork, MemStateStore, NodeId,
-};
+use ha_discovery::{Election, LeaderTask};
 
 type ExampleResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -26,25 +24,8 @@ async fn main() -> ExampleResult<()> {
     let t0 = Instant::now();
     let at = move || format!("[{:6.3}s]", t0.elapsed().as_secs_f64());
 
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let network = MemNetwork::new();
-    let mut members = Vec::new();
-    for &id in &ids {
-        members.push(
-            KvNode::start(
-                Config::new(id, ids.clone()),
-                KvConfig::default(),
-                Arc::new(MemLogStore::new()),
-                Arc::new(MemStateStore::new()),
-                network.transport(id),
-            )
-            .await?,
-        );
-    }
-    members[0]
-        .node()
-        .wait_for_leader(Duration::from_secs(10))
-        .await?;
+    // Three members in this process, on memory storage.
+    let (_network, members) = ha_examples::start_mem_kv_group(3).await?;
     println!("{} three members up", at());
 
     // The same job on every instance; LeaderTask runs it only where elected.

@@ -19,9 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ha_discovery::{
-    BalancerConfig, Config, Discovery, DiscoveryConfig, HealthCheck, HealthChecker, InstanceFilter,
-    KvConfig, KvNode, LoadBalancer, MemLogStore, MemNetwork, MemStateStore, NodeId, RecipeEnv,
-    Registry, ServiceInstance, Session, SmoothWeightedRoundRobin,
+    BalancerConfig, Discovery, DiscoveryConfig, HealthCheck, HealthChecker, InstanceFilter,
+    LoadBalancer, RecipeEnv, Registry, ServiceInstance, Session, SmoothWeightedRoundRobin,
 };
 
 type ExampleResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -102,25 +101,8 @@ async fn main() -> ExampleResult<()> {
     let t0 = Instant::now();
     let at = move || format!("[{:6.3}s]", t0.elapsed().as_secs_f64());
 
-    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
-    let network = MemNetwork::new();
-    let mut members = Vec::new();
-    for &id in &ids {
-        members.push(
-            KvNode::start(
-                Config::new(id, ids.clone()),
-                KvConfig::default(),
-                Arc::new(MemLogStore::new()),
-                Arc::new(MemStateStore::new()),
-                network.transport(id),
-            )
-            .await?,
-        );
-    }
-    members[0]
-        .node()
-        .wait_for_leader(Duration::from_secs(10))
-        .await?;
+    // Three members in this process, on memory storage.
+    let (_network, members) = ha_examples::start_mem_kv_group(3).await?;
     println!("{} three members up", at());
 
     // Each member hosts one `orders` instance and runs health checks.

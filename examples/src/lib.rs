@@ -103,6 +103,36 @@ impl StateMachine for NoopMachine {
     }
 }
 
+/// Starts `n` KV members in this process — memory storage, one memory
+/// network — and waits until they have a leader: the group of the
+/// teaching examples (`leader_job`, `service_mesh`, `config_center`). The
+/// network must live as long as the members.
+///
+/// # Errors
+/// When a member cannot start or no leader is elected within 10 s.
+pub async fn start_mem_kv_group(n: u64) -> ha_core::Result<(MemNetwork, Vec<ha_raft::KvNode>)> {
+    let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+    let network = MemNetwork::new();
+    let mut members = Vec::new();
+    for &id in &ids {
+        members.push(
+            ha_raft::KvNode::start(
+                Config::new(id, ids.clone()),
+                ha_raft::KvConfig::default(),
+                Arc::new(MemLogStore::new()),
+                Arc::new(MemStateStore::new()),
+                network.transport(id),
+            )
+            .await?,
+        );
+    }
+    members[0]
+        .node()
+        .wait_for_leader(std::time::Duration::from_secs(10))
+        .await?;
+    Ok((network, members))
+}
+
 /// Starts one member on memory storage.
 pub async fn start_mem_member<M: StateMachine>(
     config: Config,

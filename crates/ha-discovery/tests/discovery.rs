@@ -17,68 +17,22 @@ use ha_discovery::ha_core::{
     PutResponse, RangeResponse, TxnResponse, WatchControl, WatchId, WatchStream,
 };
 use ha_discovery::{
-    CheckFuture, Config, Discovery, DiscoveryConfig, DiscoveryError, HealthCheck, HealthChecker,
-    HealthStatus, InstanceFilter, KvClient, KvConfig, KvError, KvNode, KvOptions, LeaseId,
-    MemLogStore, MemNetwork, MemStateStore, NodeId, PutRequest, RangeRequest, RecipeEnv, Registry,
-    ServiceChange, ServiceInstance, Session, Source, TxnRequest, WatchRequest,
+    CheckFuture, Discovery, DiscoveryConfig, DiscoveryError, HealthCheck, HealthChecker,
+    HealthStatus, InstanceFilter, KvClient, KvError, KvNode, KvOptions, LeaseId, PutRequest,
+    RangeRequest, RecipeEnv, Registry, ServiceChange, ServiceInstance, Session, Source, TxnRequest,
+    WatchRequest,
 };
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-struct Group {
-    _net: MemNetwork,
-    nodes: Vec<Option<KvNode>>,
-}
+mod common;
+use common::Group;
 
 impl Group {
-    async fn start() -> Group {
-        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
-        let net = MemNetwork::new();
-        let mut nodes = Vec::new();
-        for &id in &members {
-            let config = Config {
-                request_timeout: Duration::from_secs(5),
-                ..Config::new(id, members.clone())
-            };
-            let node = KvNode::start(
-                config,
-                KvConfig::default(),
-                Arc::new(MemLogStore::new()),
-                Arc::new(MemStateStore::new()),
-                net.transport(id),
-            )
-            .await
-            .expect("member starts");
-            nodes.push(Some(node));
-        }
-        let g = Group { _net: net, nodes };
-        g.node(0)
-            .node()
-            .wait_for_leader(PATIENCE)
-            .await
-            .expect("a leader");
-        g
-    }
-
-    fn node(&self, i: usize) -> &KvNode {
-        self.nodes[i].as_ref().expect("member running")
-    }
-
     fn registry(&self, i: usize) -> Registry {
         Registry::new(Arc::new(self.node(i).clone()))
             .namespace("test")
             .expect("valid namespace")
-    }
-
-    async fn kill(&mut self, i: usize) {
-        let node = self.nodes[i].take().expect("member running");
-        node.kill().await;
-    }
-
-    async fn stop(&self) {
-        for n in self.nodes.iter().flatten() {
-            let _ = n.shutdown().await;
-        }
     }
 
     /// A session at the group's minimum TTL (quick expiry in tests).

@@ -17,93 +17,17 @@ use ha_discovery::ha_core::{
     PutResponse, RangeResponse, TxnResponse, WatchStream,
 };
 use ha_discovery::{
-    Barrier, Config, DoubleBarrier, Election, Fenced, FencingToken, KeyRange, KvClient, KvConfig,
-    KvError, KvNode, KvOptions, LeaderTask, LeaseId, LostReason, MemLogStore, MemNetwork,
-    MemStateStore, Mutex, NodeId, PutRequest, RangeRequest, RecipeError, RwLock, RwMode, Semaphore,
-    Sequence, Session, SessionState, TxnOp, TxnRequest, WatchRequest,
+    Barrier, DoubleBarrier, Election, Fenced, FencingToken, KeyRange, KvClient, KvError, KvNode,
+    KvOptions, LeaderTask, LeaseId, LostReason, Mutex, PutRequest, RangeRequest, RecipeError,
+    RwLock, RwMode, Semaphore, Sequence, Session, SessionState, TxnOp, TxnRequest, WatchRequest,
 };
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-struct Group {
-    _net: MemNetwork,
-    members: Vec<NodeId>,
-    nodes: Vec<Option<KvNode>>,
-}
+mod common;
+use common::Group;
 
 impl Group {
-    async fn start() -> Group {
-        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
-        let net = MemNetwork::new();
-        let mut nodes = Vec::new();
-        for &id in &members {
-            let config = Config {
-                request_timeout: Duration::from_secs(5),
-                ..Config::new(id, members.clone())
-            };
-            let node = KvNode::start(
-                config,
-                KvConfig::default(),
-                Arc::new(MemLogStore::new()),
-                Arc::new(MemStateStore::new()),
-                net.transport(id),
-            )
-            .await
-            .expect("member starts");
-            nodes.push(Some(node));
-        }
-        let g = Group {
-            _net: net,
-            members,
-            nodes,
-        };
-        g.node(0)
-            .node()
-            .wait_for_leader(PATIENCE)
-            .await
-            .expect("a leader");
-        g
-    }
-
-    fn node(&self, i: usize) -> &KvNode {
-        self.nodes[i].as_ref().expect("member running")
-    }
-
-    /// Index of the leader all running members agree on.
-    async fn leader(&self) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let seen: Vec<_> = self
-                .nodes
-                .iter()
-                .flatten()
-                .map(|n| n.node().leader())
-                .collect();
-            if let Some(first) = seen.first().and_then(|l| l.leader) {
-                if seen.iter().all(|l| l.leader == Some(first)) {
-                    if let Some(i) = self.members.iter().position(|m| *m == first) {
-                        if self.nodes[i].is_some() {
-                            return i;
-                        }
-                    }
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn kill(&mut self, i: usize) {
-        let node = self.nodes[i].take().expect("member running");
-        node.kill().await;
-    }
-
-    async fn stop(&self) {
-        for n in self.nodes.iter().flatten() {
-            let _ = n.shutdown().await;
-        }
-    }
-
     /// A session at the group's minimum TTL (quick expiry in tests).
     async fn session(&self, i: usize) -> Session {
         let ttl = self.node(i).min_lease_ttl();
