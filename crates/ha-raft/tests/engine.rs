@@ -1480,6 +1480,12 @@ async fn a_new_member_joins_by_snapshot_and_knows_the_membership() {
     assert_eq!(history.len(), 400 * 8, "the new member misses writes");
     let joined = c.node(NodeId(4));
     assert!(joined.metrics().snapshots_installed >= 1);
+    // The membership is published by the raft thread once the install is
+    // durable; the state can be read on the apply thread a moment before.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while joined.membership().members.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let m = joined.membership();
     let voters: Vec<NodeId> = m
         .members
