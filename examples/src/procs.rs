@@ -48,6 +48,18 @@ pub const MAX_BODY: usize = 64 << 10;
 /// Hard bound of a whole test.
 pub const TEST_BOUND: Duration = Duration::from_secs(150);
 
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `test` alone among the tests of this test binary that use it
+/// (three RocksDB processes per test are enough for a two-core machine),
+/// under [`TEST_BOUND`].
+pub async fn one_at_a_time<F: std::future::Future<Output = ()>>(test: F) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    tokio::time::timeout(TEST_BOUND, test)
+        .await
+        .expect("test exceeded its time bound");
+}
+
 /// A port nobody listens on now (the OS picked it for a socket that is
 /// closed again at once).
 pub fn free_port() -> u16 {
@@ -411,25 +423,14 @@ impl Cluster {
     /// SIGTERM, then waits for the process to exit; returns whether it
     /// exited successfully.
     pub async fn terminate(&mut self, id: u64) -> bool {
-        let mut p = self.procs.remove(&id).expect("running member");
+        let p = self.procs.remove(&id).expect("running member");
         let pid = p.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {id} did not exit after SIGTERM:\n{}",
-                self.log(id)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.exited(id, p, "after SIGTERM").await
     }
 
     /// Closes the member's standard input and waits for it to exit;
@@ -437,6 +438,12 @@ impl Cluster {
     pub async fn close_stdin(&mut self, id: u64) -> bool {
         let mut p = self.procs.remove(&id).expect("running member");
         drop(p.stdin.take());
+        self.exited(id, p, "when its stdin closed").await
+    }
+
+    /// Waits for member `id`'s process `p` to exit (within [`PATIENCE`]);
+    /// returns whether it exited successfully.
+    async fn exited(&self, id: u64, mut p: Proc, what: &str) -> bool {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = p.child.try_wait().expect("wait for ha-node") {
@@ -444,7 +451,7 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "member {id} did not exit when its stdin closed:\n{}",
+                "member {id} did not exit {what}:\n{}",
                 self.log(id)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

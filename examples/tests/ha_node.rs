@@ -16,18 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use ha_examples::procs::{Cluster, MAX_BODY, PATIENCE, TEST_BOUND};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs `test` alone (after the other tests of this file) under
-/// [`TEST_BOUND`].
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    let _one = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(TEST_BOUND, test)
-        .await
-        .expect("test exceeded its time bound");
-}
+use ha_examples::procs::{Cluster, MAX_BODY, PATIENCE, one_at_a_time};
 
 /// A peer-protocol hello (the wire format `TcpTransport` documents).
 fn hello(cluster: &ClusterId, from: u64, to: u64) -> Vec<u8> {
@@ -65,7 +54,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are_cut_off() {
-    bounded(async {
+    one_at_a_time(async {
         let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let mut acked = BTreeMap::new();
@@ -180,7 +169,7 @@ async fn sigkill_of_the_leader_loses_no_acknowledged_write_and_hostile_peers_are
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_leader_hands_leadership_over_and_loses_nothing() {
-    bounded(async {
+    one_at_a_time(async {
         let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let mut acked = BTreeMap::new();
@@ -325,7 +314,7 @@ async fn collect(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_over_sse_sees_writes_through_another_member_and_resumes_after_its_member_stops() {
-    bounded(async {
+    one_at_a_time(async {
         let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         // Watch on a follower, write through another member.
@@ -391,7 +380,7 @@ async fn a_watch_over_sse_sees_writes_through_another_member_and_resumes_after_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_errors() {
-    bounded(async {
+    one_at_a_time(async {
         let c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let f = (1..=3).find(|&id| id != leader).expect("a follower");
@@ -654,7 +643,7 @@ async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_added_over_http_joins_and_every_member_learns_its_address() {
-    bounded(async {
+    one_at_a_time(async {
         let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
         let mut acked = BTreeMap::new();

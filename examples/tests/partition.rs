@@ -20,19 +20,8 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use ha_examples::procs::{Cluster, PATIENCE, TEST_BOUND};
+use ha_examples::procs::{Cluster, PATIENCE, one_at_a_time};
 use ha_examples::proxy::{LinkMode, LinkProxy};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs `test` alone (after the other tests of this file) under
-/// [`TEST_BOUND`].
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    let _one = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(TEST_BOUND, test)
-        .await
-        .expect("test exceeded its time bound");
-}
 
 async fn start() -> Cluster {
     Cluster::start_linked(env!("CARGO_BIN_EXE_ha-node").into(), 3).await
@@ -158,7 +147,7 @@ async fn leader_among(c: &Cluster, ids: &[u64]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_minority_member_stalls_while_the_majority_commits_and_heals() {
-    bounded(async {
+    one_at_a_time(async {
         let c = start().await;
         let leader = c.healthy().await;
         let cut = (1..=3).find(|&id| id != leader).expect("a follower");
@@ -205,7 +194,7 @@ async fn an_isolated_minority_member_stalls_while_the_majority_commits_and_heals
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_is_replaced_and_stops_serving_linearizable_reads() {
-    bounded(async {
+    one_at_a_time(async {
         let c = start().await;
         let old = c.healthy().await;
         let rest: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
@@ -240,7 +229,7 @@ async fn an_isolated_leader_is_replaced_and_stops_serving_linearizable_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_way_partitions_and_slow_links_lose_nothing_and_heal() {
-    bounded(async {
+    one_at_a_time(async {
         let c = start().await;
         let leader = c.healthy().await;
         let f = (1..=3).find(|&id| id != leader).expect("a follower");

@@ -22,18 +22,7 @@ use ha_core::{
     WatchRequest, WatchStream,
 };
 use ha_discovery::{Election, Mutex, Session};
-use ha_examples::procs::{Cluster, MAX_BODY, PATIENCE, TEST_BOUND};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs `test` alone (after the other tests of this file) under
-/// [`TEST_BOUND`].
-async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    let _one = ONE_AT_A_TIME.lock().await;
-    tokio::time::timeout(TEST_BOUND, test)
-        .await
-        .expect("test exceeded its time bound");
-}
+use ha_examples::procs::{Cluster, MAX_BODY, PATIENCE, one_at_a_time};
 
 async fn start() -> Cluster {
     let c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
@@ -63,7 +52,7 @@ async fn next(w: &mut WatchStream) -> ha_core::Result<ha_core::WatchResponse> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kv_operation_and_its_errors_through_remote_kv() {
-    bounded(async {
+    one_at_a_time(async {
         let c = start().await;
         let kv = remote(&c, &[2, 3, 1]);
 
@@ -315,7 +304,7 @@ async fn every_kv_operation_and_its_errors_through_remote_kv() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_watch_sees_writes_through_another_member_in_order_and_resumes_after_a_kill() {
-    bounded(async {
+    one_at_a_time(async {
         let mut c = start().await;
         let watcher = remote(&c, &[1]);
         let mut w = watcher
@@ -406,7 +395,7 @@ async fn a_remote_watch_sees_writes_through_another_member_in_order_and_resumes_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_lease_keeps_its_key_and_revoke_removes_it() {
-    bounded(async {
+    one_at_a_time(async {
         let c = start().await;
         let kv = remote(&c, &[3, 1, 2]);
         let ttl = Duration::from_secs(2);
@@ -481,7 +470,7 @@ async fn a_kept_alive_lease_keeps_its_key_and_revoke_removes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipes_from_two_remote_clients_one_lock_holder_and_one_leader() {
-    bounded(async {
+    one_at_a_time(async {
         let c = start().await;
         let a = Session::new(remote(&c, &[1, 2, 3]))
             .await
@@ -553,7 +542,7 @@ async fn recipes_from_two_remote_clients_one_lock_holder_and_one_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_member_a_client_talks_to_loses_no_acknowledged_write() {
-    bounded(async {
+    one_at_a_time(async {
         let mut c = start().await;
         let kv = remote(&c, &[1, 2, 3]);
         let stop = Arc::new(AtomicBool::new(false));

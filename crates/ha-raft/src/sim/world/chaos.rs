@@ -70,6 +70,23 @@ impl World {
         }
     }
 
+    /// The leader and two distinct running followers drawn from the seed
+    /// (the first from all, the second from the rest), for the lease
+    /// scenarios; None without a leader or with fewer than two followers up.
+    fn leader_and_two_followers(&mut self) -> Option<(usize, usize, usize)> {
+        let l = self.leader()?;
+        let followers: Vec<usize> = (0..self.members.len())
+            .filter(|&m| m != l && self.up(m))
+            .collect();
+        if followers.len() < 2 {
+            return None;
+        }
+        let first = self.rng.pick(&followers);
+        let others: Vec<usize> = followers.into_iter().filter(|&m| m != first).collect();
+        let second = self.rng.pick(&others);
+        Some((l, first, second))
+    }
+
     /// The member slots not removed from the group.
     pub(super) fn in_group(&self) -> Vec<usize> {
         (0..self.members.len())
@@ -219,18 +236,9 @@ impl World {
                 }
             }
             FaultKind::RestartWhileCut { down } => {
-                let Some(l) = self.leader() else {
+                let Some((l, cut, restart)) = self.leader_and_two_followers() else {
                     return;
                 };
-                let followers: Vec<usize> = (0..self.members.len())
-                    .filter(|&m| m != l && self.up(m))
-                    .collect();
-                if followers.len() < 2 {
-                    return;
-                }
-                let cut = self.rng.pick(&followers);
-                let others: Vec<usize> = followers.into_iter().filter(|&m| m != cut).collect();
-                let restart = self.rng.pick(&others);
                 self.net.cut(f, both_ways(&[l], &[cut]));
                 self.undo.insert(f, Undo::Network);
                 self.counters.partitions += 1;
@@ -262,18 +270,9 @@ impl World {
                 crash_after,
                 down,
             } => {
-                let Some(l) = self.leader() else {
+                let Some((l, stalled, cut)) = self.leader_and_two_followers() else {
                     return;
                 };
-                let followers: Vec<usize> = (0..self.members.len())
-                    .filter(|&m| m != l && self.up(m))
-                    .collect();
-                if followers.len() < 2 {
-                    return;
-                }
-                let stalled = self.rng.pick(&followers);
-                let others: Vec<usize> = followers.into_iter().filter(|&m| m != stalled).collect();
-                let cut = self.rng.pick(&others);
                 // The cut one's campaign comes due about `election_tick`
                 // ticks of its clock after the cut: the stalled one crashes
                 // a few ticks before, so that it has restarted by then while
