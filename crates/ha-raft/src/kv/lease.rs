@@ -183,7 +183,9 @@ impl LeaseManager {
         Ok(t.ttl)
     }
 
-    /// Time a lease has left.
+    /// Time a lease has left, never more than its granted TTL: the grace a
+    /// new leader adds on promotion is this member's safety margin, not time
+    /// the holder was promised (etcd callers rely on `ttl <= granted_ttl`).
     pub(crate) fn remaining(&self, id: LeaseId, now: Instant) -> Result<Duration, Refusal> {
         self.check_ready()?;
         let t = self.leases.get(&id).ok_or(Refusal::Gone)?;
@@ -191,7 +193,8 @@ impl LeaseManager {
             return Ok(Duration::ZERO);
         }
         Ok(t.deadline
-            .map_or(t.ttl, |d| d.saturating_duration_since(now)))
+            .map_or(t.ttl, |d| d.saturating_duration_since(now))
+            .min(t.ttl))
     }
 
     /// Up to `max` leases whose deadline passed, with the term to expire
@@ -281,6 +284,12 @@ mod tests {
         // Ready: nothing expires before t1 + TTL + extension.
         assert!(!m.observe(Some(5), 5, t1 + ms(1)));
         assert!(m.due(t1 + TTL + EXT - ms(1), 10).is_empty());
+        // The extension is not reported as time the holder has.
+        assert_eq!(m.remaining(LeaseId(1), t1 + ms(1)), Ok(TTL));
+        assert_eq!(
+            m.remaining(LeaseId(1), t1 + EXT + ms(100)),
+            Ok(TTL - ms(100))
+        );
         assert_eq!(m.due(t1 + TTL + EXT, 10), vec![(LeaseId(1), 5)]);
     }
 
@@ -336,7 +345,8 @@ mod tests {
         assert_eq!(m.next_wakeup(), None);
         let t1 = t0 + ms(2_000);
         assert!(m.observe(Some(7), 7, t1));
-        assert_eq!(m.remaining(LeaseId(1), t1), Ok(TTL + EXT));
+        assert_eq!(m.next_wakeup(), Some(t1 + TTL + EXT));
+        assert_eq!(m.remaining(LeaseId(1), t1), Ok(TTL));
         assert_eq!(m.keep_alive(LeaseId(1), t1), Ok(TTL));
     }
 
@@ -350,6 +360,8 @@ mod tests {
         m.restored(&[(LeaseId(1), TTL), (LeaseId(3), TTL)], t1);
         assert_eq!(m.remaining(LeaseId(1), t1), Ok(TTL - ms(100)));
         assert_eq!(m.remaining(LeaseId(2), t1), Err(Refusal::Gone));
-        assert_eq!(m.remaining(LeaseId(3), t1), Ok(TTL + EXT));
+        assert_eq!(m.remaining(LeaseId(3), t1), Ok(TTL));
+        assert_eq!(m.remaining(LeaseId(3), t1 + EXT), Ok(TTL));
+        assert_eq!(m.remaining(LeaseId(3), t1 + EXT + ms(1)), Ok(TTL - ms(1)));
     }
 }
