@@ -84,6 +84,22 @@ pub(crate) struct ReadReady {
     pub(crate) tokens: Vec<u64>,
 }
 
+/// A leader's read lease as the driver publishes it after each turn, so
+/// lease reads are answered without a trip through the raft thread: a read
+/// that finds `now < until` is answered at `commit` (or later) by the apply
+/// thread.
+///
+/// The driver must publish it (1) BEFORE the turn's messages leave, so a
+/// transfer's `MsgTimeoutNow` never goes out while a grant is visible, and
+/// (2) BEFORE the turn's committed entries reach the state machine, so no
+/// write is acknowledged — here or, through the commit index the messages
+/// carry, on a follower — at an index above the published `commit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LeaseGrant {
+    pub(crate) until: Instant,
+    pub(crate) commit: u64,
+}
+
 /// A call that ended without reaching the state machine.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -558,6 +574,28 @@ impl<L: LogStore> Core<L> {
         self.is_leader()
             && self.transfer_term != Some(term)
             && self.lease.is_some_and(|l| l.term == term && now < l.until)
+    }
+
+    /// The lease to publish at the end of a turn (see [`LeaseGrant`]); none
+    /// unless this member leads in a term with no transfer and a lease of
+    /// that term. Validity against the clock is checked by the reader.
+    pub(crate) fn lease_grant(&mut self) -> Option<LeaseGrant> {
+        if self.bugs.raft_lease_based {
+            return None;
+        }
+        self.observe_transfer();
+        let term = self.raw.raft.term;
+        let lease = self.lease.filter(|l| l.term == term)?;
+        (self.is_leader() && self.transfer_term != Some(term)).then(|| LeaseGrant {
+            until: lease.until,
+            commit: self.commit(),
+        })
+    }
+
+    /// Lease reads were answered from a published grant (at or before
+    /// `now`): keeps the renewal rounds going as [`Core::lease_read`] does.
+    pub(crate) fn note_lease_wanted(&mut self, now: Instant) {
+        self.lease_wanted = Some(self.lease_wanted.map_or(now, |t| t.max(now)));
     }
 
     /// When this leader's read lease runs out (on its own clock), if it holds

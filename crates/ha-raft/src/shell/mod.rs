@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 
 use crate::bugs::CrashSwitch;
 use crate::call::Calls;
-use crate::core::{CoreStatus, LeaderInfo};
+use crate::core::{CoreStatus, LeaderInfo, LeaseGrant};
 use crate::latency::LatencyRecorder;
 use crate::snapshot::Snapshots;
 use threads::{ApplyTask, Input};
@@ -88,6 +88,12 @@ pub(crate) struct Shared {
     /// Term of the last entry applied (0 until one is, after a start).
     applied_term: AtomicU64,
     commit: AtomicU64,
+    /// The read lease the raft thread published after its last turn (see
+    /// `core::LeaseGrant` for when it is published).
+    lease: Mutex<Option<LeaseGrant>>,
+    /// Set when a lease read was answered from `lease`; the raft thread
+    /// takes it each turn so the core keeps renewing the lease.
+    lease_used: AtomicBool,
     leader_tx: tokio::sync::watch::Sender<LeaderInfo>,
     membership_tx: tokio::sync::watch::Sender<crate::membership::Membership>,
     metrics: Metrics,
@@ -108,6 +114,19 @@ impl Shared {
         self.metrics
             .max_tick_lag_us
             .fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The commit index to answer a lease read at, if the published lease
+    /// holds at `now`; notes the use so the raft thread keeps renewing.
+    fn lease_hit(&self, now: std::time::Instant) -> Option<u64> {
+        let grant = (*self.lease.lock())?;
+        if now >= grant.until {
+            return None;
+        }
+        if !self.lease_used.load(Ordering::Relaxed) {
+            self.lease_used.store(true, Ordering::Relaxed);
+        }
+        Some(grant.commit)
     }
 
     fn publish_status(&self, s: CoreStatus) {

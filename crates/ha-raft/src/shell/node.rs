@@ -561,6 +561,8 @@ impl Node {
             applied: AtomicU64::new(opened.recovered.applied),
             applied_term: AtomicU64::new(0),
             commit: AtomicU64::new(opened.recovered.hard_state.commit),
+            lease: Mutex::new(None),
+            lease_used: AtomicBool::new(false),
             leader_tx,
             membership_tx,
             metrics: Metrics::default(),
@@ -754,7 +756,18 @@ impl Node {
         sh.waiters.add_read(token, query.into(), tx);
         let sent = match opts.consistency {
             ReadConsistency::Linearizable => sh.tx.send(Input::Read { token, deadline }).is_ok(),
-            ReadConsistency::Lease => sh.tx.send(Input::LeaseRead { token, deadline }).is_ok(),
+            // A hit on the lease the raft thread published goes straight to
+            // the apply thread; anything else is the raft thread's to decide.
+            ReadConsistency::Lease => match sh.lease_hit(Instant::now()) {
+                Some(index) => sh
+                    .apply_tx
+                    .send(ApplyTask::Reads {
+                        index,
+                        tokens: vec![token],
+                    })
+                    .is_ok(),
+                None => sh.tx.send(Input::LeaseRead { token, deadline }).is_ok(),
+            },
             ReadConsistency::Serializable => {
                 sh.apply_tx.send(ApplyTask::Serializable { token }).is_ok()
             }

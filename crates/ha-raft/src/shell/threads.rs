@@ -165,11 +165,22 @@ impl<L: LogStore> RaftThread<L> {
                     next_tick = now + interval;
                     ticked = true;
                 }
+                if self.shared.lease_used.swap(false, Ordering::Relaxed) {
+                    self.core.note_lease_wanted(now);
+                }
                 self.core.issue_reads(now, &mut out);
                 self.core.handle_ready(now, &mut out)?;
                 self.shared
                     .commit
                     .store(self.core.commit(), Ordering::Relaxed);
+                // Before this turn's messages leave and its committed
+                // entries reach the apply thread (`dispatch`): see LeaseGrant.
+                let grant = self.core.lease_grant();
+                let mut published = self.shared.lease.lock();
+                if *published != grant {
+                    *published = grant;
+                }
+                drop(published);
                 if ticked || out.leader_changed.is_some() {
                     self.shared.publish_status(self.core.status());
                 }
@@ -195,6 +206,7 @@ impl<L: LogStore> RaftThread<L> {
                 }
             }
         }
+        *self.shared.lease.lock() = None;
         if let Some(e) = &exit_error {
             tracing::error!(node = %self.core.id(), error = %e, "member stopped");
             self.shared.set_fatal(e.clone());

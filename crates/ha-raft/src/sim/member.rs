@@ -104,6 +104,13 @@ pub(crate) struct Process {
     pub(crate) build_rx: crossbeam_channel::Receiver<()>,
     /// A snapshot install in progress (the disk batch's first task).
     pub(crate) install: Option<Installing>,
+    /// The lease grant published at the end of the last drive, where the
+    /// shell's raft thread publishes it (before the messages leave and the
+    /// committed entries reach the state machine): lease reads check it
+    /// first, as `Node::read_with` does.
+    pub(crate) lease: Option<crate::core::LeaseGrant>,
+    /// A lease read was answered from `lease` since the last drive.
+    pub(crate) lease_used: bool,
 }
 
 /// A snapshot install between its steps: the pending-install marker is
@@ -143,6 +150,8 @@ impl Process {
             snapshots,
             build_rx,
             install: None,
+            lease: None,
+            lease_used: false,
         }
     }
 }

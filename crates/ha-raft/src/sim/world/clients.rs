@@ -4,7 +4,7 @@
 use ha_core::Error;
 
 use super::{Event, FINAL_CLIENT, GRACE, OpenRequest, World, key_name};
-use crate::core::Outbox;
+use crate::core::{Outbox, ReadReady};
 use crate::sim::check::describe;
 use crate::sim::client::{Reply, Request};
 use crate::sim::history::{Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs};
@@ -86,6 +86,7 @@ impl World {
         self.ops[id as usize].incarnation = p.incarnation;
         let mut out = Outbox::default();
         let mut lease_hit = None;
+        let mut published_hit = false;
         let serializable = match r.request {
             Request::Write { key, value } => {
                 p.next_seq += 1;
@@ -109,7 +110,18 @@ impl World {
                     }
                     Consistency::Lease => {
                         let token = p.next_token;
-                        p.core.lease_read(token, deadline, instant, &mut out);
+                        // As `Node::read_with`: the published grant first,
+                        // answered without the core; the core otherwise.
+                        if let Some(grant) = p.lease.filter(|g| instant < g.until) {
+                            p.lease_used = true;
+                            out.reads.push(ReadReady {
+                                index: grant.commit,
+                                tokens: vec![token],
+                            });
+                            published_hit = true;
+                        } else {
+                            p.core.lease_read(token, deadline, instant, &mut out);
+                        }
                         lease_hit = Some(out.reads.iter().any(|r| r.tokens.contains(&token)));
                         false
                     }
@@ -127,7 +139,12 @@ impl World {
         if serializable {
             self.schedule_apply(m);
         }
-        self.drive(m, out);
+        if published_hit {
+            // The raft thread never sees such a read.
+            self.dispatch(m, out);
+        } else {
+            self.drive(m, out);
+        }
     }
 
     pub(super) fn fail_call(&mut self, id: u64, error: &Error) {

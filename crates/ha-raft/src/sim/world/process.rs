@@ -211,6 +211,9 @@ impl World {
         let Some(p) = self.members[m].proc.as_mut() else {
             return;
         };
+        if std::mem::take(&mut p.lease_used) {
+            p.core.note_lease_wanted(now);
+        }
         p.core.issue_reads(now, &mut out);
         if let Err(e) = p.core.handle_ready(now, &mut out) {
             self.halt(Violation::new(
@@ -219,6 +222,9 @@ impl World {
             ));
             return;
         }
+        // Published where the shell's raft thread publishes it: before
+        // `dispatch` sends the messages and hands over committed entries.
+        p.lease = p.core.lease_grant();
         let leads = p.core.is_leader().then(|| p.core.leader().term);
         self.dispatch(m, out);
         self.poll_builder(m);
