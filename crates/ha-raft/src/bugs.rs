@@ -34,6 +34,10 @@ pub enum InjectedBug {
     /// The lease lasts `(election_tick - 1)` ticks, with no allowance for
     /// clock drift.
     LeaseIgnoresDrift,
+    /// The leader answers a follower's lease-read round from its commit
+    /// index without checking that it holds its lease (any member that
+    /// believes it leads answers at once).
+    FollowerLeaseUnchecked,
 }
 
 /// The set of switched-on bugs (empty in production).
@@ -49,6 +53,7 @@ pub(crate) struct Bugs {
     pub(crate) lease_across_transfer: bool,
     pub(crate) lease_from_heartbeat_count: bool,
     pub(crate) lease_ignores_drift: bool,
+    pub(crate) follower_lease_unchecked: bool,
 }
 
 impl Bugs {
@@ -66,6 +71,7 @@ impl Bugs {
             Some(InjectedBug::LeaseAcrossTransfer) => b.lease_across_transfer = true,
             Some(InjectedBug::LeaseFromHeartbeatCount) => b.lease_from_heartbeat_count = true,
             Some(InjectedBug::LeaseIgnoresDrift) => b.lease_ignores_drift = true,
+            Some(InjectedBug::FollowerLeaseUnchecked) => b.follower_lease_unchecked = true,
         }
         b
     }

@@ -98,6 +98,9 @@ pub(crate) struct ReadContext {
     pub(crate) member: u64,
     pub(crate) incarnation: u64,
     pub(crate) counter: u64,
+    /// A follower's round of lease reads only: a leader holding its lease
+    /// may answer it at once with its commit index.
+    pub(crate) lease: bool,
 }
 
 impl ReadContext {
@@ -106,13 +109,18 @@ impl ReadContext {
         v.extend_from_slice(&self.member.to_be_bytes());
         v.extend_from_slice(&self.incarnation.to_be_bytes());
         v.extend_from_slice(&self.counter.to_be_bytes());
+        if self.lease {
+            v.push(1);
+        }
         v
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != 24 {
-            return None;
-        }
+        let lease = match b.len() {
+            24 => false,
+            25 if b[24] == 1 => true,
+            _ => return None,
+        };
         let word = |i: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&b[i * 8..i * 8 + 8]);
@@ -122,6 +130,7 @@ impl ReadContext {
             member: word(0),
             incarnation: word(1),
             counter: word(2),
+            lease,
         })
     }
 }
@@ -157,8 +166,14 @@ mod tests {
             member: 1,
             incarnation: 2,
             counter: 3,
+            lease: false,
         };
         assert_eq!(ReadContext::decode(&c.encode()), Some(c));
+        let l = ReadContext { lease: true, ..c };
+        assert_eq!(ReadContext::decode(&l.encode()), Some(l));
         assert_eq!(ReadContext::decode(b"short"), None);
+        let mut bad_flag = l.encode();
+        bad_flag[24] = 7;
+        assert_eq!(ReadContext::decode(&bad_flag), None);
     }
 }

@@ -164,6 +164,9 @@ struct Pending {
 struct ReadWaiter {
     token: u64,
     deadline: Instant,
+    /// A lease read: on a follower it goes in a round the leader may answer
+    /// from its lease.
+    lease: bool,
 }
 
 #[derive(Debug)]
@@ -418,8 +421,8 @@ impl<L: LogStore> Core<L> {
         self.issue_reads(now, out);
     }
 
-    /// Steps a message from a peer.
-    pub(crate) fn step(&mut self, msg: Message) {
+    /// Steps a message from a peer; `now` is the clock as it is handled.
+    pub(crate) fn step(&mut self, msg: Message, now: Instant) {
         if msg.msg_type == MessageType::MsgSnapshot as i32 {
             // A snapshot reaches raft only through `step_staged_snapshot`,
             // once its bytes are staged and verified.
@@ -429,7 +432,7 @@ impl<L: LogStore> Core<L> {
             );
             return;
         }
-        self.step_peer(msg);
+        self.step_peer(msg, Some(now));
     }
 
     /// Steps a `MsgSnapshot` whose snapshot is staged and verified. Returns
@@ -441,7 +444,7 @@ impl<L: LogStore> Core<L> {
             .as_ref()
             .and_then(|s| s.metadata.as_ref())
             .map(|m| (m.index, m.term));
-        self.step_peer(msg);
+        self.step_peer(msg, None);
         let pending = self
             .raw
             .raft
@@ -469,7 +472,7 @@ impl<L: LogStore> Core<L> {
         pending.as_ref() == Some(descriptor) || self.installing.as_ref() == Some(descriptor)
     }
 
-    fn step_peer(&mut self, msg: Message) {
+    fn step_peer(&mut self, msg: Message, now: Option<Instant>) {
         if !valid_peer_message(&msg) {
             // raft-proto's getters panic on enum values they do not know,
             // and prost decodes them without complaint: one forged message
@@ -540,6 +543,12 @@ impl<L: LogStore> Core<L> {
             && self.is_leader()
         {
             self.heartbeat_responses += 1;
+        }
+        if t == MessageType::MsgReadIndex
+            && let Some(now) = now
+            && self.answer_lease_round(&msg, now)
+        {
+            return;
         }
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "raft refused a peer message");
@@ -712,12 +721,18 @@ impl<L: LogStore> Core<L> {
     /// Queues a linearizable read; it is answered once the read index
     /// round completes and the index is applied.
     pub(crate) fn read(&mut self, token: u64, deadline: Instant) {
-        self.queued_reads.push(ReadWaiter { token, deadline });
+        self.queued_reads.push(ReadWaiter {
+            token,
+            deadline,
+            lease: false,
+        });
     }
 
     /// Queues a lease read: answered at this leader's commit index at once
-    /// while it holds its lease; otherwise (a follower, no lease) it joins
-    /// the next ReadIndex round, exactly like a linearizable read.
+    /// while it holds its lease; otherwise it joins the next ReadIndex
+    /// round. A follower sends its lease reads in a round of their own,
+    /// which a leader holding its lease answers at once (one round trip to
+    /// the leader, no quorum round); a leader without one runs the round.
     pub(crate) fn lease_read(
         &mut self,
         token: u64,
@@ -737,7 +752,11 @@ impl<L: LogStore> Core<L> {
             }
             return;
         }
-        self.queued_reads.push(ReadWaiter { token, deadline });
+        self.queued_reads.push(ReadWaiter {
+            token,
+            deadline,
+            lease: true,
+        });
     }
 
     /// Starts a ReadIndex round for every queued read (and lease renewal
@@ -772,6 +791,21 @@ impl<L: LogStore> Core<L> {
             // raft-rs would drop it silently; wait for the term's first commit.
             return;
         }
+        let queued = std::mem::take(&mut self.queued_reads);
+        let (lease, plain): (Vec<_>, Vec<_>) = if self.is_leader() || self.bugs.raft_lease_based {
+            (Vec::new(), queued)
+        } else {
+            queued.into_iter().partition(|w| w.lease)
+        };
+        if !plain.is_empty() || renewal {
+            self.issue_round(plain, now, renewal, false);
+        }
+        if !lease.is_empty() {
+            self.issue_round(lease, now, false, true);
+        }
+    }
+
+    fn issue_round(&mut self, waiters: Vec<ReadWaiter>, now: Instant, renewal: bool, lease: bool) {
         self.read_counter += 1;
         let ctx = ReadContext {
             member: self.id.0,
@@ -781,18 +815,47 @@ impl<L: LogStore> Core<L> {
                 self.incarnation
             },
             counter: self.read_counter,
+            lease,
         };
         self.raw.read_index(ctx.encode());
         self.inflight_reads.insert(
             self.read_counter,
             ReadBatch {
-                waiters: std::mem::take(&mut self.queued_reads),
+                waiters,
                 issued_at: now,
                 term: self.raw.raft.term,
                 epoch: self.conf_epoch,
                 renewal,
             },
         );
+    }
+
+    /// A follower's round of lease reads reaching the leader: answered at
+    /// once with the commit index while this leader holds its lease (`now`
+    /// is the clock as the message is handled). Returns whether it was
+    /// answered; if not, raft runs the round as usual. Either way the
+    /// lease is wanted, so renewal rounds keep it.
+    fn answer_lease_round(&mut self, msg: &Message, now: Instant) -> bool {
+        let lease_round = msg.entries.len() == 1
+            && ReadContext::decode(&msg.entries[0].data).is_some_and(|c| c.lease);
+        if !lease_round || !self.is_leader() || self.bugs.raft_lease_based {
+            return false;
+        }
+        self.note_lease_wanted(now);
+        let holds = self.bugs.follower_lease_unchecked || self.holds_lease(now);
+        if !holds || !self.raw.raft.commit_to_current_term() {
+            return false;
+        }
+        self.notices.push(Message {
+            msg_type: MessageType::MsgReadIndexResp as i32,
+            to: msg.from,
+            from: self.id.0,
+            term: self.raw.raft.term,
+            index: self.commit(),
+            entries: msg.entries.clone(),
+            ..Default::default()
+        });
+        true
     }
 
     /// Hands queued proposals to raft while admission allows.
@@ -969,6 +1032,21 @@ impl<L: LogStore> Core<L> {
             Ok(cs) => {
                 self.conf_state = cs;
                 self.drop_lease();
+                let me = self.id.0;
+                if self.is_leader()
+                    && !self.conf_state.voters.contains(&me)
+                    && !self.conf_state.voters_outgoing.contains(&me)
+                {
+                    // A leader elected during a joint change that removes
+                    // it has just applied its own removal. raft-rs keeps it
+                    // leading (untested there, its comment says) and then
+                    // panics on the next append response, as its own
+                    // progress is gone (found by the simulator). It steps
+                    // down instead; the remaining voters elect a leader.
+                    tracing::info!(node = %self.id, "this leader applied its own removal: stepping down");
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
+                }
             }
             Err(e) => {
                 tracing::warn!(index = entry.index, error = %e, "raft refused a committed conf change; configuration unchanged");
@@ -1791,6 +1869,69 @@ mod tests {
         .expect("core starts")
     }
 
+    /// Found by the simulator (seed 228 of the default three-member runs):
+    /// a member elected during a joint change that removes it applies its
+    /// own removal as leader; raft-rs keeps it leading and panics on the
+    /// next append response. It must step down.
+    #[test]
+    fn a_leader_that_applies_its_own_removal_steps_down() {
+        let now = Instant::now();
+        let mut core = fresh_core();
+        core.campaign().expect("campaign");
+        for _ in 0..2 {
+            let (t, term) = match core.raw.raft.state {
+                StateRole::PreCandidate => (
+                    MessageType::MsgRequestPreVoteResponse,
+                    core.raw.raft.term + 1,
+                ),
+                StateRole::Candidate => (MessageType::MsgRequestVoteResponse, core.raw.raft.term),
+                _ => break,
+            };
+            core.step(
+                Message {
+                    msg_type: t as i32,
+                    from: 2,
+                    to: 1,
+                    term,
+                    ..Default::default()
+                },
+                now,
+            );
+        }
+        assert!(core.is_leader(), "member 1 leads");
+        let cc = ConfChangeV2 {
+            changes: vec![ConfChangeSingle {
+                change_type: ConfChangeType::RemoveNode as i32,
+                node_id: 1,
+            }],
+            ..Default::default()
+        };
+        let entry = Entry {
+            entry_type: EntryType::EntryConfChangeV2 as i32,
+            index: 2,
+            term: core.raw.raft.term,
+            data: cc.encode_to_vec(),
+            ..Default::default()
+        };
+        let mut out = Outbox::default();
+        core.apply_conf_change(&entry, &mut out)
+            .expect("conf change applies");
+        assert!(!core.is_leader(), "a removed leader steps down");
+        // What made raft-rs panic before: an append response to the removed
+        // leader.
+        core.step(
+            Message {
+                msg_type: MessageType::MsgAppendResponse as i32,
+                from: 2,
+                to: 1,
+                term: core.raw.raft.term,
+                index: 2,
+                ..Default::default()
+            },
+            now,
+        );
+    }
+
     fn vote_request(context: &[u8]) -> Message {
         Message {
             msg_type: MessageType::MsgRequestVote as i32,
@@ -1823,17 +1964,17 @@ mod tests {
         let mut out = Outbox::default();
         let mut bad_type = vote_request(b"");
         bad_type.msg_type = 99;
-        core.step(bad_type);
+        core.step(bad_type, Instant::now());
         let mut bad_entry = vote_request(b"");
         bad_entry.msg_type = MessageType::MsgAppend as i32;
         bad_entry.entries.push(Entry {
             entry_type: 42,
             ..Default::default()
         });
-        core.step(bad_entry);
+        core.step(bad_entry, Instant::now());
         let mut hup = vote_request(b"");
         hup.msg_type = MessageType::MsgHup as i32;
-        core.step(hup);
+        core.step(hup, Instant::now());
         core.handle_ready(now, &mut out).unwrap();
         assert_eq!(core.status().term, 0, "a forged message changed raft state");
     }
@@ -1929,13 +2070,16 @@ mod tests {
         let now = Instant::now();
         let mut core = fresh_core();
         let mut out = Outbox::default();
-        core.step(Message {
-            msg_type: MessageType::MsgHeartbeat as i32,
-            from: 5,
-            to: 1,
-            term: 4,
-            ..Default::default()
-        });
+        core.step(
+            Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                from: 5,
+                to: 1,
+                term: 4,
+                ..Default::default()
+            },
+            Instant::now(),
+        );
         core.handle_ready(now, &mut out).unwrap();
         assert_eq!(
             core.leader(),
@@ -1957,13 +2101,16 @@ mod tests {
             removed: [4].into_iter().collect(),
             ..MemberSet::default()
         });
-        core.step(Message {
-            msg_type: MessageType::MsgHeartbeat as i32,
-            from: 4,
-            to: 1,
-            term: 4,
-            ..Default::default()
-        });
+        core.step(
+            Message {
+                msg_type: MessageType::MsgHeartbeat as i32,
+                from: 4,
+                to: 1,
+                term: 4,
+                ..Default::default()
+            },
+            Instant::now(),
+        );
         core.handle_ready(now, &mut out).unwrap();
         assert_eq!(core.leader().leader, None, "a removed member was followed");
         let msgs = sent(&mut out);
@@ -1979,14 +2126,14 @@ mod tests {
         let now = Instant::now();
         let mut core = fresh_core();
         let mut out = Outbox::default();
-        core.step(vote_request(b""));
+        core.step(vote_request(b""), Instant::now());
         core.handle_ready(now, &mut out).unwrap();
         assert!(
             !granted_to_2(&sent(&mut out)),
             "granted a vote right after starting: a rival could win while the old leader's lease holds"
         );
 
-        core.step(vote_request(raft::CAMPAIGN_TRANSFER));
+        core.step(vote_request(raft::CAMPAIGN_TRANSFER), Instant::now());
         core.handle_ready(now, &mut out).unwrap();
         assert!(
             granted_to_2(&sent(&mut out)),
@@ -2001,7 +2148,7 @@ mod tests {
         sent(&mut out);
         let mut late = vote_request(b"");
         late.term = 5;
-        core.step(late);
+        core.step(late, Instant::now());
         core.handle_ready(now, &mut out).unwrap();
         assert!(
             granted_to_2(&sent(&mut out)),

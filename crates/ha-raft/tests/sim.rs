@@ -270,6 +270,15 @@ fn a_lease_that_ignores_clock_drift_is_caught() {
     caught_in_lease_runs_by(InjectedBug::LeaseIgnoresDrift, STALE_READ);
 }
 
+/// Needs five members: with three, a follower that still asks a deposed
+/// leader cannot exist (the new leader needed its vote, or the deposed
+/// leader's), so the minority side of a 2/3 split is where it shows.
+#[test]
+fn a_follower_lease_round_answered_without_the_lease_is_caught() {
+    let bug = InjectedBug::FollowerLeaseUnchecked;
+    check_caught(first_catch_with(SimConfig::lease(5), bug), bug, STALE_READ);
+}
+
 fn lease_seeds(default: u64) -> u64 {
     std::env::var("HA_SIM_LEASE_SEEDS")
         .ok()
@@ -314,7 +323,7 @@ fn every_seed_passes_with_lease_reads_five_members() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 10);
+    assert_eq!(ALL_BUGS.len(), 11);
 }
 
 #[test]

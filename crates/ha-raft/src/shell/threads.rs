@@ -247,7 +247,9 @@ impl<L: LogStore> RaftThread<L> {
             }
             Input::Peer(m) => {
                 self.shared.inbox.fetch_sub(1, Ordering::Relaxed);
-                self.core.step(m);
+                // A follower's lease round is answered against the clock
+                // as it is now.
+                self.core.step(m, Instant::now());
             }
             Input::StagedSnapshot(m) => {
                 let descriptor = m

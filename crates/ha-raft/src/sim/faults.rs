@@ -26,6 +26,10 @@ pub(crate) enum PartitionKind {
     Split,
     /// The leader alone, both ways.
     IsolateLeader,
+    /// The leader with the largest minority it can have (with 5 members,
+    /// itself and one follower), both ways: that follower still asks the
+    /// deposed leader while the majority elects another.
+    LeaderMinority,
     /// One member hears nobody, or nobody hears it (one-way).
     OneWay,
     /// Two sides that cannot talk, and one member that talks to both.
@@ -248,7 +252,7 @@ fn plan_lease(rng: &mut SimRng, from: Nanos, to: Nanos) -> Vec<PlannedFault> {
                     let kind = rng.pick(&[
                         PartitionKind::IsolateLeader,
                         PartitionKind::IsolateLeader,
-                        PartitionKind::IsolateLeader,
+                        PartitionKind::LeaderMinority,
                         PartitionKind::OneWay,
                     ]);
                     (

@@ -312,7 +312,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 10] = [
+pub const ALL_BUGS: [InjectedBug; 11] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -323,6 +323,7 @@ pub const ALL_BUGS: [InjectedBug; 10] = [
     InjectedBug::LeaseAcrossTransfer,
     InjectedBug::LeaseFromHeartbeatCount,
     InjectedBug::LeaseIgnoresDrift,
+    InjectedBug::FollowerLeaseUnchecked,
 ];
 
 /// The command-line name of a bug (`local-reads`, ...).
@@ -338,6 +339,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::LeaseAcrossTransfer => "lease-across-transfer",
         InjectedBug::LeaseFromHeartbeatCount => "lease-from-heartbeat-count",
         InjectedBug::LeaseIgnoresDrift => "lease-ignores-drift",
+        InjectedBug::FollowerLeaseUnchecked => "follower-lease-unchecked",
     }
 }
 

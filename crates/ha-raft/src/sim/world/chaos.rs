@@ -115,6 +115,22 @@ impl World {
                     format!("isolate leader {} | {}", l + 1, names(&rest)),
                 )
             }
+            PartitionKind::LeaderMinority => {
+                let l = self.leader().unwrap_or_else(|| all[self.rng.below(n)]);
+                let mut rest: Vec<usize> = all.iter().copied().filter(|&m| m != l).collect();
+                // With three members that is the leader alone (and no draw,
+                // so three-member runs are those of `IsolateLeader`).
+                let with = (n - 1) / 2 - 1;
+                if with > 0 {
+                    shuffle(&mut self.rng, &mut rest);
+                }
+                let mut side = vec![l];
+                side.extend(rest.drain(..with));
+                (
+                    both_ways(&side, &rest),
+                    format!("leader with a minority {} | {}", names(&side), names(&rest)),
+                )
+            }
             PartitionKind::OneWay => {
                 let x = all[self.rng.below(n)];
                 let inbound = self.rng.chance(0.5);

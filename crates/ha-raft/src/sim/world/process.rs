@@ -396,8 +396,9 @@ impl World {
             return;
         }
         self.trace(|| format!("deliver {}", msg_summary(&msg)));
+        let instant = self.instant_of(to);
         if let Some(p) = self.members[to].proc.as_mut() {
-            p.core.step(msg);
+            p.core.step(msg, instant);
         }
         self.drive(to, Outbox::default());
     }
