@@ -554,7 +554,7 @@ impl RequestHandler for Handler {
             metadata,
             answer.answers.iter(),
             std::iter::empty(),
-            soa.into_iter(),
+            soa,
             answer.additionals.iter(),
         );
         match response_handle.send_response(response).await {
