@@ -128,6 +128,8 @@ pub use crate::registry::{
     LoadBalancer, Outstanding, PickContext, Picker, ROOT as REGISTRY_ROOT, Registry, RoundRobin,
     ServiceChange, ServiceInstance, SmoothWeightedRoundRobin, Source, WeightedRandom,
 };
+#[cfg(feature = "dns")]
+pub use crate::registry::{DnsConfig, DnsServer};
 pub use crate::rwlock::{RwLock, RwLockGuard, RwMode};
 pub use crate::semaphore::{Permit, Semaphore};
 pub use crate::sequence::Sequence;

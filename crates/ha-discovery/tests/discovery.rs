@@ -2,7 +2,9 @@
 //! stores, memory network): ephemeral instances leave with their session,
 //! HTTP and TTL health checks flip status for every member, checks move
 //! when the member running them dies, watches on every member agree, the
-//! cache answers without quorum and survives a restart, protect threshold.
+//! cache answers without quorum and survives a restart, protect threshold;
+//! HTTPS checks (module `https`) and, with the `dns` feature, the DNS
+//! interface (module `dns`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -27,6 +29,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 mod common;
 use common::Group;
+
+#[cfg(feature = "dns")]
+mod dns;
+mod https;
 
 impl Group {
     fn registry(&self, i: usize) -> Registry {

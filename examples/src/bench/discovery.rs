@@ -7,7 +7,11 @@
 //!    registrations per second.
 //! 2. Propagation: a service watch on the LAST member (where no
 //!    registration is sent) records when it sees each instance; the time
-//!    from the register call to that (p50/p99).
+//!    from the register call to that (p50/p99) — the figure — and,
+//!    to tell the write's own queueing and commit apart from the watch
+//!    path, the register call's latency (start → acknowledged) and the
+//!    time from the acknowledgement to seen (0 when the watcher saw it
+//!    before the call returned).
 //! 3. Removal: `deaths` more instances, each with a session of its own
 //!    (TTL `ttl-ms`), die one every 100 ms (their sessions stop renewing,
 //!    as when the process is killed); the time from the death to the
@@ -59,6 +63,11 @@ const SERVICE: &str = "bench-svc";
 struct Seen {
     put: HashMap<String, Instant>,
     deleted: HashMap<String, Instant>,
+    /// When each snapshot arrived (the first one starts the watch).
+    snapshots: Vec<Instant>,
+    /// Every item's arrival and the number of changes it carried, for
+    /// the first seconds (how the changes arrive: steadily or in bursts).
+    arrivals: Vec<(Instant, usize)>,
 }
 
 fn watch_member(registry: Registry) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
@@ -69,6 +78,9 @@ fn watch_member(registry: Registry) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandl
         while let Some(change) = changes.next().await {
             let now = Instant::now();
             let mut s = s.lock();
+            if s.arrivals.len() < 100_000 {
+                s.arrivals.push((now, 1));
+            }
             match change {
                 Ok(ServiceChange::Put { instance, .. }) => {
                     s.put.entry(instance.id).or_insert(now);
@@ -77,6 +89,7 @@ fn watch_member(registry: Registry) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandl
                     s.deleted.entry(id).or_insert(now);
                 }
                 Ok(ServiceChange::Snapshot { instances, .. }) => {
+                    s.snapshots.push(now);
                     for i in instances {
                         s.put.entry(i.id).or_insert(now);
                     }
@@ -114,10 +127,28 @@ pub async fn run(args: Args) -> BenchResult<()> {
     // Every member watches the service (the last one's is the
     // propagation watcher); each starts with its snapshot.
     let mut watchers = Vec::new();
+    let watch_start = Instant::now();
     for r in &registries {
         watchers.push(watch_member(r.clone()));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Registrations start once every watch has its snapshot: an instance
+    // registered before its watcher is established would be "seen" in the
+    // snapshot, timing the watcher's start rather than propagation.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !watchers
+        .iter()
+        .all(|(seen, _)| !seen.lock().snapshots.is_empty())
+    {
+        if Instant::now() > deadline {
+            return Err("a service watch got no snapshot within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "service watches established on all {} members in {:.0} ms",
+        nodes.len(),
+        watch_start.elapsed().as_secs_f64() * 1000.0
+    );
 
     let mut sessions = Vec::new();
     for s in 0..args.sessions {
@@ -131,22 +162,24 @@ pub async fn run(args: Args) -> BenchResult<()> {
 
     // 1 + 2: registration rate and propagation.
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let t0 = Instant::now();
     let results: Vec<Result<(), String>> = futures::stream::iter(0..args.instances)
         .map(|n| {
             let registry = registries[n % writers].clone();
             let session = sessions[n % sessions.len()].clone();
             let started = started.clone();
+            let acked = acked.clone();
             async move {
                 let id = format!("i{n:06}");
                 let instance =
                     ServiceInstance::new(SERVICE, &id, "10.0.0.1", 8000 + (n % 1000) as u16);
-                started.lock().insert(id, Instant::now());
-                registry
-                    .register_ephemeral(&session, &instance)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                started.lock().insert(id.clone(), Instant::now());
+                let r = registry.register_ephemeral(&session, &instance).await;
+                if r.is_ok() {
+                    acked.lock().insert(id, Instant::now());
+                }
+                r.map(drop).map_err(|e| e.to_string())
             }
         })
         .buffer_unordered(64)
@@ -173,22 +206,145 @@ pub async fn run(args: Args) -> BenchResult<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut propagation = histogram();
+    let mut register_latency = histogram();
+    let mut from_ack = histogram();
+    let mut seen_before_ack = 0u64;
+    // The acknowledged writes that took the watcher more than 50 ms:
+    // how many, and over which stretch of the run they were seen (one
+    // stall, or spread out).
+    let slow_after = Duration::from_millis(50);
+    let mut slow = 0u64;
+    let mut slow_span: Option<(Instant, Instant)> = None;
     {
         let seen = watchers[watcher_member].0.lock();
+        let acked = acked.lock();
         for (id, start) in started.lock().iter() {
             if let Some(at) = seen.put.get(id) {
                 let us = at.saturating_duration_since(*start).as_micros() as u64;
                 let _ = propagation.record(us.max(1));
             }
+            if let Some(ack) = acked.get(id) {
+                let us = ack.saturating_duration_since(*start).as_micros() as u64;
+                let _ = register_latency.record(us.max(1));
+                if let Some(at) = seen.put.get(id) {
+                    if at < ack {
+                        seen_before_ack += 1;
+                    }
+                    if at.saturating_duration_since(*ack) > slow_after {
+                        slow += 1;
+                        slow_span = Some(match slow_span {
+                            Some((a, b)) => (a.min(*at), b.max(*at)),
+                            None => (*at, *at),
+                        });
+                    }
+                    let us = at.saturating_duration_since(*ack).as_micros() as u64;
+                    let _ = from_ack.record(us.max(1));
+                }
+            }
         }
     }
-    let prop_p50 = propagation.value_at_quantile(0.5) as f64 / 1000.0;
-    let prop_p99 = propagation.value_at_quantile(0.99) as f64 / 1000.0;
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let prop_p50 = ms(&propagation, 0.5);
+    let prop_p99 = ms(&propagation, 0.99);
     println!(
-        "register -> seen by a watcher on another member: p50 {prop_p50:.2} ms, p99 {prop_p99:.2} ms, max {:.2} ms ({} samples)",
+        "register call start -> seen by a watcher on another member: p50 {prop_p50:.2} ms, p99 {prop_p99:.2} ms, max {:.2} ms ({} samples)",
         propagation.max() as f64 / 1000.0,
         propagation.len()
     );
+    println!(
+        "  of which the register call itself (start -> acknowledged): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(&register_latency, 0.5),
+        ms(&register_latency, 0.99),
+        register_latency.max() as f64 / 1000.0
+    );
+    println!(
+        "  acknowledged -> seen by that watcher: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({seen_before_ack} of {} seen before their call returned)",
+        ms(&from_ack, 0.5),
+        ms(&from_ack, 0.99),
+        from_ack.max() as f64 / 1000.0,
+        from_ack.len()
+    );
+    {
+        let seen = watchers[watcher_member].0.lock();
+        let rel = |at: Instant| {
+            if at >= t0 {
+                at.duration_since(t0).as_secs_f64() * 1000.0
+            } else {
+                -(t0.duration_since(at).as_secs_f64() * 1000.0)
+            }
+        };
+        let snaps: Vec<String> = seen
+            .snapshots
+            .iter()
+            .map(|at| format!("{:.0}", rel(*at)))
+            .collect();
+        // The largest gap between two consecutive changes during the
+        // registrations.
+        let during: Vec<Instant> = seen
+            .arrivals
+            .iter()
+            .map(|(at, _)| *at)
+            .filter(|at| *at >= t0 && *at <= t0 + register_elapsed)
+            .collect();
+        let gap = during
+            .windows(2)
+            .map(|w| (w[1].duration_since(w[0]), w[0]))
+            .max_by_key(|(d, _)| *d);
+        println!(
+            "  that watcher: snapshots at {} ms from the start of the registrations; first change at {:.0} ms; longest silence {:.0} ms (from {:.0} ms)",
+            snaps.join(", "),
+            during.first().map_or(f64::NAN, |at| rel(*at)),
+            gap.map_or(0.0, |(d, _)| d.as_secs_f64() * 1000.0),
+            gap.map_or(f64::NAN, |(_, at)| rel(at))
+        );
+    }
+    if let Some((first, last)) = slow_span {
+        println!(
+            "  {slow} seen more than {} ms after their acknowledgement, between {:.0} and {:.0} ms into the registrations",
+            slow_after.as_millis(),
+            first.saturating_duration_since(t0).as_secs_f64() * 1000.0,
+            last.saturating_duration_since(t0).as_secs_f64() * 1000.0
+        );
+    }
+    // Where the time can go on each member: its log syncs (an entry is
+    // applied, and watchers see it, only once the member's own copy is
+    // durable) and its raft thread's lateness.
+    let leader = nodes[0].node().leader().leader;
+    for n in nodes {
+        let m = n.node().metrics();
+        let bound = |q: f64| {
+            m.sync_latency.quantile_bound(q).map_or_else(
+                || "> 5 s".to_owned(),
+                |d| format!("<= {} ms", d.as_secs_f64() * 1000.0),
+            )
+        };
+        let worst = m
+            .sync_latency
+            .buckets
+            .iter()
+            .rposition(|&c| c > 0)
+            .map_or_else(
+                || "none".to_owned(),
+                |b| match ha_raft::LATENCY_BOUNDS_US.get(b) {
+                    Some(us) => format!("<= {} ms", *us as f64 / 1000.0),
+                    None => "> 5 s".to_owned(),
+                },
+            );
+        println!(
+            "  member {}{}: {} synced log writes, sync p50 {}, p99 {}, slowest {}; worst tick lag {:.1} ms",
+            n.node().id().0,
+            if Some(n.node().id()) == leader {
+                " (leader)"
+            } else {
+                ""
+            },
+            m.syncs,
+            bound(0.5),
+            bound(0.99),
+            worst,
+            m.max_tick_lag_us as f64 / 1000.0
+        );
+    }
 
     // 3: removal after death.
     let mut dying = Vec::new();
@@ -268,6 +424,12 @@ pub async fn run(args: Args) -> BenchResult<()> {
         ("register_per_sec", round1(register_per_sec).into()),
         ("propagation_p50_ms", round1(prop_p50).into()),
         ("propagation_p99_ms", round1(prop_p99).into()),
+        (
+            "register_call_p99_ms",
+            round1(ms(&register_latency, 0.99)).into(),
+        ),
+        ("ack_to_seen_p50_ms", round1(ms(&from_ack, 0.5)).into()),
+        ("ack_to_seen_p99_ms", round1(ms(&from_ack, 0.99)).into()),
         ("removal_p50_ms", round1(rem_p50).into()),
         ("removal_p99_ms", round1(rem_p99).into()),
         ("ttl_ms", (granted_ttl.as_millis() as u64).into()),

@@ -281,6 +281,13 @@ impl Discovery {
         Ok(())
     }
 
+    /// Whether [`Discovery::subscribe`] was called for `service` (its
+    /// cached list is kept fresh by a watch, once the watch's first
+    /// snapshot arrived).
+    pub fn is_subscribed(&self, service: &str) -> bool {
+        self.inner.subscribed.lock().contains(service)
+    }
+
     /// Writes the cache file now (it is also written in the background
     /// after changes).
     ///

@@ -11,6 +11,7 @@
 //! | [`DiscoveryError::Conflict`] | the instance kept changing under a read-modify-write; retry |
 //! | [`DiscoveryError::Unavailable`] | the group did not answer and nothing is cached for the service |
 //! | [`DiscoveryError::Cache`] | the cache file could not be read or written |
+//! | [`DiscoveryError::Bind`] | a listening socket (the DNS responder's) could not be bound: the port is taken or not allowed |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +83,14 @@ pub enum DiscoveryError {
         /// The file.
         path: PathBuf,
         /// The I/O or format error.
+        source: Arc<std::io::Error>,
+    },
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
         source: Arc<std::io::Error>,
     },
 }

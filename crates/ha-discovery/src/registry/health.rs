@@ -63,6 +63,26 @@ struct CheckerRecord {
     v: u32,
     /// The custom checks it can run.
     custom: BTreeSet<String>,
+    /// It runs HTTPS checks (checkers of older versions, which would run
+    /// them as plain HTTP, have no such field and are not assigned them).
+    #[serde(default)]
+    https: bool,
+}
+
+/// What a live checker can run.
+struct Capabilities {
+    custom: BTreeSet<String>,
+    https: bool,
+}
+
+impl Capabilities {
+    fn can_run(&self, kind: &CheckKind) -> bool {
+        match kind {
+            CheckKind::Custom { name } => self.custom.contains(name),
+            CheckKind::Http { tls: true, .. } => self.https,
+            _ => true,
+        }
+    }
 }
 
 /// Configures and starts a [`HealthChecker`].
@@ -122,17 +142,13 @@ impl HealthCheckerBuilder {
         let record = CheckerRecord {
             v: 1,
             custom: self.custom.keys().cloned().collect(),
+            https: true,
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         let r = self.session.put(key.clone(), value).await?;
         let stop = CancellationToken::new();
         let shared = Arc::new(SyncMutex::new(Vec::new()));
-        let http =
-            reqwest::Client::builder()
-                .build()
-                .map_err(|_| DiscoveryError::InvalidConfig {
-                    reason: "the HTTP client cannot be built",
-                })?;
+        let http = HttpClients::new()?;
         let worker = Worker {
             client: self.session.client().clone(),
             env: self.session.env().clone(),
@@ -256,6 +272,28 @@ pub(crate) fn owner<'a>(checkers: impl Iterator<Item = &'a str>, key: &[u8]) -> 
     checkers.max_by_key(|c| (stable_hash(&[c.as_bytes(), key]), *c))
 }
 
+/// The HTTP(S) clients of a checker: one verifying server certificates,
+/// one that does not (`tls_skip_verify`).
+struct HttpClients {
+    verified: reqwest::Client,
+    unverified: reqwest::Client,
+}
+
+impl HttpClients {
+    fn new() -> DiscoveryResult<HttpClients> {
+        let failed = |_| DiscoveryError::InvalidConfig {
+            reason: "the HTTP client cannot be built",
+        };
+        Ok(HttpClients {
+            verified: reqwest::Client::builder().build().map_err(failed)?,
+            unverified: reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .map_err(failed)?,
+        })
+    }
+}
+
 /// One instance's check state on its checker.
 struct CheckState {
     create_revision: i64,
@@ -276,7 +314,7 @@ struct Worker {
     key_revision: i64,
     scan_interval: Duration,
     custom: HashMap<String, Arc<dyn CustomCheck>>,
-    http: reqwest::Client,
+    http: HttpClients,
     states: HashMap<Vec<u8>, CheckState>,
     assigned: Arc<SyncMutex<Vec<ServiceInstance>>>,
 }
@@ -309,16 +347,23 @@ impl Worker {
             )
             .await?;
         let prefix = checkers_prefix();
-        // (id, custom checks it runs); undecodable records count as none.
-        let live: Vec<(String, BTreeSet<String>)> = checkers
+        // (id, what it runs); undecodable records run only the built-in
+        // plain checks.
+        let live: Vec<(String, Capabilities)> = checkers
             .kvs
             .iter()
             .filter_map(|kv| {
                 let id = std::str::from_utf8(kv.key.strip_prefix(prefix.as_slice())?).ok()?;
-                let custom = serde_json::from_slice::<CheckerRecord>(&kv.value)
-                    .map(|r| r.custom)
-                    .unwrap_or_default();
-                Some((id.to_owned(), custom))
+                let caps = serde_json::from_slice::<CheckerRecord>(&kv.value)
+                    .map(|r| Capabilities {
+                        custom: r.custom,
+                        https: r.https,
+                    })
+                    .unwrap_or(Capabilities {
+                        custom: BTreeSet::new(),
+                        https: false,
+                    });
+                Some((id.to_owned(), caps))
             })
             .collect();
         if !live.iter().any(|(id, _)| *id == self.id) {
@@ -339,10 +384,7 @@ impl Worker {
             .filter(|i| {
                 let Some(check) = &i.check else { return false };
                 let key = instance_key(&i.namespace, &i.service, &i.id);
-                let able = live.iter().filter(|(_, custom)| match &check.kind {
-                    CheckKind::Custom { name } => custom.contains(name),
-                    _ => true,
-                });
+                let able = live.iter().filter(|(_, caps)| caps.can_run(&check.kind));
                 owner(able.map(|(id, _)| id.as_str()), &key) == Some(self.id.as_str())
             })
             .collect();
@@ -400,12 +442,19 @@ impl Worker {
                 CheckKind::Http {
                     path,
                     expect_status,
+                    tls,
+                    tls_skip_verify,
                 } => {
-                    let url = format!("http://{}{}", i.endpoint(), path);
-                    match self.http.get(&url).send().await {
+                    let (scheme, client) = match (tls, tls_skip_verify) {
+                        (false, _) => ("http", &self.http.verified),
+                        (true, false) => ("https", &self.http.verified),
+                        (true, true) => ("https", &self.http.unverified),
+                    };
+                    let url = format!("{scheme}://{}{}", i.endpoint(), path);
+                    match client.get(&url).send().await {
                         Ok(r) if r.status().as_u16() == *expect_status => CheckOutcome::Pass,
                         Ok(r) => CheckOutcome::Fail(format!("status {}", r.status().as_u16())),
-                        Err(e) => CheckOutcome::Fail(e.to_string()),
+                        Err(e) => CheckOutcome::Fail(error_chain(&e)),
                     }
                 }
                 CheckKind::Custom { name } => match self.custom.get(name) {
@@ -539,6 +588,19 @@ impl Worker {
     }
 }
 
+/// An error and its causes on one line (reqwest's own message hides the
+/// TLS or connection failure in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 enum CheckOutcome {
     Pass,
     Fail(String),
@@ -632,7 +694,7 @@ mod tests {
             key_revision,
             scan_interval: Duration::from_secs(3600),
             custom: HashMap::new(),
-            http: reqwest::Client::new(),
+            http: HttpClients::new().expect("HTTP clients"),
             states: HashMap::new(),
             assigned: Arc::new(SyncMutex::new(Vec::new())),
         };

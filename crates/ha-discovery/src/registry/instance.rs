@@ -53,12 +53,26 @@ pub enum CheckKind {
     },
     /// A TCP connect to the instance's address and port.
     Tcp,
-    /// An HTTP GET of `http://<address>:<port><path>` expecting `status`.
+    /// An HTTP GET of `http://<address>:<port><path>` (`https://` with
+    /// `tls`) expecting `status`.
     Http {
         /// The path (with a leading `/`).
         path: String,
         /// The expected status code.
         expect_status: u16,
+        /// HTTPS (rustls). The server's certificate must be valid for the
+        /// instance's address (an IP address needs an IP subject
+        /// alternative name) and chain to the Mozilla roots or to the
+        /// checking member's system store, unless `tls_skip_verify`.
+        /// Only checkers built with HTTPS support (this version on) are
+        /// assigned such a check.
+        #[serde(default)]
+        tls: bool,
+        /// With `tls`: accept any certificate (self-signed endpoints). The
+        /// traffic is still encrypted but the endpoint is NOT
+        /// authenticated: anyone on the path can answer for it.
+        #[serde(default)]
+        tls_skip_verify: bool,
     },
     /// A check the application supplies by name
     /// ([`crate::HealthCheckerBuilder::custom_check`]); only checkers that
@@ -103,7 +117,36 @@ impl HealthCheck {
         HealthCheck::new(CheckKind::Http {
             path: path.into(),
             expect_status: status,
+            tls: false,
+            tls_skip_verify: false,
         })
+    }
+
+    /// An HTTPS GET of `path` expecting `status`, verifying the server's
+    /// certificate (see [`CheckKind::Http`]; [`HealthCheck::tls_skip_verify`]
+    /// for self-signed endpoints).
+    pub fn https(path: impl Into<String>, status: u16) -> Self {
+        HealthCheck::new(CheckKind::Http {
+            path: path.into(),
+            expect_status: status,
+            tls: true,
+            tls_skip_verify: false,
+        })
+    }
+
+    /// For an HTTPS check: accept any server certificate (self-signed
+    /// endpoints; encrypted but NOT authenticated). No effect on other
+    /// kinds of check, including plain HTTP.
+    pub fn tls_skip_verify(mut self, skip: bool) -> Self {
+        if let CheckKind::Http {
+            tls: true,
+            tls_skip_verify,
+            ..
+        } = &mut self.kind
+        {
+            *tls_skip_verify = skip;
+        }
+        self
     }
 
     /// A TCP connect.

@@ -3,11 +3,14 @@
 //! (ephemeral ones bound to a session, persistent ones until
 //! deregistered), [`Discovery`] with a member-local failover cache,
 //! health checks run by the members themselves ([`HealthChecker`]), and
-//! client-side load balancing ([`LoadBalancer`]).
+//! client-side load balancing ([`LoadBalancer`]); with the `dns` feature,
+//! a DNS responder over the discovery cache (`DnsServer`).
 
 mod balance;
 mod cache;
 mod client;
+#[cfg(feature = "dns")]
+mod dns;
 mod error;
 mod filter;
 mod health;
@@ -20,6 +23,8 @@ pub use balance::{
 };
 pub use cache::{Discovery, DiscoveryConfig, Source};
 pub use client::Registry;
+#[cfg(feature = "dns")]
+pub use dns::{DnsConfig, DnsServer};
 pub use error::{DecodeReason, DiscoveryError, DiscoveryResult};
 pub use filter::InstanceFilter;
 pub use health::{CheckFuture, CustomCheck, HealthChecker, HealthCheckerBuilder};

@@ -171,8 +171,13 @@ impl ServiceWatcher {
                     self.from = r.header.revision + 1;
                 }
                 Some(Err(Error::WatchCancelled {
-                    resume_revision, ..
+                    resume_revision,
+                    reason,
                 })) => {
+                    // Usually a slow consumer: the member cancelled the
+                    // watch rather than wait; the resumed watch catches up
+                    // from history.
+                    tracing::debug!(service = %self.service, resume_revision, ?reason, "service watch cancelled; resuming");
                     self.watch = None;
                     self.from = resume_revision;
                 }
