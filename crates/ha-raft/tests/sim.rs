@@ -311,6 +311,37 @@ fn every_seed_passes_with_lease_reads_five_members() {
     lease_runs_pass(5, 0..lease_seeds(100));
 }
 
+fn kv_seeds(default: u64) -> u64 {
+    std::env::var("HA_SIM_KV_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The KV workload (the production MVCC machine on every member): no
+/// violation, the faults happened, and transactions and compactions ran.
+fn kv_runs_pass(members: usize, range: Range<u64>) {
+    let n = range.end - range.start;
+    let c = all_pass_with(&SimConfig::kv(members), range);
+    assert_coverage(members, n, &c);
+    assert!(
+        c.txns as f64 / n as f64 >= 20.0 && c.compactions as f64 / n as f64 >= 1.0,
+        "{members} members: only {} transactions and {} compactions in {n} seeds",
+        c.txns,
+        c.compactions
+    );
+}
+
+#[test]
+fn every_seed_passes_with_the_kv_workload_three_members() {
+    kv_runs_pass(3, 0..kv_seeds(100));
+}
+
+#[test]
+fn every_seed_passes_with_the_kv_workload_five_members() {
+    kv_runs_pass(5, 0..kv_seeds(60));
+}
+
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
@@ -386,8 +417,8 @@ fn a_history_file_round_trips_and_is_checked() {
         op: OpKind::Read,
         inputs: Inputs {
             key: last_write.inputs.key.clone(),
-            value: None,
             consistency: Some(Consistency::Linearizable),
+            ..Inputs::default()
         },
         invoke_ns: last_write.complete_ns + 1,
         complete_ns: last_write.complete_ns + 2,
@@ -395,8 +426,7 @@ fn a_history_file_round_trips_and_is_checked() {
         outputs: Outputs {
             value: first_write.inputs.value,
             index: first_write.outputs.index,
-            applied: None,
-            error: None,
+            ..Outputs::default()
         },
     });
     let mut bytes = Vec::new();

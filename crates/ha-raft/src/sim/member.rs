@@ -11,7 +11,7 @@ use ha_core::eraftpb::Message;
 use ha_storage::{MemLogStore, MemStateStore};
 
 use super::executor::Nanos;
-use super::kv::KvRegister;
+use super::kvload::SimMachine;
 use crate::apply::Applier;
 use crate::core::{Core, PersistTask};
 use crate::membership::MemberSet;
@@ -72,7 +72,7 @@ impl Member {
 /// A running member process.
 pub(crate) struct Process {
     pub(crate) core: Core<MemLogStore>,
-    pub(crate) applier: Applier<MemStateStore, KvRegister>,
+    pub(crate) applier: Applier<MemStateStore, SimMachine>,
     pub(crate) incarnation: u64,
     /// Persist tasks waiting for the disk, in order.
     pub(crate) disk_queue: VecDeque<PersistTask>,
@@ -117,7 +117,7 @@ pub(crate) struct Installing {
 impl Process {
     pub(crate) fn new(
         core: Core<MemLogStore>,
-        applier: Applier<MemStateStore, KvRegister>,
+        applier: Applier<MemStateStore, SimMachine>,
         incarnation: u64,
         now: Nanos,
         snapshots: Arc<Snapshots>,

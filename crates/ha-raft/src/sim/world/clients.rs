@@ -9,6 +9,7 @@ use crate::sim::check::describe;
 use crate::sim::client::{Reply, Request};
 use crate::sim::history::{Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs};
 use crate::sim::kv;
+use crate::sim::kvload::{self, KvRequest};
 
 impl World {
     pub(super) fn take_requests(&mut self) {
@@ -26,17 +27,18 @@ impl World {
                 Inputs {
                     key: key_name(key),
                     value: Some(value),
-                    consistency: None,
+                    ..Inputs::default()
                 },
             ),
             Request::Read { key, consistency } => (
                 OpKind::Read,
                 Inputs {
                     key: key_name(key),
-                    value: None,
                     consistency: Some(consistency),
+                    ..Inputs::default()
                 },
             ),
+            Request::Kv(r) => r.describe(),
         };
         debug_assert_eq!(id, self.ops.len() as u64, "request ids are dense");
         self.ops.push(HistoryOp {
@@ -99,7 +101,31 @@ impl World {
                 );
                 false
             }
-            Request::Read { consistency, .. } => {
+            Request::Kv(
+                r @ (KvRequest::Put { .. }
+                | KvRequest::Delete { .. }
+                | KvRequest::Cas { .. }
+                | KvRequest::Compact { .. }),
+            ) => {
+                let mut revision = 0;
+                if let KvRequest::Compact { back } = r {
+                    revision = (kvload::current_revision(|q| p.applier.query(q)) - back).max(1);
+                    self.ops[id as usize].inputs.revision = Some(revision);
+                }
+                p.next_seq += 1;
+                p.proposals.insert(p.next_seq, id);
+                p.core
+                    .propose(p.next_seq, r.command(revision), deadline, instant, &mut out);
+                false
+            }
+            Request::Read { consistency, .. }
+            | Request::Kv(KvRequest::Get { consistency, .. } | KvRequest::Range { consistency }) => {
+                if let Request::Kv(KvRequest::Get { back, .. }) = r.request
+                    && back > 0
+                {
+                    let at = (kvload::current_revision(|q| p.applier.query(q)) - back).max(1);
+                    self.ops[id as usize].inputs.revision = Some(at);
+                }
                 p.next_token += 1;
                 p.reads.insert(p.next_token, id);
                 match consistency {
@@ -139,6 +165,7 @@ impl World {
         };
         let outcome = match self.open.get(&id).map(|r| r.request) {
             Some(Request::Read { .. }) => Outcome::Fail,
+            Some(r) if !r.is_write() => Outcome::Fail,
             _ => outcome,
         };
         self.complete(id, outcome, Outputs::error(error.to_string()));
@@ -152,8 +179,22 @@ impl World {
         op.complete_ns = self.now;
         op.outcome = outcome;
         op.outputs = outputs;
+        let mut mod_revision = None;
         match outcome {
-            Outcome::Ok => {}
+            Outcome::Ok => {
+                match op.op {
+                    OpKind::Txn => self.counters.txns += 1,
+                    OpKind::Compact => self.counters.compactions += 1,
+                    OpKind::Get => {
+                        mod_revision = op
+                            .outputs
+                            .kvs
+                            .as_ref()
+                            .map(|kvs| kvs.first().map_or(0, |kv| kv.mod_revision));
+                    }
+                    _ => {}
+                }
+            }
             Outcome::Fail => self.counters.failed += 1,
             Outcome::Unknown => self.counters.unknown += 1,
         }
@@ -161,6 +202,7 @@ impl World {
         let reply = Reply {
             outcome,
             member_lost: !self.up(member),
+            mod_revision,
         };
         let line = self
             .trace

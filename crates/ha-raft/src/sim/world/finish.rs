@@ -9,7 +9,9 @@ use crate::sim::check::{RaftChecks, Violation, check_history, describe};
 use crate::sim::client::Request;
 use crate::sim::executor::SECONDS;
 use crate::sim::history::{Consistency, OpKind, Outcome};
+use crate::sim::Workload;
 use crate::sim::kv;
+use crate::sim::kvload::KvRequest;
 use crate::sim::member::Process;
 
 impl World {
@@ -34,13 +36,12 @@ impl World {
             let m = self
                 .leader()
                 .unwrap_or(group[attempt as usize % group.len()]);
-            let id = self.invoke_final(
-                m,
-                Request::Write {
-                    key: 0,
-                    value: LIVENESS_VALUE + attempt,
-                },
-            );
+            let value = LIVENESS_VALUE + attempt;
+            let request = match self.cfg.workload {
+                Workload::Registers => Request::Write { key: 0, value },
+                Workload::Kv => Request::Kv(KvRequest::Put { key: 0, value }),
+            };
+            let id = self.invoke_final(m, request);
             let limit = self.now + self.request_timeout + GRACE + SECONDS;
             self.run_until(limit, |w| !w.open.contains_key(&id));
             if self.halted {
@@ -78,6 +79,13 @@ impl World {
     fn every_member_answers(&mut self) -> bool {
         let mut ids = Vec::new();
         for m in self.in_group() {
+            if self.cfg.workload == Workload::Kv {
+                let all = KvRequest::Range {
+                    consistency: Consistency::Linearizable,
+                };
+                ids.push(self.invoke_final(m, Request::Kv(all)));
+                continue;
+            }
             for key in 0..self.cfg.keys.max(1) as u8 {
                 ids.push(self.invoke_final(
                     m,
@@ -185,6 +193,31 @@ impl World {
     fn check_writes_and_history(&mut self) {
         let mut found = Vec::new();
         for op in &self.ops {
+            if matches!(op.op, OpKind::Put | OpKind::Txn) {
+                // Values are unique: the observers saw each put once.
+                let applied_at = op.inputs.value.and_then(|v| self.kv_truth.put_revision(v));
+                let put = op.op == OpKind::Put || op.outputs.succeeded == Some(true);
+                let broken = match op.outcome {
+                    Outcome::Ok if put && applied_at.is_none() => {
+                        Some("was acknowledged but no member ever applied it")
+                    }
+                    Outcome::Ok if put && applied_at != op.outputs.revision => {
+                        Some("was acknowledged at another revision than the one it applied at")
+                    }
+                    Outcome::Ok if !put && applied_at.is_some() => {
+                        Some("failed its compare but its value was put")
+                    }
+                    Outcome::Fail if applied_at.is_some() => Some("was reported failed but applied"),
+                    _ => None,
+                };
+                if let Some(why) = broken {
+                    found.push(
+                        Violation::new(DURABILITY, format!("{} {why}", describe(op)))
+                            .with_ops([op.id]),
+                    );
+                }
+                continue;
+            }
             if op.op != OpKind::Write {
                 continue;
             }

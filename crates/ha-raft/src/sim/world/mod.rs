@@ -18,8 +18,9 @@ use super::check::{RaftChecks, Violation};
 use super::client::{Board, ClientPlan, Request, plan_workload, run_client};
 use super::executor::{Executor, MICROS, MILLIS, Nanos, SECONDS, SimClock};
 use super::faults::{self, PlannedFault};
-use super::history::{HistoryOp, OpKind, Outcome, Outputs};
+use super::history::{HistoryOp, Outcome, Outputs};
 use super::kv::ApplySink;
+use super::kvload::{KvTruth, RevisionSink};
 use super::member::Member;
 use super::net::{NetParams, Network};
 use super::rng::SimRng;
@@ -201,6 +202,9 @@ struct World {
     open: BTreeMap<u64, OpenRequest>,
     checks: RaftChecks,
     sink: ApplySink,
+    /// KV workload: what the machines applied, revision by revision.
+    revisions: RevisionSink,
+    kv_truth: KvTruth,
     faults: Vec<PlannedFault>,
     undo: BTreeMap<usize, Undo>,
     armed_isolation: Option<ArmedIsolation>,
@@ -406,6 +410,8 @@ impl World {
             open: BTreeMap::new(),
             checks: RaftChecks::new(cfg.members),
             sink: ApplySink::default(),
+            revisions: RevisionSink::default(),
+            kv_truth: KvTruth::default(),
             faults: Vec::new(),
             undo: BTreeMap::new(),
             armed_isolation: None,
@@ -436,9 +442,10 @@ impl World {
         for op in &mut self.ops {
             if self.open.contains_key(&op.id) {
                 op.complete_ns = self.now;
-                op.outcome = match op.op {
-                    OpKind::Write => Outcome::Unknown,
-                    OpKind::Read => Outcome::Fail,
+                op.outcome = if op.op.is_write() {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Fail
                 };
             }
         }
@@ -605,9 +612,10 @@ impl World {
             Event::Request { id } => self.request(id),
             Event::Deadline { id } => {
                 if let Some(r) = self.open.get(&id) {
-                    let outcome = match r.request {
-                        Request::Write { .. } => Outcome::Unknown,
-                        Request::Read { .. } => Outcome::Fail,
+                    let outcome = if r.request.is_write() {
+                        Outcome::Unknown
+                    } else {
+                        Outcome::Fail
                     };
                     self.complete(id, outcome, Outputs::error("client deadline passed"));
                 }
@@ -669,6 +677,7 @@ impl World {
             self.cfg.keys,
             chaos,
             self.cfg.lease_focus,
+            self.cfg.workload == super::Workload::Kv,
         );
         for (c, plan) in plans.into_iter().enumerate() {
             self.exec.spawn(run_client(

@@ -7,14 +7,16 @@ use ha_core::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
 use ha_core::{Error, LogStore, LogWrite, NodeId};
 use prost::Message as _;
 
-use super::{ENGINE, Event, OpenRequest, READ_INDEX, World, msg_summary};
+use super::{ENGINE, Event, READ_INDEX, World, msg_summary};
 use crate::core::{Failure, Outbox};
 use crate::shell::open_engine;
 use crate::sim::check::Violation;
 use crate::sim::client::Request;
 use crate::sim::executor::MILLIS;
 use crate::sim::history::{Outcome, Outputs};
+use crate::sim::Workload;
 use crate::sim::kv::{self, KvRegister};
+use crate::sim::kvload::{self, SimMachine};
 use crate::sim::member::Process;
 use crate::snapshot::Snapshots;
 
@@ -48,7 +50,13 @@ impl World {
         let snapshots = Snapshots::with_first_id(&member.cfg, member.files.clone(), first_id);
         let (build_tx, build_rx) = crossbeam_channel::bounded(1);
         snapshots.set_builder(build_tx);
-        let started = KvRegister::open(&member.state, m, self.sink.clone())
+        let machine = match self.cfg.workload {
+            Workload::Registers => {
+                KvRegister::open(&member.state, m, self.sink.clone()).map(SimMachine::Registers)
+            }
+            Workload::Kv => SimMachine::mvcc(&member.state, m, self.revisions.clone()),
+        };
+        let started = machine
             .map_err(Error::from)
             .and_then(|sm| {
                 open_engine(
@@ -577,7 +585,7 @@ impl World {
                 p.core.on_applied(step.applied, &seqs, instant);
                 for (seq, response) in step.completed {
                     if let Some(id) = p.proposals.remove(&seq) {
-                        completed.push((id, kv::decode_write(&response)));
+                        completed.push((id, response));
                     }
                 }
             }
@@ -599,15 +607,27 @@ impl World {
                 found.push(v);
             }
         }
+        let revisions: Vec<kvload::AppliedRevision> = std::mem::take(&mut *self.revisions.lock());
+        for r in revisions {
+            if let Err(v) = self.kv_truth.applied(&r) {
+                found.push(v);
+            }
+        }
         for v in found {
             self.fail(v);
         }
-        for (id, index) in completed {
-            let outputs = Outputs {
-                index,
-                ..Outputs::default()
+        for (id, response) in completed {
+            let (outcome, outputs) = match self.open.get(&id).map(|r| r.request) {
+                Some(Request::Kv(_)) => kvload::outputs_of(&response),
+                _ => (
+                    Outcome::Ok,
+                    Outputs {
+                        index: kv::decode_write(&response),
+                        ..Outputs::default()
+                    },
+                ),
             };
-            self.complete(id, Outcome::Ok, outputs);
+            self.complete(id, outcome, outputs);
         }
         // Reads whose index is applied, then serializable ones.
         let Some(p) = self.members[m].proc.as_mut() else {
@@ -635,12 +655,15 @@ impl World {
         let Some(id) = p.reads.remove(&token) else {
             return;
         };
-        let Some(OpenRequest {
-            request: Request::Read { key, .. },
-            ..
-        }) = self.open.get(&id).copied()
-        else {
-            return;
+        let key = match self.open.get(&id).map(|r| r.request) {
+            Some(Request::Read { key, .. }) => key,
+            Some(Request::Kv(r)) => {
+                let at = self.ops[id as usize].inputs.revision.unwrap_or(0);
+                let (outcome, outputs) = kvload::outputs_of(&p.applier.query(&r.query(at)));
+                self.complete(id, outcome, outputs);
+                return;
+            }
+            _ => return,
         };
         let answer = p.applier.query(&kv::read_query(key));
         let applied = p.applier.applied();
@@ -649,7 +672,7 @@ impl World {
             value: seen.map(|s| s.0),
             index: Some(seen.map_or(0, |s| s.1)),
             applied: Some(applied),
-            error: None,
+            ..Outputs::default()
         };
         self.complete(id, Outcome::Ok, outputs);
     }
