@@ -234,6 +234,8 @@ pub struct SeedReport {
     pub members: usize,
     /// The bug switched on, if any.
     pub bug: Option<InjectedBug>,
+    /// The workload.
+    pub workload: Workload,
     /// What broke, the first violation first; empty when the run passed.
     pub violations: Vec<Violation>,
     /// What happened.
@@ -288,12 +290,16 @@ impl SeedReport {
         }
         let _ = writeln!(
             s,
-            "replay: ha-sim --seed {} --members {}{} --trace",
+            "replay: ha-sim --seed {} --members {}{}{} --trace",
             self.seed,
             self.members,
             self.bug
                 .map(|b| format!(" --bug {}", bug_name(b)))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match self.workload {
+                Workload::Registers => "",
+                Workload::Kv => " --workload kv",
+            }
         );
         s
     }
@@ -385,14 +391,16 @@ pub fn bug_by_name(name: &str) -> Option<InjectedBug> {
 pub fn summary_line(seeds: u64, violations: u64, c: &Counters) -> String {
     format!(
         "sim seeds={seeds} violations={violations} unknown_pct={:.2} ops={} leader_changes={} \
-         crashes={} partitions={} conf_changes={} snapshots={}",
+         crashes={} partitions={} conf_changes={} snapshots={} compactions={} txns={}",
         c.unknown_pct(),
         c.ops,
         c.leader_changes,
         c.crashes,
         c.partitions,
         c.conf_changes,
-        c.snapshots
+        c.snapshots,
+        c.compactions,
+        c.txns
     )
 }
 

@@ -454,6 +454,7 @@ impl World {
             seed: self.seed,
             members: self.cfg.members,
             bug: self.cfg.bug,
+            workload: self.cfg.workload,
             violations: self.violations,
             counters: self.counters,
             schedule: self.schedule,
