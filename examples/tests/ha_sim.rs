@@ -47,6 +47,7 @@ fn passing_seeds_exit_zero_with_the_summary_as_last_line() {
             "partitions",
             "conf_changes",
             "snapshots",
+            "lease_expiries",
             "compactions",
             "txns"
         ],
@@ -126,7 +127,10 @@ fn the_kv_workload_runs_and_its_history_file_passes_check() {
         .unwrap_or(0);
     assert!(txns > 0, "{line}");
     let text = std::fs::read_to_string(&file).expect("history written");
-    assert!(text.contains("\"mod_revision\""), "no revisions in the history");
+    assert!(
+        text.contains("\"mod_revision\""),
+        "no revisions in the history"
+    );
     let c = ha_sim(&["check", file.to_str().unwrap()]);
     assert!(c.status.success(), "{}", stdout(&c));
     // A read that saw a key at a revision nothing wrote it at fails the

@@ -34,6 +34,20 @@ pub enum InjectedBug {
     /// The lease lasts `(election_tick - 1)` ticks, with no allowance for
     /// clock drift.
     LeaseIgnoresDrift,
+    /// (f) A new leader expires leases without the promotion reset: every
+    /// member counts a lease's deadline from its grant (followers too, never
+    /// renewed there), and a promotion keeps those deadlines, so the new
+    /// leader expires leases the old one kept alive.
+    LeaseNoPromotionReset,
+    /// (g) The log is compacted up to the applied index rather than the
+    /// applied index the state store holds durably: after a crash the
+    /// state store restarts below the log's first entry.
+    CompactPastDurable,
+    /// (h) A snapshot install is not one unit across a crash: a restart
+    /// ignores the pending-install marker instead of finishing the install,
+    /// so a crash between restoring the state store and restarting the log
+    /// leaves the two at different points.
+    NonAtomicInstall,
 }
 
 /// The set of switched-on bugs (empty in production).
@@ -49,6 +63,9 @@ pub(crate) struct Bugs {
     pub(crate) lease_across_transfer: bool,
     pub(crate) lease_from_heartbeat_count: bool,
     pub(crate) lease_ignores_drift: bool,
+    pub(crate) lease_no_promotion_reset: bool,
+    pub(crate) compact_past_durable: bool,
+    pub(crate) non_atomic_install: bool,
 }
 
 impl Bugs {
@@ -66,6 +83,9 @@ impl Bugs {
             Some(InjectedBug::LeaseAcrossTransfer) => b.lease_across_transfer = true,
             Some(InjectedBug::LeaseFromHeartbeatCount) => b.lease_from_heartbeat_count = true,
             Some(InjectedBug::LeaseIgnoresDrift) => b.lease_ignores_drift = true,
+            Some(InjectedBug::LeaseNoPromotionReset) => b.lease_no_promotion_reset = true,
+            Some(InjectedBug::CompactPastDurable) => b.compact_past_durable = true,
+            Some(InjectedBug::NonAtomicInstall) => b.non_atomic_install = true,
         }
         b
     }

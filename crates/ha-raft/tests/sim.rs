@@ -311,6 +311,37 @@ fn every_seed_passes_with_lease_reads_five_members() {
     lease_runs_pass(5, 0..lease_seeds(100));
 }
 
+/// (f) A new leader that expires leases without the promotion reset.
+#[test]
+fn a_new_leader_expiring_leases_without_the_promotion_reset_is_caught() {
+    check_caught(
+        first_catch_with(SimConfig::kv(3), InjectedBug::LeaseNoPromotionReset),
+        InjectedBug::LeaseNoPromotionReset,
+        &["lease safety"],
+    );
+}
+
+/// (g) Compacting the log past what the state store holds durably: a
+/// crash then restarts the state store below the log's first entry.
+#[test]
+fn log_compaction_past_the_durable_applied_index_is_caught() {
+    caught_by(
+        InjectedBug::CompactPastDurable,
+        &["no fatal error", "equal state on all members"],
+    );
+}
+
+/// (h) A restart that ignores the pending-install marker: a crash between
+/// the install's steps leaves the state store and the log at different
+/// points.
+#[test]
+fn a_snapshot_install_that_is_not_atomic_across_a_crash_is_caught() {
+    caught_by(
+        InjectedBug::NonAtomicInstall,
+        &["no fatal error", "equal state on all members"],
+    );
+}
+
 fn kv_seeds(default: u64) -> u64 {
     std::env::var("HA_SIM_KV_SEEDS")
         .ok()
@@ -329,6 +360,12 @@ fn kv_runs_pass(members: usize, range: Range<u64>) {
         "{members} members: only {} transactions and {} compactions in {n} seeds",
         c.txns,
         c.compactions
+    );
+    assert!(
+        c.lease_expiries as f64 / n as f64 >= 1.0 && c.keep_alives as f64 / n as f64 >= 10.0,
+        "{members} members: only {} lease expiries and {} keep-alives in {n} seeds",
+        c.lease_expiries,
+        c.keep_alives
     );
 }
 
@@ -368,7 +405,7 @@ fn injected_bugs_are_caught_under_the_kv_workload() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 10);
+    assert_eq!(ALL_BUGS.len(), 13);
 }
 
 #[test]
@@ -483,7 +520,7 @@ fn a_failure_report_names_the_seed_the_schedule_and_the_history() {
     assert!(
         line.starts_with("sim seeds=1 violations=1 unknown_pct=")
             && line.ends_with(&format!(
-                " conf_changes={} snapshots={} compactions=0 txns=0",
+                " conf_changes={} snapshots={} lease_expiries=0 compactions=0 txns=0",
                 report.counters.conf_changes, report.counters.snapshots
             )),
         "{line}"

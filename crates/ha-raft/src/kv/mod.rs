@@ -4,7 +4,7 @@
 
 mod config;
 mod keeper;
-mod lease;
+pub(crate) mod lease;
 mod node;
 mod watch;
 

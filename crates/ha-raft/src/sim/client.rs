@@ -18,8 +18,14 @@ use super::rng::SimRng;
 /// What a client asks a member to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
-    Write { key: u8, value: u64 },
-    Read { key: u8, consistency: Consistency },
+    Write {
+        key: u8,
+        value: u64,
+    },
+    Read {
+        key: u8,
+        consistency: Consistency,
+    },
     /// The KV workload.
     Kv(KvRequest),
 }
@@ -45,6 +51,10 @@ pub(crate) struct Reply {
     /// KV workload, a successful get: the key's mod_revision (0: absent).
     pub(crate) mod_revision: Option<i64>,
 }
+
+/// KV workload: clients that grant leases, attach keys, keep them alive
+/// for a while, then revoke them or let them expire.
+const LEASE_CLIENTS: usize = 3;
 
 /// How long a client avoids a member that it lost.
 const FAILOVER: Nanos = SECONDS;
@@ -181,6 +191,10 @@ pub(crate) fn plan_workload(
                 })
                 .collect();
             plans.push(ClientPlan { pinned, ops });
+        }
+        for c in 0..LEASE_CLIENTS {
+            let ops = kvload::plan_lease_client(rng, c, members, span, &mut next_value);
+            plans.push(ClientPlan { pinned: false, ops });
         }
         return plans;
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an operation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// Set a register to a value unique in the history.
     Write,
@@ -26,6 +26,13 @@ pub enum OpKind {
     Range,
     /// KV workload: compact history up to `revision`.
     Compact,
+    /// KV workload: grant lease `lease` with `ttl_ms`.
+    LeaseGrant,
+    /// KV workload: renew lease `lease` (answered by the leader, not a raft
+    /// entry); `outputs.ttl_ms` is the TTL it was renewed for.
+    KeepAlive,
+    /// KV workload: revoke lease `lease`, deleting its keys.
+    LeaseRevoke,
 }
 
 impl OpKind {
@@ -33,7 +40,21 @@ impl OpKind {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            OpKind::Write | OpKind::Put | OpKind::Delete | OpKind::Txn | OpKind::Compact
+            OpKind::Write
+                | OpKind::Put
+                | OpKind::Delete
+                | OpKind::Txn
+                | OpKind::Compact
+                | OpKind::LeaseGrant
+                | OpKind::LeaseRevoke
+        )
+    }
+
+    /// A lease operation (checked by the lease checks, not the KV model).
+    pub fn is_lease(self) -> bool {
+        matches!(
+            self,
+            OpKind::LeaseGrant | OpKind::KeepAlive | OpKind::LeaseRevoke
         )
     }
 
@@ -87,6 +108,12 @@ pub struct Inputs {
     /// KV workload: the mod_revision a `txn` compares with (0: absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_mod: Option<i64>,
+    /// KV workload: the lease of a lease operation, or of a `put`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+    /// KV workload: the TTL a `lease_grant` asks for, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// A key as a KV read returned it.
@@ -140,6 +167,10 @@ pub struct Outputs {
     /// compact revision the member reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted: Option<i64>,
+    /// KV workload: the TTL a `keep_alive` renewed the lease for, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// One operation of a history.

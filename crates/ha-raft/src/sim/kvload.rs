@@ -12,12 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use ha_core::{
     ApplyContext, ClusterId, Compare, CompareOp, CompareTarget, DeleteRequest, Error, EventKind,
-    KeyRange, KeyValue, NodeId, PutRequest, RangeRequest, StateMachine, StorageError, TxnOp,
-    TxnOpResponse, TxnRequest, WatchEvent, WriteBatch,
+    KeyRange, KeyValue, LeaseId, NodeId, PutRequest, RangeRequest, StateMachine, StorageError,
+    TxnOp, TxnOpResponse, TxnRequest, WatchEvent, WriteBatch,
 };
 use ha_storage::MemStateStore;
 use ha_storage::kv::{HeaderStamp, KvCommand, KvObserver, KvQuery, KvReply, MvccMachine};
@@ -60,6 +61,23 @@ pub(crate) enum KvRequest {
     Compact {
         back: i64,
     },
+    LeaseGrant {
+        lease: i64,
+        ttl_ms: u64,
+    },
+    /// Put `value` on leased key `l{key}`, attached to `lease`.
+    LeasePut {
+        key: u8,
+        value: u64,
+        lease: i64,
+    },
+    /// Answered by the leader's `LeaseManager` (a follower forwards it).
+    KeepAlive {
+        lease: i64,
+    },
+    LeaseRevoke {
+        lease: i64,
+    },
 }
 
 impl KvRequest {
@@ -71,6 +89,9 @@ impl KvRequest {
                 | KvRequest::Delete { .. }
                 | KvRequest::Cas { .. }
                 | KvRequest::Compact { .. }
+                | KvRequest::LeaseGrant { .. }
+                | KvRequest::LeasePut { .. }
+                | KvRequest::LeaseRevoke { .. }
         )
     }
 
@@ -110,6 +131,28 @@ impl KvRequest {
                 i.key = ALL_KEYS.to_owned();
                 OpKind::Compact
             }
+            KvRequest::LeaseGrant { lease, ttl_ms } => {
+                i.key = ALL_KEYS.to_owned();
+                i.lease = Some(lease);
+                i.ttl_ms = Some(ttl_ms);
+                OpKind::LeaseGrant
+            }
+            KvRequest::LeasePut { key, value, lease } => {
+                i.key = leased_key_name(key);
+                i.value = Some(value);
+                i.lease = Some(lease);
+                OpKind::Put
+            }
+            KvRequest::KeepAlive { lease } => {
+                i.key = ALL_KEYS.to_owned();
+                i.lease = Some(lease);
+                OpKind::KeepAlive
+            }
+            KvRequest::LeaseRevoke { lease } => {
+                i.key = ALL_KEYS.to_owned();
+                i.lease = Some(lease);
+                OpKind::LeaseRevoke
+            }
         };
         (kind, i)
     }
@@ -130,13 +173,30 @@ impl KvRequest {
                     CompareOp::Equal,
                     CompareTarget::ModRevision(expect),
                 )],
-                success: vec![TxnOp::Put(PutRequest::new(key_name(key), value.to_string()))],
+                success: vec![TxnOp::Put(PutRequest::new(
+                    key_name(key),
+                    value.to_string(),
+                ))],
                 failure: vec![TxnOp::Range(RangeRequest::new(KeyRange::key(key_name(
                     key,
                 ))))],
             }),
             KvRequest::Compact { .. } => KvCommand::Compact(revision),
-            KvRequest::Get { .. } | KvRequest::Range { .. } => KvCommand::Compact(0),
+            KvRequest::LeaseGrant { lease, ttl_ms } => KvCommand::LeaseGrant {
+                id: LeaseId(lease),
+                ttl: Duration::from_millis(ttl_ms),
+            },
+            KvRequest::LeasePut { key, value, lease } => {
+                let mut p = PutRequest::new(leased_key_name(key), value.to_string());
+                p.lease = LeaseId(lease);
+                KvCommand::Put(p)
+            }
+            KvRequest::LeaseRevoke { lease } => KvCommand::LeaseRevoke(LeaseId(lease)),
+            // Not proposed: reads and keep-alives (an empty compaction is
+            // refused by every machine alike).
+            KvRequest::Get { .. } | KvRequest::Range { .. } | KvRequest::KeepAlive { .. } => {
+                KvCommand::Compact(0)
+            }
         };
         cmd.encode(0)
     }
@@ -154,12 +214,20 @@ impl KvRequest {
 }
 
 /// The keys are `k0`, `k1`, ...
-const KEY_PREFIX: &str = "k";
+pub(crate) const KEY_PREFIX: &str = "k";
 /// The `key` of a history record that touches every key.
 pub(crate) const ALL_KEYS: &str = "*";
 
 pub(crate) fn key_name(key: u8) -> String {
     format!("{KEY_PREFIX}{key}")
+}
+
+/// Keys attached to leases are `l0`, `l1`, ... (lease expiries delete them
+/// at revisions no client operation claims).
+pub(crate) const LEASED_PREFIX: &str = "l";
+
+pub(crate) fn leased_key_name(key: u8) -> String {
+    format!("{LEASED_PREFIX}{key}")
 }
 
 fn stamp() -> HeaderStamp {
@@ -210,6 +278,8 @@ pub(crate) fn outputs_of(reply: &[u8]) -> (Outcome, Outputs) {
             }
         }
         Ok(KvReply::Compact(c)) => o.revision = Some(c.header.revision),
+        Ok(KvReply::Lease(l)) => o.revision = Some(l.header.revision),
+        Ok(KvReply::LeaseRevoke(r)) => o.revision = Some(r.header.revision),
         Ok(KvReply::Range(r)) => {
             o.revision = Some(r.header.revision);
             o.kvs = Some(seen(&r.kvs));
@@ -244,8 +314,28 @@ pub(crate) struct AppliedRevision {
     pub(crate) puts: Vec<u64>,
 }
 
+/// What a member's machine reported through its observer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Observed {
+    Revision(AppliedRevision),
+    Granted {
+        member: usize,
+        id: LeaseId,
+        ttl: Duration,
+    },
+    Revoked {
+        member: usize,
+        id: LeaseId,
+    },
+    /// The machine was (re)loaded: these are all its leases.
+    Restored {
+        member: usize,
+        leases: Vec<(LeaseId, Duration)>,
+    },
+}
+
 /// Where the members' observers report (shared by all members).
-pub(crate) type RevisionSink = Arc<Mutex<Vec<AppliedRevision>>>;
+pub(crate) type RevisionSink = Arc<Mutex<Vec<Observed>>>;
 
 /// The production observer hook, reporting into the sink.
 struct SinkObserver {
@@ -279,13 +369,35 @@ impl KvObserver for SinkObserver {
         }
         let mut sink = self.sink.lock();
         for (revision, (bytes, puts)) in by_rev {
-            sink.push(AppliedRevision {
+            sink.push(Observed::Revision(AppliedRevision {
                 member: self.member,
                 revision,
                 fingerprint: fnv(&bytes),
                 puts,
-            });
+            }));
         }
+    }
+
+    fn lease_granted(&mut self, id: LeaseId, ttl: Duration) {
+        self.sink.lock().push(Observed::Granted {
+            member: self.member,
+            id,
+            ttl,
+        });
+    }
+
+    fn lease_revoked(&mut self, id: LeaseId) {
+        self.sink.lock().push(Observed::Revoked {
+            member: self.member,
+            id,
+        });
+    }
+
+    fn restored(&mut self, _revision: i64, _compact: i64, leases: &[(LeaseId, Duration)]) {
+        self.sink.lock().push(Observed::Restored {
+            member: self.member,
+            leases: leases.to_vec(),
+        });
     }
 }
 
@@ -305,6 +417,12 @@ impl SimMachine {
         sink: RevisionSink,
     ) -> Result<Self, StorageError> {
         let mut m = MvccMachine::open(Arc::new(store.clone()))?;
+        // The leases it holds, as `KvNode` hands them to its manager at
+        // start.
+        sink.lock().push(Observed::Restored {
+            member,
+            leases: m.leases(),
+        });
         m.set_observer(Box::new(SinkObserver { member, sink }));
         Ok(SimMachine::Mvcc(Box::new(m)))
     }
@@ -467,8 +585,7 @@ impl KvTruth {
             }
             Some(_) => {}
             None => {
-                self.revisions
-                    .insert(r.revision, (r.fingerprint, r.member));
+                self.revisions.insert(r.revision, (r.fingerprint, r.member));
             }
         }
         for &v in &r.puts {
@@ -497,4 +614,78 @@ impl KvTruth {
     pub(crate) fn put_revision(&self, value: u64) -> Option<i64> {
         self.put_at.get(&value).copied()
     }
+}
+
+/// The script of a lease client over `span`: rounds of grant (TTL 0.6,
+/// 1 or 1.5 s), one or two puts attached to the lease, 2–8 keep-alives a
+/// quarter TTL apart, then a revoke (half the rounds) or silence past the
+/// TTL, so that the leader expires it.
+pub(crate) fn plan_lease_client(
+    rng: &mut SimRng,
+    client: usize,
+    members: usize,
+    span: Nanos,
+    next_value: &mut u64,
+) -> Vec<super::client::PlannedOp> {
+    use super::client::{PlannedOp, Request};
+    use super::executor::MILLIS;
+    let home = rng.below(members);
+    let pick_member = |rng: &mut SimRng| {
+        if rng.chance(0.6) {
+            home
+        } else {
+            rng.below(members)
+        }
+    };
+    let mut ops = Vec::new();
+    let mut t = 0;
+    let mut round = 0i64;
+    while t < span {
+        round += 1;
+        let lease = (client as i64 + 1) * 10_000 + round;
+        let ttl_ms = rng.pick(&[600u64, 1_000, 1_500]);
+        let mut push = |rng: &mut SimRng, think: Nanos, r: KvRequest, ops: &mut Vec<PlannedOp>| {
+            t += think;
+            ops.push(PlannedOp {
+                think,
+                member: pick_member(rng),
+                request: Request::Kv(r),
+            });
+        };
+        let think = rng.between(50 * MILLIS, 300 * MILLIS);
+        push(
+            rng,
+            think,
+            KvRequest::LeaseGrant { lease, ttl_ms },
+            &mut ops,
+        );
+        for _ in 0..rng.between(1, 2) {
+            *next_value += 1;
+            let r = KvRequest::LeasePut {
+                key: rng.below(3) as u8,
+                value: *next_value - 1,
+                lease,
+            };
+            let think = rng.between(5 * MILLIS, 20 * MILLIS);
+            push(rng, think, r, &mut ops);
+        }
+        let quarter = ttl_ms * MILLIS / 4;
+        for _ in 0..rng.between(2, 8) {
+            let think = rng.between(quarter / 2, quarter);
+            push(rng, think, KvRequest::KeepAlive { lease }, &mut ops);
+        }
+        if rng.chance(0.5) {
+            let think = rng.between(5 * MILLIS, 50 * MILLIS);
+            push(rng, think, KvRequest::LeaseRevoke { lease }, &mut ops);
+        } else {
+            // Silence: the next round starts after the lease ran out.
+            t += ttl_ms * MILLIS;
+            ops.push(PlannedOp {
+                think: ttl_ms * MILLIS,
+                member: home,
+                request: Request::Kv(KvRequest::KeepAlive { lease }),
+            });
+        }
+    }
+    ops
 }

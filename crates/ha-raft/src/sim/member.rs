@@ -14,6 +14,7 @@ use super::executor::Nanos;
 use super::kvload::SimMachine;
 use crate::apply::Applier;
 use crate::core::{Core, PersistTask};
+use crate::kv::lease::LeaseManager;
 use crate::membership::MemberSet;
 use crate::snapshot::{SnapshotDescriptor, SnapshotFiles, Snapshots};
 
@@ -104,6 +105,12 @@ pub(crate) struct Process {
     pub(crate) build_rx: crossbeam_channel::Receiver<()>,
     /// A snapshot install in progress (the disk batch's first task).
     pub(crate) install: Option<Installing>,
+    /// KV workload: the production lease manager (deadlines on the
+    /// leader), driven with this member's virtual clock.
+    pub(crate) leases: LeaseManager,
+    /// The term of the last entry applied (a leader expires and renews
+    /// only once it applied an entry of its term).
+    pub(crate) applied_term: u64,
 }
 
 /// A snapshot install between its steps: the pending-install marker is
@@ -143,6 +150,8 @@ impl Process {
             snapshots,
             build_rx,
             install: None,
+            leases: LeaseManager::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
+            applied_term: 0,
         }
     }
 }

@@ -192,6 +192,12 @@ pub struct Counters {
     pub compactions: u64,
     /// KV workload: transactions that completed (either branch).
     pub txns: u64,
+    /// KV workload: lease expiries proposed by leaders.
+    pub expiry_proposals: u64,
+    /// KV workload: leases that expired (gone without a revoke asked for).
+    pub lease_expiries: u64,
+    /// KV workload: keep-alives answered.
+    pub keep_alives: u64,
 }
 
 impl Counters {
@@ -213,6 +219,9 @@ impl Counters {
         self.lease_hits += o.lease_hits;
         self.compactions += o.compactions;
         self.txns += o.txns;
+        self.expiry_proposals += o.expiry_proposals;
+        self.lease_expiries += o.lease_expiries;
+        self.keep_alives += o.keep_alives;
     }
 
     /// Unknown outcomes as a percentage of operations.
@@ -353,7 +362,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 10] = [
+pub const ALL_BUGS: [InjectedBug; 13] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -364,6 +373,9 @@ pub const ALL_BUGS: [InjectedBug; 10] = [
     InjectedBug::LeaseAcrossTransfer,
     InjectedBug::LeaseFromHeartbeatCount,
     InjectedBug::LeaseIgnoresDrift,
+    InjectedBug::LeaseNoPromotionReset,
+    InjectedBug::CompactPastDurable,
+    InjectedBug::NonAtomicInstall,
 ];
 
 /// The command-line name of a bug (`local-reads`, ...).
@@ -379,6 +391,9 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::LeaseAcrossTransfer => "lease-across-transfer",
         InjectedBug::LeaseFromHeartbeatCount => "lease-from-heartbeat-count",
         InjectedBug::LeaseIgnoresDrift => "lease-ignores-drift",
+        InjectedBug::LeaseNoPromotionReset => "lease-no-promotion-reset",
+        InjectedBug::CompactPastDurable => "compact-past-durable",
+        InjectedBug::NonAtomicInstall => "non-atomic-install",
     }
 }
 
@@ -391,7 +406,8 @@ pub fn bug_by_name(name: &str) -> Option<InjectedBug> {
 pub fn summary_line(seeds: u64, violations: u64, c: &Counters) -> String {
     format!(
         "sim seeds={seeds} violations={violations} unknown_pct={:.2} ops={} leader_changes={} \
-         crashes={} partitions={} conf_changes={} snapshots={} compactions={} txns={}",
+         crashes={} partitions={} conf_changes={} snapshots={} lease_expiries={} compactions={} \
+         txns={}",
         c.unknown_pct(),
         c.ops,
         c.leader_changes,
@@ -399,6 +415,7 @@ pub fn summary_line(seeds: u64, violations: u64, c: &Counters) -> String {
         c.partitions,
         c.conf_changes,
         c.snapshots,
+        c.lease_expiries,
         c.compactions,
         c.txns
     )

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Violation;
 use super::linear::{Interval, first_inversion};
 use crate::sim::history::{Consistency, HistoryOp, OpKind, Outcome, SeenKv};
+use crate::sim::kvload::KEY_PREFIX;
 
 const LINEARIZABILITY: &str = "linearizability";
 const SERIALIZABLE: &str = "serializable reads monotonic";
@@ -91,7 +92,12 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
     };
     let at = i.revision.map(|r| format!(" at {r}")).unwrap_or_default();
     let what = match op.op {
-        OpKind::Put => format!("put {}={}", i.key, i.value.unwrap_or(0)),
+        OpKind::Put => format!(
+            "put {}={}{}",
+            i.key,
+            i.value.unwrap_or(0),
+            i.lease.map(|l| format!(" lease {l}")).unwrap_or_default()
+        ),
         OpKind::Delete => format!("delete {}", i.key),
         OpKind::Txn => format!(
             "txn if mod({})=={} then put {}={}",
@@ -103,6 +109,13 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
         OpKind::Get => format!("get{c} {}{at}", i.key),
         OpKind::Range => format!("range{c}{at}"),
         OpKind::Compact => format!("compact{at}"),
+        OpKind::LeaseGrant => format!(
+            "grant lease {} ttl {}ms",
+            i.lease.unwrap_or(0),
+            i.ttl_ms.unwrap_or(0)
+        ),
+        OpKind::KeepAlive => format!("keep-alive lease {}", i.lease.unwrap_or(0)),
+        OpKind::LeaseRevoke => format!("revoke lease {}", i.lease.unwrap_or(0)),
         OpKind::Write | OpKind::Read => format!("{:?}", op.op),
     };
     let o = &op.outputs;
@@ -122,6 +135,9 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
             .map(|kv| format!("{}={}", kv.key, show(KeyState::of(kv))))
             .collect();
         result.push_str(&format!(" [{}]", shown.join(", ")));
+    }
+    if let Some(t) = o.ttl_ms {
+        result.push_str(&format!(" ttl {t}ms"));
     }
     if let Some(e) = &o.error {
         result.push_str(&format!(" ({e})"));
@@ -204,7 +220,7 @@ impl Checker<'_> {
             // Absent: fine if an unknown delete may have come after the
             // last known put.
             None => last.is_some_and(|(r, s)| {
-                s.is_some() && self.gaps.range(r + 1..=revision).next().is_none()
+                s.is_some() && (r >= revision || self.gaps.range(r + 1..=revision).next().is_none())
             }),
         };
         if bad {
@@ -231,7 +247,13 @@ impl Checker<'_> {
                 }
                 scope.insert(k.to_owned());
             }
-            None => scope.extend(self.model.keys().cloned()),
+            // A range covers the clients' keys, not the leased ones.
+            None => scope.extend(
+                self.model
+                    .keys()
+                    .filter(|k| k.starts_with(KEY_PREFIX))
+                    .cloned(),
+            ),
         }
         for key in scope {
             let got = kvs.iter().find(|kv| kv.key == key);
@@ -393,6 +415,21 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
     for &r in c.mutations.keys() {
         max_rev = max_rev.max(r);
     }
+    // A lease's revocation or expiry deletes its keys at one revision that
+    // no put claims: each granted lease may explain one, and keys attached
+    // to leases are checked loosely once one happened.
+    let leases = ops
+        .iter()
+        .filter(|o| o.op == OpKind::LeaseGrant && o.outcome != Outcome::Fail)
+        .count();
+    if leases > 0 {
+        unplaced += leases;
+        for op in ops {
+            if op.op == OpKind::Put && op.inputs.lease.is_some() {
+                c.candidates.insert(op.inputs.key.clone());
+            }
+        }
+    }
     let gaps: Vec<i64> = (2..=max_rev)
         .filter(|r| !c.mutations.contains_key(r))
         .collect();
@@ -446,7 +483,7 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
     }
     let mut serializable: BTreeMap<(u64, u64), Vec<Interval>> = BTreeMap::new();
     for (at, op) in ops.iter().enumerate() {
-        if !op.op.is_kv() || !ok(op) {
+        if !op.op.is_kv() || op.op.is_lease() || !ok(op) {
             continue;
         }
         let Some(r) = op.outputs.revision else {
@@ -537,7 +574,10 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
             serializable
                 .entry((op.member, op.incarnation))
                 .or_default()
-                .push(Interval { pos: r as u64, ..item });
+                .push(Interval {
+                    pos: r as u64,
+                    ..item
+                });
         } else {
             intervals.push(item);
         }
@@ -758,10 +798,7 @@ mod tests {
             get(3, 21, 30, 3, Some(kv(11, 2, 3, 1))),
         ];
         assert_eq!(check_kv(&version)[0].ops, [2, 3]);
-        let lost = vec![
-            put(1, 10, 0, 10, Outcome::Ok, 2),
-            get(2, 21, 30, 2, None),
-        ];
+        let lost = vec![put(1, 10, 0, 10, Outcome::Ok, 2), get(2, 21, 30, 2, None)];
         assert_eq!(check_kv(&lost)[0].ops, [1, 2]);
         let twice = vec![
             put(1, 10, 0, 10, Outcome::Ok, 2),

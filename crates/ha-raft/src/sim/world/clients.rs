@@ -89,6 +89,9 @@ impl World {
         let mut out = Outbox::default();
         let mut lease_hit = None;
         let serializable = match r.request {
+            Request::Kv(KvRequest::KeepAlive { lease }) => {
+                return self.keep_alive(id, m, lease);
+            }
             Request::Write { key, value } => {
                 p.next_seq += 1;
                 p.proposals.insert(p.next_seq, id);
@@ -105,7 +108,10 @@ impl World {
                 r @ (KvRequest::Put { .. }
                 | KvRequest::Delete { .. }
                 | KvRequest::Cas { .. }
-                | KvRequest::Compact { .. }),
+                | KvRequest::Compact { .. }
+                | KvRequest::LeaseGrant { .. }
+                | KvRequest::LeasePut { .. }
+                | KvRequest::LeaseRevoke { .. }),
             ) => {
                 let mut revision = 0;
                 if let KvRequest::Compact { back } = r {
@@ -156,6 +162,48 @@ impl World {
         self.drive(m, out);
     }
 
+    /// A keep-alive: answered by the member's lease manager if it leads,
+    /// else forwarded to the leader it knows (as `KvNode` does), if that
+    /// one runs and the link between them is up both ways.
+    fn keep_alive(&mut self, id: u64, m: usize, lease: i64) {
+        let Some(p) = self.members[m].proc.as_ref() else {
+            return;
+        };
+        let target = if p.core.is_leader() {
+            Some(m)
+        } else {
+            p.core
+                .leader()
+                .leader
+                .and_then(|n| (n.0 as usize).checked_sub(1))
+                .filter(|&l| l < self.members.len())
+        };
+        let Some(l) = target.filter(|&l| {
+            self.up(l) && (l == m || !(self.net.is_cut(m, l) || self.net.is_cut(l, m)))
+        }) else {
+            return self.complete(id, Outcome::Fail, Outputs::error("no leader reachable"));
+        };
+        let now = self.instant_of(l);
+        let Some(p) = self.members[l].proc.as_mut() else {
+            return;
+        };
+        let leading = p.core.is_leader().then(|| p.core.leader().term);
+        p.leases.observe(leading, p.applied_term, now);
+        match p.leases.keep_alive(ha_core::LeaseId(lease), now) {
+            Ok(ttl) => {
+                self.counters.keep_alives += 1;
+                let outputs = Outputs {
+                    ttl_ms: Some(ttl.as_millis() as u64),
+                    ..Outputs::default()
+                };
+                self.complete(id, Outcome::Ok, outputs);
+            }
+            Err(refusal) => {
+                self.complete(id, Outcome::Fail, Outputs::error(format!("{refusal:?}")));
+            }
+        }
+    }
+
     pub(super) fn fail_call(&mut self, id: u64, error: &Error) {
         // A proposal that never left a process that then died cannot apply.
         let outcome = if error.is_not_applied() || matches!(error, Error::Shutdown) {
@@ -181,20 +229,18 @@ impl World {
         op.outputs = outputs;
         let mut mod_revision = None;
         match outcome {
-            Outcome::Ok => {
-                match op.op {
-                    OpKind::Txn => self.counters.txns += 1,
-                    OpKind::Compact => self.counters.compactions += 1,
-                    OpKind::Get => {
-                        mod_revision = op
-                            .outputs
-                            .kvs
-                            .as_ref()
-                            .map(|kvs| kvs.first().map_or(0, |kv| kv.mod_revision));
-                    }
-                    _ => {}
+            Outcome::Ok => match op.op {
+                OpKind::Txn => self.counters.txns += 1,
+                OpKind::Compact => self.counters.compactions += 1,
+                OpKind::Get => {
+                    mod_revision = op
+                        .outputs
+                        .kvs
+                        .as_ref()
+                        .map(|kvs| kvs.first().map_or(0, |kv| kv.mod_revision));
                 }
-            }
+                _ => {}
+            },
             Outcome::Fail => self.counters.failed += 1,
             Outcome::Unknown => self.counters.unknown += 1,
         }

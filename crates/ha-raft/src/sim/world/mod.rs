@@ -205,6 +205,9 @@ struct World {
     /// KV workload: what the machines applied, revision by revision.
     revisions: RevisionSink,
     kv_truth: KvTruth,
+    /// KV workload: lease → when a member first applied its revocation or
+    /// expiry.
+    lease_gone: BTreeMap<i64, Nanos>,
     faults: Vec<PlannedFault>,
     undo: BTreeMap<usize, Undo>,
     armed_isolation: Option<ArmedIsolation>,
@@ -234,6 +237,12 @@ struct World {
     next_transfer: u64,
     /// When the chaos window ends.
     heal_at: Nanos,
+    /// Crashes right after an install restored the state store (before
+    /// the log restarts): drawn from a stream of their own, so that seeds
+    /// without installs replay as before.
+    install_rng: SimRng,
+    /// The chance of such a crash per install, this seed.
+    install_crash: f64,
 }
 
 /// Runs one seed to the end and reports.
@@ -392,6 +401,8 @@ impl World {
         let apply_delay = (0, rng.between(10 * MICROS, 2 * MILLIS));
         let state_sync_every = rng.pick(&[20 * MILLIS, 200 * MILLIS, SECONDS]);
         let tick_jitter = rng.between(0, MILLIS);
+        let mut install_rng = SimRng::new(seed ^ 0x1a57_a11c_7a54_0000);
+        let install_crash = install_rng.pick(&[0.0, 0.0, 0.3, 0.6]);
         World {
             cfg: cfg.clone(),
             seed,
@@ -412,6 +423,7 @@ impl World {
             sink: ApplySink::default(),
             revisions: RevisionSink::default(),
             kv_truth: KvTruth::default(),
+            lease_gone: BTreeMap::new(),
             faults: Vec::new(),
             undo: BTreeMap::new(),
             armed_isolation: None,
@@ -435,6 +447,8 @@ impl World {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             heal_at: CHAOS_START + nanos(cfg.chaos),
+            install_rng,
+            install_crash,
         }
     }
 

@@ -9,12 +9,13 @@ use prost::Message as _;
 
 use super::{ENGINE, Event, READ_INDEX, World, msg_summary};
 use crate::core::{Failure, Outbox};
+use crate::kv::lease::LeaseManager;
 use crate::shell::open_engine;
+use crate::sim::Workload;
 use crate::sim::check::Violation;
 use crate::sim::client::Request;
 use crate::sim::executor::MILLIS;
 use crate::sim::history::{Outcome, Outputs};
-use crate::sim::Workload;
 use crate::sim::kv::{self, KvRegister};
 use crate::sim::kvload::{self, SimMachine};
 use crate::sim::member::Process;
@@ -56,20 +57,18 @@ impl World {
             }
             Workload::Kv => SimMachine::mvcc(&member.state, m, self.revisions.clone()),
         };
-        let started = machine
-            .map_err(Error::from)
-            .and_then(|sm| {
-                open_engine(
-                    &member.cfg,
-                    Arc::new(member.log.clone()),
-                    Arc::new(member.state.clone()),
-                    sm,
-                    &self.logger,
-                    self.rng.next_u64(),
-                    self.bugs,
-                    snapshots.clone(),
-                )
-            });
+        let started = machine.map_err(Error::from).and_then(|sm| {
+            open_engine(
+                &member.cfg,
+                Arc::new(member.log.clone()),
+                Arc::new(member.state.clone()),
+                sm,
+                &self.logger,
+                self.rng.next_u64(),
+                self.bugs,
+                snapshots.clone(),
+            )
+        });
         let (opened, core, applier) = match started {
             Ok(x) => x,
             Err(e) => {
@@ -111,6 +110,14 @@ impl World {
             snapshots,
             build_rx,
         ));
+        if let Some(p) = member.proc.as_mut() {
+            // As `Leases::new` configures it: a new leader adds an election
+            // timeout, an expiry in flight is proposed again after a
+            // request timeout.
+            let election = member.cfg.tick_interval * member.cfg.max_election_tick as u32;
+            p.leases = LeaseManager::new(election, member.cfg.request_timeout);
+            p.leases.set_bugs(self.bugs);
+        }
         let life = member.life;
         let tick_ns = member.tick_ns;
         let held = std::mem::take(&mut member.held);
@@ -128,6 +135,67 @@ impl World {
             self.after(d, Event::Deliver { msg: Box::new(msg) });
         }
         self.drive(m, Outbox::default());
+        self.take_observed();
+    }
+
+    /// What the members' MVCC machines reported (KV workload): revisions
+    /// to check, and lease changes for their lease managers, which follow
+    /// them on the apply thread in production.
+    pub(super) fn take_observed(&mut self) {
+        let observed: Vec<kvload::Observed> = std::mem::take(&mut *self.revisions.lock());
+        for o in observed {
+            let member = match &o {
+                kvload::Observed::Revision(r) => {
+                    if let Err(v) = self.kv_truth.applied(r) {
+                        self.fail(v);
+                    }
+                    continue;
+                }
+                kvload::Observed::Granted { member, .. }
+                | kvload::Observed::Revoked { member, .. }
+                | kvload::Observed::Restored { member, .. } => *member,
+            };
+            if let kvload::Observed::Revoked { id, .. } = &o {
+                let now = self.now;
+                if self.lease_gone.insert(id.0, now).is_none() {
+                    self.trace(|| {
+                        format!(
+                            "lease {} gone (first applied on member {})",
+                            id.0,
+                            member + 1
+                        )
+                    });
+                }
+            }
+            let instant = self.instant_of(member);
+            let Some(p) = self.members[member].proc.as_mut() else {
+                continue;
+            };
+            match o {
+                kvload::Observed::Granted { id, ttl, .. } => p.leases.granted(id, ttl, instant),
+                kvload::Observed::Revoked { id, .. } => p.leases.revoked(id),
+                kvload::Observed::Restored { leases, .. } => p.leases.restored(&leases, instant),
+                kvload::Observed::Revision(_) => {}
+            }
+        }
+    }
+
+    /// The leader's expiry pass (the shell's `run_expiry`): follow the
+    /// engine's role, propose the expiry of every lease past its deadline.
+    fn expire_leases(&mut self, m: usize, out: &mut Outbox) {
+        let now = self.instant_of(m);
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let leading = p.core.is_leader().then(|| p.core.leader().term);
+        p.leases.observe(leading, p.applied_term, now);
+        let deadline = now + std::time::Duration::from_nanos(self.request_timeout);
+        for (id, term) in p.leases.due(now, 1_000) {
+            p.next_seq += 1;
+            let command = ha_storage::kv::KvCommand::LeaseExpire { id, term }.encode(0);
+            p.core.propose(p.next_seq, command, deadline, now, out);
+            self.counters.expiry_proposals += 1;
+        }
     }
 
     /// Power failure: the process is gone and so is every unsynced write.
@@ -198,6 +266,12 @@ impl World {
                 p.last_sync = self.now;
             }
             p.core.maybe_compact(p.durable_applied);
+            if self.cfg.workload == Workload::Kv {
+                self.expire_leases(m, &mut out);
+            }
+            let Some(p) = self.members[m].proc.as_mut() else {
+                return;
+            };
             // A member told it was removed (or that applied its removal)
             // is stopped by its operator.
             removed = p.core.status().removed && !p.core.membership().joint;
@@ -581,6 +655,9 @@ impl World {
                 if sync {
                     p.durable_applied = step.applied;
                 }
+                if let Some(last) = piece.last().filter(|e| e.index <= step.applied) {
+                    p.applied_term = p.applied_term.max(last.term);
+                }
                 let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
                 p.core.on_applied(step.applied, &seqs, instant);
                 for (seq, response) in step.completed {
@@ -607,15 +684,10 @@ impl World {
                 found.push(v);
             }
         }
-        let revisions: Vec<kvload::AppliedRevision> = std::mem::take(&mut *self.revisions.lock());
-        for r in revisions {
-            if let Err(v) = self.kv_truth.applied(&r) {
-                found.push(v);
-            }
-        }
         for v in found {
             self.fail(v);
         }
+        self.take_observed();
         for (id, response) in completed {
             let (outcome, outputs) = match self.open.get(&id).map(|r| r.request) {
                 Some(Request::Kv(_)) => kvload::outputs_of(&response),
