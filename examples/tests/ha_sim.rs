@@ -47,6 +47,7 @@ fn passing_seeds_exit_zero_with_the_summary_as_last_line() {
             "partitions",
             "conf_changes",
             "snapshots",
+            "watch_events",
             "lease_expiries",
             "compactions",
             "txns"

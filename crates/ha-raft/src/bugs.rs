@@ -39,6 +39,9 @@ pub enum InjectedBug {
     /// renewed there), and a promotion keeps those deadlines, so the new
     /// leader expires leases the old one kept alive.
     LeaseNoPromotionReset,
+    /// (i) A watch that starts (or resumes) at a past revision starts one
+    /// revision too late: the events of its start revision are lost.
+    WatchResumeLate,
     /// (g) The log is compacted up to the applied index rather than the
     /// applied index the state store holds durably: after a crash the
     /// state store restarts below the log's first entry.
@@ -64,6 +67,7 @@ pub(crate) struct Bugs {
     pub(crate) lease_from_heartbeat_count: bool,
     pub(crate) lease_ignores_drift: bool,
     pub(crate) lease_no_promotion_reset: bool,
+    pub(crate) watch_resume_late: bool,
     pub(crate) compact_past_durable: bool,
     pub(crate) non_atomic_install: bool,
 }
@@ -84,6 +88,7 @@ impl Bugs {
             Some(InjectedBug::LeaseFromHeartbeatCount) => b.lease_from_heartbeat_count = true,
             Some(InjectedBug::LeaseIgnoresDrift) => b.lease_ignores_drift = true,
             Some(InjectedBug::LeaseNoPromotionReset) => b.lease_no_promotion_reset = true,
+            Some(InjectedBug::WatchResumeLate) => b.watch_resume_late = true,
             Some(InjectedBug::CompactPastDurable) => b.compact_past_durable = true,
             Some(InjectedBug::NonAtomicInstall) => b.non_atomic_install = true,
         }

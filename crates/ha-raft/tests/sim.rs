@@ -46,10 +46,12 @@ fn all_pass_with(cfg: &SimConfig, range: Range<u64>) -> Counters {
         }
     }
     eprintln!(
-        "{members} members: {} lease_reads={} lease_hits={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
+        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
         summary_line(n, failing.len() as u64, &totals),
         totals.lease_reads,
         totals.lease_hits,
+        totals.keep_alives,
+        totals.watch_resumes,
         started.elapsed().as_secs_f64() * 100.0 / n.max(1) as f64,
     );
     if let Some(first) = failing.first() {
@@ -321,6 +323,16 @@ fn a_new_leader_expiring_leases_without_the_promotion_reset_is_caught() {
     );
 }
 
+/// (i) A watch that resumes one revision too late.
+#[test]
+fn a_watch_resuming_one_revision_too_late_is_caught() {
+    check_caught(
+        first_catch_with(SimConfig::kv(3), InjectedBug::WatchResumeLate),
+        InjectedBug::WatchResumeLate,
+        &["watch guarantees"],
+    );
+}
+
 /// (g) Compacting the log past what the state store holds durably: a
 /// crash then restarts the state store below the log's first entry.
 #[test]
@@ -367,6 +379,12 @@ fn kv_runs_pass(members: usize, range: Range<u64>) {
         c.lease_expiries,
         c.keep_alives
     );
+    assert!(
+        c.watch_events as f64 / n as f64 >= 100.0 && c.watch_resumes as f64 / n as f64 >= 0.5,
+        "{members} members: only {} watch events and {} resumes in {n} seeds",
+        c.watch_events,
+        c.watch_resumes
+    );
 }
 
 #[test]
@@ -405,7 +423,7 @@ fn injected_bugs_are_caught_under_the_kv_workload() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 13);
+    assert_eq!(ALL_BUGS.len(), 14);
 }
 
 #[test]
@@ -520,7 +538,7 @@ fn a_failure_report_names_the_seed_the_schedule_and_the_history() {
     assert!(
         line.starts_with("sim seeds=1 violations=1 unknown_pct=")
             && line.ends_with(&format!(
-                " conf_changes={} snapshots={} lease_expiries=0 compactions=0 txns=0",
+                " conf_changes={} snapshots={} watch_events=0 lease_expiries=0 compactions=0 txns=0",
                 report.counters.conf_changes, report.counters.snapshots
             )),
         "{line}"

@@ -6,7 +6,7 @@ mod config;
 mod keeper;
 pub(crate) mod lease;
 mod node;
-mod watch;
+pub(crate) mod watch;
 
 pub use config::{AutoCompaction, KvConfig};
 pub use node::KvNode;

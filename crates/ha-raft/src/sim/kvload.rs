@@ -312,6 +312,8 @@ pub(crate) struct AppliedRevision {
     pub(crate) fingerprint: u64,
     /// The values the revision put.
     pub(crate) puts: Vec<u64>,
+    /// Its events (with `prev_kv`), in order.
+    pub(crate) events: Vec<WatchEvent>,
 }
 
 /// What a member's machine reported through its observer.
@@ -331,6 +333,18 @@ pub(crate) enum Observed {
     Restored {
         member: usize,
         leases: Vec<(LeaseId, Duration)>,
+        revision: i64,
+        compact_revision: i64,
+    },
+    /// An apply step's events, for the member's watch hub.
+    Events {
+        member: usize,
+        events: Vec<WatchEvent>,
+        revision: i64,
+    },
+    Compacted {
+        member: usize,
+        compact_revision: i64,
     },
 }
 
@@ -344,10 +358,11 @@ struct SinkObserver {
 }
 
 impl KvObserver for SinkObserver {
-    fn events(&mut self, events: &[WatchEvent], _revision: i64) {
-        let mut by_rev: BTreeMap<i64, (Vec<u8>, Vec<u64>)> = BTreeMap::new();
+    fn events(&mut self, events: &[WatchEvent], revision: i64) {
+        let mut by_rev: BTreeMap<i64, (Vec<u8>, Vec<u64>, Vec<WatchEvent>)> = BTreeMap::new();
         for e in events {
-            let (bytes, puts) = by_rev.entry(e.revision()).or_default();
+            let (bytes, puts, evs) = by_rev.entry(e.revision()).or_default();
+            evs.push(e.clone());
             bytes.push(match e.kind {
                 EventKind::Put => b'p',
                 EventKind::Delete => b'd',
@@ -368,14 +383,27 @@ impl KvObserver for SinkObserver {
             }
         }
         let mut sink = self.sink.lock();
-        for (revision, (bytes, puts)) in by_rev {
+        for (rev, (bytes, puts, evs)) in by_rev {
             sink.push(Observed::Revision(AppliedRevision {
                 member: self.member,
-                revision,
+                revision: rev,
                 fingerprint: fnv(&bytes),
                 puts,
+                events: evs,
             }));
         }
+        sink.push(Observed::Events {
+            member: self.member,
+            events: events.to_vec(),
+            revision,
+        });
+    }
+
+    fn compacted(&mut self, compact_revision: i64) {
+        self.sink.lock().push(Observed::Compacted {
+            member: self.member,
+            compact_revision,
+        });
     }
 
     fn lease_granted(&mut self, id: LeaseId, ttl: Duration) {
@@ -393,10 +421,12 @@ impl KvObserver for SinkObserver {
         });
     }
 
-    fn restored(&mut self, _revision: i64, _compact: i64, leases: &[(LeaseId, Duration)]) {
+    fn restored(&mut self, revision: i64, compact: i64, leases: &[(LeaseId, Duration)]) {
         self.sink.lock().push(Observed::Restored {
             member: self.member,
             leases: leases.to_vec(),
+            revision,
+            compact_revision: compact,
         });
     }
 }
@@ -422,9 +452,24 @@ impl SimMachine {
         sink.lock().push(Observed::Restored {
             member,
             leases: m.leases(),
+            revision: m.revision(),
+            compact_revision: m.compact_revision(),
         });
         m.set_observer(Box::new(SinkObserver { member, sink }));
         Ok(SimMachine::Mvcc(Box::new(m)))
+    }
+
+    /// History for a watch hub's catch-up (see `MvccMachine::history`).
+    pub(crate) fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<(Vec<WatchEvent>, i64), Error> {
+        match self {
+            SimMachine::Mvcc(m) => m.history(from, to, max_events),
+            SimMachine::Registers(_) => Ok((Vec::new(), to)),
+        }
     }
 
     /// A digest of the replicated KV state: revisions, leases and every
@@ -561,6 +606,8 @@ pub(crate) struct KvTruth {
     revisions: BTreeMap<i64, (u64, usize)>,
     /// Value → the revision that put it.
     put_at: BTreeMap<u64, i64>,
+    /// Revision → its events, as first applied.
+    events: BTreeMap<i64, Vec<WatchEvent>>,
 }
 
 /// A revision names one change, the same on every member.
@@ -586,6 +633,7 @@ impl KvTruth {
             Some(_) => {}
             None => {
                 self.revisions.insert(r.revision, (r.fingerprint, r.member));
+                self.events.insert(r.revision, r.events.clone());
             }
         }
         for &v in &r.puts {
@@ -608,6 +656,17 @@ impl KvTruth {
             }
         }
         Ok(())
+    }
+
+    /// The events of every revision in `from..=to` that some member applied.
+    pub(crate) fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> impl Iterator<Item = (&i64, &Vec<WatchEvent>)> {
+        self.events
+            .range(from..=to.max(from))
+            .filter(move |(r, _)| **r <= to)
     }
 
     /// The revision at which some member applied the put of `value`.

@@ -15,6 +15,7 @@ use super::kvload::SimMachine;
 use crate::apply::Applier;
 use crate::core::{Core, PersistTask};
 use crate::kv::lease::LeaseManager;
+use crate::kv::watch::WatchHub;
 use crate::membership::MemberSet;
 use crate::snapshot::{SnapshotDescriptor, SnapshotFiles, Snapshots};
 
@@ -111,6 +112,9 @@ pub(crate) struct Process {
     /// The term of the last entry applied (a leader expires and renews
     /// only once it applied an entry of its term).
     pub(crate) applied_term: u64,
+    /// KV workload: the production watch hub (created when the machine
+    /// reports its revision).
+    pub(crate) hub: Option<WatchHub>,
 }
 
 /// A snapshot install between its steps: the pending-install marker is
@@ -152,6 +156,7 @@ impl Process {
             install: None,
             leases: LeaseManager::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
             applied_term: 0,
+            hub: None,
         }
     }
 }

@@ -198,6 +198,11 @@ pub struct Counters {
     pub lease_expiries: u64,
     /// KV workload: keep-alives answered.
     pub keep_alives: u64,
+    /// KV workload: events the watch sessions received.
+    pub watch_events: u64,
+    /// KV workload: watches resumed (on another member, or after a
+    /// cancellation) from the revision after the last one they were sent.
+    pub watch_resumes: u64,
 }
 
 impl Counters {
@@ -222,6 +227,8 @@ impl Counters {
         self.expiry_proposals += o.expiry_proposals;
         self.lease_expiries += o.lease_expiries;
         self.keep_alives += o.keep_alives;
+        self.watch_events += o.watch_events;
+        self.watch_resumes += o.watch_resumes;
     }
 
     /// Unknown outcomes as a percentage of operations.
@@ -362,7 +369,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 13] = [
+pub const ALL_BUGS: [InjectedBug; 14] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -374,6 +381,7 @@ pub const ALL_BUGS: [InjectedBug; 13] = [
     InjectedBug::LeaseFromHeartbeatCount,
     InjectedBug::LeaseIgnoresDrift,
     InjectedBug::LeaseNoPromotionReset,
+    InjectedBug::WatchResumeLate,
     InjectedBug::CompactPastDurable,
     InjectedBug::NonAtomicInstall,
 ];
@@ -392,6 +400,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::LeaseFromHeartbeatCount => "lease-from-heartbeat-count",
         InjectedBug::LeaseIgnoresDrift => "lease-ignores-drift",
         InjectedBug::LeaseNoPromotionReset => "lease-no-promotion-reset",
+        InjectedBug::WatchResumeLate => "watch-resume-late",
         InjectedBug::CompactPastDurable => "compact-past-durable",
         InjectedBug::NonAtomicInstall => "non-atomic-install",
     }
@@ -406,8 +415,8 @@ pub fn bug_by_name(name: &str) -> Option<InjectedBug> {
 pub fn summary_line(seeds: u64, violations: u64, c: &Counters) -> String {
     format!(
         "sim seeds={seeds} violations={violations} unknown_pct={:.2} ops={} leader_changes={} \
-         crashes={} partitions={} conf_changes={} snapshots={} lease_expiries={} compactions={} \
-         txns={}",
+         crashes={} partitions={} conf_changes={} snapshots={} watch_events={} lease_expiries={} \
+         compactions={} txns={}",
         c.unknown_pct(),
         c.ops,
         c.leader_changes,
@@ -415,6 +424,7 @@ pub fn summary_line(seeds: u64, violations: u64, c: &Counters) -> String {
         c.partitions,
         c.conf_changes,
         c.snapshots,
+        c.watch_events,
         c.lease_expiries,
         c.compactions,
         c.txns

@@ -34,6 +34,7 @@ mod finish;
 mod membership;
 mod process;
 mod snapshots;
+mod watches;
 
 /// How long past its deadline a client waits for the engine's own verdict
 /// (the shell's `GRACE`).
@@ -131,6 +132,10 @@ enum Event {
         m: usize,
         life: u64,
     },
+    /// Watch session `w` opens (or resumes).
+    WatchOpen {
+        w: usize,
+    },
 }
 
 struct Scheduled {
@@ -208,6 +213,9 @@ struct World {
     /// KV workload: lease → when a member first applied its revocation or
     /// expiry.
     lease_gone: BTreeMap<i64, Nanos>,
+    /// KV workload: the watch sessions, and what the hubs sent them.
+    watches: Vec<watches::Session>,
+    watch_log: watches::WatchLog,
     faults: Vec<PlannedFault>,
     undo: BTreeMap<usize, Undo>,
     armed_isolation: Option<ArmedIsolation>,
@@ -424,6 +432,8 @@ impl World {
             revisions: RevisionSink::default(),
             kv_truth: KvTruth::default(),
             lease_gone: BTreeMap::new(),
+            watches: Vec::new(),
+            watch_log: watches::WatchLog::default(),
             faults: Vec::new(),
             undo: BTreeMap::new(),
             armed_isolation: None,
@@ -673,6 +683,7 @@ impl World {
                     self.install_restore(m);
                 }
             }
+            Event::WatchOpen { w } => self.watch_open(w),
         }
     }
 
@@ -704,6 +715,9 @@ impl World {
             ));
         }
         let heal_at = CHAOS_START + chaos;
+        if self.cfg.workload == super::Workload::Kv {
+            self.plan_watches(CHAOS_START, chaos);
+        }
         if self.cfg.faults {
             self.faults = faults::plan(&mut self.rng, CHAOS_START, heal_at, self.cfg.lease_focus);
             for f in 0..self.faults.len() {

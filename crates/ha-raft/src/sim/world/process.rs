@@ -45,6 +45,8 @@ impl World {
         if self.members[m].removed {
             return;
         }
+        // Reports of an earlier life of this member go nowhere.
+        self.take_observed();
         let now = self.now;
         let first_id = self.rng.next_u64() >> 16;
         let member = &self.members[m];
@@ -143,6 +145,7 @@ impl World {
     /// them on the apply thread in production.
     pub(super) fn take_observed(&mut self) {
         let observed: Vec<kvload::Observed> = std::mem::take(&mut *self.revisions.lock());
+        let mut touched = std::collections::BTreeSet::new();
         for o in observed {
             let member = match &o {
                 kvload::Observed::Revision(r) => {
@@ -153,7 +156,18 @@ impl World {
                 }
                 kvload::Observed::Granted { member, .. }
                 | kvload::Observed::Revoked { member, .. }
-                | kvload::Observed::Restored { member, .. } => *member,
+                | kvload::Observed::Restored { member, .. }
+                | kvload::Observed::Events { member, .. }
+                | kvload::Observed::Compacted { member, .. } => *member,
+            };
+            touched.insert(member);
+            let fresh = match &o {
+                kvload::Observed::Restored {
+                    revision,
+                    compact_revision,
+                    ..
+                } => Some(self.new_hub(*revision, *compact_revision)),
+                _ => None,
             };
             if let kvload::Observed::Revoked { id, .. } = &o {
                 let now = self.now;
@@ -174,10 +188,39 @@ impl World {
             match o {
                 kvload::Observed::Granted { id, ttl, .. } => p.leases.granted(id, ttl, instant),
                 kvload::Observed::Revoked { id, .. } => p.leases.revoked(id),
-                kvload::Observed::Restored { leases, .. } => p.leases.restored(&leases, instant),
+                kvload::Observed::Restored {
+                    leases,
+                    revision,
+                    compact_revision,
+                    ..
+                } => {
+                    p.leases.restored(&leases, instant);
+                    match p.hub.as_mut() {
+                        Some(h) => h.on_restored(revision, compact_revision),
+                        None => p.hub = fresh,
+                    }
+                }
+                kvload::Observed::Events {
+                    events, revision, ..
+                } => {
+                    if let Some(h) = p.hub.as_mut() {
+                        h.on_events(&events, revision, instant);
+                    }
+                }
+                kvload::Observed::Compacted {
+                    compact_revision, ..
+                } => {
+                    if let Some(h) = p.hub.as_mut() {
+                        h.on_compacted(compact_revision);
+                    }
+                }
                 kvload::Observed::Revision(_) => {}
             }
         }
+        for m in touched {
+            self.catch_up(m);
+        }
+        self.take_watch_log();
     }
 
     /// The leader's expiry pass (the shell's `run_expiry`): follow the
@@ -243,6 +286,7 @@ impl World {
             self.complete(id, Outcome::Unknown, Outputs::error(why));
         }
         drop(p);
+        self.watches_lost(m);
         let member = &mut self.members[m];
         member.life += 1;
         member.paused_until = 0;
