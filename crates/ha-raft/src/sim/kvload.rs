@@ -359,7 +359,9 @@ struct SinkObserver {
 
 impl KvObserver for SinkObserver {
     fn events(&mut self, events: &[WatchEvent], revision: i64) {
-        let mut by_rev: BTreeMap<i64, (Vec<u8>, Vec<u64>, Vec<WatchEvent>)> = BTreeMap::new();
+        // Per revision: the fingerprinted bytes, the values put, the events.
+        type PerRevision = (Vec<u8>, Vec<u64>, Vec<WatchEvent>);
+        let mut by_rev: BTreeMap<i64, PerRevision> = BTreeMap::new();
         for e in events {
             let (bytes, puts, evs) = by_rev.entry(e.revision()).or_default();
             evs.push(e.clone());
