@@ -420,6 +420,20 @@ fn injected_bugs_are_caught_under_the_kv_workload() {
     );
 }
 
+/// A KV seed (leases, watches) replays exactly: the same history and
+/// counters twice.
+#[test]
+fn a_kv_seed_replays_exactly() {
+    let cfg = SimConfig::kv(3);
+    for seed in [4, 9] {
+        let a = run_seed(&cfg, seed);
+        let b = run_seed(&cfg, seed);
+        assert!(a.passed(), "{}", a.failure_report());
+        assert_eq!(a.counters, b.counters, "seed {seed}: counters differ");
+        assert!(a.history == b.history, "seed {seed}: histories differ");
+    }
+}
+
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.

@@ -167,8 +167,11 @@ impl World {
 
     /// Hands what the hubs sent to the sessions.
     pub(super) fn take_watch_log(&mut self) {
-        let log: Vec<(usize, Result<Delivery, Error>)> =
+        let mut log: Vec<(usize, Result<Delivery, Error>)> =
             std::mem::take(&mut *self.watch_log.lock());
+        // The hub offers to its watchers in hash-map order: per session the
+        // order is kept, across sessions it is made the same in every run.
+        log.sort_by_key(|(w, _)| *w);
         for (w, item) in log {
             let session = &mut self.watches[w];
             match item {
