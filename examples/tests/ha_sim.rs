@@ -46,7 +46,11 @@ fn passing_seeds_exit_zero_with_the_summary_as_last_line() {
             "crashes",
             "partitions",
             "conf_changes",
-            "snapshots"
+            "snapshots",
+            "watch_events",
+            "lease_expiries",
+            "compactions",
+            "txns"
         ],
         "{line}"
     );
@@ -100,5 +104,42 @@ fn a_history_file_passes_check_and_traces_replay_identically() {
     assert!(a.status.success());
     assert!(stdout(&a).lines().count() > 1000);
     assert_eq!(stdout(&a), stdout(&b), "the same seed traced differently");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_kv_workload_runs_and_its_history_file_passes_check() {
+    let dir = scratch("kv");
+    let file = dir.join("kv.jsonl");
+    let o = ha_sim(&[
+        "--seed",
+        "3",
+        "--workload",
+        "kv",
+        "--history-out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let line = last_line(&o);
+    let txns: u64 = line
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix("txns="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(txns > 0, "{line}");
+    let text = std::fs::read_to_string(&file).expect("history written");
+    assert!(
+        text.contains("\"mod_revision\""),
+        "no revisions in the history"
+    );
+    let c = ha_sim(&["check", file.to_str().unwrap()]);
+    assert!(c.status.success(), "{}", stdout(&c));
+    // A read that saw a key at a revision nothing wrote it at fails the
+    // check.
+    let broken = text.replacen("\"mod_revision\":", "\"mod_revision\":1000000", 1);
+    let bad = dir.join("broken.jsonl");
+    std::fs::write(&bad, broken).expect("write");
+    let c = ha_sim(&["check", bad.to_str().unwrap()]);
+    assert!(!c.status.success(), "{}", stdout(&c));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -427,6 +427,12 @@ impl<S: StateStore + ?Sized, M: StateMachine> Applier<S, M> {
     pub(crate) fn query(&self, query: &[u8]) -> Bytes {
         self.sm.query(query)
     }
+
+    /// The state machine (the simulator reads watch history from it, as
+    /// the shell's watch driver reads it from the shared machine).
+    pub(crate) fn machine(&self) -> &M {
+        &self.sm
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,23 @@ pub enum InjectedBug {
     /// index without checking that it holds its lease (any member that
     /// believes it leads answers at once).
     FollowerLeaseUnchecked,
+    /// (f) A new leader expires leases without the promotion reset: every
+    /// member counts a lease's deadline from its grant (followers too, never
+    /// renewed there), and a promotion keeps those deadlines, so the new
+    /// leader expires leases the old one kept alive.
+    LeaseNoPromotionReset,
+    /// (i) A watch that starts (or resumes) at a past revision starts one
+    /// revision too late: the events of its start revision are lost.
+    WatchResumeLate,
+    /// (g) The log is compacted up to the applied index rather than the
+    /// applied index the state store holds durably: after a crash the
+    /// state store restarts below the log's first entry.
+    CompactPastDurable,
+    /// (h) A snapshot install is not one unit across a crash: a restart
+    /// ignores the pending-install marker instead of finishing the install,
+    /// so a crash between restoring the state store and restarting the log
+    /// leaves the two at different points.
+    NonAtomicInstall,
 }
 
 /// The set of switched-on bugs (empty in production).
@@ -54,6 +71,10 @@ pub(crate) struct Bugs {
     pub(crate) lease_from_heartbeat_count: bool,
     pub(crate) lease_ignores_drift: bool,
     pub(crate) follower_lease_unchecked: bool,
+    pub(crate) lease_no_promotion_reset: bool,
+    pub(crate) watch_resume_late: bool,
+    pub(crate) compact_past_durable: bool,
+    pub(crate) non_atomic_install: bool,
 }
 
 impl Bugs {
@@ -72,6 +93,10 @@ impl Bugs {
             Some(InjectedBug::LeaseFromHeartbeatCount) => b.lease_from_heartbeat_count = true,
             Some(InjectedBug::LeaseIgnoresDrift) => b.lease_ignores_drift = true,
             Some(InjectedBug::FollowerLeaseUnchecked) => b.follower_lease_unchecked = true,
+            Some(InjectedBug::LeaseNoPromotionReset) => b.lease_no_promotion_reset = true,
+            Some(InjectedBug::WatchResumeLate) => b.watch_resume_late = true,
+            Some(InjectedBug::CompactPastDurable) => b.compact_past_durable = true,
+            Some(InjectedBug::NonAtomicInstall) => b.non_atomic_install = true,
         }
         b
     }

@@ -941,7 +941,11 @@ impl<L: LogStore> Core<L> {
         let Ok(first) = log.first_index() else {
             return;
         };
-        let applied = durable_applied.min(self.applied);
+        let applied = if self.bugs.compact_past_durable {
+            self.applied
+        } else {
+            durable_applied.min(self.applied)
+        };
         if applied < first.saturating_add(self.cfg.compaction_threshold) {
             return;
         }

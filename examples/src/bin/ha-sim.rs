@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --bin ha-sim -- --seeds 1000
 //! cargo run --release --bin ha-sim -- --seed 42 --members 5 --trace
+//! cargo run --release --bin ha-sim -- --seeds 200 --workload kv
 //! cargo run --release --bin ha-sim -- --seed 42 --history-out /tmp/h.jsonl
 //! cargo run --release --bin ha-sim -- check /tmp/h.jsonl
 //! ```
@@ -71,6 +72,11 @@ struct Cli {
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
+    /// What the clients do: `registers` (the engine alone) or `kv` (the
+    /// production MVCC state machine: puts, deletes, transactions, reads at
+    /// past revisions, ranges, compactions).
+    #[arg(long, default_value = "registers")]
+    workload: String,
     /// Worker threads (seeds run in parallel; each run is single-threaded).
     #[arg(long)]
     jobs: Option<usize>,
@@ -131,6 +137,14 @@ fn check_file(file: &Path) -> ExitCode {
 
 fn simulate(cli: &Cli) -> ExitCode {
     let mut cfg = SimConfig::new(cli.members as usize);
+    cfg.workload = match cli.workload.as_str() {
+        "registers" => sim::Workload::Registers,
+        "kv" => sim::Workload::Kv,
+        other => {
+            eprintln!("unknown workload {other:?}; one of: registers, kv");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(name) = &cli.bug {
         match bug_by_name(name) {
             Some(b) => cfg.bug = Some(b),

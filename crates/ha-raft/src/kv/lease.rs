@@ -58,6 +58,8 @@ pub(crate) struct LeaseManager {
     role: Role,
     extension: Duration,
     retry_expiry: Duration,
+    /// Injected bug (f): deadlines kept by followers and across promotion.
+    no_promotion_reset: bool,
 }
 
 impl LeaseManager {
@@ -70,7 +72,13 @@ impl LeaseManager {
             role: Role::Follower,
             extension,
             retry_expiry,
+            no_promotion_reset: false,
         }
+    }
+
+    /// Switches injected bugs on (the simulator's; off in production).
+    pub(crate) fn set_bugs(&mut self, bugs: crate::bugs::Bugs) {
+        self.no_promotion_reset = bugs.lease_no_promotion_reset;
     }
 
     /// Number of leases known.
@@ -91,6 +99,7 @@ impl LeaseManager {
     pub(crate) fn granted(&mut self, id: LeaseId, ttl: Duration, now: Instant) {
         let deadline = match self.role {
             Role::Leader { .. } => Some(now + ttl),
+            Role::Follower if self.no_promotion_reset => Some(now + ttl),
             Role::Follower => None,
         };
         self.leases.insert(
@@ -141,7 +150,9 @@ impl LeaseManager {
         now: Instant,
     ) -> bool {
         let Some(term) = leading_term else {
-            if self.role != Role::Follower {
+            if self.role != Role::Follower && self.no_promotion_reset {
+                self.role = Role::Follower;
+            } else if self.role != Role::Follower {
                 self.role = Role::Follower;
                 for t in self.leases.values_mut() {
                     t.deadline = None;
@@ -153,6 +164,9 @@ impl LeaseManager {
         let promoted = self.leader_term() != Some(term);
         if promoted {
             for t in self.leases.values_mut() {
+                if self.no_promotion_reset && t.deadline.is_some() {
+                    continue;
+                }
                 t.deadline = Some(now + t.ttl + self.extension);
                 t.expiring_since = None;
             }

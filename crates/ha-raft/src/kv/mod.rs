@@ -4,9 +4,9 @@
 
 mod config;
 mod keeper;
-mod lease;
+pub(crate) mod lease;
 mod node;
-mod watch;
+pub(crate) mod watch;
 
 pub use config::{AutoCompaction, KvConfig};
 pub use node::KvNode;

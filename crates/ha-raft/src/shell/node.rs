@@ -260,11 +260,16 @@ fn finish_interrupted_install<L: LogStore, S: StateStore + ?Sized>(
     log: &L,
     state: &S,
     snapshots: &Snapshots,
+    bugs: Bugs,
 ) -> Result<Option<u64>> {
     let Some(marker) = log.pending_install()? else {
         snapshots.files().clear_except(None);
         return Ok(None);
     };
+    if bugs.non_atomic_install {
+        // The injected bug: the interrupted install is left as it was.
+        return Ok(None);
+    }
     let marker = InstallMarker::decode(marker.as_slice())
         .map_err(|e| StorageError::corrupt("pending-install marker", e.to_string()))?;
     let descriptor = marker
@@ -317,6 +322,7 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
     log: &L,
     state: &S,
     snapshots: &Snapshots,
+    bugs: Bugs,
 ) -> Result<Opened> {
     let cluster_id = ClusterId::derive(&cfg.initial_members, &cfg.cluster_token);
     let incarnation = match log.identity()? {
@@ -364,7 +370,7 @@ fn open_storage<L: LogStore, S: StateStore + ?Sized>(
             1
         }
     };
-    let installed = finish_interrupted_install(log, state, snapshots)?;
+    let installed = finish_interrupted_install(log, state, snapshots, bugs)?;
     log.set_identity(&MemberIdentity {
         cluster_id,
         node_id: cfg.node_id,
@@ -414,7 +420,7 @@ pub(crate) fn open_engine<L: LogStore, S: StateStore + ?Sized, M: StateMachine>(
     bugs: Bugs,
     snapshots: Arc<Snapshots>,
 ) -> Result<(Opened, Core<L>, Applier<S, M>)> {
-    let opened = open_storage(cfg, &*log, &*state, &snapshots)?;
+    let opened = open_storage(cfg, &*log, &*state, &snapshots, bugs)?;
     let mut core = Core::new(
         cfg.clone(),
         log,

@@ -12,13 +12,33 @@ use parking_lot::Mutex;
 use super::executor::SECONDS;
 use super::executor::{Nanos, SimClock};
 use super::history::{Consistency, Outcome};
+use super::kvload::{self, KvRequest};
 use super::rng::SimRng;
 
 /// What a client asks a member to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
-    Write { key: u8, value: u64 },
-    Read { key: u8, consistency: Consistency },
+    Write {
+        key: u8,
+        value: u64,
+    },
+    Read {
+        key: u8,
+        consistency: Consistency,
+    },
+    /// The KV workload.
+    Kv(KvRequest),
+}
+
+impl Request {
+    /// May change the state (an unknown outcome is possible).
+    pub(crate) fn is_write(&self) -> bool {
+        match self {
+            Request::Write { .. } => true,
+            Request::Read { .. } => false,
+            Request::Kv(r) => r.is_write(),
+        }
+    }
 }
 
 /// What the client hears back.
@@ -28,7 +48,13 @@ pub(crate) struct Reply {
     /// The member was down or crashed meanwhile (connection refused or
     /// reset): the client fails over to another member for a while.
     pub(crate) member_lost: bool,
+    /// KV workload, a successful get: the key's mod_revision (0: absent).
+    pub(crate) mod_revision: Option<i64>,
 }
+
+/// KV workload: clients that grant leases, attach keys, keep them alive
+/// for a while, then revoke them or let them expire.
+const LEASE_CLIENTS: usize = 3;
 
 /// How long a client avoids a member that it lost.
 const FAILOVER: Nanos = SECONDS;
@@ -138,9 +164,40 @@ pub(crate) fn plan_workload(
     keys: usize,
     span: Nanos,
     lease_focus: bool,
+    kv_workload: bool,
 ) -> Vec<ClientPlan> {
     let mut next_value = 1u64;
     let mean_think = span / ops_per_client.max(1) as u64;
+    if kv_workload {
+        let mut plans = Vec::new();
+        for c in 0..clients + members * readers {
+            let pinned = c >= clients;
+            let home = if pinned {
+                (c - clients) / readers.max(1)
+            } else {
+                rng.below(members)
+            };
+            let requests = kvload::plan_ops(rng, ops_per_client, keys, pinned, &mut next_value);
+            let ops = requests
+                .into_iter()
+                .map(|r| PlannedOp {
+                    think: kvload::think(rng, mean_think),
+                    member: if pinned || rng.chance(0.7) {
+                        home
+                    } else {
+                        rng.below(members)
+                    },
+                    request: Request::Kv(r),
+                })
+                .collect();
+            plans.push(ClientPlan { pinned, ops });
+        }
+        for c in 0..LEASE_CLIENTS {
+            let ops = kvload::plan_lease_client(rng, c, members, span, &mut next_value);
+            plans.push(ClientPlan { pinned: false, ops });
+        }
+        return plans;
+    }
     let mut plans: Vec<ClientPlan> = (0..clients)
         .map(|_| {
             // Each client favours one member (its process), sometimes
@@ -215,7 +272,12 @@ pub(crate) async fn run_client(
     plan: ClientPlan,
 ) {
     let mut avoid: BTreeMap<usize, Nanos> = BTreeMap::new();
-    for op in plan.ops {
+    // KV workload: the mod_revision of each key as last read, for CAS.
+    let mut last_mod: BTreeMap<u8, i64> = BTreeMap::new();
+    for mut op in plan.ops {
+        if let Request::Kv(KvRequest::Cas { key, expect, .. }) = &mut op.request {
+            *expect = last_mod.get(key).copied().unwrap_or(0);
+        }
         clock.sleep_ns(op.think).await;
         let now = clock.now_ns();
         let member = (0..members)
@@ -223,6 +285,11 @@ pub(crate) async fn run_client(
             .find(|m| plan.pinned || avoid.get(m).is_none_or(|&until| until <= now))
             .unwrap_or(op.member);
         let reply = board.call(client, member, op.request).await;
+        if let (Request::Kv(KvRequest::Get { key, back: 0, .. }), Some(m)) =
+            (op.request, reply.mod_revision)
+        {
+            last_mod.insert(key, m);
+        }
         if reply.member_lost && !plan.pinned {
             avoid.insert(member, clock.now_ns() + FAILOVER);
         }

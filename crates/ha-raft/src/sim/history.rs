@@ -7,12 +7,61 @@ use serde::{Deserialize, Serialize};
 
 /// What an operation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OpKind {
     /// Set a register to a value unique in the history.
     Write,
     /// Read a register.
     Read,
+    /// KV workload: put a value unique in the history.
+    Put,
+    /// KV workload: delete a key.
+    Delete,
+    /// KV workload: compare-and-swap — put `value` if the key's
+    /// mod_revision is `expect_mod` (0: the key is absent), else read it.
+    Txn,
+    /// KV workload: read one key (now, or at a past `revision`).
+    Get,
+    /// KV workload: read every key.
+    Range,
+    /// KV workload: compact history up to `revision`.
+    Compact,
+    /// KV workload: grant lease `lease` with `ttl_ms`.
+    LeaseGrant,
+    /// KV workload: renew lease `lease` (answered by the leader, not a raft
+    /// entry); `outputs.ttl_ms` is the TTL it was renewed for.
+    KeepAlive,
+    /// KV workload: revoke lease `lease`, deleting its keys.
+    LeaseRevoke,
+}
+
+impl OpKind {
+    /// An operation that may change the KV (its outcome may be unknown).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            OpKind::Write
+                | OpKind::Put
+                | OpKind::Delete
+                | OpKind::Txn
+                | OpKind::Compact
+                | OpKind::LeaseGrant
+                | OpKind::LeaseRevoke
+        )
+    }
+
+    /// A lease operation (checked by the lease checks, not the KV model).
+    pub fn is_lease(self) -> bool {
+        matches!(
+            self,
+            OpKind::LeaseGrant | OpKind::KeepAlive | OpKind::LeaseRevoke
+        )
+    }
+
+    /// An operation of the KV workload.
+    pub fn is_kv(self) -> bool {
+        !matches!(self, OpKind::Write | OpKind::Read)
+    }
 }
 
 /// How a read sees the group.
@@ -42,7 +91,7 @@ pub enum Outcome {
 }
 
 /// The inputs of an operation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inputs {
     /// The register.
     pub key: String,
@@ -52,6 +101,36 @@ pub struct Inputs {
     /// The consistency asked for (reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// KV workload: the past revision a `get` reads at, or the revision a
+    /// `compact` compacts to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// KV workload: the mod_revision a `txn` compares with (0: absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_mod: Option<i64>,
+    /// KV workload: the lease of a lease operation, or of a `put`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+    /// KV workload: the TTL a `lease_grant` asks for, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// A key as a KV read returned it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenKv {
+    /// The key.
+    pub key: String,
+    /// The value (a number unique in the history); absent if the stored
+    /// bytes are not one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+    /// Revision of the write that created the key.
+    pub create_revision: i64,
+    /// Revision of the key's last write.
+    pub mod_revision: i64,
+    /// Writes since the key was created.
+    pub version: i64,
 }
 
 /// The outputs of an operation.
@@ -70,6 +149,28 @@ pub struct Outputs {
     /// Failed and unknown operations: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// KV workload: the revision in the reply's header — a write's own
+    /// revision when it changed something, else the store's revision when
+    /// it was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// KV workload: the keys a `get`, `range` or failed `txn` returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvs: Option<Vec<SeenKv>>,
+    /// KV workload: whether a `txn`'s compare held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<bool>,
+    /// KV workload: keys a `delete` removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
+    /// KV workload: a read or compaction refused as compacted: the
+    /// compact revision the member reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<i64>,
+    /// KV workload: the TTL a `keep_alive` renewed the lease for, in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// One operation of a history.

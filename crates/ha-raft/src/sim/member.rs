@@ -11,9 +11,11 @@ use ha_core::eraftpb::Message;
 use ha_storage::{MemLogStore, MemStateStore};
 
 use super::executor::Nanos;
-use super::kv::KvRegister;
+use super::kvload::SimMachine;
 use crate::apply::Applier;
 use crate::core::{Core, PersistTask};
+use crate::kv::lease::LeaseManager;
+use crate::kv::watch::WatchHub;
 use crate::membership::MemberSet;
 use crate::snapshot::{SnapshotDescriptor, SnapshotFiles, Snapshots};
 
@@ -72,7 +74,7 @@ impl Member {
 /// A running member process.
 pub(crate) struct Process {
     pub(crate) core: Core<MemLogStore>,
-    pub(crate) applier: Applier<MemStateStore, KvRegister>,
+    pub(crate) applier: Applier<MemStateStore, SimMachine>,
     pub(crate) incarnation: u64,
     /// Persist tasks waiting for the disk, in order.
     pub(crate) disk_queue: VecDeque<PersistTask>,
@@ -111,6 +113,15 @@ pub(crate) struct Process {
     pub(crate) lease: Option<crate::core::LeaseGrant>,
     /// A lease read was answered from `lease` since the last drive.
     pub(crate) lease_used: bool,
+    /// KV workload: the production lease manager (deadlines on the
+    /// leader), driven with this member's virtual clock.
+    pub(crate) leases: LeaseManager,
+    /// The term of the last entry applied (a leader expires and renews
+    /// only once it applied an entry of its term).
+    pub(crate) applied_term: u64,
+    /// KV workload: the production watch hub (created when the machine
+    /// reports its revision).
+    pub(crate) hub: Option<WatchHub>,
 }
 
 /// A snapshot install between its steps: the pending-install marker is
@@ -124,7 +135,7 @@ pub(crate) struct Installing {
 impl Process {
     pub(crate) fn new(
         core: Core<MemLogStore>,
-        applier: Applier<MemStateStore, KvRegister>,
+        applier: Applier<MemStateStore, SimMachine>,
         incarnation: u64,
         now: Nanos,
         snapshots: Arc<Snapshots>,
@@ -152,6 +163,9 @@ impl Process {
             install: None,
             lease: None,
             lease_used: false,
+            leases: LeaseManager::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
+            applied_term: 0,
+            hub: None,
         }
     }
 }

@@ -43,6 +43,7 @@ mod executor;
 mod faults;
 mod history;
 mod kv;
+mod kvload;
 mod member;
 mod net;
 mod rng;
@@ -53,10 +54,25 @@ use std::time::Duration;
 
 pub use check::{Violation, check_history};
 pub use history::{
-    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, read_history, write_history,
+    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, read_history, write_history,
 };
 
 use crate::InjectedBug;
+
+/// What the simulated clients do, and so which state machine the members
+/// run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Workload {
+    /// Writes and reads of a few registers (a state machine of the
+    /// simulator's own): the engine alone is under test.
+    #[default]
+    Registers,
+    /// The production MVCC KV state machine on every member: put, delete,
+    /// compare-and-swap transactions, reads in every consistency (now and
+    /// at past revisions), ranges and compactions of a few keys, checked
+    /// against a model ordered by the revisions (see `docs/SIM.md`).
+    Kv,
+}
 
 /// What one simulated run looks like. Everything else is drawn from the
 /// seed.
@@ -86,6 +102,8 @@ pub struct SimConfig {
     pub trace: bool,
     /// The lease workload ([`SimConfig::lease`]).
     pub lease_focus: bool,
+    /// What the clients do ([`SimConfig::kv`]).
+    pub workload: Workload,
 }
 
 impl SimConfig {
@@ -103,6 +121,15 @@ impl SimConfig {
             faults: true,
             trace: false,
             lease_focus: false,
+            workload: Workload::Registers,
+        }
+    }
+
+    /// The KV workload ([`Workload::Kv`]) with the default faults.
+    pub fn kv(members: usize) -> Self {
+        SimConfig {
+            workload: Workload::Kv,
+            ..SimConfig::new(members)
         }
     }
 
@@ -161,6 +188,21 @@ pub struct Counters {
     /// Of those, answered at once by a leader holding its lease (the rest
     /// took a ReadIndex round).
     pub lease_hits: u64,
+    /// KV workload: compactions that succeeded.
+    pub compactions: u64,
+    /// KV workload: transactions that completed (either branch).
+    pub txns: u64,
+    /// KV workload: lease expiries proposed by leaders.
+    pub expiry_proposals: u64,
+    /// KV workload: leases that expired (gone without a revoke asked for).
+    pub lease_expiries: u64,
+    /// KV workload: keep-alives answered.
+    pub keep_alives: u64,
+    /// KV workload: events the watch sessions received.
+    pub watch_events: u64,
+    /// KV workload: watches resumed (on another member, or after a
+    /// cancellation) from the revision after the last one they were sent.
+    pub watch_resumes: u64,
 }
 
 impl Counters {
@@ -180,6 +222,13 @@ impl Counters {
         self.dropped += o.dropped;
         self.lease_reads += o.lease_reads;
         self.lease_hits += o.lease_hits;
+        self.compactions += o.compactions;
+        self.txns += o.txns;
+        self.expiry_proposals += o.expiry_proposals;
+        self.lease_expiries += o.lease_expiries;
+        self.keep_alives += o.keep_alives;
+        self.watch_events += o.watch_events;
+        self.watch_resumes += o.watch_resumes;
     }
 
     /// Unknown outcomes as a percentage of operations.
@@ -201,6 +250,8 @@ pub struct SeedReport {
     pub members: usize,
     /// The bug switched on, if any.
     pub bug: Option<InjectedBug>,
+    /// The workload.
+    pub workload: Workload,
     /// What broke, the first violation first; empty when the run passed.
     pub violations: Vec<Violation>,
     /// What happened.
@@ -255,12 +306,16 @@ impl SeedReport {
         }
         let _ = writeln!(
             s,
-            "replay: ha-sim --seed {} --members {}{} --trace",
+            "replay: ha-sim --seed {} --members {}{}{} --trace",
             self.seed,
             self.members,
             self.bug
                 .map(|b| format!(" --bug {}", bug_name(b)))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match self.workload {
+                Workload::Registers => "",
+                Workload::Kv => " --workload kv",
+            }
         );
         s
     }
@@ -281,7 +336,9 @@ fn history_slice<'a>(history: &'a [HistoryOp], v: &Violation) -> Vec<&'a History
         .iter()
         .filter(|o| {
             v.ops.contains(&o.id)
-                || (keys.contains(&o.inputs.key.as_str())
+                || ((keys.contains(&o.inputs.key.as_str())
+                    || keys.contains(&kvload::ALL_KEYS)
+                    || o.inputs.key == kvload::ALL_KEYS)
                     && o.invoke_ns <= hi
                     && o.complete_ns >= lo
                     && o.outcome != Outcome::Fail)
@@ -290,7 +347,7 @@ fn history_slice<'a>(history: &'a [HistoryOp], v: &Violation) -> Vec<&'a History
     out.sort_by_key(|o| (o.invoke_ns, o.id));
     if out.len() > 12 {
         // Keep the named ones and their closest neighbours.
-        out.retain(|o| v.ops.contains(&o.id) || o.op == OpKind::Write);
+        out.retain(|o| v.ops.contains(&o.id) || o.op.is_write());
         out.truncate(12);
     }
     out
@@ -312,7 +369,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 11] = [
+pub const ALL_BUGS: [InjectedBug; 15] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -324,6 +381,10 @@ pub const ALL_BUGS: [InjectedBug; 11] = [
     InjectedBug::LeaseFromHeartbeatCount,
     InjectedBug::LeaseIgnoresDrift,
     InjectedBug::FollowerLeaseUnchecked,
+    InjectedBug::LeaseNoPromotionReset,
+    InjectedBug::WatchResumeLate,
+    InjectedBug::CompactPastDurable,
+    InjectedBug::NonAtomicInstall,
 ];
 
 /// The command-line name of a bug (`local-reads`, ...).
@@ -340,6 +401,10 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::LeaseFromHeartbeatCount => "lease-from-heartbeat-count",
         InjectedBug::LeaseIgnoresDrift => "lease-ignores-drift",
         InjectedBug::FollowerLeaseUnchecked => "follower-lease-unchecked",
+        InjectedBug::LeaseNoPromotionReset => "lease-no-promotion-reset",
+        InjectedBug::WatchResumeLate => "watch-resume-late",
+        InjectedBug::CompactPastDurable => "compact-past-durable",
+        InjectedBug::NonAtomicInstall => "non-atomic-install",
     }
 }
 
@@ -352,14 +417,19 @@ pub fn bug_by_name(name: &str) -> Option<InjectedBug> {
 pub fn summary_line(seeds: u64, violations: u64, c: &Counters) -> String {
     format!(
         "sim seeds={seeds} violations={violations} unknown_pct={:.2} ops={} leader_changes={} \
-         crashes={} partitions={} conf_changes={} snapshots={}",
+         crashes={} partitions={} conf_changes={} snapshots={} watch_events={} lease_expiries={} \
+         compactions={} txns={}",
         c.unknown_pct(),
         c.ops,
         c.leader_changes,
         c.crashes,
         c.partitions,
         c.conf_changes,
-        c.snapshots
+        c.snapshots,
+        c.watch_events,
+        c.lease_expiries,
+        c.compactions,
+        c.txns
     )
 }
 

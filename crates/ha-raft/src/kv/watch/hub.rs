@@ -71,6 +71,8 @@ pub(crate) struct HubConfig {
 }
 
 pub(crate) struct WatchHub {
+    /// Injected bug (i): a past start revision is taken one too late.
+    resume_late: bool,
     config: HubConfig,
     /// The last revision the machine reported as committed.
     revision: i64,
@@ -101,6 +103,7 @@ impl WatchHub {
     /// A hub for a machine at `revision`, compacted at `compact_revision`.
     pub(crate) fn new(revision: i64, compact_revision: i64, config: HubConfig) -> Self {
         WatchHub {
+            resume_late: false,
             config,
             revision,
             compact_revision,
@@ -112,6 +115,11 @@ impl WatchHub {
             next_id: 1,
             matched: Vec::new(),
         }
+    }
+
+    /// Switches injected bugs on (the simulator's; off in production).
+    pub(crate) fn set_bugs(&mut self, bugs: crate::bugs::Bugs) {
+        self.resume_late = bugs.watch_resume_late;
     }
 
     #[cfg(test)]
@@ -154,6 +162,8 @@ impl WatchHub {
         }
         let next = if request.start_revision == 0 {
             self.revision + 1
+        } else if self.resume_late {
+            request.start_revision + 1
         } else {
             request.start_revision
         };

@@ -8,5 +8,5 @@ mod index;
 mod stream;
 
 pub(crate) use driver::{Driver, DriverConfig, HubObserver, SharedMachine, wake_channel, wake_of};
-pub(crate) use hub::{HubConfig, WatchHub};
+pub(crate) use hub::{Delivery, HubConfig, Offer, WatchHub, WatchSink};
 pub(crate) use stream::open;

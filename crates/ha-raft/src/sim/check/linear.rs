@@ -28,17 +28,17 @@ const SERIALIZABLE: &str = "serializable reads monotonic";
 const WELL_FORMED: &str = "well-formed history";
 
 #[derive(Clone, Copy, Debug)]
-struct Interval {
-    inv: u64,
-    comp: u64,
-    pos: u64,
+pub(super) struct Interval {
+    pub(super) inv: u64,
+    pub(super) comp: u64,
+    pub(super) pos: u64,
     /// Position in the history slice.
-    at: usize,
+    pub(super) at: usize,
 }
 
 /// The first `(a, b)` with `a` finished before `b` started but placed after
 /// it, in order of `b`'s start.
-fn first_inversion(items: &[Interval]) -> Option<(usize, usize)> {
+pub(super) fn first_inversion(items: &[Interval]) -> Option<(usize, usize)> {
     let mut by_comp: Vec<&Interval> = items.iter().collect();
     by_comp.sort_by_key(|i| (i.comp, i.at));
     let mut by_inv: Vec<&Interval> = items.iter().collect();
@@ -76,6 +76,7 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
         )
     };
     let what = match op.op {
+        k if k.is_kv() => super::kv::describe_kv(op),
         OpKind::Write => format!(
             "write {}={} -> {:?}{}",
             op.inputs.key,
@@ -86,7 +87,7 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
                 .map(|i| format!(" @{i}"))
                 .unwrap_or_default()
         ),
-        OpKind::Read => {
+        _ => {
             let c = match op.inputs.consistency {
                 Some(Consistency::Serializable) => "serializable ",
                 Some(Consistency::Lease) => "lease ",
@@ -111,11 +112,18 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
     )
 }
 
-/// Checks a history of register operations: linearizability of writes and
-/// linearizable reads per register, what serializable reads promise, and
-/// that every read saw a value that some write (not a failed one) wrote.
-/// Returns every violation found, the first one first.
+/// Checks a history: linearizability of writes and linearizable reads,
+/// what serializable reads promise, and that every read saw a value that
+/// some write (not a failed one) wrote — per register for the register
+/// workload, over the revision order for the KV workload (see
+/// `docs/SIM.md`). Returns every violation found, the first one first.
 pub fn check_history(ops: &[HistoryOp]) -> Vec<Violation> {
+    let mut violations = check_registers(ops);
+    violations.extend(super::kv::check_kv(ops));
+    violations
+}
+
+fn check_registers(ops: &[HistoryOp]) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut writes: BTreeMap<u64, WriteInfo> = BTreeMap::new();
     for (at, op) in ops.iter().enumerate() {
@@ -399,7 +407,7 @@ mod tests {
             inputs: Inputs {
                 key: "k".into(),
                 value: Some(value),
-                consistency: None,
+                ..Inputs::default()
             },
             invoke_ns: inv,
             complete_ns: comp,
@@ -420,8 +428,8 @@ mod tests {
             op: OpKind::Read,
             inputs: Inputs {
                 key: "k".into(),
-                value: None,
                 consistency: Some(c),
+                ..Inputs::default()
             },
             invoke_ns: inv,
             complete_ns: comp,
@@ -430,7 +438,7 @@ mod tests {
                 value: seen.map(|s| s.0),
                 index: Some(seen.map_or(0, |s| s.1)),
                 applied: Some(seen.map_or(0, |s| s.1)),
-                error: None,
+                ..Outputs::default()
             },
         }
     }

@@ -2,6 +2,7 @@
 //! linearizability check of a client history (also usable on its own, on a
 //! history file from real processes).
 
+mod kv;
 mod linear;
 mod raft;
 

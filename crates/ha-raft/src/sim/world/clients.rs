@@ -9,6 +9,7 @@ use crate::sim::check::describe;
 use crate::sim::client::{Reply, Request};
 use crate::sim::history::{Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs};
 use crate::sim::kv;
+use crate::sim::kvload::{self, KvRequest};
 
 impl World {
     pub(super) fn take_requests(&mut self) {
@@ -26,17 +27,18 @@ impl World {
                 Inputs {
                     key: key_name(key),
                     value: Some(value),
-                    consistency: None,
+                    ..Inputs::default()
                 },
             ),
             Request::Read { key, consistency } => (
                 OpKind::Read,
                 Inputs {
                     key: key_name(key),
-                    value: None,
                     consistency: Some(consistency),
+                    ..Inputs::default()
                 },
             ),
+            Request::Kv(r) => r.describe(),
         };
         debug_assert_eq!(id, self.ops.len() as u64, "request ids are dense");
         self.ops.push(HistoryOp {
@@ -88,6 +90,9 @@ impl World {
         let mut lease_hit = None;
         let mut published_hit = false;
         let serializable = match r.request {
+            Request::Kv(KvRequest::KeepAlive { lease }) => {
+                return self.keep_alive(id, m, lease);
+            }
             Request::Write { key, value } => {
                 p.next_seq += 1;
                 p.proposals.insert(p.next_seq, id);
@@ -100,7 +105,34 @@ impl World {
                 );
                 false
             }
-            Request::Read { consistency, .. } => {
+            Request::Kv(
+                r @ (KvRequest::Put { .. }
+                | KvRequest::Delete { .. }
+                | KvRequest::Cas { .. }
+                | KvRequest::Compact { .. }
+                | KvRequest::LeaseGrant { .. }
+                | KvRequest::LeasePut { .. }
+                | KvRequest::LeaseRevoke { .. }),
+            ) => {
+                let mut revision = 0;
+                if let KvRequest::Compact { back } = r {
+                    revision = (kvload::current_revision(|q| p.applier.query(q)) - back).max(1);
+                    self.ops[id as usize].inputs.revision = Some(revision);
+                }
+                p.next_seq += 1;
+                p.proposals.insert(p.next_seq, id);
+                p.core
+                    .propose(p.next_seq, r.command(revision), deadline, instant, &mut out);
+                false
+            }
+            Request::Read { consistency, .. }
+            | Request::Kv(KvRequest::Get { consistency, .. } | KvRequest::Range { consistency }) => {
+                if let Request::Kv(KvRequest::Get { back, .. }) = r.request
+                    && back > 0
+                {
+                    let at = (kvload::current_revision(|q| p.applier.query(q)) - back).max(1);
+                    self.ops[id as usize].inputs.revision = Some(at);
+                }
                 p.next_token += 1;
                 p.reads.insert(p.next_token, id);
                 match consistency {
@@ -147,6 +179,48 @@ impl World {
         }
     }
 
+    /// A keep-alive: answered by the member's lease manager if it leads,
+    /// else forwarded to the leader it knows (as `KvNode` does), if that
+    /// one runs and the link between them is up both ways.
+    fn keep_alive(&mut self, id: u64, m: usize, lease: i64) {
+        let Some(p) = self.members[m].proc.as_ref() else {
+            return;
+        };
+        let target = if p.core.is_leader() {
+            Some(m)
+        } else {
+            p.core
+                .leader()
+                .leader
+                .and_then(|n| (n.0 as usize).checked_sub(1))
+                .filter(|&l| l < self.members.len())
+        };
+        let Some(l) = target.filter(|&l| {
+            self.up(l) && (l == m || !(self.net.is_cut(m, l) || self.net.is_cut(l, m)))
+        }) else {
+            return self.complete(id, Outcome::Fail, Outputs::error("no leader reachable"));
+        };
+        let now = self.instant_of(l);
+        let Some(p) = self.members[l].proc.as_mut() else {
+            return;
+        };
+        let leading = p.core.is_leader().then(|| p.core.leader().term);
+        p.leases.observe(leading, p.applied_term, now);
+        match p.leases.keep_alive(ha_core::LeaseId(lease), now) {
+            Ok(ttl) => {
+                self.counters.keep_alives += 1;
+                let outputs = Outputs {
+                    ttl_ms: Some(ttl.as_millis() as u64),
+                    ..Outputs::default()
+                };
+                self.complete(id, Outcome::Ok, outputs);
+            }
+            Err(refusal) => {
+                self.complete(id, Outcome::Fail, Outputs::error(format!("{refusal:?}")));
+            }
+        }
+    }
+
     pub(super) fn fail_call(&mut self, id: u64, error: &Error) {
         // A proposal that never left a process that then died cannot apply.
         let outcome = if error.is_not_applied() || matches!(error, Error::Shutdown) {
@@ -156,6 +230,7 @@ impl World {
         };
         let outcome = match self.open.get(&id).map(|r| r.request) {
             Some(Request::Read { .. }) => Outcome::Fail,
+            Some(r) if !r.is_write() => Outcome::Fail,
             _ => outcome,
         };
         self.complete(id, outcome, Outputs::error(error.to_string()));
@@ -169,8 +244,20 @@ impl World {
         op.complete_ns = self.now;
         op.outcome = outcome;
         op.outputs = outputs;
+        let mut mod_revision = None;
         match outcome {
-            Outcome::Ok => {}
+            Outcome::Ok => match op.op {
+                OpKind::Txn => self.counters.txns += 1,
+                OpKind::Compact => self.counters.compactions += 1,
+                OpKind::Get => {
+                    mod_revision = op
+                        .outputs
+                        .kvs
+                        .as_ref()
+                        .map(|kvs| kvs.first().map_or(0, |kv| kv.mod_revision));
+                }
+                _ => {}
+            },
             Outcome::Fail => self.counters.failed += 1,
             Outcome::Unknown => self.counters.unknown += 1,
         }
@@ -178,6 +265,7 @@ impl World {
         let reply = Reply {
             outcome,
             member_lost: !self.up(member),
+            mod_revision,
         };
         let line = self
             .trace

@@ -1,18 +1,85 @@
 //! The end of a run: the group commits again, every member answers,
 //! every member holds the same state, and the history is checked.
 
+use std::collections::BTreeMap;
+
 use ha_core::LogStore;
 
 use super::{CONVERGENCE, DURABILITY, GRACE, LIVENESS, LIVENESS_VALUE, UNKNOWN, World};
 use crate::membership::Membership;
+use crate::sim::Workload;
 use crate::sim::check::{RaftChecks, Violation, check_history, describe};
 use crate::sim::client::Request;
-use crate::sim::executor::SECONDS;
+use crate::sim::executor::{MILLIS, SECONDS};
 use crate::sim::history::{Consistency, OpKind, Outcome};
 use crate::sim::kv;
+use crate::sim::kvload::KvRequest;
 use crate::sim::member::Process;
 
+/// A lease kept alive is never expired before its TTL ran out.
+const LEASE_SAFETY: &str = "lease safety";
+
 impl World {
+    /// Lease safety: a lease whose grant or keep-alive was answered at
+    /// time t with TTL d is not expired (gone without a revoke asked for)
+    /// before t + 0.9·d (the margin covers the members' clock drift, at
+    /// most 5% here). Counts the expiries.
+    fn check_leases(&mut self) -> Vec<Violation> {
+        let mut revoked_at: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut kept: BTreeMap<i64, Vec<(u64, u64, u64)>> = BTreeMap::new();
+        for op in &self.ops {
+            let Some(lease) = op.inputs.lease else {
+                continue;
+            };
+            match (op.op, op.outcome) {
+                (OpKind::LeaseRevoke, _) => {
+                    let t = revoked_at.entry(lease).or_insert(op.invoke_ns);
+                    *t = (*t).min(op.invoke_ns);
+                }
+                (OpKind::LeaseGrant, Outcome::Ok) => {
+                    let ttl = op.inputs.ttl_ms.unwrap_or(0) * MILLIS;
+                    kept.entry(lease)
+                        .or_default()
+                        .push((op.invoke_ns, ttl, op.id));
+                }
+                (OpKind::KeepAlive, Outcome::Ok) => {
+                    let ttl = op.outputs.ttl_ms.unwrap_or(0) * MILLIS;
+                    kept.entry(lease)
+                        .or_default()
+                        .push((op.invoke_ns, ttl, op.id));
+                }
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for (&lease, &gone) in &self.lease_gone {
+            if revoked_at.get(&lease).is_some_and(|&t| t <= gone) {
+                continue;
+            }
+            self.counters.lease_expiries += 1;
+            let early = kept
+                .get(&lease)
+                .into_iter()
+                .flatten()
+                .find(|&&(invoked, ttl, _)| gone < invoked + ttl / 10 * 9);
+            if let Some(&(invoked, ttl, id)) = early {
+                found.push(
+                    Violation::new(
+                        LEASE_SAFETY,
+                        format!(
+                            "lease {lease} expired at {}, but op {id} kept it alive at {} for {}",
+                            crate::sim::fmt_ns(gone),
+                            crate::sim::fmt_ns(invoked),
+                            crate::sim::fmt_ns(ttl)
+                        ),
+                    )
+                    .with_ops([id]),
+                );
+            }
+        }
+        found
+    }
+
     /// The final checks. Each stage needs the one before it, except the
     /// checks of the history, which always run.
     pub(super) fn final_checks(&mut self) {
@@ -34,13 +101,12 @@ impl World {
             let m = self
                 .leader()
                 .unwrap_or(group[attempt as usize % group.len()]);
-            let id = self.invoke_final(
-                m,
-                Request::Write {
-                    key: 0,
-                    value: LIVENESS_VALUE + attempt,
-                },
-            );
+            let value = LIVENESS_VALUE + attempt;
+            let request = match self.cfg.workload {
+                Workload::Registers => Request::Write { key: 0, value },
+                Workload::Kv => Request::Kv(KvRequest::Put { key: 0, value }),
+            };
+            let id = self.invoke_final(m, request);
             let limit = self.now + self.request_timeout + GRACE + SECONDS;
             self.run_until(limit, |w| !w.open.contains_key(&id));
             if self.halted {
@@ -78,6 +144,13 @@ impl World {
     fn every_member_answers(&mut self) -> bool {
         let mut ids = Vec::new();
         for m in self.in_group() {
+            if self.cfg.workload == Workload::Kv {
+                let all = KvRequest::Range {
+                    consistency: Consistency::Linearizable,
+                };
+                ids.push(self.invoke_final(m, Request::Kv(all)));
+                continue;
+            }
             for key in 0..self.cfg.keys.max(1) as u8 {
                 ids.push(self.invoke_final(
                     m,
@@ -185,6 +258,33 @@ impl World {
     fn check_writes_and_history(&mut self) {
         let mut found = Vec::new();
         for op in &self.ops {
+            if matches!(op.op, OpKind::Put | OpKind::Txn) {
+                // Values are unique: the observers saw each put once.
+                let applied_at = op.inputs.value.and_then(|v| self.kv_truth.put_revision(v));
+                let put = op.op == OpKind::Put || op.outputs.succeeded == Some(true);
+                let broken = match op.outcome {
+                    Outcome::Ok if put && applied_at.is_none() => {
+                        Some("was acknowledged but no member ever applied it")
+                    }
+                    Outcome::Ok if put && applied_at != op.outputs.revision => {
+                        Some("was acknowledged at another revision than the one it applied at")
+                    }
+                    Outcome::Ok if !put && applied_at.is_some() => {
+                        Some("failed its compare but its value was put")
+                    }
+                    Outcome::Fail if applied_at.is_some() => {
+                        Some("was reported failed but applied")
+                    }
+                    _ => None,
+                };
+                if let Some(why) = broken {
+                    found.push(
+                        Violation::new(DURABILITY, format!("{} {why}", describe(op)))
+                            .with_ops([op.id]),
+                    );
+                }
+                continue;
+            }
             if op.op != OpKind::Write {
                 continue;
             }
@@ -205,6 +305,8 @@ impl World {
                 );
             }
         }
+        found.extend(self.check_leases());
+        found.extend(self.check_watches());
         found.extend(check_history(&self.ops));
         for v in found {
             self.record(v);

@@ -18,8 +18,9 @@ use super::check::{RaftChecks, Violation};
 use super::client::{Board, ClientPlan, Request, plan_workload, run_client};
 use super::executor::{Executor, MICROS, MILLIS, Nanos, SECONDS, SimClock};
 use super::faults::{self, PlannedFault};
-use super::history::{HistoryOp, OpKind, Outcome, Outputs};
+use super::history::{HistoryOp, Outcome, Outputs};
 use super::kv::ApplySink;
+use super::kvload::{KvTruth, RevisionSink};
 use super::member::Member;
 use super::net::{NetParams, Network};
 use super::rng::SimRng;
@@ -33,6 +34,7 @@ mod finish;
 mod membership;
 mod process;
 mod snapshots;
+mod watches;
 
 /// How long past its deadline a client waits for the engine's own verdict
 /// (the shell's `GRACE`).
@@ -130,6 +132,10 @@ enum Event {
         m: usize,
         life: u64,
     },
+    /// Watch session `w` opens (or resumes).
+    WatchOpen {
+        w: usize,
+    },
 }
 
 struct Scheduled {
@@ -201,6 +207,15 @@ struct World {
     open: BTreeMap<u64, OpenRequest>,
     checks: RaftChecks,
     sink: ApplySink,
+    /// KV workload: what the machines applied, revision by revision.
+    revisions: RevisionSink,
+    kv_truth: KvTruth,
+    /// KV workload: lease → when a member first applied its revocation or
+    /// expiry.
+    lease_gone: BTreeMap<i64, Nanos>,
+    /// KV workload: the watch sessions, and what the hubs sent them.
+    watches: Vec<watches::Session>,
+    watch_log: watches::WatchLog,
     faults: Vec<PlannedFault>,
     undo: BTreeMap<usize, Undo>,
     armed_isolation: Option<ArmedIsolation>,
@@ -230,6 +245,12 @@ struct World {
     next_transfer: u64,
     /// When the chaos window ends.
     heal_at: Nanos,
+    /// Crashes right after an install restored the state store (before
+    /// the log restarts): drawn from a stream of their own, so that seeds
+    /// without installs replay as before.
+    install_rng: SimRng,
+    /// The chance of such a crash per install, this seed.
+    install_crash: f64,
 }
 
 /// Runs one seed to the end and reports.
@@ -388,6 +409,8 @@ impl World {
         let apply_delay = (0, rng.between(10 * MICROS, 2 * MILLIS));
         let state_sync_every = rng.pick(&[20 * MILLIS, 200 * MILLIS, SECONDS]);
         let tick_jitter = rng.between(0, MILLIS);
+        let mut install_rng = SimRng::new(seed ^ 0x1a57_a11c_7a54_0000);
+        let install_crash = install_rng.pick(&[0.0, 0.0, 0.3, 0.6]);
         World {
             cfg: cfg.clone(),
             seed,
@@ -406,6 +429,11 @@ impl World {
             open: BTreeMap::new(),
             checks: RaftChecks::new(cfg.members),
             sink: ApplySink::default(),
+            revisions: RevisionSink::default(),
+            kv_truth: KvTruth::default(),
+            lease_gone: BTreeMap::new(),
+            watches: Vec::new(),
+            watch_log: watches::WatchLog::default(),
             faults: Vec::new(),
             undo: BTreeMap::new(),
             armed_isolation: None,
@@ -429,6 +457,8 @@ impl World {
             transfers: BTreeMap::new(),
             next_transfer: 0,
             heal_at: CHAOS_START + nanos(cfg.chaos),
+            install_rng,
+            install_crash,
         }
     }
 
@@ -436,9 +466,10 @@ impl World {
         for op in &mut self.ops {
             if self.open.contains_key(&op.id) {
                 op.complete_ns = self.now;
-                op.outcome = match op.op {
-                    OpKind::Write => Outcome::Unknown,
-                    OpKind::Read => Outcome::Fail,
+                op.outcome = if op.op.is_write() {
+                    Outcome::Unknown
+                } else {
+                    Outcome::Fail
                 };
             }
         }
@@ -447,6 +478,7 @@ impl World {
             seed: self.seed,
             members: self.cfg.members,
             bug: self.cfg.bug,
+            workload: self.cfg.workload,
             violations: self.violations,
             counters: self.counters,
             schedule: self.schedule,
@@ -605,9 +637,10 @@ impl World {
             Event::Request { id } => self.request(id),
             Event::Deadline { id } => {
                 if let Some(r) = self.open.get(&id) {
-                    let outcome = match r.request {
-                        Request::Write { .. } => Outcome::Unknown,
-                        Request::Read { .. } => Outcome::Fail,
+                    let outcome = if r.request.is_write() {
+                        Outcome::Unknown
+                    } else {
+                        Outcome::Fail
                     };
                     self.complete(id, outcome, Outputs::error("client deadline passed"));
                 }
@@ -650,6 +683,7 @@ impl World {
                     self.install_restore(m);
                 }
             }
+            Event::WatchOpen { w } => self.watch_open(w),
         }
     }
 
@@ -669,6 +703,7 @@ impl World {
             self.cfg.keys,
             chaos,
             self.cfg.lease_focus,
+            self.cfg.workload == super::Workload::Kv,
         );
         for (c, plan) in plans.into_iter().enumerate() {
             self.exec.spawn(run_client(
@@ -680,6 +715,9 @@ impl World {
             ));
         }
         let heal_at = CHAOS_START + chaos;
+        if self.cfg.workload == super::Workload::Kv {
+            self.plan_watches(CHAOS_START, chaos);
+        }
         if self.cfg.faults {
             self.faults = faults::plan(&mut self.rng, CHAOS_START, heal_at, self.cfg.lease_focus);
             for f in 0..self.faults.len() {

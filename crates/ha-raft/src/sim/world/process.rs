@@ -7,14 +7,17 @@ use ha_core::eraftpb::{ConfChangeV2, Entry, EntryType, Message};
 use ha_core::{Error, LogStore, LogWrite, NodeId};
 use prost::Message as _;
 
-use super::{ENGINE, Event, OpenRequest, READ_INDEX, World, msg_summary};
+use super::{ENGINE, Event, READ_INDEX, World, msg_summary};
 use crate::core::{Failure, Outbox};
+use crate::kv::lease::LeaseManager;
 use crate::shell::open_engine;
+use crate::sim::Workload;
 use crate::sim::check::Violation;
 use crate::sim::client::Request;
 use crate::sim::executor::MILLIS;
 use crate::sim::history::{Outcome, Outputs};
 use crate::sim::kv::{self, KvRegister};
+use crate::sim::kvload::{self, SimMachine};
 use crate::sim::member::Process;
 use crate::snapshot::Snapshots;
 
@@ -42,26 +45,32 @@ impl World {
         if self.members[m].removed {
             return;
         }
+        // Reports of an earlier life of this member go nowhere.
+        self.take_observed();
         let now = self.now;
         let first_id = self.rng.next_u64() >> 16;
         let member = &self.members[m];
         let snapshots = Snapshots::with_first_id(&member.cfg, member.files.clone(), first_id);
         let (build_tx, build_rx) = crossbeam_channel::bounded(1);
         snapshots.set_builder(build_tx);
-        let started = KvRegister::open(&member.state, m, self.sink.clone())
-            .map_err(Error::from)
-            .and_then(|sm| {
-                open_engine(
-                    &member.cfg,
-                    Arc::new(member.log.clone()),
-                    Arc::new(member.state.clone()),
-                    sm,
-                    &self.logger,
-                    self.rng.next_u64(),
-                    self.bugs,
-                    snapshots.clone(),
-                )
-            });
+        let machine = match self.cfg.workload {
+            Workload::Registers => {
+                KvRegister::open(&member.state, m, self.sink.clone()).map(SimMachine::Registers)
+            }
+            Workload::Kv => SimMachine::mvcc(&member.state, m, self.revisions.clone()),
+        };
+        let started = machine.map_err(Error::from).and_then(|sm| {
+            open_engine(
+                &member.cfg,
+                Arc::new(member.log.clone()),
+                Arc::new(member.state.clone()),
+                sm,
+                &self.logger,
+                self.rng.next_u64(),
+                self.bugs,
+                snapshots.clone(),
+            )
+        });
         let (opened, core, applier) = match started {
             Ok(x) => x,
             Err(e) => {
@@ -103,6 +112,14 @@ impl World {
             snapshots,
             build_rx,
         ));
+        if let Some(p) = member.proc.as_mut() {
+            // As `Leases::new` configures it: a new leader adds an election
+            // timeout, an expiry in flight is proposed again after a
+            // request timeout.
+            let election = member.cfg.tick_interval * member.cfg.max_election_tick as u32;
+            p.leases = LeaseManager::new(election, member.cfg.request_timeout);
+            p.leases.set_bugs(self.bugs);
+        }
         let life = member.life;
         let tick_ns = member.tick_ns;
         let held = std::mem::take(&mut member.held);
@@ -120,6 +137,108 @@ impl World {
             self.after(d, Event::Deliver { msg: Box::new(msg) });
         }
         self.drive(m, Outbox::default());
+        self.take_observed();
+    }
+
+    /// What the members' MVCC machines reported (KV workload): revisions
+    /// to check, and lease changes for their lease managers, which follow
+    /// them on the apply thread in production.
+    pub(super) fn take_observed(&mut self) {
+        let observed: Vec<kvload::Observed> = std::mem::take(&mut *self.revisions.lock());
+        let mut touched = std::collections::BTreeSet::new();
+        for o in observed {
+            let member = match &o {
+                kvload::Observed::Revision(r) => {
+                    if let Err(v) = self.kv_truth.applied(r) {
+                        self.fail(v);
+                    }
+                    continue;
+                }
+                kvload::Observed::Granted { member, .. }
+                | kvload::Observed::Revoked { member, .. }
+                | kvload::Observed::Restored { member, .. }
+                | kvload::Observed::Events { member, .. }
+                | kvload::Observed::Compacted { member, .. } => *member,
+            };
+            touched.insert(member);
+            let fresh = match &o {
+                kvload::Observed::Restored {
+                    revision,
+                    compact_revision,
+                    ..
+                } => Some(self.new_hub(*revision, *compact_revision)),
+                _ => None,
+            };
+            if let kvload::Observed::Revoked { id, .. } = &o {
+                let now = self.now;
+                if self.lease_gone.insert(id.0, now).is_none() {
+                    self.trace(|| {
+                        format!(
+                            "lease {} gone (first applied on member {})",
+                            id.0,
+                            member + 1
+                        )
+                    });
+                }
+            }
+            let instant = self.instant_of(member);
+            let Some(p) = self.members[member].proc.as_mut() else {
+                continue;
+            };
+            match o {
+                kvload::Observed::Granted { id, ttl, .. } => p.leases.granted(id, ttl, instant),
+                kvload::Observed::Revoked { id, .. } => p.leases.revoked(id),
+                kvload::Observed::Restored {
+                    leases,
+                    revision,
+                    compact_revision,
+                    ..
+                } => {
+                    p.leases.restored(&leases, instant);
+                    match p.hub.as_mut() {
+                        Some(h) => h.on_restored(revision, compact_revision),
+                        None => p.hub = fresh,
+                    }
+                }
+                kvload::Observed::Events {
+                    events, revision, ..
+                } => {
+                    if let Some(h) = p.hub.as_mut() {
+                        h.on_events(&events, revision, instant);
+                    }
+                }
+                kvload::Observed::Compacted {
+                    compact_revision, ..
+                } => {
+                    if let Some(h) = p.hub.as_mut() {
+                        h.on_compacted(compact_revision);
+                    }
+                }
+                kvload::Observed::Revision(_) => {}
+            }
+        }
+        for m in touched {
+            self.catch_up(m);
+        }
+        self.take_watch_log();
+    }
+
+    /// The leader's expiry pass (the shell's `run_expiry`): follow the
+    /// engine's role, propose the expiry of every lease past its deadline.
+    fn expire_leases(&mut self, m: usize, out: &mut Outbox) {
+        let now = self.instant_of(m);
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let leading = p.core.is_leader().then(|| p.core.leader().term);
+        p.leases.observe(leading, p.applied_term, now);
+        let deadline = now + std::time::Duration::from_nanos(self.request_timeout);
+        for (id, term) in p.leases.due(now, 1_000) {
+            p.next_seq += 1;
+            let command = ha_storage::kv::KvCommand::LeaseExpire { id, term }.encode(0);
+            p.core.propose(p.next_seq, command, deadline, now, out);
+            self.counters.expiry_proposals += 1;
+        }
     }
 
     /// Power failure: the process is gone and so is every unsynced write.
@@ -167,6 +286,7 @@ impl World {
             self.complete(id, Outcome::Unknown, Outputs::error(why));
         }
         drop(p);
+        self.watches_lost(m);
         let member = &mut self.members[m];
         member.life += 1;
         member.paused_until = 0;
@@ -190,6 +310,12 @@ impl World {
                 p.last_sync = self.now;
             }
             p.core.maybe_compact(p.durable_applied);
+            if self.cfg.workload == Workload::Kv {
+                self.expire_leases(m, &mut out);
+            }
+            let Some(p) = self.members[m].proc.as_mut() else {
+                return;
+            };
             // A member told it was removed (or that applied its removal)
             // is stopped by its operator.
             removed = p.core.status().removed && !p.core.membership().joint;
@@ -580,11 +706,14 @@ impl World {
                 if sync {
                     p.durable_applied = step.applied;
                 }
+                if let Some(last) = piece.last().filter(|e| e.index <= step.applied) {
+                    p.applied_term = p.applied_term.max(last.term);
+                }
                 let seqs: Vec<u64> = step.completed.iter().map(|(s, _)| *s).collect();
                 p.core.on_applied(step.applied, &seqs, instant);
                 for (seq, response) in step.completed {
                     if let Some(id) = p.proposals.remove(&seq) {
-                        completed.push((id, kv::decode_write(&response)));
+                        completed.push((id, response));
                     }
                 }
             }
@@ -609,12 +738,19 @@ impl World {
         for v in found {
             self.fail(v);
         }
-        for (id, index) in completed {
-            let outputs = Outputs {
-                index,
-                ..Outputs::default()
+        self.take_observed();
+        for (id, response) in completed {
+            let (outcome, outputs) = match self.open.get(&id).map(|r| r.request) {
+                Some(Request::Kv(_)) => kvload::outputs_of(&response),
+                _ => (
+                    Outcome::Ok,
+                    Outputs {
+                        index: kv::decode_write(&response),
+                        ..Outputs::default()
+                    },
+                ),
             };
-            self.complete(id, Outcome::Ok, outputs);
+            self.complete(id, outcome, outputs);
         }
         // Reads whose index is applied, then serializable ones.
         let Some(p) = self.members[m].proc.as_mut() else {
@@ -642,12 +778,15 @@ impl World {
         let Some(id) = p.reads.remove(&token) else {
             return;
         };
-        let Some(OpenRequest {
-            request: Request::Read { key, .. },
-            ..
-        }) = self.open.get(&id).copied()
-        else {
-            return;
+        let key = match self.open.get(&id).map(|r| r.request) {
+            Some(Request::Read { key, .. }) => key,
+            Some(Request::Kv(r)) => {
+                let at = self.ops[id as usize].inputs.revision.unwrap_or(0);
+                let (outcome, outputs) = kvload::outputs_of(&p.applier.query(&r.query(at)));
+                self.complete(id, outcome, outputs);
+                return;
+            }
+            _ => return,
         };
         let answer = p.applier.query(&kv::read_query(key));
         let applied = p.applier.applied();
@@ -656,7 +795,7 @@ impl World {
             value: seen.map(|s| s.0),
             index: Some(seen.map_or(0, |s| s.1)),
             applied: Some(applied),
-            error: None,
+            ..Outputs::default()
         };
         self.complete(id, Outcome::Ok, outputs);
     }

@@ -260,6 +260,19 @@ impl World {
             self.fail(v);
         }
         self.trace(|| format!("member {} restored its state at {applied}", m + 1));
+        if self.cfg.faults && !self.healed && self.install_rng.chance(self.install_crash) {
+            // A crash between the install's steps: the restart must finish
+            // the install from the marker and the staged file.
+            let down = self.install_rng.between(MILLIS, 100 * MILLIS);
+            self.log_fault(format!(
+                "crash member {} mid-install (state restored, log not restarted), down {}",
+                m + 1,
+                crate::sim::fmt_ns(down)
+            ));
+            self.crash(m);
+            self.after(down, Event::Restart { m });
+            return;
+        }
         let latency = self.rng.between(self.disk_latency.0, self.disk_latency.1);
         self.after(latency, Event::DiskDone { m, life });
     }
