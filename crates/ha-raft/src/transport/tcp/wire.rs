@@ -125,8 +125,10 @@ pub(crate) enum Reject {
     CallStalled,
     /// The TLS handshake failed (no or an untrusted or expired certificate,
     /// or not TLS at all).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     TlsHandshake,
     /// The hello names a sender the TLS certificate does not name.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     WrongIdentity(NodeId),
     /// A connection limit was reached.
     TooManyConnections,
