@@ -6,6 +6,8 @@ pub mod bench;
 
 pub mod bench_kv;
 
+pub mod certs;
+
 pub mod node;
 
 pub mod procs;

@@ -113,6 +113,47 @@ pub struct Cluster {
     /// Fault-injecting proxies by directed link `(from, to)`: member `from`
     /// dials `to` through it ([`Cluster::start_linked`]); empty otherwise.
     pub links: BTreeMap<(u64, u64), LinkProxy>,
+    /// With mutual TLS ([`Cluster::start_tls`]): the group's CA; members
+    /// get certificates as they are spawned. `None`: `insecure-plaintext`.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The certificates of a [`Cluster`] running with TLS.
+pub struct ClusterTls {
+    /// The CA.
+    pub ca: crate::certs::Ca,
+    /// A client certificate (`client`) the harness's own HTTP client
+    /// presents.
+    pub client: crate::certs::Issued,
+}
+
+impl ClusterTls {
+    fn new() -> ClusterTls {
+        let ca = crate::certs::Ca::new("ha test CA").expect("generate a CA");
+        let client = ca
+            .issue(&["client".to_string()], crate::certs::Validity::Default)
+            .expect("issue a client certificate");
+        ClusterTls { ca, client }
+    }
+
+    /// An HTTPS client trusting the CA and presenting the client
+    /// certificate, without pooled connections.
+    pub fn http_client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca.cert_pem().as_bytes()).expect("CA pem");
+        let identity = reqwest::Identity::from_pem(
+            format!("{}{}", self.client.cert, self.client.key).as_bytes(),
+        )
+        .expect("client identity pem");
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("https client")
+    }
 }
 
 /// Fault injection and state checks: links through proxies, state
@@ -328,9 +369,28 @@ impl Cluster {
         Cluster::start_with(node_binary(), n).await
     }
 
+    /// Starts `n` members running [`node_binary`] with mutual TLS between
+    /// them and TLS (client certificates required) on their client API.
+    pub async fn start_tls(n: u64) -> Cluster {
+        let mut c = Cluster::start_with(node_binary(), 0).await;
+        let tls = ClusterTls::new();
+        c.client = tls.http_client();
+        c.tls = Some(tls);
+        c.initial = (1..=n).collect();
+        for id in 1..=n {
+            c.peer.insert(id, free_port());
+            c.http.insert(id, free_port());
+        }
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
     /// Starts `n` members running `binary`.
     pub async fn start_with(binary: PathBuf, n: u64) -> Cluster {
         let mut c = Cluster {
+            tls: None,
             dir: tempfile::Builder::new()
                 .prefix("ha-node-test-")
                 .tempdir()
@@ -386,10 +446,36 @@ impl Cluster {
         // Settings through a config file, one through a flag that
         // overrides it: both paths are exercised.
         let config = self.dir.path().join(format!("node-{id}.toml"));
+        let security = match &self.tls {
+            None => "insecure-plaintext = true\n".to_string(),
+            Some(tls) => {
+                let dir = self.dir.path();
+                let files = if dir.join(format!("member-{id}.pem")).exists() {
+                    crate::certs::MemberFiles {
+                        ca: dir.join("ca.pem"),
+                        cert: dir.join(format!("member-{id}.pem")),
+                        key: dir.join(format!("member-{id}.key")),
+                    }
+                } else {
+                    let issued = tls
+                        .ca
+                        .issue_member(id, &["127.0.0.1".to_string(), "localhost".to_string()])
+                        .expect("issue a member certificate");
+                    crate::certs::write_member(dir, id, &tls.ca.cert_pem(), &issued)
+                        .expect("write certificates")
+                };
+                format!(
+                    "tls-ca = \"{}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"\nhttp-require-client-cert = true\n",
+                    files.ca.display(),
+                    files.cert.display(),
+                    files.key.display()
+                )
+            }
+        };
         std::fs::write(
             &config,
             format!(
-                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n",
+                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n{security}",
                 self.peer[&id],
                 self.dir.path().join(format!("data-{id}")).display(),
                 self.members_for(id),
@@ -460,7 +546,8 @@ impl Cluster {
 
     /// The URL of `path` on member `id`'s client API.
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http[&id])
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.http[&id])
     }
 
     /// POSTs `body` as JSON; the status and the JSON answer.

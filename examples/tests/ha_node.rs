@@ -702,3 +702,208 @@ async fn a_member_added_over_http_joins_and_every_member_learns_its_address() {
     })
     .await;
 }
+
+/// Mutual TLS between the members and TLS on their client API
+/// (`Cluster::start_tls`): `cargo test --test ha_node tls`.
+mod tls {
+    use super::*;
+    use ha_core::{KvClient, KvOptions};
+    use ha_examples::certs::{Ca, Validity};
+
+    /// A plaintext hello to a TLS peer port: a TLS alert at most, then the
+    /// end of the connection.
+    async fn expect_refused(addr: SocketAddr, bytes: &[u8], case: &str) {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to the peer port");
+        let _ = s.write_all(bytes).await;
+        let mut got = Vec::new();
+        match tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await {
+            Ok(_) => assert!(
+                got.first().is_none_or(|&b| b == 0x15),
+                "{case}: the member answered something other than a TLS alert: {got:?}"
+            ),
+            Err(_) => panic!("{case}: connection not closed within {PATIENCE:?}"),
+        }
+    }
+
+    /// An HTTPS client trusting `ca_pem`, presenting `identity` (PEM).
+    fn https(ca_pem: &str, identity: Option<String>) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0);
+        if let Some(id) = identity {
+            b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_members_serve_https_to_the_right_clients_and_refuse_the_rest() {
+        one_at_a_time(async {
+            let c = Cluster::start_tls(3).await;
+            let leader = c.healthy().await;
+            let mut acked = BTreeMap::new();
+            for i in 0..6u64 {
+                c.put(i % 3 + 1, &format!("t/{i}"), "v").await;
+                acked.insert(format!("t/{i}"), "v".to_string());
+            }
+            let tls = c.tls.as_ref().expect("TLS cluster");
+            let ca_pem = tls.ca.cert_pem();
+            // RemoteKv with the group's CA and a client certificate.
+            let kv = ha_client::RemoteKv::builder(c.endpoints(&[1, 2, 3]))
+                .tls_ca_pem(ca_pem.clone())
+                .tls_identity_pem(format!("{}{}", tls.client.cert, tls.client.key))
+                .build()
+                .expect("TLS RemoteKv");
+            kv.put(
+                ha_core::PutRequest::new("t/remote", "r"),
+                KvOptions::default(),
+            )
+            .await
+            .expect("put through RemoteKv over TLS");
+            acked.insert("t/remote".into(), "r".into());
+            // Refused on the client API: plaintext; no client certificate;
+            // a certificate of another CA; a CA the client does not trust.
+            let health = |scheme: &str| format!("{scheme}://127.0.0.1:{}/health", c.http[&leader]);
+            let stranger = Ca::new("stranger").unwrap();
+            let foreign = stranger
+                .issue(&["client".to_string()], Validity::Default)
+                .unwrap();
+            let expired = tls
+                .ca
+                .issue(&["client".to_string()], Validity::Expired)
+                .unwrap();
+            let refused: Vec<(&str, reqwest::Client, String)> = vec![
+                (
+                    "plaintext HTTP",
+                    reqwest::Client::builder()
+                        .timeout(Duration::from_secs(5))
+                        .build()
+                        .unwrap(),
+                    health("http"),
+                ),
+                (
+                    "no client certificate",
+                    https(&ca_pem, None),
+                    health("https"),
+                ),
+                (
+                    "a client certificate of another CA",
+                    https(&ca_pem, Some(format!("{}{}", foreign.cert, foreign.key))),
+                    health("https"),
+                ),
+                (
+                    "an expired client certificate",
+                    https(&ca_pem, Some(format!("{}{}", expired.cert, expired.key))),
+                    health("https"),
+                ),
+                (
+                    "a client that does not trust the group's CA",
+                    https(
+                        &stranger.cert_pem(),
+                        Some(format!("{}{}", tls.client.cert, tls.client.key)),
+                    ),
+                    health("https"),
+                ),
+            ];
+            for (case, client, url) in refused {
+                let r = client.get(&url).send().await;
+                assert!(
+                    r.as_ref().map(|r| !r.status().is_success()).unwrap_or(true),
+                    "{case}: answered {:?}",
+                    r.map(|r| r.status())
+                );
+            }
+            // Refused on the peer port: a plaintext peer.
+            let peer = format!("127.0.0.1:{}", c.peer[&leader]).parse().unwrap();
+            let other = if leader == 1 { 2 } else { 1 };
+            expect_refused(
+                peer,
+                &hello(&c.cluster_id(), other, leader),
+                "plaintext peer",
+            )
+            .await;
+            // The group keeps serving.
+            for i in 6..12u64 {
+                c.put(i % 3 + 1, &format!("t/{i}"), "w").await;
+                acked.insert(format!("t/{i}"), "w".to_string());
+            }
+            c.check_all(&acked).await;
+        })
+        .await;
+    }
+}
+
+/// A member's `/metrics` text.
+async fn metrics_text(c: &Cluster, id: u64) -> String {
+    c.client
+        .get(c.url(id, "/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Opens up to `n` connections to `addr` from 127.0.0.2 (loopback, but
+/// another source address than the test's own client) and holds them,
+/// silent.
+async fn flood(addr: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind 127.0.0.2");
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await
+        {
+            held.push(s);
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_a_connection_flood_on_both_ports_leaves_the_group_serving_writes() {
+    one_at_a_time(async {
+        let c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
+        let leader = c.healthy().await;
+        let mut acked = BTreeMap::new();
+        c.put(leader, "f/0", "before").await;
+        acked.insert("f/0".to_string(), "before".to_string());
+        // Beyond the per-address limits (64 peer, 256 HTTP connections),
+        // held open and silent while the group is used.
+        let peer: SocketAddr = format!("127.0.0.1:{}", c.peer[&leader]).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", c.http[&leader]).parse().unwrap();
+        let held_peer = flood(peer, 150).await;
+        let held_http = flood(http, 400).await;
+        for i in 1..=9u64 {
+            c.put(i % 3 + 1, &format!("f/{i}"), "during").await;
+            acked.insert(format!("f/{i}"), "during".to_string());
+        }
+        c.check_all(&acked).await;
+        let text = metrics_text(&c, leader).await;
+        let peer_refused = sample(
+            &text,
+            "ha_peer_connections_rejected_total{reason=\"too_many_connections\"}",
+        )
+        .unwrap_or(0.0);
+        let http_refused = sample(&text, "ha_node_http_connections_over_limit_total").unwrap_or(0.0);
+        assert!(
+            peer_refused > 0.0 && http_refused > 0.0,
+            "the flood ({} peer, {} HTTP connections) met no limit: peer {peer_refused}, http {http_refused}",
+            held_peer.len(),
+            held_http.len()
+        );
+        drop((held_peer, held_http));
+        c.put(leader, "f/after", "after").await;
+        acked.insert("f/after".to_string(), "after".to_string());
+        c.check_all(&acked).await;
+    })
+    .await;
+}

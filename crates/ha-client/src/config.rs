@@ -40,6 +40,10 @@ pub struct RemoteKvBuilder {
     pub(crate) endpoints: Vec<String>,
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls_ca_pem: Option<Vec<u8>>,
+    #[cfg(feature = "tls")]
+    tls_identity_pem: Option<Vec<u8>>,
 }
 
 impl RemoteKvBuilder {
@@ -48,7 +52,28 @@ impl RemoteKvBuilder {
             endpoints,
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            #[cfg(feature = "tls")]
+            tls_ca_pem: None,
+            #[cfg(feature = "tls")]
+            tls_identity_pem: None,
         }
+    }
+
+    /// Trusts the group's CA (PEM) for `https://` members, and only it:
+    /// the system's roots are not used. Feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate (PEM: the certificate chain and
+    /// its private key, concatenated) to members that ask for one. Feature
+    /// `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls_identity_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_identity_pem = Some(pem.into());
+        self
     }
 
     /// The default deadline of a call (5 s); [`ha_core::KvOptions::timeout`]
@@ -69,8 +94,9 @@ impl RemoteKvBuilder {
     ///
     /// # Errors
     /// [`ClientConfigError`]: no address, an address that is not
-    /// `http://host:port` (`https` needs TLS, which this crate leaves
-    /// out), a duplicate, a zero duration.
+    /// `http://host:port` (or `https://host:port` with the `tls` feature
+    /// and a CA), a duplicate, a zero duration, a CA or identity that does
+    /// not parse.
     pub fn build(self) -> Result<RemoteKv, ClientConfigError> {
         if self.endpoints.is_empty() {
             return Err(ClientConfigError::NoEndpoints);
@@ -83,36 +109,58 @@ impl RemoteKvBuilder {
                 field: "connect_timeout",
             });
         }
+        #[cfg(feature = "tls")]
+        let tls = self.tls_ca_pem.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
         let mut bases: Vec<String> = Vec::with_capacity(self.endpoints.len());
         for e in &self.endpoints {
-            let base = normalize(e)?;
+            let base = normalize(e, tls)?;
             if bases.contains(&base) {
                 return Err(ClientConfigError::DuplicateEndpoint(e.clone()));
             }
             bases.push(base);
         }
-        let http = reqwest::Client::builder()
+        #[allow(unused_mut)]
+        let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .no_proxy()
-            .tcp_nodelay(true)
-            .build()
-            .map_err(ClientConfigError::Http)?;
+            .tcp_nodelay(true);
+        #[cfg(feature = "tls")]
+        if let Some(ca) = &self.tls_ca_pem {
+            let ca = reqwest::Certificate::from_pem(ca).map_err(ClientConfigError::Http)?;
+            http = http
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca);
+            if let Some(id) = &self.tls_identity_pem {
+                http = http
+                    .identity(reqwest::Identity::from_pem(id).map_err(ClientConfigError::Http)?);
+            }
+        }
+        let http = http.build().map_err(ClientConfigError::Http)?;
         Ok(RemoteKv::new(bases, http, self.timeout))
     }
 }
 
-/// `http://host:port` with nothing after it, as `scheme://host:port`.
-fn normalize(endpoint: &str) -> Result<String, ClientConfigError> {
+/// `http://host:port` (or, when `tls`, `https://host:port`) with nothing
+/// after it, as `scheme://host:port`.
+fn normalize(endpoint: &str, tls: bool) -> Result<String, ClientConfigError> {
     let bad = |reason| ClientConfigError::InvalidEndpoint {
         endpoint: endpoint.to_string(),
         reason,
     };
     let url = reqwest::Url::parse(endpoint).map_err(|_| bad("not a URL like http://host:port"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err(bad("https needs TLS, which ha-client leaves out")),
-        _ => return Err(bad("the scheme must be http")),
-    }
+    let scheme = match url.scheme() {
+        "http" => "http",
+        "https" if tls => "https",
+        "https" => {
+            return Err(bad(
+                "https needs the `tls` feature and the group's CA (tls_ca_pem)",
+            ));
+        }
+        _ => return Err(bad("the scheme must be http or https")),
+    };
     let host = url.host_str().ok_or_else(|| bad("no host"))?;
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         return Err(bad("give only scheme, host and port"));
@@ -126,7 +174,7 @@ fn normalize(endpoint: &str) -> Result<String, ClientConfigError> {
     } else {
         host.to_string()
     };
-    Ok(format!("http://{host}:{port}"))
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 #[cfg(test)]
@@ -172,12 +220,15 @@ mod tests {
     #[test]
     fn addresses_normalize() {
         assert_eq!(
-            normalize("http://127.0.0.1:8001/").ok().as_deref(),
+            normalize("http://127.0.0.1:8001/", false).ok().as_deref(),
             Some("http://127.0.0.1:8001")
         );
-        assert_eq!(normalize("http://h").ok().as_deref(), Some("http://h:80"));
         assert_eq!(
-            normalize("http://[::1]:9").ok().as_deref(),
+            normalize("http://h", false).ok().as_deref(),
+            Some("http://h:80")
+        );
+        assert_eq!(
+            normalize("http://[::1]:9", false).ok().as_deref(),
             Some("http://[::1]:9")
         );
     }

@@ -93,6 +93,11 @@ pub use crate::latency::{LATENCY_BOUNDS_US, LATENCY_BUCKETS, Latency};
 pub use crate::membership::{MemberChange, MemberInfo, MemberRole, Membership};
 pub use crate::shell::{CallOptions, EngineMetrics, Node, ReadConsistency, ReadOptions, Status};
 pub use crate::transport::{
-    MemNetwork, MemTransport, PeerLink, PeerLinkState, TcpConfig, TcpRejections, TcpStats,
-    TcpTransport,
+    MemNetwork, MemTransport, PeerLink, PeerLinkState, PeerSecurity, TcpConfig, TcpRejections,
+    TcpStats, TcpTransport,
 };
+/// Mutual TLS between members (feature `tls`).
+#[cfg(feature = "tls")]
+pub mod tls {
+    pub use crate::transport::{ClientAuth, PeerTls, TlsError, TlsFiles, member_name};
+}

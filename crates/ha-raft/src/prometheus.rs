@@ -403,6 +403,9 @@ fn encode_tcp(e: &mut DescriptorEncoder, tcp: &TcpTransport) -> fmt::Result {
             ("snapshot_idle", r.snapshot_idle),
             ("unknown_call_id", r.unknown_call_id),
             ("call_stalled", r.call_stalled),
+            ("tls_handshake", r.tls_handshake),
+            ("wrong_identity", r.wrong_identity),
+            ("too_many_connections", r.too_many_connections),
         ]
         .map(|(reason, v)| ([("reason", reason)], ConstCounter::new(v))),
     )?;

@@ -133,6 +133,8 @@ struct Member {
 struct Group {
     ids: Vec<NodeId>,
     tcp: TcpConfig,
+    /// Each member's peer security (plaintext when absent).
+    security: BTreeMap<NodeId, ha_raft::PeerSecurity>,
     /// Adjusts every member's raft config.
     tune: fn(&mut Config),
     members: BTreeMap<NodeId, Member>,
@@ -145,10 +147,20 @@ impl Group {
     }
 
     async fn start_with(n: u64, tcp: TcpConfig, tune: fn(&mut Config)) -> Group {
+        Group::start_secure(n, tcp, tune, BTreeMap::new()).await
+    }
+
+    async fn start_secure(
+        n: u64,
+        tcp: TcpConfig,
+        tune: fn(&mut Config),
+        security: BTreeMap<NodeId, ha_raft::PeerSecurity>,
+    ) -> Group {
         let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut g = Group {
             ids: ids.clone(),
             tcp,
+            security,
             tune,
             members: BTreeMap::new(),
             next_cmd: 0,
@@ -192,7 +204,14 @@ impl Group {
         // A port just released can take a moment to be free again.
         let deadline = Instant::now() + PATIENCE;
         loop {
-            match TcpTransport::bind(addr, self.cluster_id(), id, self.tcp.clone()).await {
+            let security = self
+                .security
+                .get(&id)
+                .cloned()
+                .unwrap_or(ha_raft::PeerSecurity::InsecurePlaintext);
+            match TcpTransport::bind_with(addr, self.cluster_id(), id, self.tcp.clone(), security)
+                .await
+            {
                 Ok(t) => return t,
                 Err(e) if Instant::now() < deadline => {
                     tracing::info!(%addr, error = %e, "bind failed; retrying");
@@ -1958,4 +1977,360 @@ async fn hostile_bytes_on_a_call_connection_close_it_alone() {
         }
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------
+// Mutual TLS (feature `tls`): `cargo test --features tls --test tcp tls`.
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::path::Path;
+
+    use super::*;
+    use ha_raft::PeerSecurity;
+    use ha_raft::tls::{ClientAuth, PeerTls, TlsFiles};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    /// A test CA (rcgen).
+    struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    /// A certificate and its key, PEM.
+    struct Issued {
+        cert: String,
+        key: String,
+    }
+
+    impl Ca {
+        fn new(name: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let issuer =
+                CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+            Ca { issuer }
+        }
+
+        fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        /// A leaf for `names` (DNS names or IPs), for TLS server and client
+        /// use; `expired` makes it valid only in 2000.
+        fn issue(&self, names: &[&str], expired: bool) -> Issued {
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            Issued {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+            }
+        }
+    }
+
+    /// Writes `text` to `path` atomically (a rename), as a rotation would.
+    fn put(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// Writes a member's CA bundle, certificate and key under `dir`.
+    fn write_member(dir: &Path, id: NodeId, ca_pem: &str, issued: &Issued) -> TlsFiles {
+        let files = TlsFiles {
+            ca: dir.join(format!("ca-{id}.pem")),
+            cert: dir.join(format!("member-{id}.pem")),
+            key: dir.join(format!("member-{id}.key")),
+        };
+        put(&files.ca, ca_pem);
+        put(&files.cert, &issued.cert);
+        put(&files.key, &issued.key);
+        files
+    }
+
+    /// A group of `n` members with mutual TLS, certificates from `ca`.
+    async fn tls_group(n: u64, dir: &Path, ca: &Ca, tcp: TcpConfig) -> Group {
+        let mut security = BTreeMap::new();
+        for id in (1..=n).map(NodeId) {
+            let issued = ca.issue(&[&format!("member-{id}")], false);
+            let files = write_member(dir, id, &ca.pem(), &issued);
+            let tls = PeerTls::load(files, ClientAuth::Required).expect("TLS files load");
+            security.insert(id, PeerSecurity::Tls(tls));
+        }
+        Group::start_secure(n, tcp, |_| {}, security).await
+    }
+
+    /// A raw TLS client's configuration: trusts `roots`, presents `identity`.
+    fn client_config(roots: &[&str], identity: Option<&Issued>) -> Arc<rustls::ClientConfig> {
+        let mut store = rustls::RootCertStore::empty();
+        for pem in roots {
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                store.add(c.unwrap()).unwrap();
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store);
+        let config = match identity {
+            Some(i) => {
+                let chain = CertificateDer::pem_slice_iter(i.cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = PrivateKeyDer::from_pem_slice(i.key.as_bytes()).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Arc::new(config)
+    }
+
+    /// Connects over TLS to `addr` expecting the server to be `server`.
+    async fn tls_connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        server: NodeId,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::try_from(format!("member-{}", server.0)).unwrap();
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    }
+
+    /// Sends `bytes` over TLS (if the handshake gets that far) and expects
+    /// the member to close the connection.
+    async fn expect_tls_closed(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        bytes: &[u8],
+        case: &str,
+    ) {
+        // With TLS 1.3 the client's side of the handshake may complete
+        // before the server has judged its certificate: the refusal then
+        // shows as the connection ending.
+        let Ok(mut s) = tls_connect(addr, config, NodeId(1)).await else {
+            return;
+        };
+        let _ = s.write_all(bytes).await;
+        let _ = s.flush().await;
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("{case}: the member wrote {n} bytes on a peer connection"),
+            Err(_) => panic!("{case}: connection not closed within {PATIENCE:?}"),
+        }
+    }
+
+    /// A plaintext hello to a TLS member: it answers with a TLS alert at
+    /// most, then closes.
+    async fn expect_plaintext_refused(addr: SocketAddr, bytes: &[u8], case: &str) {
+        let mut s = TcpStream::connect(addr).await.expect("connect to member");
+        let _ = s.write_all(bytes).await;
+        let mut got = Vec::new();
+        match tokio::time::timeout(PATIENCE, s.read_to_end(&mut got)).await {
+            Ok(_) => assert!(
+                got.first().is_none_or(|&b| b == 0x15),
+                "{case}: the member answered something other than a TLS alert: {got:?}"
+            ),
+            Err(_) => panic!("{case}: connection not closed within {PATIENCE:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tls_right_ca_and_id_accepted_impostors_rejected_group_keeps_working() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = Ca::new("ha test CA");
+            let mut g = tls_group(3, dir.path(), &ca, TcpConfig::default()).await;
+            // Right CA and ids: the group elects and commits over TLS.
+            let leader = g.leader().await;
+            for _ in 0..5 {
+                g.propose(leader).await;
+            }
+            g.converged().await;
+
+            let target = NodeId(1);
+            let addr = g.addr(target);
+            let good_hello = hello(b"HARP", 1, &g.cluster_id(), 2, 1);
+            let stranger = Ca::new("another CA");
+            let ca_pem = ca.pem();
+            type Counter = fn(&ha_raft::TcpRejections) -> u64;
+            let cases: Vec<(&str, Option<Arc<rustls::ClientConfig>>, Counter)> = vec![
+                ("plaintext client", None, |r| r.tls_handshake),
+                (
+                    "no client certificate",
+                    Some(client_config(&[&ca_pem], None)),
+                    |r| r.tls_handshake,
+                ),
+                (
+                    "certificate from an unknown CA",
+                    Some(client_config(
+                        &[&ca_pem],
+                        Some(&stranger.issue(&["member-2"], false)),
+                    )),
+                    |r| r.tls_handshake,
+                ),
+                (
+                    "expired certificate",
+                    Some(client_config(
+                        &[&ca_pem],
+                        Some(&ca.issue(&["member-2"], true)),
+                    )),
+                    |r| r.tls_handshake,
+                ),
+                (
+                    // Member 3's genuine certificate, claiming to be 2.
+                    "hello claiming another member's id",
+                    Some(client_config(
+                        &[&ca_pem],
+                        Some(&ca.issue(&["member-3"], false)),
+                    )),
+                    |r| r.wrong_identity,
+                ),
+            ];
+            for (case, config, counter) in cases {
+                let before = g.transport(target).stats().rejected;
+                match config {
+                    None => expect_plaintext_refused(addr, &good_hello, case).await,
+                    Some(c) => expect_tls_closed(addr, c, &good_hello, case).await,
+                }
+                eventually(&format!("{case}: counted"), || {
+                    counter(&g.transport(target).stats().rejected) == counter(&before) + 1
+                })
+                .await;
+                g.propose(target).await;
+                g.assert_no_fatal();
+            }
+            // The dialer's side: member 1 does not pass for member 2.
+            let probe = client_config(&[&ca_pem], Some(&ca.issue(&["member-2"], false)));
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let as_two = tokio_rustls::TlsConnector::from(probe)
+                .connect(ServerName::try_from("member-2").unwrap(), tcp)
+                .await;
+            assert!(
+                as_two.is_err(),
+                "a member's certificate passed for another member's"
+            );
+            let s = g.transport(target).stats();
+            assert_eq!(s.rejected.total(), 5, "{s:?}");
+            g.converged().await;
+            g.assert_no_fatal();
+            g.shutdown().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tls_certificates_rotate_without_restart() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let old = Ca::new("old CA");
+            let mut g = tls_group(3, dir.path(), &old, TcpConfig::default()).await;
+            let leader = g.leader().await;
+            g.propose(leader).await;
+            let new = Ca::new("new CA");
+            let new_only = client_config(&[&new.pem()], Some(&new.issue(&["member-2"], false)));
+            assert!(
+                tls_connect(g.addr(NodeId(1)), new_only.clone(), NodeId(1))
+                    .await
+                    .is_err(),
+                "before the rotation member 1 presents a certificate of the new CA"
+            );
+            // Rotation: every member trusts both CAs (the bundle), then
+            // gets a certificate of the new one. No member restarts.
+            let bundle = format!("{}{}", old.pem(), new.pem());
+            for id in g.ids.clone() {
+                let issued = new.issue(&[&format!("member-{id}")], false);
+                write_member(dir.path(), id, &bundle, &issued);
+            }
+            // The next handshake reads the new files.
+            assert!(
+                tls_connect(g.addr(NodeId(1)), new_only, NodeId(1))
+                    .await
+                    .is_ok(),
+                "member 1 still presents its old certificate after the files changed"
+            );
+            // New connections between members use the new certificates:
+            // restart one member's transport (same files) and commit
+            // through it.
+            let addr3 = g.addr(NodeId(3));
+            g.stop(NodeId(3)).await;
+            g.propose(g.leader().await).await;
+            g.restart_on(NodeId(3), addr3).await;
+            g.propose(NodeId(3)).await;
+            g.converged().await;
+            // The old CA leaves the bundle: a certificate it signed is now
+            // refused, the group keeps working.
+            for id in g.ids.clone() {
+                put(&dir.path().join(format!("ca-{id}.pem")), &new.pem());
+            }
+            let before = g.transport(NodeId(1)).stats().rejected.tls_handshake;
+            let stale = client_config(&[&new.pem()], Some(&old.issue(&["member-2"], false)));
+            expect_tls_closed(
+                g.addr(NodeId(1)),
+                stale,
+                &hello(b"HARP", 1, &g.cluster_id(), 2, 1),
+                "a certificate of the retired CA",
+            )
+            .await;
+            eventually("the retired CA's certificate refused", || {
+                g.transport(NodeId(1)).stats().rejected.tls_handshake == before + 1
+            })
+            .await;
+            g.propose(NodeId(1)).await;
+            g.converged().await;
+            g.assert_no_fatal();
+            g.shutdown().await;
+        })
+        .await;
+    }
+
+    #[test]
+    fn tls_material_that_does_not_load_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("ha test CA");
+        let issued = ca.issue(&["member-1"], false);
+        let files = write_member(dir.path(), NodeId(1), &ca.pem(), &issued);
+        assert!(PeerTls::load(files.clone(), ClientAuth::Required).is_ok());
+        let missing = TlsFiles {
+            key: dir.path().join("absent.key"),
+            ..files.clone()
+        };
+        assert!(matches!(
+            PeerTls::load(missing, ClientAuth::Required),
+            Err(ha_raft::tls::TlsError::Read { .. })
+        ));
+        // A key that is not the certificate's.
+        let other = ca.issue(&["member-1"], false);
+        put(&files.key, &other.key);
+        assert!(PeerTls::load(files.clone(), ClientAuth::Required).is_err());
+        put(&files.cert, "not a certificate");
+        assert!(matches!(
+            PeerTls::load(files, ClientAuth::Required),
+            Err(ha_raft::tls::TlsError::Pem { .. })
+        ));
+    }
 }

@@ -72,6 +72,34 @@ pub struct Flags {
     /// supervisor or test that dies takes its members with it.
     #[arg(long)]
     pub exit_on_stdin_close: bool,
+    /// The group's CA certificate (PEM): peers, and client certificates on
+    /// the client API, are verified against it. With --tls-cert and
+    /// --tls-key, turns on mutual TLS between members and TLS on the client
+    /// API.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This member's certificate chain (PEM); it must name `member-<id>`
+    /// (a DNS subject alternative name) and allow server and client use.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This member's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Clients of the HTTP API must present a certificate signed by the CA
+    /// (otherwise one is optional, and checked when presented).
+    #[arg(long)]
+    pub http_require_client_cert: bool,
+    /// Run WITHOUT TLS, peers and clients alike: anyone who reaches the
+    /// ports can act as a member. For tests, demos and fully trusted
+    /// networks only; a warning is logged at start.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// Client API connections open at once (default 1024).
+    #[arg(long)]
+    pub http_max_connections: Option<usize>,
+    /// Peer connections accepted at once (default 256).
+    #[arg(long)]
+    pub peer_max_connections: Option<usize>,
 }
 
 /// Raft timing presets.
@@ -111,6 +139,20 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// `--health-max-apply-lag`.
     pub health_max_apply_lag: Option<u64>,
+    /// `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--http-require-client-cert`.
+    pub http_require_client_cert: Option<bool>,
+    /// `--insecure-plaintext`.
+    pub insecure_plaintext: Option<bool>,
+    /// `--http-max-connections`.
+    pub http_max_connections: Option<usize>,
+    /// `--peer-max-connections`.
+    pub peer_max_connections: Option<usize>,
 }
 
 /// Everything ha-node needs, validated.
@@ -138,6 +180,48 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `/health`'s apply-lag bound.
     pub health_max_apply_lag: u64,
+    /// TLS material, or `None` when `insecure-plaintext` is set.
+    pub tls: Option<ha_raft::tls::TlsFiles>,
+    /// The client API requires client certificates.
+    pub http_require_client_cert: bool,
+    /// Client API connections open at once.
+    pub http_max_connections: usize,
+    /// Peer connections accepted at once.
+    pub peer_max_connections: usize,
+}
+
+/// Default `http-max-connections`.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
+
+/// TLS files from flags and file, or plaintext when explicitly asked for;
+/// anything else (neither, both, a partial set) is an error.
+fn resolve_tls(
+    flags: &Flags,
+    file: &FileConfig,
+) -> Result<Option<ha_raft::tls::TlsFiles>, SettingsError> {
+    let ca = flags.tls_ca.clone().or(file.tls_ca.clone());
+    let cert = flags.tls_cert.clone().or(file.tls_cert.clone());
+    let key = flags.tls_key.clone().or(file.tls_key.clone());
+    let plaintext = flags.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+    let any = ca.is_some() || cert.is_some() || key.is_some();
+    match (plaintext, ca, cert, key) {
+        (true, ..) if any => Err(SettingsError::Invalid {
+            setting: "insecure-plaintext",
+            reason: "given together with TLS files; choose one".into(),
+        }),
+        (true, ..) => Ok(None),
+        (false, Some(ca), Some(cert), Some(key)) => {
+            Ok(Some(ha_raft::tls::TlsFiles { ca, cert, key }))
+        }
+        (false, ..) if any => Err(SettingsError::Invalid {
+            setting: "tls",
+            reason: "--tls-ca, --tls-cert and --tls-key go together".into(),
+        }),
+        (false, ..) => Err(SettingsError::Invalid {
+            setting: "tls",
+            reason: "no TLS configured: give --tls-ca, --tls-cert and --tls-key (see scripts/gen-certs), or run without protection with --insecure-plaintext".into(),
+        }),
+    }
 }
 
 /// A setting that is missing or wrong.
@@ -246,6 +330,7 @@ impl Settings {
             });
         }
         let id = NodeId(id);
+        let tls_files = resolve_tls(&flags, &file);
         let members_text = flags
             .members
             .or(file.members)
@@ -281,6 +366,34 @@ impl Settings {
                 reason: "must be greater than 0".into(),
             });
         }
+        let tls = tls_files?;
+        let http_require_client_cert =
+            flags.http_require_client_cert || file.http_require_client_cert.unwrap_or(false);
+        if http_require_client_cert && tls.is_none() {
+            return Err(SettingsError::Invalid {
+                setting: "http-require-client-cert",
+                reason: "needs TLS".into(),
+            });
+        }
+        let http_max_connections = flags
+            .http_max_connections
+            .or(file.http_max_connections)
+            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
+        let peer_max_connections = flags
+            .peer_max_connections
+            .or(file.peer_max_connections)
+            .unwrap_or(ha_raft::TcpConfig::default().max_inbound_connections);
+        for (setting, n) in [
+            ("http-max-connections", http_max_connections),
+            ("peer-max-connections", peer_max_connections),
+        ] {
+            if n == 0 {
+                return Err(SettingsError::Invalid {
+                    setting,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
         let max_body_bytes = flags
             .max_body_bytes
             .or(file.max_body_bytes)
@@ -315,6 +428,10 @@ impl Settings {
                 .health_max_apply_lag
                 .or(file.health_max_apply_lag)
                 .unwrap_or(DEFAULT_HEALTH_MAX_APPLY_LAG),
+            tls,
+            http_require_client_cert,
+            http_max_connections,
+            peer_max_connections,
         })
     }
 
@@ -360,6 +477,7 @@ mod tests {
             data-dir = "/tmp/ha/2"
             http = "127.0.0.1:8002"
             request-timeout-ms = 3000
+            insecure-plaintext = true
             "#,
         )
         .expect("valid toml");
@@ -417,5 +535,60 @@ mod tests {
             Settings::resolve(Flags::default(), FileConfig::default()),
             Err(SettingsError::Missing("id"))
         ));
+    }
+
+    #[test]
+    fn tls_or_explicit_plaintext_is_required() {
+        let base = || Flags {
+            id: Some(1),
+            members: Some("1=127.0.0.1:7001".into()),
+            data_dir: Some("/tmp/x".into()),
+            http: Some("127.0.0.1:1".parse().expect("addr")),
+            ..Flags::default()
+        };
+        let invalid = |flags: Flags| match Settings::resolve(flags, FileConfig::default()) {
+            Err(SettingsError::Invalid { setting, .. }) => setting,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(invalid(base()), "tls", "neither TLS nor plaintext");
+        assert_eq!(
+            invalid(Flags {
+                tls_ca: Some("ca.pem".into()),
+                ..base()
+            }),
+            "tls",
+            "a partial TLS set"
+        );
+        assert_eq!(
+            invalid(Flags {
+                insecure_plaintext: true,
+                tls_ca: Some("ca.pem".into()),
+                tls_cert: Some("c.pem".into()),
+                tls_key: Some("k.pem".into()),
+                ..base()
+            }),
+            "insecure-plaintext",
+            "both"
+        );
+        let plain = Settings::resolve(
+            Flags {
+                insecure_plaintext: true,
+                ..base()
+            },
+            FileConfig::default(),
+        )
+        .expect("explicit plaintext");
+        assert!(plain.tls.is_none());
+        let tls = Settings::resolve(
+            Flags {
+                tls_ca: Some("ca.pem".into()),
+                tls_cert: Some("c.pem".into()),
+                tls_key: Some("k.pem".into()),
+                ..base()
+            },
+            FileConfig::default(),
+        )
+        .expect("TLS files");
+        assert_eq!(tls.tls.map(|f| f.cert), Some(PathBuf::from("c.pem")));
     }
 }

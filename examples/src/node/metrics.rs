@@ -20,6 +20,8 @@ pub struct Metrics {
     healthy: Gauge,
     proposals: Family<Labels, Counter>,
     http_requests: Family<Labels, Counter>,
+    /// The client API listener's connection counters.
+    pub http: Arc<super::http::HttpCounters>,
 }
 
 impl Metrics {
@@ -30,6 +32,7 @@ impl Metrics {
             healthy: Gauge::default(),
             proposals: Family::default(),
             http_requests: Family::default(),
+            http: Arc::default(),
         };
         let mut registry = m.registry;
         registry.register_collector(Box::new(
@@ -51,6 +54,21 @@ impl Metrics {
             "ha_node_http_requests",
             "Client API requests by route and status",
             m.http_requests.clone(),
+        );
+        registry.register(
+            "ha_node_http_connections_accepted",
+            "Client API connections accepted",
+            m.http.accepted.clone(),
+        );
+        registry.register(
+            "ha_node_http_connections_over_limit",
+            "Client API connections closed at once: a connection limit was reached",
+            m.http.over_limit.clone(),
+        );
+        registry.register(
+            "ha_node_http_tls_handshakes_failed",
+            "Client API TLS handshakes that failed or timed out",
+            m.http.tls_failed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod json;
 pub mod metrics;
 
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ha_core::{ClusterId, NodeId};
-use ha_raft::{KvConfig, KvNode, Membership, TcpConfig, TcpTransport};
+use ha_raft::tls::{ClientAuth, PeerTls};
+use ha_raft::{KvConfig, KvNode, Membership, PeerSecurity, TcpConfig, TcpTransport};
 use ha_storage::{RocksEnv, StorageConfig};
 use serde_json::{Value, json};
 
@@ -102,6 +104,9 @@ pub enum StartError {
     /// The transport's configuration.
     #[error("transport config: {0}")]
     Config(#[from] ha_core::ConfigError),
+    /// The TLS files.
+    #[error("TLS: {0}")]
+    Tls(#[from] ha_raft::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
@@ -164,10 +169,35 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(io(format!("binding the HTTP listener {}", settings.http)))?;
     let http_addr = http.local_addr().map_err(io("reading the HTTP address"))?;
-    let tcp = TcpConfig::default().validate_for(&config)?;
-    let transport = TcpTransport::bind(settings.listen, cluster_id, settings.id, tcp)
-        .await
-        .map_err(io(format!("binding the peer listener {}", settings.listen)))?;
+    // TLS material is loaded (and checked) before anything binds.
+    let (security, http_tls) = match &settings.tls {
+        Some(files) => {
+            let http_auth = if settings.http_require_client_cert {
+                ClientAuth::Required
+            } else {
+                ClientAuth::Optional
+            };
+            (
+                PeerSecurity::Tls(PeerTls::load(files.clone(), ClientAuth::Required)?),
+                Some(PeerTls::load(files.clone(), http_auth)?),
+            )
+        }
+        None => {
+            tracing::warn!(
+                "--insecure-plaintext: peer and client connections are NOT authenticated or encrypted; anyone who reaches these ports can act as a member or client"
+            );
+            (PeerSecurity::InsecurePlaintext, None)
+        }
+    };
+    let tcp = TcpConfig {
+        max_inbound_connections: settings.peer_max_connections,
+        ..TcpConfig::default()
+    }
+    .validate_for(&config)?;
+    let transport =
+        TcpTransport::bind_with(settings.listen, cluster_id, settings.id, tcp, security)
+            .await
+            .map_err(io(format!("binding the peer listener {}", settings.listen)))?;
     for (&id, &addr) in &settings.members {
         transport.set_peer(id, addr);
     }
@@ -199,6 +229,10 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         data_dir = %settings.data_dir.display(), "ha-node started"
     );
     let max_body = settings.max_body_bytes;
+    let http_limits = http::HttpLimits {
+        max_connections: settings.http_max_connections,
+        ..http::HttpLimits::default()
+    };
     let app = Arc::new(App {
         kv: kv.clone(),
         transport: transport.clone(),
@@ -211,28 +245,27 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     });
     let router = api::router(app.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(http, router)
-            .with_graceful_shutdown(async {
-                let _ = drain_rx.await;
-            })
-            .await
-    });
+    let http_counters = app.metrics.http.clone();
+    let server = tokio::spawn(http::serve(
+        http,
+        router,
+        http_limits,
+        http_tls,
+        http_counters,
+        async {
+            let _ = drain_rx.await;
+        },
+        HTTP_DRAIN,
+    ));
     stop.await;
     tracing::info!("stopping: handing leadership over if leader, then shutting down");
     app.stopping.store(true, Ordering::Relaxed);
     let result = kv.shutdown().await;
     membership.abort();
     let _ = drain_tx.send(());
-    let abort = server.abort_handle();
-    match tokio::time::timeout(HTTP_DRAIN, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-        Err(_) => {
-            tracing::warn!("HTTP requests still open after {HTTP_DRAIN:?}; stopping anyway");
-            abort.abort();
-        }
+    // `serve` bounds its own drain; this only reports a failed task.
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "HTTP server task failed");
     }
     if tokio::time::timeout(HTTP_DRAIN, transport.closed())
         .await

@@ -4,4 +4,8 @@ mod mem;
 pub(crate) mod tcp;
 
 pub use mem::{MemNetwork, MemTransport};
-pub use tcp::{PeerLink, PeerLinkState, TcpConfig, TcpRejections, TcpStats, TcpTransport};
+#[cfg(feature = "tls")]
+pub use tcp::{ClientAuth, PeerTls, TlsError, TlsFiles, member_name};
+pub use tcp::{
+    PeerLink, PeerLinkState, PeerSecurity, TcpConfig, TcpRejections, TcpStats, TcpTransport,
+};

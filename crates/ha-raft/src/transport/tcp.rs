@@ -10,13 +10,16 @@ mod inbound;
 mod outbound;
 mod snapshot;
 mod stats;
+mod stream;
+#[cfg(feature = "tls")]
+mod tls;
 pub(crate) mod wire;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -32,6 +35,9 @@ use tokio::task::AbortHandle;
 
 pub use config::TcpConfig;
 pub use stats::{TcpRejections, TcpStats};
+pub use stream::PeerSecurity;
+#[cfg(feature = "tls")]
+pub use tls::{ClientAuth, PeerTls, TlsError, TlsFiles, member_name};
 
 use call::CallConn;
 use outbound::Link;
@@ -232,6 +238,17 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Senders with a snapshot stream open to this member now.
     inbound_snapshots: Mutex<HashSet<NodeId>>,
+    /// Plain TCP or mutual TLS.
+    pub(crate) security: PeerSecurity,
+    /// Inbound connections open now: in all, per IP, per sender.
+    open: Mutex<OpenConns>,
+}
+
+#[derive(Default)]
+struct OpenConns {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    per_peer: HashMap<NodeId, usize>,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -258,11 +275,38 @@ impl TcpTransport {
     /// # Errors
     /// `InvalidInput` for an invalid config or a local id of 0; the bind
     /// error otherwise.
+    ///
+    /// Peer connections are plain TCP: [`PeerSecurity::InsecurePlaintext`]
+    /// (tests, demos, fully trusted networks); a warning is logged. See
+    /// [`bind_with`](Self::bind_with) for mutual TLS.
     pub async fn bind(
         listen: SocketAddr,
         cluster_id: ClusterId,
         local: NodeId,
         config: TcpConfig,
+    ) -> io::Result<Arc<TcpTransport>> {
+        Self::bind_with(
+            listen,
+            cluster_id,
+            local,
+            config,
+            PeerSecurity::InsecurePlaintext,
+        )
+        .await
+    }
+
+    /// [`bind`](Self::bind) with the peer connections' protection: mutual
+    /// TLS (`PeerSecurity::Tls`, feature `tls`) or, explicitly,
+    /// [`PeerSecurity::InsecurePlaintext`] (logged as a warning).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    pub async fn bind_with(
+        listen: SocketAddr,
+        cluster_id: ClusterId,
+        local: NodeId,
+        config: TcpConfig,
+        security: PeerSecurity,
     ) -> io::Result<Arc<TcpTransport>> {
         let config = config
             .validate()
@@ -275,7 +319,10 @@ impl TcpTransport {
         }
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
-        tracing::info!(node = %local, cluster = %cluster_id, addr = %local_addr, "peer listener bound");
+        tracing::info!(node = %local, cluster = %cluster_id, addr = %local_addr, tls = !security.is_plaintext(), "peer listener bound");
+        if security.is_plaintext() {
+            tracing::warn!(node = %local, addr = %local_addr, "peer connections are INSECURE PLAINTEXT: anyone who reaches this port can act as a member; use mutual TLS outside tests");
+        }
         Ok(Arc::new(TcpTransport {
             shared: Arc::new(Shared {
                 cluster_id,
@@ -289,6 +336,8 @@ impl TcpTransport {
                 inbound: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
                 inbound_snapshots: Mutex::new(HashSet::new()),
+                security,
+                open: Mutex::new(OpenConns::default()),
             }),
             local_addr,
             listener: Mutex::new(Some(listener)),
@@ -565,6 +614,25 @@ impl Shared {
         }
     }
 
+    /// Counts an accepted connection from `ip` against the total and
+    /// per-IP limits; `None` when one is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let mut open = self.open.lock();
+        let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
+        if open.total >= self.config.max_inbound_connections
+            || from_ip >= self.config.max_inbound_per_ip
+        {
+            return None;
+        }
+        open.total += 1;
+        *open.per_ip.entry(ip).or_default() += 1;
+        Some(Admitted {
+            shared: self.clone(),
+            ip,
+            peer: None,
+        })
+    }
+
     /// Resolves when the transport stops.
     async fn stopped(rx: &mut watch::Receiver<bool>) {
         let _ = rx.wait_for(|s| *s).await;
@@ -585,6 +653,49 @@ impl Shared {
         let mut inbound = self.inbound.lock();
         if inbound.get(&from).is_some_and(|(i, _)| *i == id) {
             inbound.remove(&from);
+        }
+    }
+}
+
+/// An admitted inbound connection: counted in the limits until dropped.
+pub(crate) struct Admitted {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    peer: Option<NodeId>,
+}
+
+impl Admitted {
+    /// Counts the connection against its sender's limit once the hello
+    /// (and TLS identity) named it; `false` when that limit is reached.
+    pub(crate) fn identify(&mut self, peer: NodeId) -> bool {
+        let mut open = self.shared.open.lock();
+        let n = open.per_peer.entry(peer).or_default();
+        if *n >= self.shared.config.max_connections_per_peer {
+            return false;
+        }
+        *n += 1;
+        self.peer = Some(peer);
+        true
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.shared.open.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Entry::Occupied(mut e) = open.per_ip.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        if let Some(peer) = self.peer
+            && let Entry::Occupied(mut e) = open.per_peer.entry(peer)
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
         }
     }
 }

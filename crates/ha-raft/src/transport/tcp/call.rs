@@ -13,9 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ha_core::{CallReply, Error, MessageSink, NodeId, OverloadReason, UnknownCause};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 use super::inbound::Failure;
 use super::outbound::connect;
 use super::stats::add;
+use super::stream::PeerStream;
 use super::wire::{self, ConnKind, LEN_PREFIX, Reject};
 use super::{OpenGauge, Shared};
 
@@ -198,7 +199,7 @@ async fn run(
     };
     tracing::debug!(node = %local, %peer, %addr, "call connection open");
     let open = OpenGauge::new(&shared.counters.open_call_connections);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let end = tokio::select! {
         _ = Shared::stopped(&mut shutdown) => End::Stop,
         _ = conn.close.notified() => End::Closed,
@@ -231,7 +232,7 @@ async fn run(
 async fn write_requests(
     shared: &Shared,
     conn: &CallConn,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<PeerStream>,
     queue: &mut mpsc::Receiver<(u64, Bytes)>,
 ) -> End {
     let c = &shared.counters;
@@ -258,7 +259,12 @@ async fn write_requests(
         if calls == 0 {
             continue;
         }
-        match tokio::time::timeout(shared.config.write_timeout, wr.write_all(&buf)).await {
+        match tokio::time::timeout(shared.config.write_timeout, async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        })
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return End::Lost(format!("write failed: {e}")),
             Err(_) => {
@@ -276,7 +282,7 @@ async fn write_requests(
     }
 }
 
-async fn read_replies(shared: &Shared, conn: &CallConn, rd: OwnedReadHalf) -> End {
+async fn read_replies(shared: &Shared, conn: &CallConn, rd: ReadHalf<PeerStream>) -> End {
     let c = &shared.counters;
     let mut rd = BufReader::new(rd);
     let mut frame = Vec::new();
@@ -375,14 +381,14 @@ struct Unwritten {
 /// closed it between frames.
 pub(crate) async fn serve(
     shared: &Shared,
-    stream: BufReader<TcpStream>,
+    stream: BufReader<PeerStream>,
     from: NodeId,
 ) -> Result<(), Failure> {
     let _open = OpenGauge::new(&shared.counters.open_call_connections);
     let Some(sink) = shared.sink.get().cloned() else {
         return Ok(());
     };
-    stream.get_ref().set_nodelay(shared.config.nodelay)?;
+    stream.get_ref().tcp().set_nodelay(shared.config.nodelay)?;
     let (mut rd, wr) = tokio::io::split(stream);
     let unwritten = Arc::new(Unwritten {
         count: AtomicUsize::new(0),
@@ -460,7 +466,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
             next = replies.try_recv().ok();
         }
-        match tokio::time::timeout(shared.config.write_timeout, wr.write_all(&buf)).await {
+        match tokio::time::timeout(shared.config.write_timeout, async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        })
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Failure::Io(e)),
             Err(_) => {

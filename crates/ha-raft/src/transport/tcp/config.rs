@@ -35,11 +35,12 @@ pub struct TcpConfig {
     /// small messages. Default 4096.
     pub send_queue_len: usize,
     /// Deadline of one connection attempt (TCP connect plus writing the
-    /// hello). Default 1 s.
+    /// hello; with TLS, the TLS handshake too). Default 1 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// An accepted connection that has not sent a complete hello within
-    /// this time is closed. Default 5 s.
+    /// An accepted connection that has not completed its TLS handshake (if
+    /// any) and sent a complete hello within this time is closed. Default
+    /// 5 s.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// A frame write that does not complete within this time closes the
@@ -86,6 +87,36 @@ pub struct TcpConfig {
     /// Sets `TCP_NODELAY` on every peer connection: raft messages are small
     /// and latency-bound, and the writer already batches. Default true.
     pub nodelay: bool,
+    /// Inbound connections open at once, of every kind and from everyone;
+    /// one more is closed at once, unread, and counted
+    /// ([`TcpRejections::too_many_connections`](super::TcpRejections)). A
+    /// member of a group of n keeps about 2 × (n − 1) open (messages and
+    /// calls, plus a snapshot stream now and then). Default 256.
+    #[serde(default = "default_max_inbound")]
+    pub max_inbound_connections: usize,
+    /// Inbound connections open at once from one IP address, counted before
+    /// the handshake (so one flooding host cannot take them all). Default
+    /// 64.
+    #[serde(default = "default_max_inbound_per_ip")]
+    pub max_inbound_per_ip: usize,
+    /// Inbound connections open at once from one member (the sender its
+    /// hello names; with TLS, the member its certificate names), of every
+    /// kind. A member needs three: messages, calls and a snapshot stream.
+    /// Default 8.
+    #[serde(default = "default_max_per_peer")]
+    pub max_connections_per_peer: usize,
+}
+
+fn default_max_inbound() -> usize {
+    TcpConfig::default().max_inbound_connections
+}
+
+fn default_max_inbound_per_ip() -> usize {
+    TcpConfig::default().max_inbound_per_ip
+}
+
+fn default_max_per_peer() -> usize {
+    TcpConfig::default().max_connections_per_peer
 }
 
 impl Default for TcpConfig {
@@ -103,6 +134,9 @@ impl Default for TcpConfig {
             max_calls_in_flight: 1024,
             call_stall_timeout: Duration::from_secs(5),
             nodelay: true,
+            max_inbound_connections: 256,
+            max_inbound_per_ip: 64,
+            max_connections_per_peer: 8,
         }
     }
 }
@@ -132,9 +166,20 @@ impl TcpConfig {
                 expected: "at least 1024",
             });
         }
-        if self.max_calls_in_flight == 0 {
-            return Err(ConfigError::Zero {
-                field: "max_calls_in_flight",
+        for (field, n) in [
+            ("max_calls_in_flight", self.max_calls_in_flight),
+            ("max_inbound_connections", self.max_inbound_connections),
+            ("max_inbound_per_ip", self.max_inbound_per_ip),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.max_connections_per_peer < 3 {
+            return Err(ConfigError::OutOfRange {
+                field: "max_connections_per_peer",
+                value: self.max_connections_per_peer as u64,
+                expected: "at least 3 (messages, calls, a snapshot stream)",
             });
         }
         for (field, d) in [

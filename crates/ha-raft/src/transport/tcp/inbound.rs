@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::stats::add;
+use super::stream::{PeerSecurity, PeerStream};
 use super::wire::{self, ConnKind, HELLO_BODY_LEN, Hello, LEN_PREFIX, PREAMBLE_LEN, Reject};
-use super::{OpenGauge, Shared, call, snapshot};
+use super::{Admitted, OpenGauge, Shared, call, snapshot};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the
 /// loop does not spin.
@@ -53,7 +54,18 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, remote)) => {
                 add(&shared.counters.connections_accepted, 1);
-                shared.spawn(serve(shared.clone(), stream, remote));
+                // Over a limit: closed at once, unread, before any
+                // handshake work or buffer.
+                match shared.admit(remote.ip()) {
+                    Some(admitted) => {
+                        shared.spawn(serve(shared.clone(), stream, remote, admitted));
+                    }
+                    None => {
+                        drop(stream);
+                        shared.counters.rejected(&Reject::TooManyConnections);
+                        tracing::debug!(node = %shared.local, %remote, "inbound connection limit reached; connection closed");
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(node = %shared.local, error = %e, "accepting a peer connection failed");
@@ -66,24 +78,66 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// The TLS handshake (if configured), the hello, and the check that the
+/// certificate names the sender the hello claims.
+async fn handshake(
+    shared: &Shared,
+    stream: TcpStream,
+) -> Result<(BufReader<PeerStream>, Hello), Failure> {
+    let stream = match &shared.security {
+        PeerSecurity::InsecurePlaintext => PeerStream::Plain(stream),
+        #[cfg(feature = "tls")]
+        PeerSecurity::Tls(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            match acceptor.accept(stream).await {
+                Ok(s) => PeerStream::Tls(Box::new(s.into())),
+                Err(e) => {
+                    tracing::warn!(node = %shared.local, error = %e, "peer TLS handshake failed");
+                    return Err(Reject::TlsHandshake.into());
+                }
+            }
+        }
+    };
+    let mut rd = BufReader::with_capacity(64 * 1024, stream);
+    let hello = read_hello(shared, &mut rd).await?;
+    #[cfg(feature = "tls")]
+    if let PeerStream::Tls(_) = rd.get_ref() {
+        let named = rd
+            .get_ref()
+            .peer_cert()
+            .is_some_and(|cert| super::tls::names_member(cert, hello.from));
+        if !named {
+            return Err(Reject::WrongIdentity(hello.from).into());
+        }
+    }
+    Ok((rd, hello))
+}
+
 /// Reads one inbound connection until it ends or is refused.
-async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+async fn serve(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr, mut admitted: Admitted) {
     let open = OpenGauge::new(&shared.counters.open_inbound);
     let mut shutdown = shared.shutdown.subscribe();
-    let mut rd = BufReader::with_capacity(64 * 1024, stream);
-    let hello = tokio::select! {
+    let shook = tokio::select! {
         _ = Shared::stopped(&mut shutdown) => return,
-        r = tokio::time::timeout(shared.config.handshake_timeout, read_hello(&shared, &mut rd)) => {
+        r = tokio::time::timeout(shared.config.handshake_timeout, handshake(&shared, stream)) => {
             match r {
                 Ok(r) => r,
                 Err(_) => Err(Failure::Reject(Reject::HandshakeTimeout)),
             }
         }
     };
-    let hello = match hello {
+    let (mut rd, hello) = match shook {
         Ok(h) => h,
         Err(f) => return refused(&shared, remote, None, f),
     };
+    if !admitted.identify(hello.from) {
+        return refused(
+            &shared,
+            remote,
+            Some(hello.from),
+            Reject::TooManyConnections.into(),
+        );
+    }
     if hello.kind == ConnKind::Snapshot {
         // Counted as a snapshot stream, not as a message connection.
         drop(open);
@@ -139,7 +193,7 @@ fn refused(shared: &Shared, remote: SocketAddr, peer: Option<NodeId>, f: Failure
     }
 }
 
-async fn read_hello(shared: &Shared, rd: &mut BufReader<TcpStream>) -> Result<Hello, Failure> {
+async fn read_hello(shared: &Shared, rd: &mut BufReader<PeerStream>) -> Result<Hello, Failure> {
     let mut preamble = [0u8; PREAMBLE_LEN];
     rd.read_exact(&mut preamble).await?;
     let version = wire::check_preamble(&preamble)?;
@@ -165,7 +219,7 @@ async fn read_hello(shared: &Shared, rd: &mut BufReader<TcpStream>) -> Result<He
 /// frame boundary.
 async fn read_frames(
     shared: &Shared,
-    rd: &mut BufReader<TcpStream>,
+    rd: &mut BufReader<PeerStream>,
     sender: NodeId,
 ) -> Result<(), Failure> {
     let c = &shared.counters;

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use ha_core::NodeId;
 use ha_core::eraftpb::Message;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::config::TcpConfig;
 use super::stats::add;
+use super::stream::{PeerSecurity, PeerStream};
 use super::wire::{self, ConnKind, Hello, MessageBatch};
 use super::{OpenGauge, Shared};
 
@@ -263,13 +263,14 @@ async fn run(
     }
 }
 
-/// Connects and writes the hello, within the connect timeout.
+/// Connects (with TLS, checking the peer's certificate names `peer`) and
+/// writes the hello, within the connect timeout.
 pub(crate) async fn connect(
     shared: &Shared,
     peer: NodeId,
     addr: SocketAddr,
     kind: ConnKind,
-) -> io::Result<TcpStream> {
+) -> io::Result<PeerStream> {
     let hello = wire::encode_hello(&Hello {
         cluster_id: shared.cluster_id,
         from: shared.local,
@@ -277,9 +278,22 @@ pub(crate) async fn connect(
         kind,
     });
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(shared.config.nodelay)?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(shared.config.nodelay)?;
+        let mut stream = match &shared.security {
+            PeerSecurity::InsecurePlaintext => PeerStream::Plain(tcp),
+            #[cfg(feature = "tls")]
+            PeerSecurity::Tls(tls) => {
+                let name = super::tls::server_name(peer).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "no TLS name for the peer")
+                })?;
+                let connector = tokio_rustls::TlsConnector::from(tls.client_config());
+                let s = connector.connect(name, tcp).await?;
+                PeerStream::Tls(Box::new(s.into()))
+            }
+        };
         stream.write_all(&hello).await?;
+        stream.flush().await?;
         Ok(stream)
     };
     match tokio::time::timeout(shared.config.connect_timeout, attempt).await {
@@ -302,7 +316,7 @@ pub(crate) async fn connect(
 async fn pump(
     shared: &Shared,
     peer: NodeId,
-    stream: TcpStream,
+    stream: PeerStream,
     queue: &mut mpsc::Receiver<Message>,
     carry: &mut Option<Message>,
     addr: &mut watch::Receiver<SocketAddr>,
@@ -311,7 +325,7 @@ async fn pump(
 ) -> End {
     let c = &shared.counters;
     let _open = OpenGauge::new(&c.open_outbound);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let max = shared.config.max_frame_bytes as usize;
     let mut batch = MessageBatch::default();
     loop {
@@ -360,7 +374,10 @@ async fn pump(
         }
         let written = tokio::select! {
             _ = Shared::stopped(shutdown) => return End::Stop,
-            r = tokio::time::timeout(shared.config.write_timeout, wr.write_all(buf)) => r,
+            r = tokio::time::timeout(shared.config.write_timeout, async {
+                wr.write_all(buf).await?;
+                wr.flush().await
+            }) => r,
         };
         let failure = match written {
             Ok(Ok(())) => None,
@@ -387,7 +404,7 @@ async fn pump(
 
 /// Resolves when the listener closes the connection (it never writes, so
 /// any byte is a protocol violation, and also ends the connection).
-async fn closed_by_peer(rd: &mut OwnedReadHalf) -> String {
+async fn closed_by_peer(rd: &mut ReadHalf<PeerStream>) -> String {
     let mut probe = [0u8; 64];
     match rd.read(&mut probe).await {
         Ok(0) => "closed by the peer".to_owned(),

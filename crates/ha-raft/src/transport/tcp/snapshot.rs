@@ -12,12 +12,12 @@ use bytes::Bytes;
 use ha_core::eraftpb::Message;
 use ha_core::{MessageSink, NodeId, SnapshotOutcome, StorageError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::inbound::Failure;
 use super::outbound::connect;
 use super::stats::add;
+use super::stream::PeerStream;
 use super::wire::{self, ConnKind, Hello, LEN_PREFIX, Reject, tag};
 use super::{OpenGauge, Shared};
 
@@ -193,7 +193,7 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// Waits for the receiver's answer after the end marker.
-async fn read_ack(stream: &mut TcpStream, idle: Duration) -> Result<(), String> {
+async fn read_ack(stream: &mut PeerStream, idle: Duration) -> Result<(), String> {
     let read = async {
         let mut prefix = [0u8; LEN_PREFIX];
         stream.read_exact(&mut prefix).await?;
@@ -251,7 +251,7 @@ impl Drop for Slot<'_> {
 /// unless the engine verified the whole snapshot.
 pub(crate) async fn receive(
     shared: &Shared,
-    rd: &mut BufReader<TcpStream>,
+    rd: &mut BufReader<PeerStream>,
     hello: Hello,
 ) -> Result<(), Failure> {
     let _open = OpenGauge::new(&shared.counters.open_snapshot_streams);

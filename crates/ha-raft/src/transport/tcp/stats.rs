@@ -52,6 +52,9 @@ pub(crate) struct Counters {
     snapshot_idle: AtomicU64,
     unknown_call_id: AtomicU64,
     call_stalled: AtomicU64,
+    tls_handshake: AtomicU64,
+    wrong_identity: AtomicU64,
+    too_many_connections: AtomicU64,
 }
 
 pub(crate) fn add(c: &AtomicU64, n: u64) {
@@ -80,6 +83,9 @@ impl Counters {
             Reject::SnapshotIdle => &self.snapshot_idle,
             Reject::UnknownCallId(_) => &self.unknown_call_id,
             Reject::CallStalled => &self.call_stalled,
+            Reject::TlsHandshake => &self.tls_handshake,
+            Reject::WrongIdentity(_) => &self.wrong_identity,
+            Reject::TooManyConnections => &self.too_many_connections,
         };
         add(c, 1);
     }
@@ -133,6 +139,9 @@ impl Counters {
                 snapshot_idle: get(&self.snapshot_idle),
                 unknown_call_id: get(&self.unknown_call_id),
                 call_stalled: get(&self.call_stalled),
+                tls_handshake: get(&self.tls_handshake),
+                wrong_identity: get(&self.wrong_identity),
+                too_many_connections: get(&self.too_many_connections),
             },
         }
     }
@@ -269,6 +278,15 @@ pub struct TcpRejections {
     pub unknown_call_id: u64,
     /// Left a call frame unfinished past `call_stall_timeout`.
     pub call_stalled: u64,
+    /// Failed the TLS handshake: no certificate, one the CA did not sign,
+    /// an expired one, or not TLS at all (a plaintext peer).
+    pub tls_handshake: u64,
+    /// Claimed in its hello to be a member its TLS certificate does not
+    /// name.
+    pub wrong_identity: u64,
+    /// Came while `max_inbound_connections`, `max_inbound_per_ip` or
+    /// `max_connections_per_peer` was reached; closed unread.
+    pub too_many_connections: u64,
 }
 
 impl TcpRejections {
@@ -289,5 +307,8 @@ impl TcpRejections {
             + self.snapshot_idle
             + self.unknown_call_id
             + self.call_stalled
+            + self.tls_handshake
+            + self.wrong_identity
+            + self.too_many_connections
     }
 }

@@ -123,6 +123,15 @@ pub(crate) enum Reject {
     UnknownCallId(u64),
     /// A call frame begun but not completed within the stall timeout.
     CallStalled,
+    /// The TLS handshake failed (no or an untrusted or expired certificate,
+    /// or not TLS at all).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    TlsHandshake,
+    /// The hello names a sender the TLS certificate does not name.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    WrongIdentity(NodeId),
+    /// A connection limit was reached.
+    TooManyConnections,
 }
 
 impl std::fmt::Display for Reject {
@@ -152,6 +161,14 @@ impl std::fmt::Display for Reject {
             }
             Reject::UnknownCallId(id) => write!(f, "reply to call {id}, which was never made"),
             Reject::CallStalled => write!(f, "call frame not completed within the stall timeout"),
+            Reject::TlsHandshake => write!(f, "TLS handshake failed"),
+            Reject::WrongIdentity(n) => {
+                write!(
+                    f,
+                    "hello claims member {n}, which its certificate does not name"
+                )
+            }
+            Reject::TooManyConnections => write!(f, "connection limit reached"),
         }
     }
 }

@@ -1,0 +1,238 @@
+//! The client API's listener: optional TLS, connection limits, a deadline
+//! for the TLS handshake and for each request's headers, and a bound on
+//! requests in flight per connection. Connections are served by hyper
+//! (HTTP/1.1) one task each; a stop drains them gracefully.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use ha_raft::tls::PeerTls;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::limit::ConcurrencyLimit;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The client API's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once; one more is closed at once, unread.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// A TLS handshake, and each request's headers, must complete within
+    /// this time, or the connection is closed (an idle keep-alive
+    /// connection too).
+    pub handshake_timeout: Duration,
+    /// Requests in flight on one connection. With HTTP/1.1 a connection
+    /// carries one request at a time (pipelined ones wait unread), so
+    /// this is a ceiling that matters only if HTTP/2 is ever enabled.
+    pub max_in_flight_per_connection: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            max_connections_per_ip: 256,
+            handshake_timeout: Duration::from_secs(10),
+            max_in_flight_per_connection: 16,
+        }
+    }
+}
+
+/// Counters of the client API's listener (exported on `/metrics`).
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    /// Connections accepted and served.
+    pub accepted: Counter,
+    /// Connections closed at once because a limit was reached.
+    pub over_limit: Counter,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: Counter,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A connection counted in the limits until dropped.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn admit(open: &Arc<Mutex<Open>>, limits: &HttpLimits, ip: IpAddr) -> Option<Slot> {
+    let mut o = open.lock();
+    let from_ip = o.per_ip.get(&ip).copied().unwrap_or(0);
+    if o.total >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+        return None;
+    }
+    o.total += 1;
+    *o.per_ip.entry(ip).or_default() += 1;
+    Some(Slot {
+        open: open.clone(),
+        ip,
+    })
+}
+
+/// A client connection's bytes: plain TCP or TLS.
+enum HttpIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for HttpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for HttpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            HttpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `stop` resolves, then lets open
+/// requests finish for up to `drain` (watch streams end once the member
+/// stopped) and closes what is left.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<Arc<PeerTls>>,
+    counters: Arc<HttpCounters>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let open = Arc::new(Mutex::new(Open::default()));
+    let graceful = GracefulShutdown::new();
+    // Connection tasks: reaped as they end; aborted if the drain runs out.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, remote): (TcpStream, SocketAddr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Some(slot) = admit(&open, &limits, remote.ip()) else {
+            counters.over_limit.inc();
+            tracing::debug!(%remote, "HTTP connection limit reached; connection closed");
+            continue;
+        };
+        counters.accepted.inc();
+        let _ = tcp.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let router = router.clone();
+        let tls = tls.clone();
+        let counters = counters.clone();
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let _slot = slot;
+            let io = match tls {
+                None => HttpIo::Plain(tcp),
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                    match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(s)) => HttpIo::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            counters.tls_failed.inc();
+                            tracing::info!(%remote, error = %e, "HTTP TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            counters.tls_failed.inc();
+                            tracing::info!(%remote, "HTTP TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let service = TowerToHyperService::new(ConcurrencyLimit::new(
+                router,
+                limits.max_in_flight_per_connection,
+            ));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.handshake_timeout)
+                .serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still open after {drain:?}; stopping anyway");
+    }
+    tasks.abort_all();
+}
