@@ -212,6 +212,21 @@ struct Endpoint {
 
 impl Endpoint {
     async fn start() -> Endpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let port = listener.local_addr().expect("local addr").port();
+        Endpoint::serving(port, |app| async move {
+            let _ = axum::serve(listener, app).await;
+        })
+    }
+
+    /// The `/health` app on `port`, served by `serve` (plain HTTP above; the
+    /// HTTPS tests serve it over TLS).
+    fn serving<F>(port: u16, serve: impl FnOnce(axum::Router) -> F) -> Endpoint
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = healthy.clone();
         let app = axum::Router::new().route(
@@ -227,17 +242,10 @@ impl Endpoint {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
         Endpoint {
             port,
             healthy,
-            task,
+            task: tokio::spawn(serve(app)),
         }
     }
 }

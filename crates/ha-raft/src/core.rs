@@ -576,27 +576,31 @@ impl<L: LogStore> Core<L> {
         }
     }
 
-    /// Whether this member leads with a read lease at `now`.
-    pub(crate) fn holds_lease(&mut self, now: Instant) -> bool {
+    /// When this member's read lease ends, if it leads in a term in which
+    /// no transfer started and holds a lease of that term (validity against
+    /// the clock is the caller's).
+    fn lease_end(&mut self) -> Option<Instant> {
         self.observe_transfer();
         let term = self.raw.raft.term;
-        self.is_leader()
-            && self.transfer_term != Some(term)
-            && self.lease.is_some_and(|l| l.term == term && now < l.until)
+        let lease = self.lease.filter(|l| l.term == term)?;
+        (self.is_leader() && self.transfer_term != Some(term)).then_some(lease.until)
+    }
+
+    /// Whether this member leads with a read lease at `now`.
+    fn holds_lease(&mut self, now: Instant) -> bool {
+        self.lease_end().is_some_and(|until| now < until)
     }
 
     /// The lease to publish at the end of a turn (see [`LeaseGrant`]); none
-    /// unless this member leads in a term with no transfer and a lease of
-    /// that term. Validity against the clock is checked by the reader.
+    /// unless [`Core::lease_end`] has one. Validity against the clock is
+    /// checked by the reader.
     pub(crate) fn lease_grant(&mut self) -> Option<LeaseGrant> {
         if self.bugs.raft_lease_based {
             return None;
         }
-        self.observe_transfer();
-        let term = self.raw.raft.term;
-        let lease = self.lease.filter(|l| l.term == term)?;
-        (self.is_leader() && self.transfer_term != Some(term)).then(|| LeaseGrant {
-            until: lease.until,
+        let until = self.lease_end()?;
+        Some(LeaseGrant {
+            until,
             commit: self.commit(),
         })
     }

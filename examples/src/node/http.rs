@@ -5,11 +5,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,8 +16,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
 use tower::limit::ConcurrencyLimit;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors).
@@ -105,50 +102,7 @@ fn admit(open: &Arc<Mutex<Open>>, limits: &HttpLimits, ip: IpAddr) -> Option<Slo
 }
 
 /// A client connection's bytes: plain TCP or TLS.
-enum HttpIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for HttpIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            HttpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for HttpIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            HttpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            HttpIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            HttpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            HttpIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+type HttpIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Serves `router` on `listener` until `stop` resolves, then lets open
 /// requests finish for up to `drain` (watch streams end once the member
@@ -194,13 +148,13 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
             let _slot = slot;
-            let io = match tls {
-                None => HttpIo::Plain(tcp),
+            let io: HttpIo = match tls {
+                None => Either::Left(tcp),
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await
                     {
-                        Ok(Ok(s)) => HttpIo::Tls(Box::new(s)),
+                        Ok(Ok(s)) => Either::Right(Box::new(s)),
                         Ok(Err(e)) => {
                             counters.tls_failed.inc();
                             tracing::info!(%remote, error = %e, "HTTP TLS handshake failed");

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ha_discovery::{HealthCheck, HealthChecker, HealthStatus, InstanceFilter, ServiceInstance};
@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::{Group, eventually, health_everywhere, local_ids};
+use super::{Endpoint, Group, eventually, health_everywhere, local_ids};
 
 /// An axum listener that does the TLS handshake of each connection.
 struct TlsListener {
@@ -49,72 +49,38 @@ impl axum::serve::Listener for TlsListener {
 
 /// A local HTTPS endpoint (self-signed for 127.0.0.1) whose `/health`
 /// answers 200 or 503 at the test's command.
-struct TlsEndpoint {
-    port: u16,
-    healthy: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsEndpoint {
-    async fn start() -> TlsEndpoint {
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
-            .expect("self-signed certificate");
-        let cert = CertificateDer::from(certified.cert.der().to_vec());
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
-        let config = ServerConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .expect("server certificate");
-        let healthy = Arc::new(AtomicBool::new(true));
-        let flag = healthy.clone();
-        let app = axum::Router::new().route(
-            "/health",
-            axum::routing::get(move || {
-                let flag = flag.clone();
-                async move {
-                    if flag.load(Ordering::SeqCst) {
-                        axum::http::StatusCode::OK
-                    } else {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    }
-                }
-            }),
-        );
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let port = tcp.local_addr().expect("local addr").port();
-        let listener = TlsListener {
-            tcp,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-        };
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        TlsEndpoint {
-            port,
-            healthy,
-            task,
-        }
-    }
-}
-
-impl Drop for TlsEndpoint {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+async fn start_tls_endpoint() -> Endpoint {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .expect("self-signed certificate");
+    let cert = CertificateDer::from(certified.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    let config = ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server certificate");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let port = tcp.local_addr().expect("local addr").port();
+    let listener = TlsListener {
+        tcp,
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+    };
+    Endpoint::serving(port, |app| async move {
+        let _ = axum::serve(listener, app).await;
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_https_endpoint_goes_unhealthy_then_healthy_and_certificates_are_verified() {
     let g = Group::start().await;
-    let endpoint = TlsEndpoint::start().await;
+    let endpoint = start_tls_endpoint().await;
     let mut checkers = Vec::new();
     for i in 0..3 {
         let session = g.session(i).await;

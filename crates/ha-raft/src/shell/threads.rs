@@ -175,12 +175,7 @@ impl<L: LogStore> RaftThread<L> {
                     .store(self.core.commit(), Ordering::Relaxed);
                 // Before this turn's messages leave and its committed
                 // entries reach the apply thread (`dispatch`): see LeaseGrant.
-                let grant = self.core.lease_grant();
-                let mut published = self.shared.lease.lock();
-                if *published != grant {
-                    *published = grant;
-                }
-                drop(published);
+                *self.shared.lease.lock() = self.core.lease_grant();
                 if ticked || out.leader_changed.is_some() {
                     self.shared.publish_status(self.core.status());
                 }
