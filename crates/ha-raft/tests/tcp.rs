@@ -2224,6 +2224,8 @@ mod tls {
                 g.propose(target).await;
                 g.assert_no_fatal();
             }
+            let s = g.transport(target).stats();
+            assert_eq!(s.rejected.total(), 5, "{s:?}");
             // The dialer's side: member 1 does not pass for member 2.
             let probe = client_config(&[&ca_pem], Some(&ca.issue(&["member-2"], false)));
             let tcp = TcpStream::connect(addr).await.unwrap();
@@ -2234,8 +2236,15 @@ mod tls {
                 as_two.is_err(),
                 "a member's certificate passed for another member's"
             );
+            // The probe's abort reaches member 1 as a failed handshake,
+            // counted once it has read the alert (not before the probe
+            // returns, hence eventually).
+            eventually("the aborted handshake: counted", || {
+                g.transport(target).stats().rejected.tls_handshake == s.rejected.tls_handshake + 1
+            })
+            .await;
             let s = g.transport(target).stats();
-            assert_eq!(s.rejected.total(), 5, "{s:?}");
+            assert_eq!(s.rejected.total(), 6, "{s:?}");
             g.converged().await;
             g.assert_no_fatal();
             g.shutdown().await;
