@@ -28,6 +28,49 @@ pub(crate) enum Request {
     },
     /// The KV workload.
     Kv(KvRequest),
+    /// A call of a [`super::SimKv`] (code under test, such as a recipe):
+    /// its bytes wait on the board (see [`Board::call_raw`]).
+    Raw(RawKind),
+}
+
+/// What a [`super::SimKv`] call asks of a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RawKind {
+    /// Propose an encoded `KvCommand`.
+    Propose,
+    /// Answer an encoded `KvQuery` at this consistency.
+    Read(Consistency),
+    /// Renew a lease (the leader's lease manager; followers forward).
+    KeepAlive(i64),
+    /// A lease's time left (the leader's lease manager).
+    TimeToLive(i64),
+    /// Open a watch on the member's hub.
+    Watch,
+}
+
+/// What a raw call carries besides its kind.
+pub(crate) enum RawPayload {
+    Bytes(Vec<u8>),
+    Watch(ha_core::WatchRequest, super::kvclient::WatchFeed),
+}
+
+/// What a raw call got back, besides its [`Reply`].
+#[derive(Debug)]
+pub(crate) enum RawResult {
+    /// The machine's encoded reply (to a command or a query).
+    Bytes(bytes::Bytes),
+    /// A lease call answered by the leader `leader` in `term`.
+    Lease {
+        ttl: std::time::Duration,
+        leader: u64,
+        term: u64,
+    },
+    /// The lease manager refused.
+    Refused(crate::kv::lease::Refusal),
+    /// The watch is open on the member under this id.
+    Watching(ha_core::WatchId),
+    /// The engine failed the call.
+    Error(ha_core::Error),
 }
 
 impl Request {
@@ -37,6 +80,7 @@ impl Request {
             Request::Write { .. } => true,
             Request::Read { .. } => false,
             Request::Kv(r) => r.is_write(),
+            Request::Raw(k) => *k == RawKind::Propose,
         }
     }
 }
@@ -73,6 +117,8 @@ struct BoardInner {
     submitted: Vec<Submitted>,
     replies: BTreeMap<u64, Reply>,
     wakers: BTreeMap<u64, Waker>,
+    payloads: BTreeMap<u64, RawPayload>,
+    raw_results: BTreeMap<u64, RawResult>,
 }
 
 /// Where clients leave requests and find replies.
@@ -97,6 +143,36 @@ impl Board {
         }
     }
 
+    /// Submits a raw call (see [`Request::Raw`]).
+    pub(crate) fn call_raw(
+        &self,
+        client: u64,
+        member: usize,
+        kind: RawKind,
+        payload: RawPayload,
+    ) -> ReplyFuture {
+        let mut b = self.0.lock();
+        let id = b.next_id;
+        b.payloads.insert(id, payload);
+        drop(b);
+        self.call(client, member, Request::Raw(kind))
+    }
+
+    /// The payload of raw call `id` (once).
+    pub(crate) fn take_payload(&self, id: u64) -> Option<RawPayload> {
+        self.0.lock().payloads.remove(&id)
+    }
+
+    /// Leaves what raw call `id` got, for its caller.
+    pub(crate) fn set_raw_result(&self, id: u64, result: RawResult) {
+        self.0.lock().raw_results.insert(id, result);
+    }
+
+    /// What raw call `id` got (once), after its reply.
+    pub(crate) fn take_raw_result(&self, id: u64) -> Option<RawResult> {
+        self.0.lock().raw_results.remove(&id)
+    }
+
     /// The requests submitted since the last call, in order.
     pub(crate) fn take_submitted(&self) -> Vec<Submitted> {
         std::mem::take(&mut self.0.lock().submitted)
@@ -117,7 +193,7 @@ impl Board {
 /// The future of [`Board::call`].
 pub(crate) struct ReplyFuture {
     board: Board,
-    id: u64,
+    pub(crate) id: u64,
 }
 
 impl Future for ReplyFuture {

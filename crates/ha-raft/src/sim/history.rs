@@ -33,6 +33,15 @@ pub enum OpKind {
     KeepAlive,
     /// KV workload: revoke lease `lease`, deleting its keys.
     LeaseRevoke,
+    /// A call of code under test through a `SimKv` that changes nothing
+    /// (a read, a lease renewal, a watch): not checked by the history
+    /// checks; its own test checks what the code promises.
+    Opaque,
+    /// A proposal of code under test through a `SimKv` (a recipe's put,
+    /// delete, txn, lease grant or revocation): not checked either, but it
+    /// may explain up to two revisions no workload operation claims (its
+    /// own, and the expiry of a lease it granted).
+    OpaqueWrite,
 }
 
 impl OpKind {
@@ -47,6 +56,7 @@ impl OpKind {
                 | OpKind::Compact
                 | OpKind::LeaseGrant
                 | OpKind::LeaseRevoke
+                | OpKind::OpaqueWrite
         )
     }
 
@@ -60,7 +70,10 @@ impl OpKind {
 
     /// An operation of the KV workload.
     pub fn is_kv(self) -> bool {
-        !matches!(self, OpKind::Write | OpKind::Read)
+        !matches!(
+            self,
+            OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite
+        )
     }
 }
 

@@ -43,6 +43,7 @@ mod executor;
 mod faults;
 mod history;
 mod kv;
+mod kvclient;
 mod kvload;
 mod member;
 mod net;
@@ -56,6 +57,7 @@ pub use check::{Violation, check_history};
 pub use history::{
     Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, read_history, write_history,
 };
+pub use kvclient::{SimContext, SimKv, SimTask};
 
 use crate::InjectedBug;
 
@@ -355,7 +357,33 @@ fn history_slice<'a>(history: &'a [HistoryOp], v: &Violation) -> Vec<&'a History
 
 /// Runs one seed.
 pub fn run_seed(cfg: &SimConfig, seed: u64) -> SeedReport {
-    world::run(cfg, seed)
+    world::run(cfg, seed, &mut |_| {})
+}
+
+/// Runs one seed with code under test as clients of the group: `setup`
+/// is called once, before the faults start, with a [`SimContext`] that
+/// makes [`SimKv`] clients (a `KvClient` of the simulated group), gives
+/// the virtual clock and a spawner, and starts client tasks. The run goes
+/// on as [`run_seed`]'s does — the built-in workload (if `cfg` has
+/// clients), the faults, the checks — and ends once every client task
+/// finished and the quiet period passed; a client task that never
+/// finishes fails the run for liveness.
+///
+/// `cfg.workload` must be [`Workload::Kv`] (the members run the MVCC
+/// machine). The built-in workload owns the keys `k<n>` and `l<n>`; code
+/// under test should use others (e.g. starting with `/`). The same seed
+/// replays the same run as long as the code under test draws its choices
+/// from [`SimContext::seed`] and time from [`SimContext::clock`].
+///
+/// # Panics
+/// If `cfg.workload` is not [`Workload::Kv`].
+pub fn run_seed_with(cfg: &SimConfig, seed: u64, mut setup: impl FnMut(&SimContext)) -> SeedReport {
+    assert_eq!(
+        cfg.workload,
+        Workload::Kv,
+        "run_seed_with needs the KV workload (SimConfig::kv)"
+    );
+    world::run(cfg, seed, &mut setup)
 }
 
 /// Reads a JSON-lines history (see `docs/SIM.md`) and checks it.

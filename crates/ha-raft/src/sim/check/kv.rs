@@ -116,7 +116,9 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
         ),
         OpKind::KeepAlive => format!("keep-alive lease {}", i.lease.unwrap_or(0)),
         OpKind::LeaseRevoke => format!("revoke lease {}", i.lease.unwrap_or(0)),
-        OpKind::Write | OpKind::Read => format!("{:?}", op.op),
+        OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite => {
+            format!("{:?}", op.op)
+        }
     };
     let o = &op.outputs;
     let mut result = format!("{:?}", op.outcome);
@@ -421,6 +423,11 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
     let leases = ops
         .iter()
         .filter(|o| o.op == OpKind::LeaseGrant && o.outcome != Outcome::Fail)
+        .count();
+    // Code under test's proposals (see `OpKind::OpaqueWrite`).
+    unplaced += 2 * ops
+        .iter()
+        .filter(|o| o.op == OpKind::OpaqueWrite && o.outcome != Outcome::Fail)
         .count();
     if leases > 0 {
         unplaced += leases;

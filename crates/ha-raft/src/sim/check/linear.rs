@@ -77,6 +77,20 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
     };
     let what = match op.op {
         k if k.is_kv() => super::kv::describe_kv(op),
+        OpKind::Opaque | OpKind::OpaqueWrite => format!(
+            "{} call -> {:?}{}",
+            if op.op == OpKind::Opaque {
+                "read"
+            } else {
+                "write"
+            },
+            op.outcome,
+            op.outputs
+                .error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        ),
         OpKind::Write => format!(
             "write {}={} -> {:?}{}",
             op.inputs.key,

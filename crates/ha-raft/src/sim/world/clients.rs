@@ -3,6 +3,7 @@
 
 use ha_core::Error;
 
+use super::raw::RawStep;
 use super::{Event, FINAL_CLIENT, GRACE, OpenRequest, World, key_name};
 use crate::core::{Outbox, ReadReady};
 use crate::sim::check::describe;
@@ -39,6 +40,17 @@ impl World {
                 },
             ),
             Request::Kv(r) => r.describe(),
+            Request::Raw(kind) => (
+                if kind == crate::sim::client::RawKind::Propose {
+                    OpKind::OpaqueWrite
+                } else {
+                    OpKind::Opaque
+                },
+                Inputs {
+                    key: "*".to_owned(),
+                    ..Inputs::default()
+                },
+            ),
         };
         debug_assert_eq!(id, self.ops.len() as u64, "request ids are dense");
         self.ops.push(HistoryOp {
@@ -93,6 +105,16 @@ impl World {
             Request::Kv(KvRequest::KeepAlive { lease }) => {
                 return self.keep_alive(id, m, lease);
             }
+            Request::Raw(kind) => match self.raw_request(id, m, kind, &mut out) {
+                RawStep::Done => return,
+                RawStep::Drive => false,
+                RawStep::Serializable => true,
+                RawStep::Dispatch => {
+                    self.counters.lease_reads += 1;
+                    self.counters.lease_hits += 1;
+                    return self.dispatch(m, out);
+                }
+            },
             Request::Write { key, value } => {
                 p.next_seq += 1;
                 p.proposals.insert(p.next_seq, id);
@@ -183,21 +205,7 @@ impl World {
     /// else forwarded to the leader it knows (as `KvNode` does), if that
     /// one runs and the link between them is up both ways.
     fn keep_alive(&mut self, id: u64, m: usize, lease: i64) {
-        let Some(p) = self.members[m].proc.as_ref() else {
-            return;
-        };
-        let target = if p.core.is_leader() {
-            Some(m)
-        } else {
-            p.core
-                .leader()
-                .leader
-                .and_then(|n| (n.0 as usize).checked_sub(1))
-                .filter(|&l| l < self.members.len())
-        };
-        let Some(l) = target.filter(|&l| {
-            self.up(l) && (l == m || !(self.net.is_cut(m, l) || self.net.is_cut(l, m)))
-        }) else {
+        let Some(l) = self.lease_target(m) else {
             return self.complete(id, Outcome::Fail, Outputs::error("no leader reachable"));
         };
         let now = self.instant_of(l);
@@ -221,7 +229,31 @@ impl World {
         }
     }
 
+    /// Where member `m` sends a lease call: itself if it leads, else the
+    /// leader it knows, if that one runs and the link between them is up
+    /// both ways.
+    pub(super) fn lease_target(&self, m: usize) -> Option<usize> {
+        let p = self.members[m].proc.as_ref()?;
+        let target = if p.core.is_leader() {
+            Some(m)
+        } else {
+            p.core
+                .leader()
+                .leader
+                .and_then(|n| (n.0 as usize).checked_sub(1))
+                .filter(|&l| l < self.members.len())
+        };
+        target.filter(|&l| {
+            self.up(l) && (l == m || !(self.net.is_cut(m, l) || self.net.is_cut(l, m)))
+        })
+    }
+
     pub(super) fn fail_call(&mut self, id: u64, error: &Error) {
+        if let Some(Request::Raw(_)) = self.open.get(&id).map(|r| r.request) {
+            self.raw_queries.remove(&id);
+            self.board
+                .set_raw_result(id, crate::sim::client::RawResult::Error(error.clone()));
+        }
         // A proposal that never left a process that then died cannot apply.
         let outcome = if error.is_not_applied() || matches!(error, Error::Shutdown) {
             Outcome::Fail

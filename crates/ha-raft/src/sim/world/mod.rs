@@ -9,6 +9,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ha_core::eraftpb::{Message, MessageType};
@@ -20,6 +22,7 @@ use super::executor::{Executor, MICROS, MILLIS, Nanos, SECONDS, SimClock};
 use super::faults::{self, PlannedFault};
 use super::history::{HistoryOp, Outcome, Outputs};
 use super::kv::ApplySink;
+use super::kvclient::{SimContext, SpawnQueue};
 use super::kvload::{KvTruth, RevisionSink};
 use super::member::Member;
 use super::net::{NetParams, Network};
@@ -33,6 +36,7 @@ mod clients;
 mod finish;
 mod membership;
 mod process;
+mod raw;
 mod snapshots;
 mod watches;
 
@@ -251,12 +255,24 @@ struct World {
     install_rng: SimRng,
     /// The chance of such a crash per install, this seed.
     install_crash: f64,
+    /// Raw reads (of `SimKv`s) waiting for their answer: their queries.
+    raw_queries: BTreeMap<u64, Vec<u8>>,
+    /// Watches of `SimKv`s, by watch key.
+    raw_watches: BTreeMap<u64, raw::RawWatch>,
+    raw_watch_log: raw::RawWatchLog,
+    next_watch: Arc<AtomicU64>,
+    /// Tasks spawned by code under test, not on the executor yet.
+    spawned: SpawnQueue,
+    /// Client tasks (the workload's and the code under test's) not
+    /// finished yet: the run ends when none is left.
+    client_tasks: Arc<AtomicUsize>,
 }
 
-/// Runs one seed to the end and reports.
-pub(crate) fn run(cfg: &SimConfig, seed: u64) -> SeedReport {
+/// Runs one seed to the end and reports; `setup` starts the code under
+/// test's clients (see [`super::run_seed_with`]).
+pub(crate) fn run(cfg: &SimConfig, seed: u64, setup: &mut dyn FnMut(&SimContext)) -> SeedReport {
     let mut world = World::new(cfg, seed);
-    let outcome = catch_unwind(AssertUnwindSafe(|| world.run()));
+    let outcome = catch_unwind(AssertUnwindSafe(|| world.run(setup)));
     if let Err(p) = outcome {
         let msg = p
             .downcast_ref::<&str>()
@@ -459,6 +475,12 @@ impl World {
             heal_at: CHAOS_START + nanos(cfg.chaos),
             install_rng,
             install_crash,
+            raw_queries: BTreeMap::new(),
+            raw_watches: BTreeMap::new(),
+            raw_watch_log: raw::RawWatchLog::default(),
+            next_watch: Arc::default(),
+            spawned: SpawnQueue::default(),
+            client_tasks: Arc::default(),
         }
     }
 
@@ -541,6 +563,10 @@ impl World {
         self.halted = true;
     }
 
+    fn clients_live(&self) -> usize {
+        self.client_tasks.load(Ordering::SeqCst)
+    }
+
     fn up(&self, m: usize) -> bool {
         self.members[m].proc.is_some()
     }
@@ -564,7 +590,7 @@ impl World {
     /// time would pass `limit` (false).
     fn run_until(&mut self, limit: Nanos, done: impl Fn(&World) -> bool) -> bool {
         loop {
-            self.exec.run_until_stalled();
+            self.run_tasks();
             self.take_requests();
             if self.halted {
                 return false;
@@ -687,7 +713,24 @@ impl World {
         }
     }
 
-    fn run(&mut self) {
+    /// Runs the clients (and what they spawned) until none is ready.
+    fn run_tasks(&mut self) {
+        loop {
+            let spawned = std::mem::take(&mut *self.spawned.lock());
+            if spawned.is_empty() {
+                self.exec.run_until_stalled();
+                if self.spawned.lock().is_empty() {
+                    return;
+                }
+                continue;
+            }
+            for task in spawned {
+                self.exec.spawn(task);
+            }
+        }
+    }
+
+    fn run(&mut self, setup: &mut dyn FnMut(&SimContext)) {
         let n = self.members.len();
         for m in 0..n {
             self.start(m);
@@ -706,14 +749,33 @@ impl World {
             self.cfg.workload == super::Workload::Kv,
         );
         for (c, plan) in plans.into_iter().enumerate() {
-            self.exec.spawn(run_client(
+            let client = run_client(
                 self.board.clone(),
                 self.clock.clone(),
                 c as u64 + 1,
                 n,
                 plan,
-            ));
+            );
+            let done = TaskDone::new(&self.client_tasks);
+            self.exec.spawn(async move {
+                client.await;
+                drop(done);
+            });
         }
+        let base = &self.members[0].cfg;
+        let context = SimContext {
+            board: self.board.clone(),
+            clock: self.clock.clone(),
+            members: n,
+            seed: self.seed,
+            spawned: self.spawned.clone(),
+            live: self.client_tasks.clone(),
+            next_client: AtomicU64::new(0),
+            next_watch: self.next_watch.clone(),
+            min_ttl: base.tick_interval * base.max_election_tick as u32 * 3 / 2,
+            request_timeout: base.request_timeout,
+        };
+        setup(&context);
         let heal_at = CHAOS_START + chaos;
         if self.cfg.workload == super::Workload::Kv {
             self.plan_watches(CHAOS_START, chaos);
@@ -727,13 +789,14 @@ impl World {
         self.at(heal_at, Event::Heal);
         let settled = heal_at + quiet;
         if !self.run_until(GIVE_UP_AFTER, |w| {
-            w.healed && w.exec.live() == 0 && w.now >= settled && w.member_ops_done()
+            w.healed && w.clients_live() == 0 && w.now >= settled && w.member_ops_done()
         }) {
             if !self.halted {
                 self.fail(Violation::new(
                     LIVENESS,
                     format!(
-                        "the clients did not finish ({} still running)",
+                        "the clients did not finish ({} still running, {} tasks in all)",
+                        self.clients_live(),
                         self.exec.live()
                     ),
                 ));
@@ -741,5 +804,21 @@ impl World {
             return;
         }
         self.final_checks();
+    }
+}
+
+/// Counts a client task down when it ends.
+struct TaskDone(Arc<AtomicUsize>);
+
+impl TaskDone {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        TaskDone(live.clone())
+    }
+}
+
+impl Drop for TaskDone {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

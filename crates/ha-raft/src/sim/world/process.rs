@@ -287,6 +287,7 @@ impl World {
         }
         drop(p);
         self.watches_lost(m);
+        self.raw_watches_lost(m);
         let member = &mut self.members[m];
         member.life += 1;
         member.paused_until = 0;
@@ -741,6 +742,10 @@ impl World {
         self.take_observed();
         for (id, response) in completed {
             let (outcome, outputs) = match self.open.get(&id).map(|r| r.request) {
+                Some(Request::Raw(_)) => {
+                    self.raw_applied(id, response);
+                    continue;
+                }
                 Some(Request::Kv(_)) => kvload::outputs_of(&response),
                 _ => (
                     Outcome::Ok,
@@ -779,6 +784,7 @@ impl World {
             return;
         };
         let key = match self.open.get(&id).map(|r| r.request) {
+            Some(Request::Raw(_)) => return self.answer_raw_read(m, id),
             Some(Request::Read { key, .. }) => key,
             Some(Request::Kv(r)) => {
                 let at = self.ops[id as usize].inputs.revision.unwrap_or(0);

@@ -191,6 +191,7 @@ impl World {
                 }
             }
         }
+        self.flush_raw_watches();
     }
 
     /// Member `m`'s process is gone: its watches end; their sessions

@@ -1,0 +1,365 @@
+//! The world's side of [`crate::sim::SimKv`]: raw calls (encoded commands
+//! and queries, lease calls, watches) from code under test, served through
+//! the same paths as the built-in workload's requests.
+//!
+//! Watches: a raw watcher's sink only logs what its hub hands it; the log
+//! is flushed into the watch streams in watch order after every hub step
+//! (the hub offers in map order), so a seed replays the same wake-ups.
+
+use std::sync::Arc;
+
+use ha_core::{
+    ClusterId, Error, NodeId, ResponseHeader, WatchCancelReason, WatchId, WatchResponse,
+};
+use parking_lot::Mutex;
+
+use super::World;
+use crate::core::{Outbox, ReadReady};
+use crate::kv::lease::Refusal;
+use crate::kv::watch::{Delivery, Offer, WatchSink};
+use crate::sim::client::{RawKind, RawPayload, RawResult};
+use crate::sim::history::{Consistency, Outcome, Outputs};
+use crate::sim::kvclient::{WatchControls, WatchOp, WatchSender};
+
+/// What raw watchers' sinks were handed, by watch key.
+pub(crate) type RawWatchLog = Arc<Mutex<Vec<(u64, Result<Delivery, Error>)>>>;
+
+/// A watch of code under test, open on a member's hub.
+pub(crate) struct RawWatch {
+    member: usize,
+    life: u64,
+    id: WatchId,
+    tx: WatchSender,
+    controls: WatchControls,
+    /// The first revision not sent yet (for the cancel on a member's loss).
+    next: i64,
+}
+
+struct RawSink {
+    key: u64,
+    log: RawWatchLog,
+}
+
+impl WatchSink for RawSink {
+    fn offer(&mut self, delivery: Delivery) -> Offer {
+        self.log.lock().push((self.key, Ok(delivery)));
+        Offer::Sent
+    }
+
+    fn has_room(&self) -> bool {
+        true
+    }
+
+    fn close(&mut self, error: Error) {
+        self.log.lock().push((self.key, Err(error)));
+    }
+}
+
+impl World {
+    /// A raw call reaches member `m` (running): `out` gathers what the
+    /// core does; returns true when a serializable read was queued.
+    pub(super) fn raw_request(
+        &mut self,
+        id: u64,
+        m: usize,
+        kind: RawKind,
+        out: &mut Outbox,
+    ) -> RawStep {
+        let instant = self.instant_of(m);
+        let deadline = instant + std::time::Duration::from_nanos(self.request_timeout);
+        let payload = self.board.take_payload(id);
+        match kind {
+            RawKind::KeepAlive(lease) | RawKind::TimeToLive(lease) => {
+                self.raw_lease_call(id, m, kind, lease);
+                RawStep::Done
+            }
+            RawKind::Watch => {
+                let Some(RawPayload::Watch(request, feed)) = payload else {
+                    self.complete(id, Outcome::Fail, Outputs::error("no watch request"));
+                    return RawStep::Done;
+                };
+                self.raw_watch_open(id, m, request, feed);
+                RawStep::Done
+            }
+            RawKind::Propose => {
+                let Some(RawPayload::Bytes(bytes)) = payload else {
+                    self.complete(id, Outcome::Fail, Outputs::error("no command"));
+                    return RawStep::Done;
+                };
+                let Some(p) = self.members[m].proc.as_mut() else {
+                    return RawStep::Done;
+                };
+                p.next_seq += 1;
+                p.proposals.insert(p.next_seq, id);
+                p.core.propose(p.next_seq, bytes, deadline, instant, out);
+                RawStep::Drive
+            }
+            RawKind::Read(consistency) => {
+                let Some(RawPayload::Bytes(bytes)) = payload else {
+                    self.complete(id, Outcome::Fail, Outputs::error("no query"));
+                    return RawStep::Done;
+                };
+                self.raw_queries.insert(id, bytes);
+                let Some(p) = self.members[m].proc.as_mut() else {
+                    return RawStep::Done;
+                };
+                p.next_token += 1;
+                let token = p.next_token;
+                p.reads.insert(token, id);
+                match consistency {
+                    Consistency::Serializable => {
+                        p.ser_reads.push(token);
+                        RawStep::Serializable
+                    }
+                    Consistency::Lease => {
+                        if let Some(grant) = p.lease.filter(|g| instant < g.until) {
+                            p.lease_used = true;
+                            out.reads.push(ReadReady {
+                                index: grant.commit,
+                                tokens: vec![token],
+                            });
+                            RawStep::Dispatch
+                        } else {
+                            p.core.lease_read(token, deadline, instant, out);
+                            RawStep::Drive
+                        }
+                    }
+                    Consistency::Linearizable => {
+                        p.core.read(token, deadline);
+                        RawStep::Drive
+                    }
+                }
+            }
+        }
+    }
+
+    /// A lease call: the leader's lease manager answers (a follower
+    /// forwards to the leader it knows, if reachable both ways).
+    fn raw_lease_call(&mut self, id: u64, m: usize, kind: RawKind, lease: i64) {
+        let Some(l) = self.lease_target(m) else {
+            self.board
+                .set_raw_result(id, RawResult::Refused(Refusal::Follower));
+            return self.complete(id, Outcome::Fail, Outputs::error("no leader reachable"));
+        };
+        let now = self.instant_of(l);
+        let Some(p) = self.members[l].proc.as_mut() else {
+            return;
+        };
+        let term = p.core.leader().term;
+        let leading = p.core.is_leader().then_some(term);
+        p.leases.observe(leading, p.applied_term, now);
+        let answer = match kind {
+            RawKind::KeepAlive(_) => p.leases.keep_alive(ha_core::LeaseId(lease), now),
+            _ => p.leases.remaining(ha_core::LeaseId(lease), now),
+        };
+        match answer {
+            Ok(ttl) => {
+                if matches!(kind, RawKind::KeepAlive(_)) {
+                    self.counters.keep_alives += 1;
+                }
+                self.board.set_raw_result(
+                    id,
+                    RawResult::Lease {
+                        ttl,
+                        leader: l as u64 + 1,
+                        term,
+                    },
+                );
+                self.complete(id, Outcome::Ok, Outputs::default());
+            }
+            Err(refusal) => {
+                self.board.set_raw_result(id, RawResult::Refused(refusal));
+                self.complete(id, Outcome::Fail, Outputs::error(format!("{refusal:?}")));
+            }
+        }
+    }
+
+    fn raw_watch_open(
+        &mut self,
+        id: u64,
+        m: usize,
+        request: ha_core::WatchRequest,
+        feed: crate::sim::kvclient::WatchFeed,
+    ) {
+        let now = self.instant_of(m);
+        let life = self.members[m].life;
+        let Some(p) = self.members[m].proc.as_mut() else {
+            return;
+        };
+        let current = crate::sim::kvload::current_revision(|q| p.applier.query(q));
+        let Some(hub) = p.hub.as_mut() else {
+            // No hub yet (the machine has not reported its revision): the
+            // client tries again elsewhere or later.
+            self.board
+                .set_raw_result(id, RawResult::Error(Error::NotLeader { leader_hint: None }));
+            return self.complete(id, Outcome::Fail, Outputs::error("no watch hub yet"));
+        };
+        let start = request.start_revision;
+        let sink = Box::new(RawSink {
+            key: feed.key,
+            log: self.raw_watch_log.clone(),
+        });
+        match hub.add(request, sink, now) {
+            Ok(watch) => {
+                let next = if start > 0 { start } else { current + 1 };
+                self.raw_watches.insert(
+                    feed.key,
+                    RawWatch {
+                        member: m,
+                        life,
+                        id: watch,
+                        tx: feed.tx,
+                        controls: feed.control,
+                        next,
+                    },
+                );
+                self.board.set_raw_result(id, RawResult::Watching(watch));
+                self.complete(id, Outcome::Ok, Outputs::default());
+                self.catch_up(m);
+            }
+            Err(e) => {
+                self.board.set_raw_result(id, RawResult::Error(e.clone()));
+                self.complete(id, Outcome::Fail, Outputs::error(e.to_string()));
+            }
+        }
+    }
+
+    /// Hands what the hubs sent raw watchers to their streams (in watch
+    /// order), and applies what the streams asked (progress, cancel).
+    pub(super) fn flush_raw_watches(&mut self) {
+        let mut log: Vec<(u64, Result<Delivery, Error>)> =
+            std::mem::take(&mut *self.raw_watch_log.lock());
+        log.sort_by_key(|(key, _)| *key);
+        for (key, item) in log {
+            let Some(w) = self.raw_watches.get_mut(&key) else {
+                continue;
+            };
+            let term = self.members[w.member]
+                .proc
+                .as_ref()
+                .map_or(0, |p| p.core.leader().term);
+            match item {
+                Ok(d) => {
+                    w.next = w.next.max(d.revision + 1);
+                    let response = WatchResponse {
+                        header: ResponseHeader {
+                            cluster_id: ClusterId([0; 32]),
+                            member_id: NodeId(w.member as u64 + 1),
+                            revision: d.revision,
+                            raft_term: term,
+                        },
+                        events: d.events,
+                    };
+                    let _ = w.tx.send(Ok(response));
+                }
+                Err(e) => {
+                    let _ = w.tx.send(Err(e));
+                    self.raw_watches.remove(&key);
+                }
+            }
+        }
+        // Dropped streams and control requests.
+        let mut ops = Vec::new();
+        for (&key, w) in &self.raw_watches {
+            if w.tx.is_closed() {
+                ops.push((key, WatchOp::Cancel));
+            }
+            ops.extend(std::mem::take(&mut *w.controls.lock()));
+        }
+        if ops.is_empty() {
+            return;
+        }
+        for (key, op) in ops {
+            let Some(w) = self.raw_watches.get(&key) else {
+                continue;
+            };
+            let (m, life, watch) = (w.member, w.life, w.id);
+            let now = self.instant_of(m);
+            let alive = self.alive(m, life);
+            let hub = self.members[m]
+                .proc
+                .as_mut()
+                .and_then(|p| p.hub.as_mut())
+                .filter(|_| alive);
+            match (op, hub) {
+                (WatchOp::Progress, Some(hub)) => hub.request_progress(watch, now),
+                (WatchOp::Cancel, hub) => {
+                    if let Some(hub) = hub {
+                        hub.remove(watch);
+                    }
+                    self.raw_watches.remove(&key);
+                }
+                (WatchOp::Progress, None) => {}
+            }
+        }
+        // Progress answers go through the log again.
+        if !self.raw_watch_log.lock().is_empty() {
+            self.flush_raw_watches();
+        }
+    }
+
+    /// Member `m`'s process is gone: its raw watches end as a stopped
+    /// member's do, resumable from what they were sent.
+    pub(super) fn raw_watches_lost(&mut self, m: usize) {
+        // What the hub handed them before it went.
+        self.flush_raw_watches();
+        let lost: Vec<u64> = self
+            .raw_watches
+            .iter()
+            .filter(|(_, w)| w.member == m)
+            .map(|(&k, _)| k)
+            .collect();
+        for key in lost {
+            if let Some(w) = self.raw_watches.remove(&key) {
+                let _ = w.tx.send(Err(Error::WatchCancelled {
+                    resume_revision: w.next,
+                    reason: WatchCancelReason::MemberStopped,
+                }));
+            }
+        }
+    }
+
+    /// A raw read is answered from member `m`'s machine.
+    pub(super) fn answer_raw_read(&mut self, m: usize, id: u64) {
+        let Some(bytes) = self.raw_queries.remove(&id) else {
+            return;
+        };
+        let Some(p) = self.members[m].proc.as_ref() else {
+            return;
+        };
+        let reply = p.applier.query(&bytes);
+        self.board.set_raw_result(id, RawResult::Bytes(reply));
+        self.complete(id, Outcome::Ok, Outputs::default());
+    }
+
+    /// A raw proposal applied: its reply goes to the caller.
+    pub(super) fn raw_applied(&mut self, id: u64, reply: bytes::Bytes) {
+        let outcome = if ha_storage::kv::decode_reply(&reply, &raw_stamp()).is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Fail
+        };
+        self.board.set_raw_result(id, RawResult::Bytes(reply));
+        self.complete(id, outcome, Outputs::default());
+    }
+}
+
+fn raw_stamp() -> ha_storage::kv::HeaderStamp {
+    ha_storage::kv::HeaderStamp {
+        cluster_id: ClusterId([0; 32]),
+        member_id: NodeId(0),
+        raft_term: 0,
+    }
+}
+
+/// What the caller of [`World::raw_request`] does next.
+pub(super) enum RawStep {
+    /// Nothing (answered, or failed).
+    Done,
+    /// Drive the member's core with the outbox.
+    Drive,
+    /// Dispatch the outbox without the core (a published lease hit).
+    Dispatch,
+    /// Schedule the apply step (a serializable read waits there).
+    Serializable,
+}
