@@ -137,6 +137,7 @@ impl SimContext {
                 current: AtomicUsize::new(member % self.members.max(1)),
                 next_watch: self.next_watch.clone(),
                 next_lease: AtomicI64::new(0),
+                paused_until: AtomicU64::new(0),
                 min_ttl: self.min_ttl,
                 request_timeout: self.request_timeout,
             }),
@@ -152,6 +153,8 @@ struct Inner {
     current: AtomicUsize,
     next_watch: Arc<AtomicU64>,
     next_lease: AtomicI64,
+    /// Virtual time until which the client's process is paused.
+    paused_until: AtomicU64,
     min_ttl: Duration,
     request_timeout: Duration,
 }
@@ -228,15 +231,43 @@ fn consistency(options: &KvOptions) -> Consistency {
 }
 
 impl SimKv {
+    /// Pauses this client's process for `d` from now (a GC pause, a
+    /// stopped VM): until then no call of it (or of a clone) leaves, and no
+    /// reply reaches it (watch responses still queue in their streams).
+    /// Its tasks' timers still fire; a paused holder is modelled by also
+    /// sleeping for `d` in its task.
+    pub fn pause(&self, d: Duration) {
+        let until = self
+            .inner
+            .clock
+            .now_ns()
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.inner.paused_until.fetch_max(until, Ordering::SeqCst);
+    }
+
+    /// Waits out a pause of the client's process.
+    async fn unpaused(&self) {
+        loop {
+            let until = self.inner.paused_until.load(Ordering::SeqCst);
+            let now = self.inner.clock.now_ns();
+            if now >= until {
+                return;
+            }
+            self.inner.clock.sleep_ns(until - now).await;
+        }
+    }
+
     /// Sends a raw call to the current member; on to the next one while
     /// members are lost before the call took any effect.
     async fn call(&self, kind: RawKind, payload: impl Fn() -> RawPayload) -> Result<RawResult> {
         let inner = &self.inner;
         for _ in 0..inner.members {
+            self.unpaused().await;
             let member = inner.current.load(Ordering::SeqCst);
             let future = inner.board.call_raw(inner.client, member, kind, payload());
             let id = future.id;
             let reply = future.await;
+            self.unpaused().await;
             let raw = inner.board.take_raw_result(id);
             if reply.member_lost {
                 let _ = inner.current.compare_exchange(
