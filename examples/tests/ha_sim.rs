@@ -61,6 +61,8 @@ fn passing_seeds_exit_zero_with_the_summary_as_last_line() {
 fn a_caught_bug_exits_non_zero_and_leaves_trace_and_history() {
     let dir = scratch("bug");
     let o = ha_sim(&[
+        "--workload",
+        "registers",
         "--seed",
         "0",
         "--bug",

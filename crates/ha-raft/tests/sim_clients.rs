@@ -34,6 +34,10 @@ struct Seen {
     watched: Vec<(u64, i64)>,
     /// Watches re-opened after a cancellation.
     resumed: u64,
+    /// Progress notifications: (revision, how many changes the watch had
+    /// delivered when it came). Every change at or below the revision must
+    /// be among those (bookmarkable).
+    progress: Vec<(i64, usize)>,
     /// The leased key: present while kept alive, gone after the revoke.
     lease_checks: Vec<String>,
 }
@@ -93,7 +97,7 @@ async fn incrementer(kv: SimKv, clock: Arc<dyn ha_core::Clock>, seen: Arc<Mutex<
 async fn watcher(kv: SimKv, clock: Arc<dyn ha_core::Clock>, seen: Arc<Mutex<Seen>>) {
     let mut from = 1;
     loop {
-        let mut request = WatchRequest::new(KeyRange::key(COUNTER));
+        let mut request = WatchRequest::new(KeyRange::key(COUNTER)).with_progress_notify();
         request.start_revision = from;
         let mut stream = match kv.watch(request).await {
             Ok(s) => s,
@@ -102,8 +106,19 @@ async fn watcher(kv: SimKv, clock: Arc<dyn ha_core::Clock>, seen: Arc<Mutex<Seen
                 continue;
             }
         };
+        let mut responses = 0u64;
         while let Some(item) = stream.next().await {
+            responses += 1;
+            if responses % 5 == 0 {
+                stream.request_progress();
+            }
             match item {
+                Ok(response) if response.events.is_empty() => {
+                    let mut s = seen.lock();
+                    let delivered = s.watched.len();
+                    s.progress.push((response.header.revision, delivered));
+                    from = from.max(response.header.revision + 1);
+                }
                 Ok(response) => {
                     for e in &response.events {
                         let v = value_of(&e.kv.value);
@@ -214,6 +229,18 @@ fn check(report: &SeedReport, seen: &Seen) {
             "seed {seed}: increment to {v} acknowledged at revision {rev}, not watched there"
         );
     }
+    // Bookmarkable: a progress notification at R came after every change
+    // at or below R.
+    for &(r, delivered) in &seen.progress {
+        for (v, rev) in &seen.acked {
+            if *rev <= r {
+                assert!(
+                    seen.watched[..delivered].contains(&(*v, *rev)),
+                    "seed {seed}: progress at {r} came before the change to {v} at {rev}"
+                );
+            }
+        }
+    }
     let mut acked: Vec<u64> = seen.acked.iter().map(|(v, _)| *v).collect();
     acked.sort_unstable();
     acked.dedup();
@@ -245,17 +272,22 @@ fn run(members: usize, seed: u64) -> (SeedReport, Seen) {
 fn code_under_test_runs_as_clients_under_faults_and_loses_nothing() {
     let mut resumed = 0;
     let mut acked = 0;
+    let mut progress = 0;
     for members in [3, 5] {
         for seed in 0..seeds() {
             let (report, seen) = run(members, seed);
             check(&report, &seen);
             resumed += seen.resumed;
             acked += seen.acked.len();
+            progress += seen.progress.len();
         }
     }
-    eprintln!("acked increments {acked}, watch resumes {resumed}");
+    eprintln!(
+        "acked increments {acked}, watch resumes {resumed}, progress notifications {progress}"
+    );
     // The faults reached the clients: some watch was cut by a crash.
     assert!(resumed > 0, "no watch was ever resumed");
+    assert!(progress > 0, "no progress notification");
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! file written by anything else.
 //!
 //! ```text
-//! cargo run --release --bin ha-sim -- --seeds 1000
+//! cargo run --release --bin ha-sim -- --seeds 1000        # the KV workload
 //! cargo run --release --bin ha-sim -- --seed 42 --members 5 --trace
-//! cargo run --release --bin ha-sim -- --seeds 200 --workload kv
+//! cargo run --release --bin ha-sim -- --seeds 1000 --workload registers
 //! cargo run --release --bin ha-sim -- --seed 42 --history-out /tmp/h.jsonl
 //! cargo run --release --bin ha-sim -- check /tmp/h.jsonl
 //! ```
@@ -72,10 +72,11 @@ struct Cli {
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
-    /// What the clients do: `registers` (the engine alone) or `kv` (the
-    /// production MVCC state machine: puts, deletes, transactions, reads at
-    /// past revisions, ranges, compactions).
-    #[arg(long, default_value = "registers")]
+    /// What the clients do: `kv` (the production MVCC state machine, lease
+    /// manager and watch hub: puts, deletes, transactions, reads at past
+    /// revisions, ranges, compactions, leases, watches) or `registers` (the
+    /// engine alone, a few registers).
+    #[arg(long, default_value = "kv")]
     workload: String,
     /// Worker threads (seeds run in parallel; each run is single-threaded).
     #[arg(long)]

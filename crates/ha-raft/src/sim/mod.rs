@@ -315,8 +315,8 @@ impl SeedReport {
                 .map(|b| format!(" --bug {}", bug_name(b)))
                 .unwrap_or_default(),
             match self.workload {
-                Workload::Registers => "",
-                Workload::Kv => " --workload kv",
+                Workload::Registers => " --workload registers",
+                Workload::Kv => "",
             }
         );
         s

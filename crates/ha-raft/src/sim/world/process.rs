@@ -317,6 +317,16 @@ impl World {
             let Some(p) = self.members[m].proc.as_mut() else {
                 return;
             };
+            // The watch driver's tick: owed and periodic progress.
+            if let Some(hub) = p.hub.as_mut() {
+                hub.tick(now);
+                if !self.raw_watches.is_empty() {
+                    self.flush_raw_watches();
+                }
+            }
+            let Some(p) = self.members[m].proc.as_mut() else {
+                return;
+            };
             // A member told it was removed (or that applied its removal)
             // is stopped by its operator.
             removed = p.core.status().removed && !p.core.membership().joint;

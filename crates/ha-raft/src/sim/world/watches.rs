@@ -212,7 +212,9 @@ impl World {
             revision,
             compact_revision,
             HubConfig {
-                progress_interval: std::time::Duration::from_secs(3600),
+                // Only watches that ask for it (`progress_notify`) get
+                // periodic notifications; the built-in sessions do not.
+                progress_interval: std::time::Duration::from_millis(500),
             },
         );
         hub.set_bugs(self.bugs);
