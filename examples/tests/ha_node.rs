@@ -734,6 +734,46 @@ mod tls {
         b.build().unwrap()
     }
 
+    /// `--join` over HTTPS: the new member trusts only the CA and presents
+    /// its own member certificate to the member it asks (which requires
+    /// client certificates), then talks to its peers over mutual TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_a_member_joins_by_address_over_https_with_its_own_certificate() {
+        one_at_a_time(async {
+            let mut c = Cluster::start_tls(3).await;
+            c.healthy().await;
+            c.put(1, "t/before", "1").await;
+            c.spawn(4);
+            let address = format!("127.0.0.1:{}", c.peer[&4]);
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let (_, v) = c.get(1, "/v1/members").await.expect("members");
+                let four = v["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|x| x["id"] == 4))
+                    .cloned();
+                if four.is_some_and(|f| f["role"] == "voter" && f["peer_address"] == json!(address))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member 4 did not join over TLS:\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            c.healthy().await;
+            c.put(4, "t/after", "2").await;
+            let acked = BTreeMap::from([
+                ("t/before".to_string(), "1".to_string()),
+                ("t/after".to_string(), "2".to_string()),
+            ]);
+            c.check_all(&acked).await;
+        })
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tls_members_serve_https_to_the_right_clients_and_refuse_the_rest() {
         one_at_a_time(async {
