@@ -433,9 +433,31 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
     }
 
-    /// Starts member `id` (again), appending to its log; a member that is
-    /// not one of the initial ones joins.
+    /// Starts member `id` (again), appending to its log. An initial member
+    /// gets `--members`; any other member restarts from its data
+    /// directory, or, the first time, joins with `--join` through the
+    /// lowest-id running member.
     pub fn spawn(&mut self, id: u64) {
+        let via = self.procs.keys().copied().find(|&m| m != id);
+        self.spawn_joining(id, via);
+    }
+
+    /// Whether member `id`'s data directory records a member
+    /// (`ha-node.json`).
+    pub fn initialised(&self, id: u64) -> bool {
+        self.data_dir(id)
+            .join(crate::node::identity::IDENTITY_FILE)
+            .exists()
+    }
+
+    /// Member `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("data-{id}"))
+    }
+
+    /// As [`Cluster::spawn`], a new member asking member `via` (its client
+    /// API) to add it.
+    pub fn spawn_joining(&mut self, id: u64, via: Option<u64>) {
         self.peer.entry(id).or_insert_with(free_port);
         self.http.entry(id).or_insert_with(free_port);
         let log = std::fs::OpenOptions::new()
@@ -472,20 +494,24 @@ impl Cluster {
                 )
             }
         };
+        let mode = if self.initial.contains(&id) {
+            format!("members = \"{}\"\n", self.members_for(id))
+        } else if self.initialised(id) {
+            String::new()
+        } else {
+            let via = via.expect("a running member to join through");
+            format!("join = \"127.0.0.1:{}\"\n", self.http[&via])
+        };
         std::fs::write(
             &config,
             format!(
-                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\nmembers = \"{}\"\nhttp = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n{security}",
+                "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata-dir = \"{}\"\n{mode}http = \"127.0.0.1:1\"\nrequest-timeout-ms = 5000\nmax-body-bytes = {MAX_BODY}\n{security}",
                 self.peer[&id],
-                self.dir.path().join(format!("data-{id}")).display(),
-                self.members_for(id),
+                self.data_dir(id).display(),
             ),
         )
         .expect("write config");
         let mut command = Command::new(&self.binary);
-        if !self.initial.contains(&id) {
-            command.arg("--join");
-        }
         let mut child = command
             .arg("--exit-on-stdin-close")
             .arg("--config")

@@ -642,7 +642,7 @@ async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_added_over_http_joins_and_every_member_learns_its_address() {
+async fn a_member_joining_by_address_is_promoted_and_every_member_learns_its_address() {
     one_at_a_time(async {
         let mut c = Cluster::start_with(env!("CARGO_BIN_EXE_ha-node").into(), 3).await;
         let leader = c.healthy().await;
@@ -651,17 +651,10 @@ async fn a_member_added_over_http_joins_and_every_member_learns_its_address() {
             c.put(i % 3 + 1, &format!("j/{i}"), "before").await;
             acked.insert(format!("j/{i}"), "before".to_string());
         }
+        // `--join <client API of member 1>`, no `--members`: it asks the
+        // group to add it.
         c.spawn(4);
         let address = format!("127.0.0.1:{}", c.peer[&4]);
-        let (s, v) = c
-            .post(
-                leader,
-                "/v1/members/add",
-                json!({ "id": 4, "address": address }),
-            )
-            .await
-            .expect("add");
-        assert_eq!(s, StatusCode::OK, "{v}\n{}", c.logs());
         // Promoted once caught up; every member's address book learns the
         // new member's address from the replicated membership.
         let deadline = Instant::now() + PATIENCE;
@@ -739,6 +732,46 @@ mod tls {
             b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).unwrap());
         }
         b.build().unwrap()
+    }
+
+    /// `--join` over HTTPS: the new member trusts only the CA and presents
+    /// its own member certificate to the member it asks (which requires
+    /// client certificates), then talks to its peers over mutual TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_a_member_joins_by_address_over_https_with_its_own_certificate() {
+        one_at_a_time(async {
+            let mut c = Cluster::start_tls(3).await;
+            c.healthy().await;
+            c.put(1, "t/before", "1").await;
+            c.spawn(4);
+            let address = format!("127.0.0.1:{}", c.peer[&4]);
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let (_, v) = c.get(1, "/v1/members").await.expect("members");
+                let four = v["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|x| x["id"] == 4))
+                    .cloned();
+                if four.is_some_and(|f| f["role"] == "voter" && f["peer_address"] == json!(address))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member 4 did not join over TLS:\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            c.healthy().await;
+            c.put(4, "t/after", "2").await;
+            let acked = BTreeMap::from([
+                ("t/before".to_string(), "1".to_string()),
+                ("t/after".to_string(), "2".to_string()),
+            ]);
+            c.check_all(&acked).await;
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -906,4 +939,409 @@ async fn limits_a_connection_flood_on_both_ports_leaves_the_group_serving_writes
         c.check_all(&acked).await;
     })
     .await;
+}
+
+/// Membership over the client API: join by address, leaving, address
+/// updates, and the start mode a data directory allows
+/// (`cargo test --test ha_node membership`).
+mod membership {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ha_examples::procs::free_port;
+    use parking_lot::Mutex;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_ha-node");
+
+    /// Puts `w/<n>` through the target members in turn until stopped,
+    /// keeping what was acknowledged.
+    struct Writer {
+        stop: Arc<AtomicBool>,
+        targets: Arc<Mutex<Vec<u16>>>,
+        acked: Arc<Mutex<BTreeMap<String, String>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Writer {
+        fn start(c: &Cluster, ids: &[u64]) -> Writer {
+            let stop = Arc::new(AtomicBool::new(false));
+            let targets: Arc<Mutex<Vec<u16>>> =
+                Arc::new(Mutex::new(ids.iter().map(|id| c.http[id]).collect()));
+            let acked = Arc::new(Mutex::new(BTreeMap::new()));
+            let client = c.client.clone();
+            let task = tokio::spawn({
+                let (stop, targets, acked) = (stop.clone(), targets.clone(), acked.clone());
+                async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let ports: Vec<u16> = targets.lock().clone();
+                        let port = ports[n as usize % ports.len()];
+                        let (key, value) = (format!("w/{n:06}"), format!("v{n}@{port}"));
+                        let sent = client
+                            .post(format!(
+                                "http://127.0.0.1:{port}/v1/kv/put?encoding=utf8&timeout_ms=2000"
+                            ))
+                            .json(&json!({ "key": key, "value": value }))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == StatusCode::OK => {
+                                acked.lock().insert(key, value);
+                            }
+                            // Not acknowledged (maybe applied): not checked.
+                            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                        n += 1;
+                    }
+                }
+            });
+            Writer {
+                stop,
+                targets,
+                acked,
+                task,
+            }
+        }
+
+        fn add(&self, c: &Cluster, id: u64) {
+            self.targets.lock().push(c.http[&id]);
+        }
+
+        fn drop_target(&self, c: &Cluster, id: u64) {
+            self.targets.lock().retain(|p| *p != c.http[&id]);
+        }
+
+        /// Waits until `n` more writes have been acknowledged.
+        async fn progress(&self, c: &Cluster, n: usize, phase: &str) {
+            let want = self.acked.lock().len() + n;
+            let deadline = Instant::now() + PATIENCE;
+            while self.acked.lock().len() < want {
+                assert!(
+                    Instant::now() < deadline,
+                    "writes stalled {phase}: {} acknowledged, waiting for {want}\n{}",
+                    self.acked.lock().len(),
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        async fn finish(self) -> BTreeMap<String, String> {
+            self.stop.store(true, Ordering::Relaxed);
+            self.task.await.expect("writer task");
+            std::mem::take(&mut *self.acked.lock())
+        }
+    }
+
+    /// Member `who` as member `from` lists it in `GET /v1/members`.
+    async fn listed(c: &Cluster, from: u64, who: u64) -> Option<Value> {
+        let (_, v) = c.get(from, "/v1/members").await.ok()?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == who)
+            .cloned()
+    }
+
+    /// Waits until every running member lists `who` as a voter at its peer
+    /// port.
+    async fn wait_voter(c: &Cluster, who: u64) {
+        let address = format!("127.0.0.1:{}", c.peer[&who]);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut done = true;
+            for &id in c.procs.keys() {
+                done &= listed(c, id, who)
+                    .await
+                    .is_some_and(|m| m["role"] == "voter" && m["peer_address"] == json!(address));
+            }
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {who} not a voter known everywhere:\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes member `who` through whichever member leads (the leader
+    /// itself hands leadership over first and names its successor).
+    async fn remove(c: &Cluster, who: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut ask = who;
+        loop {
+            let answer = c
+                .post(ask, "/v1/members/remove", json!({ "id": who }))
+                .await;
+            if let Ok((StatusCode::OK, _)) = answer {
+                return;
+            }
+            let other = c.procs.keys().copied().find(|&id| id != who);
+            let seen = match other {
+                Some(o) => c.get(o, "/v1/members").await.ok(),
+                None => None,
+            };
+            if let Some((_, v)) = &seen {
+                if v["removed"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| *x == who))
+                {
+                    return;
+                }
+                if let Some(l) = v["leader"].as_u64().filter(|l| c.procs.contains_key(l)) {
+                    ask = l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {who} not removed: last answer {answer:?}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_bootstrap_three_join_two_by_address_remove_two_under_writes() {
+        one_at_a_time(async {
+            let mut c = Cluster::start_with(BIN.into(), 3).await;
+            let leader = c.healthy().await;
+            let writer = Writer::start(&c, &[1, 2, 3]);
+            writer.progress(&c, 20, "before the joins").await;
+            // Member 4 asks a follower (forwarded to the leader over a
+            // peer call); member 5 asks member 4.
+            let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+            c.spawn_joining(4, Some(follower));
+            wait_voter(&c, 4).await;
+            c.spawn_joining(5, Some(4));
+            wait_voter(&c, 5).await;
+            for id in [4, 5] {
+                assert!(c.initialised(id), "member {id} wrote no ha-node.json");
+                let (_, v) = c.get(id, "/v1/status").await.expect("status");
+                assert_eq!(
+                    v["cluster_id"],
+                    json!(c.cluster_id().to_string()),
+                    "member {id} learned another cluster id"
+                );
+                writer.add(&c, id);
+            }
+            writer.progress(&c, 20, "after the joins").await;
+            // Remove a follower, then the leader.
+            let leader = c.healthy().await;
+            let follower = (1..=5).find(|&id| id != leader).expect("a follower");
+            for (who, phase) in [
+                (follower, "after removing a follower"),
+                (leader, "after removing the leader"),
+            ] {
+                writer.drop_target(&c, who);
+                remove(&c, who).await;
+                c.terminate(who).await;
+                let now = c.healthy().await;
+                assert_ne!(now, who, "the removed member still leads");
+                writer.progress(&c, 20, phase).await;
+            }
+            let acked = writer.finish().await;
+            for &id in c.procs.keys() {
+                let (_, v) = c.get(id, "/v1/members").await.expect("members");
+                let voters = v["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter(|x| x["role"] == "voter").count());
+                assert_eq!(voters, Some(3), "member {id}: {v}");
+                for who in [follower, leader] {
+                    assert!(
+                        v["removed"]
+                            .as_array()
+                            .is_some_and(|r| r.iter().any(|x| *x == who)),
+                        "member {id} does not list {who} as removed: {v}"
+                    );
+                }
+            }
+            assert!(
+                acked.len() >= 80,
+                "only {} writes acknowledged",
+                acked.len()
+            );
+            c.check_prefix("w/", &acked).await;
+            c.assert_same_state().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_a_member_restarted_on_a_new_port_announces_it_and_every_member_learns_it() {
+        one_at_a_time(async {
+            let mut c = Cluster::start_with(BIN.into(), 3).await;
+            let leader = c.healthy().await;
+            let mut acked = BTreeMap::new();
+            for i in 0..6 {
+                c.put(i % 3 + 1, &format!("a/{i}"), "before").await;
+                acked.insert(format!("a/{i}"), "before".to_string());
+            }
+            // A follower moves: same data directory, new peer port.
+            let moved = (1..=3).find(|&id| id != leader).expect("a follower");
+            assert!(c.terminate(moved).await, "member {moved} did not stop cleanly");
+            let old = c.peer[&moved];
+            let new = free_port();
+            c.peer.insert(moved, new);
+            c.spawn(moved);
+            let address = format!("127.0.0.1:{new}");
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let mut done = true;
+                for &id in c.procs.keys() {
+                    done &= listed(&c, id, moved).await.is_some_and(|m| {
+                        m["address"] == json!(address) && m["peer_address"] == json!(address)
+                    });
+                }
+                if done {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {moved}'s new address {address} (was port {old}) not learned everywhere:\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            c.healthy().await;
+            for i in 6..12 {
+                c.put(i % 3 + 1, &format!("a/{i}"), "after").await;
+                acked.insert(format!("a/{i}"), "after".to_string());
+            }
+            c.check_all(&acked).await;
+            // The route, through a follower (forwarded): the same address
+            // again is accepted; a bad address and an unknown member are
+            // refused.
+            let other = (1..=3).find(|&id| id != moved).expect("another member");
+            let path = format!("/v1/members/{moved}/address");
+            let (s, v) = c
+                .post(other, &path, json!({ "address": address }))
+                .await
+                .expect("address update");
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let (s, v) = c
+                .post(other, &path, json!({ "address": "0.0.0.0:1" }))
+                .await
+                .expect("bad address");
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+            let (s, v) = c
+                .post(other, "/v1/members/99/address", json!({ "address": address }))
+                .await
+                .expect("unknown member");
+            assert_eq!(
+                (s, v["error"].as_str()),
+                (StatusCode::NOT_FOUND, Some("no_such_member")),
+                "{v}"
+            );
+        })
+        .await;
+    }
+
+    /// Runs ha-node with `args` to its end; whether it succeeded, and its
+    /// standard error.
+    async fn run_node(args: Vec<String>) -> (bool, String) {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(BIN)
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run ha-node");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .expect("ha-node runner")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn membership_the_wrong_start_mode_is_refused_and_join_errors_are_named() {
+        one_at_a_time(async {
+            let mut c = Cluster::start_with(BIN.into(), 3).await;
+            c.healthy().await;
+            assert!(c.terminate(3).await, "member 3 did not stop cleanly");
+            let data3 = c.data_dir(3).display().to_string();
+            let fresh = c.dir.path().join("fresh").display().to_string();
+            let common = |id: u64, dir: &str| -> Vec<String> {
+                [
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    &format!("127.0.0.1:{}", free_port()),
+                    "--http",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    dir,
+                    "--insecure-plaintext",
+                    "--join-timeout-ms",
+                    "1500",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            };
+            let join_via_1 = ["--join".to_string(), format!("127.0.0.1:{}", c.http[&1])];
+            let cases: Vec<(&str, Vec<String>, &str)> = vec![
+                (
+                    "--join on an initialised data dir",
+                    [common(3, &data3), join_via_1.to_vec()].concat(),
+                    "without --join",
+                ),
+                (
+                    "--members of another cluster",
+                    [
+                        common(3, &data3),
+                        vec![
+                            "--members".into(),
+                            format!("3=127.0.0.1:{},9=127.0.0.1:1", free_port()),
+                        ],
+                    ]
+                    .concat(),
+                    "without --members",
+                ),
+                (
+                    "a fresh data dir with neither",
+                    common(7, &fresh),
+                    "--join <client API address",
+                ),
+                (
+                    "joining under an id that is a member",
+                    [common(2, &fresh), join_via_1.to_vec()].concat(),
+                    "member 2 is already a member",
+                ),
+                (
+                    "joining through an address nobody answers",
+                    [
+                        common(7, &fresh),
+                        vec!["--join".into(), format!("127.0.0.1:{}", free_port())],
+                    ]
+                    .concat(),
+                    "cannot reach",
+                ),
+            ];
+            for (case, args, expect) in cases {
+                let (ok, stderr) = run_node(args).await;
+                assert!(!ok, "{case}: ha-node started\n{stderr}");
+                assert!(
+                    stderr.contains(expect),
+                    "{case}: expected `{expect}` in:\n{stderr}"
+                );
+            }
+            assert!(
+                !c.dir.path().join("fresh").join("ha-node.json").exists(),
+                "a refused join left an identity behind"
+            );
+            // The refusals changed nothing: member 3 restarts from its data
+            // directory and the group serves.
+            c.spawn(3);
+            c.healthy().await;
+            c.put(3, "after", "refusals").await;
+        })
+        .await;
+    }
 }

@@ -60,6 +60,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/lease/list", get(lease_list))
         .route("/v1/members", get(members))
         .route("/v1/members/add", post(member_add))
+        .route("/v1/members/join", post(member_join))
+        .route("/v1/members/{id}/address", post(member_address))
         .route("/v1/members/promote", post(member_promote))
         .route("/v1/members/remove", post(member_remove))
         .route("/v1/leader/transfer", post(leader_transfer))
@@ -259,7 +261,7 @@ async fn watch(
     let watch = within(p.deadline, app.kv.watch(request)).await?;
     let created = serde_json::to_value(WatchCreatedJson {
         watch_id: watch.id().0,
-        member_id: app.settings.id.0,
+        member_id: app.id.0,
         start_revision: start,
     })
     .unwrap_or(Value::Null);
@@ -384,7 +386,7 @@ async fn members(State(app): State<Arc<App>>) -> Answer {
         .members
         .iter()
         .map(|mi| {
-            let peer = if mi.id == app.settings.id {
+            let peer = if mi.id == app.id {
                 Some(app.transport.local_addr())
             } else {
                 app.transport.peer_addr(mi.id)
@@ -401,7 +403,7 @@ async fn members(State(app): State<Arc<App>>) -> Answer {
         .collect();
     let removed: Vec<u64> = m.removed.iter().map(|n| n.0).collect();
     ok(json!({
-        "member_id": app.settings.id.0,
+        "member_id": app.id.0,
         "leader": leader.leader.map(|l| l.0),
         "term": leader.term,
         "joint": m.joint,
@@ -433,6 +435,36 @@ async fn member_add(
     // wait for that task.
     app.transport.set_peer(id, addr);
     ok(json!({ "added": b.id, "address": addr.to_string() }))
+}
+
+/// Any member: forwards to the leader, which adds the sender as a learner
+/// and answers with the cluster's identity and members
+/// ([`super::join::JoinReply`]).
+async fn member_join(
+    State(app): State<Arc<App>>,
+    p: Params,
+    Body(b): Body<super::join::JoinBody>,
+) -> Result<Response, ApiError> {
+    let (status, body) = super::join::join_route(&app, b, p.deadline).await?;
+    Ok(relay(status, body))
+}
+
+/// Any member: forwards to the leader, which changes member `id`'s
+/// replicated peer address (keeping its id).
+async fn member_address(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    p: Params,
+    Body(b): Body<super::join::AddressBody>,
+) -> Result<Response, ApiError> {
+    let (status, body) = super::join::address_route(&app, id, b, p.deadline).await?;
+    Ok(relay(status, body))
+}
+
+/// The leader's answer, as it gave it.
+fn relay(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, axum::Json(body)).into_response()
 }
 
 async fn member_promote(

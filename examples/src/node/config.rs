@@ -38,18 +38,36 @@ pub struct Flags {
     /// The member's data directory (two RocksDB instances and snapshots).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// The group's initial members with their peer addresses:
-    /// `1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001`. Their ids (with
-    /// the cluster token) make the cluster id.
+    /// Bootstrap a new group: its initial members with their peer
+    /// addresses, `1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001`. Their
+    /// ids (with the cluster token) make the cluster id. Not needed to
+    /// restart a member (its data directory says who it is).
     #[arg(long)]
     pub members: Option<String>,
     /// Where the HTTP/JSON client API listens (`IP:port`).
     #[arg(long)]
     pub http: Option<SocketAddr>,
-    /// Start as a new member joining the group (its id is not one of
-    /// `--members`); a leader adds it with `POST /v1/members/add`.
+    /// Join a running group: the client API address (`IP:port`, or an
+    /// `http(s)://` URL) of any member, which has the leader add this one
+    /// as a learner. Only with an empty data directory; `--id` is optional
+    /// (the leader picks a fresh one) except under TLS, where the
+    /// certificate names it.
+    #[arg(long, value_name = "ADDRESS")]
+    pub join: Option<String>,
+    /// With --join: stay a learner (promote later with
+    /// `POST /v1/members/promote`) instead of becoming a voter once caught
+    /// up.
     #[arg(long)]
-    pub join: bool,
+    pub no_promote: bool,
+    /// With --join: how long to keep asking (a group without a leader yet,
+    /// a membership change in progress), milliseconds (default 30000).
+    #[arg(long)]
+    pub join_timeout_ms: Option<u64>,
+    /// The peer address other members dial (default: --listen, unless it
+    /// is an unspecified IP such as 0.0.0.0). A restarted member whose
+    /// address changed announces it to the group.
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
     /// A token mixed into the cluster id, so two groups with the same ids
     /// never talk to each other.
     #[arg(long)]
@@ -128,7 +146,13 @@ pub struct FileConfig {
     /// `--http`.
     pub http: Option<SocketAddr>,
     /// `--join`.
-    pub join: Option<bool>,
+    pub join: Option<String>,
+    /// `--no-promote`.
+    pub no_promote: Option<bool>,
+    /// `--join-timeout-ms`.
+    pub join_timeout_ms: Option<u64>,
+    /// `--advertise`.
+    pub advertise: Option<SocketAddr>,
     /// `--cluster-token`.
     pub cluster_token: Option<String>,
     /// `--preset`.
@@ -158,20 +182,28 @@ pub struct FileConfig {
 /// Everything ha-node needs, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// This member.
-    pub id: NodeId,
-    /// Peer listener.
-    pub listen: SocketAddr,
+    /// This member (optional on restart and join).
+    pub id: Option<NodeId>,
+    /// Peer listener (default: this member's `--members` address, or the
+    /// one its data directory recorded).
+    pub listen: Option<SocketAddr>,
+    /// The peer address others dial (default: `listen`).
+    pub advertise: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// Initial members and their peer addresses.
-    pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Bootstrap: initial members and their peer addresses.
+    pub members: Option<BTreeMap<NodeId, SocketAddr>>,
     /// HTTP listener.
     pub http: SocketAddr,
-    /// Joins an existing group.
-    pub join: bool,
-    /// Mixed into the cluster id.
-    pub cluster_token: String,
+    /// Join: the client API address of a member to ask.
+    pub join: Option<String>,
+    /// Join: become a voter once caught up.
+    pub promote: bool,
+    /// Join: how long to keep asking.
+    pub join_timeout: Duration,
+    /// Mixed into the cluster id (`None`: not given; bootstrap uses "",
+    /// a joining member takes the group's).
+    pub cluster_token: Option<String>,
     /// Raft timing.
     pub preset: Preset,
     /// Default request deadline.
@@ -189,6 +221,9 @@ pub struct Settings {
     /// Peer connections accepted at once.
     pub peer_max_connections: usize,
 }
+
+/// Default `join-timeout-ms`.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default `http-max-connections`.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
@@ -322,40 +357,42 @@ impl Settings {
     /// # Errors
     /// A missing or bad setting.
     pub fn resolve(flags: Flags, file: FileConfig) -> Result<Settings, SettingsError> {
-        let id = flags.id.or(file.id).ok_or(SettingsError::Missing("id"))?;
-        if id == 0 {
+        // Which of bootstrap, join and restart applies depends on the data
+        // directory too: `identity::decide` checks the combination.
+        let id = flags.id.or(file.id);
+        if id == Some(0) {
             return Err(SettingsError::Invalid {
                 setting: "id",
                 reason: "0 is reserved".into(),
             });
         }
-        let id = NodeId(id);
+        let id = id.map(NodeId);
         let tls_files = resolve_tls(&flags, &file);
-        let members_text = flags
-            .members
-            .or(file.members)
-            .ok_or(SettingsError::Missing("members"))?;
-        let members = parse_members(&members_text)?;
-        let join = flags.join || file.join.unwrap_or(false);
-        if join && members.contains_key(&id) {
+        let members = match flags.members.or(file.members) {
+            Some(text) => Some(parse_members(&text)?),
+            None => None,
+        };
+        let join = flags.join.or(file.join);
+        if join.as_deref().is_some_and(|j| j.trim().is_empty()) {
             return Err(SettingsError::Invalid {
                 setting: "join",
-                reason: format!(
-                    "member {id} is one of the initial members: it bootstraps, it does not join"
-                ),
+                reason: "empty; give the client API address of a member".into(),
             });
         }
-        if !join && !members.contains_key(&id) {
+        let listen = flags.listen.or(file.listen).or_else(|| {
+            let (members, id) = (members.as_ref()?, id?);
+            members.get(&id).copied()
+        });
+        let join_timeout_ms = flags
+            .join_timeout_ms
+            .or(file.join_timeout_ms)
+            .unwrap_or(DEFAULT_JOIN_TIMEOUT.as_millis() as u64);
+        if join_timeout_ms == 0 {
             return Err(SettingsError::Invalid {
-                setting: "members",
-                reason: format!("member {id} is not listed (a new member starts with --join)"),
+                setting: "join-timeout-ms",
+                reason: "must be greater than 0".into(),
             });
         }
-        let listen = flags
-            .listen
-            .or(file.listen)
-            .or_else(|| members.get(&id).copied())
-            .ok_or(SettingsError::Missing("listen"))?;
         let request_timeout_ms = flags
             .request_timeout_ms
             .or(file.request_timeout_ms)
@@ -412,15 +449,15 @@ impl Settings {
                 .or(file.data_dir)
                 .ok_or(SettingsError::Missing("data-dir"))?,
             members,
+            advertise: flags.advertise.or(file.advertise),
             http: flags
                 .http
                 .or(file.http)
                 .ok_or(SettingsError::Missing("http"))?,
             join,
-            cluster_token: flags
-                .cluster_token
-                .or(file.cluster_token)
-                .unwrap_or_default(),
+            promote: !(flags.no_promote || file.no_promote.unwrap_or(false)),
+            join_timeout: Duration::from_millis(join_timeout_ms),
+            cluster_token: flags.cluster_token.or(file.cluster_token),
             preset: flags.preset.or(file.preset).unwrap_or_default(),
             request_timeout: Duration::from_millis(request_timeout_ms),
             max_body_bytes,
@@ -447,17 +484,35 @@ impl Settings {
         Settings::resolve(flags, file)
     }
 
-    /// The engine's configuration for these settings.
-    pub fn raft_config(&self) -> ha_core::Config {
-        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+    /// What decides the start mode ([`identity::decide`](super::identity::decide)).
+    pub fn mode_flags(&self) -> super::identity::ModeFlags {
+        super::identity::ModeFlags {
+            id: self.id,
+            members: self.members.clone(),
+            join: self.join.clone(),
+            cluster_token: self.cluster_token.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The engine's configuration for member `id` of the group bootstrapped
+    /// from `initial` with `cluster_token`: bootstrap mode if `id` is one of
+    /// `initial`, join mode otherwise (on a data directory that holds data,
+    /// both simply restart).
+    pub fn raft_config(
+        &self,
+        id: NodeId,
+        initial: Vec<NodeId>,
+        cluster_token: String,
+    ) -> ha_core::Config {
+        let joined = !initial.contains(&id);
         let mut config = match self.preset {
-            Preset::Lan => ha_core::Config::new(self.id, ids),
-            Preset::Conservative => ha_core::Config::conservative(self.id, ids),
+            Preset::Lan => ha_core::Config::new(id, initial),
+            Preset::Conservative => ha_core::Config::conservative(id, initial),
         };
-        config.cluster_token = self.cluster_token.clone();
+        config.cluster_token = cluster_token;
         config.request_timeout = self.request_timeout;
         config.snapshot_dir = Some(self.data_dir.join("snapshots"));
-        if self.join {
+        if joined {
             config.start_mode = ha_core::StartMode::Join;
         }
         config
@@ -486,10 +541,10 @@ mod tests {
             ..Flags::default()
         };
         let s = Settings::resolve(flags, file).expect("valid settings");
-        assert_eq!(s.id, NodeId(2));
+        assert_eq!(s.id, Some(NodeId(2)));
         assert_eq!(
             s.listen,
-            "127.0.0.1:7002".parse().expect("addr"),
+            Some("127.0.0.1:7002".parse().expect("addr")),
             "listen defaults to the member's own address"
         );
         assert_eq!(
@@ -499,7 +554,8 @@ mod tests {
         );
         assert_eq!(s.request_timeout, Duration::from_secs(3));
         assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        assert_eq!(s.members.len(), 3);
+        assert_eq!(s.members.map(|m| m.len()), Some(3));
+        assert!(s.promote, "a joining member is promoted by default");
     }
 
     #[test]
@@ -518,7 +574,7 @@ mod tests {
         assert!(parse_members("0=127.0.0.1:1").is_err());
         assert!(parse_members("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
         let flags = Flags {
-            id: Some(4),
+            id: Some(0),
             members: Some("1=127.0.0.1:7001".into()),
             data_dir: Some("/tmp/x".into()),
             http: Some("127.0.0.1:1".parse().expect("addr")),
@@ -526,14 +582,30 @@ mod tests {
         };
         assert!(matches!(
             Settings::resolve(flags, FileConfig::default()),
+            Err(SettingsError::Invalid { setting: "id", .. })
+        ));
+        assert!(matches!(
+            Settings::resolve(
+                Flags {
+                    join: Some(" ".into()),
+                    ..Flags::default()
+                },
+                FileConfig::default()
+            ),
             Err(SettingsError::Invalid {
-                setting: "members",
+                setting: "join",
                 ..
             })
         ));
         assert!(matches!(
-            Settings::resolve(Flags::default(), FileConfig::default()),
-            Err(SettingsError::Missing("id"))
+            Settings::resolve(
+                Flags {
+                    insecure_plaintext: true,
+                    ..Flags::default()
+                },
+                FileConfig::default()
+            ),
+            Err(SettingsError::Missing("data-dir"))
         ));
     }
 

@@ -8,6 +8,8 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod identity;
+pub mod join;
 pub mod json;
 pub mod metrics;
 
@@ -25,6 +27,8 @@ use ha_storage::{RocksEnv, StorageConfig};
 use serde_json::{Value, json};
 
 pub use config::{Flags, Settings, SettingsError};
+pub use identity::{StartModeError, StartPlan, StoredIdentity};
+pub use join::JoinError;
 
 /// How long a stopping member lets open HTTP requests (and watch streams,
 /// which end once the member stopped) finish.
@@ -38,6 +42,12 @@ pub struct App {
     pub transport: Arc<TcpTransport>,
     /// Its settings.
     pub settings: Settings,
+    /// This member's id.
+    pub id: NodeId,
+    /// The peer address other members dial.
+    pub advertise: SocketAddr,
+    /// Who this member is (as in `ha-node.json`).
+    pub identity: StoredIdentity,
     /// The group's id.
     pub cluster_id: ClusterId,
     /// Where the HTTP API listens.
@@ -51,6 +61,11 @@ pub struct App {
 }
 
 impl App {
+    /// Whether a signal asked the member to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     /// Whether `/health` answers 200, and its body: the member knows a
     /// leader, is not stopping, removed or failed, and applies within
     /// `health-max-apply-lag` entries of what it knows committed.
@@ -107,6 +122,15 @@ pub enum StartError {
     /// The TLS files.
     #[error("TLS: {0}")]
     Tls(#[from] ha_raft::tls::TlsError),
+    /// The start mode does not fit the data directory.
+    #[error("{0}")]
+    Mode(#[from] StartModeError),
+    /// Joining the group failed.
+    #[error("join: {0}")]
+    Join(#[from] JoinError),
+    /// A setting this start needs.
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
@@ -160,11 +184,15 @@ async fn follow_membership(
 /// When the data directory, storage, a listener or the member cannot
 /// start, or the member stopped on a fatal error.
 pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(), StartError> {
-    let config = settings.raft_config();
-    let cluster_id = ClusterId::derive(&config.initial_members, &config.cluster_token);
-    let snapshots = settings.data_dir.join("snapshots");
-    std::fs::create_dir_all(&snapshots).map_err(io(format!("creating {}", snapshots.display())))?;
-    // Listeners first: a port in use fails before anything is opened.
+    let data_dir = settings.data_dir.clone();
+    let plan = identity::decide(
+        &data_dir,
+        StoredIdentity::load(&data_dir)?,
+        identity::has_data(&data_dir),
+        &settings.mode_flags(),
+    )?;
+    // Listeners first: a port in use fails before anything is opened (or
+    // the group is asked to add this member).
     let http = tokio::net::TcpListener::bind(settings.http)
         .await
         .map_err(io(format!("binding the HTTP listener {}", settings.http)))?;
@@ -189,17 +217,96 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
             (PeerSecurity::InsecurePlaintext, None)
         }
     };
+    let (identity, peers, first_start) = match plan {
+        StartPlan::Bootstrap { id, members } => {
+            let initial: Vec<NodeId> = members.keys().copied().collect();
+            let token = settings.cluster_token.clone().unwrap_or_default();
+            let identity = StoredIdentity {
+                member_id: id.0,
+                cluster_id: identity::hex(&ClusterId::derive(&initial, &token)),
+                initial_members: initial.iter().map(|i| i.0).collect(),
+                cluster_token: token,
+                peers: members.iter().map(|(i, a)| (i.0, *a)).collect(),
+            };
+            (identity, members, true)
+        }
+        StartPlan::Restart { stored, peers } => (stored, peers, false),
+        StartPlan::Join { address, id } => {
+            let advertise = advertised(&settings, None)?;
+            if settings.tls.is_some() && id.is_none() {
+                return Err(SettingsError::Invalid {
+                    setting: "id",
+                    reason: "required with --join under TLS: the member certificate names it (member-<id>)".into(),
+                }
+                .into());
+            }
+            // The peer port must be free before the group is told to dial it.
+            let listen = settings.listen.ok_or(SettingsError::Missing("listen"))?;
+            drop(
+                tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(io(format!("binding the peer listener {listen}")))?,
+            );
+            let body = join::JoinBody {
+                id: id.map(|i| i.0),
+                address: advertise.to_string(),
+                promote_when_caught_up: settings.promote,
+            };
+            tracing::info!(%address, id = ?body.id, %advertise, "asking the group to add this member");
+            let reply = join::join_group(
+                &address,
+                &body,
+                settings.tls.as_ref(),
+                settings.cluster_token.as_deref(),
+                settings.join_timeout,
+            )
+            .await?;
+            tracing::info!(member = reply.member_id, leader = reply.leader, cluster = %reply.cluster_id, "added to the group as a learner");
+            let identity = reply.identity();
+            // Stored before the engine starts: the id is taken now, and a
+            // restart must not ask again.
+            identity.save(&data_dir).map_err(io(format!(
+                "writing {}",
+                data_dir.join(identity::IDENTITY_FILE).display()
+            )))?;
+            let peers = reply
+                .members
+                .iter()
+                .map(|(i, a)| (NodeId(*i), *a))
+                .collect();
+            (identity, peers, false)
+        }
+    };
+    let id = NodeId(identity.member_id);
+    let initial: Vec<NodeId> = identity
+        .initial_members
+        .iter()
+        .map(|&i| NodeId(i))
+        .collect();
+    let config = settings.raft_config(id, initial, identity.cluster_token.clone());
+    let cluster_id = identity.derived_cluster_id();
+    let listen = settings
+        .listen
+        .or_else(|| peers.get(&id).copied())
+        .ok_or(SettingsError::Missing("listen"))?;
+    let advertise = advertised(&settings, peers.get(&id).copied())?;
+    // The address the others were first given for this member: a restart
+    // on another port announces the new one.
+    let first_address = identity.peers.get(&id.0).copied();
+    let snapshots = settings.data_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshots).map_err(io(format!("creating {}", snapshots.display())))?;
     let tcp = TcpConfig {
         max_inbound_connections: settings.peer_max_connections,
         ..TcpConfig::default()
     }
     .validate_for(&config)?;
-    let transport =
-        TcpTransport::bind_with(settings.listen, cluster_id, settings.id, tcp, security)
-            .await
-            .map_err(io(format!("binding the peer listener {}", settings.listen)))?;
-    for (&id, &addr) in &settings.members {
-        transport.set_peer(id, addr);
+    let transport = TcpTransport::bind_with(listen, cluster_id, id, tcp, security)
+        .await
+        .map_err(io(format!("binding the peer listener {listen}")))?;
+    for (&peer, &addr) in &peers {
+        if peer != id {
+            transport.set_peer(peer, addr);
+        }
     }
     let storage = StorageConfig::default();
     let env = RocksEnv::new(&storage)?;
@@ -219,13 +326,21 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         transport.clone(),
     )
     .await?;
+    if first_start {
+        // After the engine accepted the data directory (a directory from
+        // before ha-node.json existed is checked against RocksDB's ids).
+        identity.save(&data_dir).map_err(io(format!(
+            "writing {}",
+            data_dir.join(identity::IDENTITY_FILE).display()
+        )))?;
+    }
     let membership = tokio::spawn(follow_membership(
         kv.node().membership_changes(),
         transport.clone(),
-        settings.id,
+        id,
     ));
     tracing::info!(
-        id = %settings.id, cluster = %cluster_id, peer = %transport.local_addr(), http = %http_addr,
+        id = %id, cluster = %cluster_id, peer = %transport.local_addr(), %advertise, http = %http_addr,
         data_dir = %settings.data_dir.display(), "ha-node started"
     );
     let max_body = settings.max_body_bytes;
@@ -237,12 +352,19 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         kv: kv.clone(),
         transport: transport.clone(),
         settings,
+        id,
+        advertise,
+        identity,
         cluster_id,
         http_addr,
         metrics: metrics::Metrics::new(&kv, transport.clone()),
         state: state.clone(),
         stopping: AtomicBool::new(false),
     });
+    kv.set_app_call_handler(Arc::new(join::LeaderCalls {
+        app: Arc::downgrade(&app),
+    }));
+    let announce = tokio::spawn(join::announce_address(app.clone(), first_address));
     let router = api::router(app.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let http_counters = app.metrics.http.clone();
@@ -260,6 +382,8 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     stop.await;
     tracing::info!("stopping: handing leadership over if leader, then shutting down");
     app.stopping.store(true, Ordering::Relaxed);
+    announce.abort();
+    let _ = announce.await;
     let result = kv.shutdown().await;
     membership.abort();
     let _ = drain_tx.send(());
@@ -277,6 +401,26 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     close_storage(log, state).await;
     tracing::info!("ha-node stopped");
     result.map_err(StartError::from)
+}
+
+/// The peer address others dial: `--advertise`, else `--listen` unless
+/// its IP is unspecified, else `known` (the address the group has for
+/// this member).
+fn advertised(settings: &Settings, known: Option<SocketAddr>) -> Result<SocketAddr, SettingsError> {
+    if let Some(a) = settings.advertise {
+        return Ok(a);
+    }
+    match (settings.listen, known) {
+        (Some(l), _) if !l.ip().is_unspecified() => Ok(l),
+        (_, Some(k)) => Ok(k),
+        (Some(l), None) => Err(SettingsError::Invalid {
+            setting: "advertise",
+            reason: format!(
+                "--listen {l} cannot be dialled by other members: give --advertise IP:port"
+            ),
+        }),
+        (None, None) => Err(SettingsError::Missing("listen")),
+    }
 }
 
 /// Waits until the member's threads and tasks have let go of its RocksDB

@@ -278,6 +278,16 @@ mod tests {
             let bytes = encode_call(call, Duration::from_millis(1500));
             let (back, timeout) = decode_call(&bytes).expect("decodes");
             assert_eq!((back, timeout), (call, Duration::from_millis(1500)));
+            // Application calls share the call slot behind a 0 tag byte
+            // (`KvNode::call_app`): a lease call never starts with it.
+            assert_ne!(bytes.first(), Some(&0), "a lease call starts with 0");
+        }
+        for default_timeout in [0, 1] {
+            let empty = encode_call(
+                LeaseCall::KeepAlive(LeaseId(default_timeout)),
+                Duration::ZERO,
+            );
+            assert_ne!(empty.first(), Some(&0), "a lease call starts with 0");
         }
         let ok = LeaseCallReply {
             member_id: NodeId(3),

@@ -59,7 +59,14 @@ struct Inner {
     stop: watch::Sender<bool>,
     hub: Arc<Mutex<WatchHub>>,
     watch_driver: Driver,
+    /// The application's own peer calls ([`KvNode::set_app_call_handler`]).
+    app_calls: parking_lot::RwLock<Option<Arc<dyn CallHandler>>>,
 }
+
+/// The first byte of an application call. A lease call is a protobuf
+/// message, whose first byte is a field key and never 0 (field number 0
+/// does not exist), so the two cannot be confused.
+const APP_CALL_TAG: u8 = 0;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -133,10 +140,19 @@ struct ForwardedCalls {
 
 #[async_trait]
 impl CallHandler for ForwardedCalls {
-    async fn handle(&self, _from: NodeId, request: Bytes) -> Result<Bytes> {
+    async fn handle(&self, from: NodeId, request: Bytes) -> Result<Bytes> {
         let Some(inner) = self.kv.upgrade() else {
             return Err(Error::Shutdown);
         };
+        if request.first() == Some(&APP_CALL_TAG) {
+            let handler = inner.app_calls.read().clone();
+            return match handler {
+                Some(h) => h.handle(from, request.slice(1..)).await,
+                None => Err(Error::NoCallHandler {
+                    peer: inner.node.id(),
+                }),
+            };
+        }
         let kv = KvNode { inner };
         let reply = match decode_call(&request) {
             Ok((call, timeout)) => {
@@ -243,6 +259,7 @@ impl KvNode {
             stop,
             hub,
             watch_driver,
+            app_calls: parking_lot::RwLock::new(None),
         });
         inner.node.set_call_handler(Arc::new(ForwardedCalls {
             kv: Arc::downgrade(&inner),
@@ -253,6 +270,40 @@ impl KvNode {
     /// The engine underneath (status, leadership, membership).
     pub fn node(&self) -> &Node {
         &self.inner.node
+    }
+
+    /// Sets the handler of the application's own peer calls
+    /// ([`KvNode::call_app`], [`KvNode::call_leader_app`]) on this member.
+    /// The KV keeps the engine's call slot ([`Node::set_call_handler`]) for
+    /// its forwarded lease calls; application calls share it, told apart
+    /// by a tag byte. Until a handler is set, application calls to this
+    /// member fail with [`Error::NoCallHandler`].
+    pub fn set_app_call_handler(&self, handler: Arc<dyn CallHandler>) {
+        *self.inner.app_calls.write() = Some(handler);
+    }
+
+    /// Calls the application handler of member `to` (this member's own
+    /// when `to` is this member), as [`Node::call`] does.
+    ///
+    /// # Errors
+    /// As [`Node::call`].
+    pub async fn call_app(&self, to: NodeId, request: &[u8], timeout: Duration) -> Result<Bytes> {
+        self.inner
+            .node
+            .call(to, tag_app_call(request), timeout)
+            .await
+    }
+
+    /// Calls the application handler of the current leader (waiting up to
+    /// `timeout` for one), as [`Node::call_leader`] does.
+    ///
+    /// # Errors
+    /// As [`Node::call_leader`].
+    pub async fn call_leader_app(&self, request: &[u8], timeout: Duration) -> Result<Bytes> {
+        self.inner
+            .node
+            .call_leader(tag_app_call(request), timeout)
+            .await
     }
 
     /// The KV configuration in force.
@@ -577,6 +628,13 @@ async fn keep_alive_loop(
             }
         }
     }
+}
+
+fn tag_app_call(request: &[u8]) -> Bytes {
+    let mut tagged = Vec::with_capacity(request.len() + 1);
+    tagged.push(APP_CALL_TAG);
+    tagged.extend_from_slice(request);
+    Bytes::from(tagged)
 }
 
 fn stamp(node: &Node, cluster_id: ClusterId) -> HeaderStamp {
