@@ -13,6 +13,8 @@ pub mod discovery;
 
 pub mod config;
 pub mod engine;
+#[cfg(feature = "etcd")]
+pub mod etcd_kv;
 pub mod failover;
 pub mod footprint;
 pub mod fsync;
