@@ -169,9 +169,7 @@ async fn one_call<K: LoadClient>(
         w => w,
     };
     match w {
-        Workload::Put | Workload::Mixed | Workload::Watch => {
-            kv.load_put(k, value.to_vec()).await
-        }
+        Workload::Put | Workload::Mixed | Workload::Watch => kv.load_put(k, value.to_vec()).await,
         Workload::Get => kv.load_get(k, ha_core::Consistency::Linearizable).await,
         Workload::GetSerializable => kv.load_get(k, ha_core::Consistency::Serializable).await,
         Workload::GetLease => kv.load_get(k, ha_core::Consistency::Lease).await,

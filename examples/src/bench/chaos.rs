@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 use ha_client::RemoteKv;
 use ha_core::{KeyRange, KeyValue, KvClient, KvOptions, PutRequest, RangeRequest};
 use ha_raft::sim::{
-    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, check_history,
-    write_history,
+    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, check_history, write_history,
 };
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -77,6 +76,10 @@ pub struct Args {
     /// directory.
     #[arg(long)]
     pub history_out: Option<PathBuf>,
+    /// The ha-node binary; default [`node_binary`] (next to this one, or
+    /// `$HA_NODE_BIN`).
+    #[arg(long)]
+    pub node_bin: Option<PathBuf>,
 }
 
 /// The kinds of fault.
@@ -342,7 +345,11 @@ async fn agreed_leader(http: &reqwest::Client, c: &Cluster) -> Option<u64> {
 
 /// Waits (up to `within`) until every running member agrees on a running
 /// leader.
-pub(crate) async fn settled(http: &reqwest::Client, c: &Cluster, within: Duration) -> BenchResult<u64> {
+pub(crate) async fn settled(
+    http: &reqwest::Client,
+    c: &Cluster,
+    within: Duration,
+) -> BenchResult<u64> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(l) = agreed_leader(http, c).await {
@@ -375,12 +382,7 @@ fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
 }
 
 /// Injects one fault on `member` and heals it after a seeded duration.
-async fn inject(
-    c: &mut Cluster,
-    kind: FaultKind,
-    member: u64,
-    rng: &mut Rng,
-) -> BenchResult<()> {
+async fn inject(c: &mut Cluster, kind: FaultKind, member: u64, rng: &mut Rng) -> BenchResult<()> {
     match kind {
         FaultKind::Kill => {
             c.kill(member);
@@ -436,14 +438,15 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
     if args.members < 3 {
         return Err("--members must be at least 3 (a fault needs a majority left)".into());
     }
-    if !(args.minutes > 0.0) || args.writers == 0 {
+    if args.minutes.is_nan() || args.minutes <= 0.0 || args.writers == 0 {
         return Err("--minutes must be positive and --writers at least 1".into());
     }
     if args.interval_min_ms == 0 || args.interval_max_ms < args.interval_min_ms {
         return Err("need 0 < --interval-min-ms <= --interval-max-ms".into());
     }
     let settle = Duration::from_secs(30);
-    let mut c = Cluster::start_linked(node_binary(), args.members).await;
+    let binary = args.node_bin.clone().unwrap_or_else(node_binary);
+    let mut c = Cluster::start_linked(binary, args.members).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .pool_max_idle_per_host(0)
@@ -488,7 +491,11 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
     // so late that it would still run when the load stops.
     let longest_fault = Duration::from_secs(6);
     let mut next = s.start.elapsed()
-        + Duration::from_millis(between(&mut rng, args.interval_min_ms, args.interval_max_ms));
+        + Duration::from_millis(between(
+            &mut rng,
+            args.interval_min_ms,
+            args.interval_max_ms,
+        ));
     loop {
         let now = s.start.elapsed();
         if next + longest_fault > length {
@@ -501,7 +508,7 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
         let n = faults.len();
         let leaders = faults.iter().filter(|f| f.on_leader).count();
         // At least a third on the leader: forced when behind, else a coin.
-        let on_leader = leaders * 3 < n + 1 || rng.next() % 2 == 0;
+        let on_leader = leaders * 3 < n + 1 || rng.next() & 1 == 0;
         let member = if on_leader {
             leader
         } else {
@@ -627,7 +634,8 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
         .map(|o| o.complete_ns)
         .collect();
     acks.sort_unstable();
-    let count = |k: OpKind, o: Outcome| ops.iter().filter(|x| x.op == k && x.outcome == o).count() as u64;
+    let count =
+        |k: OpKind, o: Outcome| ops.iter().filter(|x| x.op == k && x.outcome == o).count() as u64;
     // Availability over the load after the first acknowledgement (the
     // group is up before the clients start, but their connections are
     // not).

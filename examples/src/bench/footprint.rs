@@ -68,7 +68,10 @@ pub fn sample(pid: &str) -> Option<ProcSample> {
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces: fields are counted after its `)`.
-    let rest: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let rest: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15; `rest` starts at field 3.
     let utime: u64 = rest.get(11)?.parse().ok()?;
     let stime: u64 = rest.get(12)?.parse().ok()?;
@@ -206,11 +209,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
         .build()?;
     super::chaos::settled(&http, &c, settle).await?;
     tokio::time::sleep(warm_up).await;
-    let pids: Vec<String> = c
-        .procs
-        .values()
-        .map(|p| p.child.id().to_string())
-        .collect();
+    let pids: Vec<String> = c.procs.values().map(|p| p.child.id().to_string()).collect();
     eprintln!(
         "{} ha-node processes idle for {} s...",
         args.members, args.seconds
