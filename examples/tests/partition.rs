@@ -7,7 +7,9 @@
 //! every heal all members converge: every acknowledged write on every
 //! member and equal state hashes at one applied index.
 //!
-//! The proxy itself is checked first, against an echo server.
+//! The proxy itself is checked first, against an echo server. Last, a
+//! 20-second `ha-bench chaos` run (kills, pauses, partitions) must lose no
+//! acknowledged write and leave a history the simulator's checker accepts.
 //!
 //! Bounds are generous and nothing is timed: only safety and eventual
 //! outcomes are asserted.
