@@ -76,7 +76,10 @@ pub struct KvArgs {
     pub via_leader: bool,
     /// Run against a group of ha-node processes through their client API
     /// (`RemoteKv`) instead of members in this process: their `--http`
-    /// addresses, comma-separated (`http://127.0.0.1:8001,...`).
+    /// addresses, comma-separated (`http://127.0.0.1:8001,...`); or an
+    /// etcd cluster (or an etcd-compatible gateway) through `etcd-client`:
+    /// `etcd://127.0.0.1:2379,etcd://127.0.0.1:22379` (the `etcd`
+    /// feature).
     #[arg(long, value_delimiter = ',', conflicts_with = "spawn")]
     pub target: Vec<String>,
     /// Like `--target`, with this many ha-node processes started here on
@@ -101,7 +104,58 @@ impl Rng {
     }
 }
 
-async fn one_call<K: KvClient>(
+/// What the load loop needs of a client: the ha [`KvClient`]s (in-process
+/// members, [`RemoteKv`]) and, with the `etcd` feature, an etcd cluster
+/// through `etcd-client` (`crate::bench::etcd_kv::EtcdKv`). Each call
+/// says whether it succeeded.
+pub trait LoadClient: Clone + Send + Sync + 'static {
+    /// Puts `value` at `key`.
+    fn load_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, bool>;
+    /// Reads `key` with `consistency`.
+    fn load_get(&self, key: Vec<u8>, consistency: ha_core::Consistency) -> BoxFuture<'_, bool>;
+    /// Compare-and-put: puts if the key exists (its mod revision is above
+    /// 0), else reads it.
+    fn load_cas(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, bool>;
+}
+
+impl<K: KvClient + Clone + 'static> LoadClient for K {
+    fn load_put(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.put(PutRequest::new(key, value), KvOptions::default())
+                .await
+                .is_ok()
+        })
+    }
+
+    fn load_get(&self, key: Vec<u8>, consistency: ha_core::Consistency) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.get(key, KvOptions::default().with_consistency(consistency))
+                .await
+                .is_ok()
+        })
+    }
+
+    fn load_cas(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.txn(
+                TxnRequest {
+                    compare: vec![Compare::key(
+                        key.clone(),
+                        CompareOp::Greater,
+                        CompareTarget::ModRevision(0),
+                    )],
+                    success: vec![TxnOp::Put(PutRequest::new(key.clone(), value))],
+                    failure: vec![TxnOp::Range(RangeRequest::new(KeyRange::Key(key)))],
+                },
+                KvOptions::default(),
+            )
+            .await
+            .is_ok()
+        })
+    }
+}
+
+async fn one_call<K: LoadClient>(
     kv: &K,
     w: Workload,
     rng: &mut Rng,
@@ -115,34 +169,11 @@ async fn one_call<K: KvClient>(
         w => w,
     };
     match w {
-        Workload::Put | Workload::Mixed | Workload::Watch => kv
-            .put(PutRequest::new(k, value.to_vec()), KvOptions::default())
-            .await
-            .is_ok(),
-        Workload::Get => kv.get(k, KvOptions::default()).await.is_ok(),
-        Workload::GetSerializable => kv.get(k, KvOptions::serializable()).await.is_ok(),
-        Workload::GetLease => kv
-            .get(
-                k,
-                KvOptions::default().with_consistency(ha_core::Consistency::Lease),
-            )
-            .await
-            .is_ok(),
-        Workload::Txn => kv
-            .txn(
-                TxnRequest {
-                    compare: vec![Compare::key(
-                        k.clone(),
-                        CompareOp::Greater,
-                        CompareTarget::ModRevision(0),
-                    )],
-                    success: vec![TxnOp::Put(PutRequest::new(k.clone(), value.to_vec()))],
-                    failure: vec![TxnOp::Range(RangeRequest::new(KeyRange::Key(k)))],
-                },
-                KvOptions::default(),
-            )
-            .await
-            .is_ok(),
+        Workload::Put | Workload::Mixed | Workload::Watch => kv.load_put(k, value.to_vec()).await,
+        Workload::Get => kv.load_get(k, ha_core::Consistency::Linearizable).await,
+        Workload::GetSerializable => kv.load_get(k, ha_core::Consistency::Serializable).await,
+        Workload::GetLease => kv.load_get(k, ha_core::Consistency::Lease).await,
+        Workload::Txn => kv.load_cas(k, value.to_vec()).await,
     }
 }
 
@@ -254,6 +285,9 @@ async fn run_remote(args: KvArgs) -> crate::bench::BenchResult<()> {
     if args.via_leader {
         return Err("--via-leader runs in this process only (no --target, --spawn)".into());
     }
+    if args.target.iter().any(|t| t.starts_with("etcd://")) {
+        return run_etcd(args).await;
+    }
     let cluster = match args.spawn {
         Some(n) => {
             let c = crate::procs::Cluster::start(n).await;
@@ -299,6 +333,41 @@ async fn run_remote(args: KvArgs) -> crate::bench::BenchResult<()> {
     Ok(())
 }
 
+/// `--target etcd://...`: the same load through `etcd-client`.
+#[cfg(feature = "etcd")]
+async fn run_etcd(args: KvArgs) -> crate::bench::BenchResult<()> {
+    use crate::bench::etcd_kv::{EtcdKv, SCHEME};
+    if args.workload == Workload::GetLease {
+        return Err("etcd has no lease reads: use --workload get".into());
+    }
+    if let Some(t) = args.target.iter().find(|t| !t.starts_with(SCHEME)) {
+        return Err(format!("mixed targets: {t} is not {SCHEME}...").into());
+    }
+    let kv = EtcdKv::connect(&args.target, Duration::from_secs(10)).await?;
+    let counter = {
+        let kv = kv.clone();
+        move || -> BoxFuture<'static, u64> {
+            let kv = kv.clone();
+            Box::pin(async move { kv.raft_term().await })
+        }
+    };
+    let figures = load(&[kv], &args, counter, |c: &[EtcdKv]| Ok(c.to_vec())).await?;
+    report(
+        &args,
+        args.target.len() as u64,
+        "etcd through etcd-client",
+        Some(&args.target),
+        &figures,
+    );
+    Ok(())
+}
+
+/// `--target etcd://...` needs the `etcd` feature.
+#[cfg(not(feature = "etcd"))]
+async fn run_etcd(_args: KvArgs) -> crate::bench::BenchResult<()> {
+    Err("this ha-bench was built without the `etcd` feature (cargo build --release -p ha-examples --features etcd --bin ha-bench)".into())
+}
+
 /// The highest raft term the members report on `/v1/status` (members
 /// that do not answer are skipped). Every leader change takes a new term,
 /// so the difference over a run bounds the leader changes from above (an
@@ -337,7 +406,7 @@ async fn load<K, C, N>(
     narrow: N,
 ) -> crate::bench::BenchResult<Figures>
 where
-    K: KvClient + Clone,
+    K: LoadClient,
     C: FnMut() -> BoxFuture<'static, u64>,
     N: FnOnce(&[K]) -> crate::bench::BenchResult<Vec<K>>,
 {
@@ -366,9 +435,7 @@ where
                     if i >= keys {
                         break;
                     }
-                    let _ = kv
-                        .put(PutRequest::new(key(i), value.clone()), KvOptions::default())
-                        .await;
+                    let _ = kv.load_put(key(i), value.clone()).await;
                 }
             }));
         }
@@ -471,10 +538,10 @@ fn report(args: &KvArgs, members: u64, how: &str, targets: Option<&[String]>, f:
     );
     println!("  leader changes {}", f.leader_changes);
     // Field order as the issue gives it (serde_json would sort the keys).
-    let remote = if targets.is_some() {
-        ",\"client\":\"remote\""
-    } else {
-        ""
+    let remote = match targets {
+        Some(t) if t.iter().any(|t| t.starts_with("etcd://")) => ",\"client\":\"etcd\"",
+        Some(_) => ",\"client\":\"remote\"",
+        None => "",
     };
     println!(
         "{{\"bench\":\"kv\",\"workload\":{},\"members\":{},\"clients\":{},\"ops_per_sec\":{},\"ops_per_sec_2nd_half\":{},\"p50_us\":{},\"p99_us\":{},\"leader_changes\":{},\"errors\":{},\"via\":{}{remote}}}",

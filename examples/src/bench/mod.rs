@@ -7,12 +7,16 @@
 //! and the JSON line live in [`common`]; members on RocksDB in [`rocks`],
 //! running a [`store_machine::StoreMachine`].
 
+pub mod chaos;
 pub mod common;
 pub mod discovery;
 
 pub mod config;
 pub mod engine;
+#[cfg(feature = "etcd")]
+pub mod etcd_kv;
 pub mod failover;
+pub mod footprint;
 pub mod fsync;
 pub mod kv_watch;
 pub mod lease;

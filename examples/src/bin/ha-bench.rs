@@ -51,6 +51,15 @@ enum Bench {
     /// (SIGKILL) under continuous writes and restarts it; reports the time
     /// from the kill to the first write committed afterwards.
     Failover(bench::failover::Args),
+    /// ha-node processes under a seeded schedule of faults (kills,
+    /// pauses, partitions; one every 10–15 s, a third on the leader):
+    /// availability, recovery time per fault kind, acknowledged writes
+    /// lost, and the client history checked for linearizability.
+    Chaos(bench::chaos::Args),
+    /// What idle members cost: resident memory, CPU and threads per
+    /// member, as processes and inside one process, before and after
+    /// writing 100,000 keys.
+    Footprint(bench::footprint::Args),
 
     /// The config center (ha-discovery): per publish, the time until the
     /// LAST of many version watchers (spread over the members) has it.
@@ -83,6 +92,8 @@ fn main() -> BenchResult<()> {
             Bench::Config(args) => bench::config::run(args).await,
             Bench::Kv(args) => ha_examples::bench_kv::run(args).await,
             Bench::Failover(args) => bench::failover::run(args).await,
+            Bench::Chaos(args) => bench::chaos::run(args).await,
+            Bench::Footprint(args) => bench::footprint::run(args).await,
         }
     })
 }

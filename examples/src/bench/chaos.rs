@@ -1,0 +1,803 @@
+//! `ha-bench chaos`: availability, recovery time and safety of a group of
+//! ha-node processes under a seeded schedule of faults.
+//!
+//! `--members` ha-node processes on loopback ([`crate::procs`]), every
+//! member dialling every other through its own fault proxy
+//! ([`crate::proxy`]). Writers put unique keys (each value is unique in
+//! the run too) and readers read recently acknowledged keys
+//! linearizably, all through [`RemoteKv`] with failover between the
+//! members. Every `--interval-min-ms`..`--interval-max-ms` one fault hits
+//! one member — at least a third of them the current leader — and is
+//! healed before the next (so at most one member, a minority, is faulty
+//! at any moment): SIGKILL and a restart, a SIGSTOP pause ended by
+//! SIGCONT, or a partition that cuts the member off both ways.
+//!
+//! From the client history it reports availability (the fraction of
+//! 100 ms windows in which at least one write was acknowledged), per fault
+//! kind the recovery time (fault → first write sent after it and
+//! acknowledged) and the longest gap between acknowledgements, the
+//! acknowledged writes the final linearizable read does not return, and
+//! the violations the simulator's linearizability checker
+//! ([`ha_raft::sim::check_history`]) finds in the history, which is
+//! written in the simulator's `--history-out` format (`ha-sim check FILE`
+//! checks it again).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ha_client::RemoteKv;
+use ha_core::{KeyRange, KeyValue, KvClient, KvOptions, PutRequest, RangeRequest};
+use ha_raft::sim::{
+    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, check_history, write_history,
+};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::common::{BenchResult, json_line};
+use crate::bench_kv::Rng;
+use crate::procs::{Cluster, node_binary};
+use crate::proxy::LinkMode;
+
+/// Arguments of `ha-bench chaos`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Length of the run under faults, in minutes (fractions allowed:
+    /// `0.5`).
+    #[arg(long, default_value_t = 5.0)]
+    pub minutes: f64,
+    /// Members (ha-node processes).
+    #[arg(long, default_value_t = 3)]
+    pub members: u64,
+    /// Concurrent writers (closed loop, unique keys).
+    #[arg(long, default_value_t = 8)]
+    pub writers: u64,
+    /// Concurrent linearizable readers of acknowledged keys.
+    #[arg(long, default_value_t = 4)]
+    pub readers: u64,
+    /// Seed of the fault schedule.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Shortest time between two faults, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub interval_min_ms: u64,
+    /// Longest time between two faults, milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    pub interval_max_ms: u64,
+    /// Deadline of each client call, milliseconds (a write past it is
+    /// recorded as of unknown outcome).
+    #[arg(long, default_value_t = 2_000)]
+    pub op_timeout_ms: u64,
+    /// Where the client history goes (JSON lines, the simulator's
+    /// format); default: `ha-chaos-<seed>.history.jsonl` in the temporary
+    /// directory.
+    #[arg(long)]
+    pub history_out: Option<PathBuf>,
+    /// The ha-node binary; default [`node_binary`] (next to this one, or
+    /// `$HA_NODE_BIN`).
+    #[arg(long)]
+    pub node_bin: Option<PathBuf>,
+}
+
+/// The kinds of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// SIGKILL, then the member is restarted on its data.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Every link to and from the member drops everything, then passes
+    /// again.
+    Partition,
+}
+
+impl FaultKind {
+    const ALL: [FaultKind; 3] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+
+    fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill+restart",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+        }
+    }
+}
+
+/// One injected fault.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// What.
+    pub kind: FaultKind,
+    /// The member hit.
+    pub member: u64,
+    /// Whether it was the leader when hit.
+    pub on_leader: bool,
+    /// When it started, since the start of the run.
+    pub at: Duration,
+    /// When it was healed (restart, SIGCONT, links pass again).
+    pub healed: Duration,
+    /// Fault → the first write sent after it and acknowledged; `None`
+    /// when none was.
+    pub recovery: Option<Duration>,
+    /// The longest time without an acknowledged write from the fault
+    /// until the next fault (or the end of the load).
+    pub stall: Duration,
+}
+
+/// What a chaos run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The faults, in order.
+    pub faults: Vec<Fault>,
+    /// Length of the measured load.
+    pub measured: Duration,
+    /// Fraction of 100 ms windows with at least one acknowledged write.
+    pub availability: f64,
+    /// 100 ms × the windows without one.
+    pub unavailable_ms: u64,
+    /// The longest time without an acknowledged write.
+    pub longest_stall: Duration,
+    /// Writes acknowledged / failed (certainly not applied) / unknown.
+    pub writes: (u64, u64, u64),
+    /// Reads answered / failed.
+    pub reads: (u64, u64),
+    /// Acknowledged writes the final linearizable read did not return
+    /// with their value.
+    pub acked_lost: u64,
+    /// What the linearizability checker found.
+    pub violations: Vec<String>,
+    /// Whether every member ended at one applied index with one state
+    /// hash.
+    pub replicas_agree: bool,
+    /// Where the history was written.
+    pub history: PathBuf,
+}
+
+impl Report {
+    /// Faults that hit the leader.
+    pub fn leader_faults(&self) -> usize {
+        self.faults.iter().filter(|f| f.on_leader).count()
+    }
+}
+
+/// What the clients share.
+struct Shared {
+    start: Instant,
+    stop: AtomicBool,
+    next_id: AtomicU64,
+    ops: Mutex<Vec<HistoryOp>>,
+    /// Acknowledged keys, for the readers.
+    acked: Mutex<Vec<String>>,
+    op_timeout: Duration,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+fn outcome_of(e: &ha_core::Error) -> Outcome {
+    if e.is_not_applied() {
+        Outcome::Fail
+    } else {
+        Outcome::Unknown
+    }
+}
+
+fn seen(kv: &KeyValue) -> SeenKv {
+    SeenKv {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: std::str::from_utf8(&kv.value)
+            .ok()
+            .and_then(|s| s.parse().ok()),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
+}
+
+async fn writer(kv: RemoteKv, client: u64, s: Arc<Shared>) {
+    let mut seq = 0u64;
+    while !s.stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        // Keys start with the checker's client-key prefix `k`.
+        let key = format!("k{client:03}/{seq:08}");
+        let invoke_ns = s.now_ns();
+        let r = kv
+            .put(
+                PutRequest::new(key.clone().into_bytes(), id.to_string().into_bytes()),
+                KvOptions::default().with_timeout(s.op_timeout),
+            )
+            .await;
+        let complete_ns = s.now_ns();
+        let (member, outcome, outputs) = match &r {
+            Ok(p) => {
+                s.acked.lock().push(key.clone());
+                let outputs = Outputs {
+                    revision: Some(p.header.revision),
+                    ..Outputs::default()
+                };
+                (p.header.member_id.0, Outcome::Ok, outputs)
+            }
+            Err(e) => {
+                let outputs = Outputs {
+                    error: Some(e.to_string()),
+                    ..Outputs::default()
+                };
+                (0, outcome_of(e), outputs)
+            }
+        };
+        s.ops.lock().push(HistoryOp {
+            id,
+            client,
+            member,
+            incarnation: 0,
+            op: OpKind::Put,
+            inputs: Inputs {
+                key,
+                value: Some(id),
+                ..Inputs::default()
+            },
+            invoke_ns,
+            complete_ns,
+            outcome,
+            outputs,
+        });
+        if r.is_err() {
+            // Every member may be refusing at once: do not spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn reader(kv: RemoteKv, client: u64, seed: u64, s: Arc<Shared>) {
+    let mut rng = Rng(seed | 1);
+    while !s.stop.load(Ordering::Relaxed) {
+        let key = {
+            let acked = s.acked.lock();
+            if acked.is_empty() {
+                None
+            } else {
+                // Recently acknowledged keys: the ones a lost or stale
+                // write would show in.
+                let recent = acked.len().min(512);
+                Some(acked[acked.len() - 1 - (rng.next() as usize % recent)].clone())
+            }
+        };
+        let Some(key) = key else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let invoke_ns = s.now_ns();
+        let r = kv
+            .range(
+                RangeRequest::new(KeyRange::key(key.clone().into_bytes())),
+                KvOptions::default().with_timeout(s.op_timeout),
+            )
+            .await;
+        let complete_ns = s.now_ns();
+        let (member, outcome, outputs) = match &r {
+            Ok(g) => (
+                g.header.member_id.0,
+                Outcome::Ok,
+                Outputs {
+                    revision: Some(g.header.revision),
+                    kvs: Some(g.kvs.iter().map(seen).collect()),
+                    ..Outputs::default()
+                },
+            ),
+            Err(e) => (
+                0,
+                Outcome::Fail,
+                Outputs {
+                    error: Some(e.to_string()),
+                    ..Outputs::default()
+                },
+            ),
+        };
+        s.ops.lock().push(HistoryOp {
+            id,
+            client,
+            member,
+            incarnation: 0,
+            op: OpKind::Get,
+            inputs: Inputs {
+                key,
+                consistency: Some(Consistency::Linearizable),
+                ..Inputs::default()
+            },
+            invoke_ns,
+            complete_ns,
+            outcome,
+            outputs,
+        });
+        if r.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Member status answers, short deadline: a paused member must not hold
+/// the scheduler up.
+async fn status(http: &reqwest::Client, c: &Cluster, id: u64) -> Option<Value> {
+    let r = http.get(c.url(id, "/v1/status")).send().await.ok()?;
+    r.json::<Value>().await.ok()
+}
+
+/// The leader every running member agrees on, if they do and it runs.
+async fn agreed_leader(http: &reqwest::Client, c: &Cluster) -> Option<u64> {
+    let mut leader = None;
+    for &id in c.procs.keys() {
+        let l = status(http, c, id).await?["leader"].as_u64()?;
+        if leader.is_some_and(|x| x != l) {
+            return None;
+        }
+        leader = Some(l);
+    }
+    leader.filter(|l| c.procs.contains_key(l))
+}
+
+/// Waits (up to `within`) until every running member agrees on a running
+/// leader.
+pub(crate) async fn settled(
+    http: &reqwest::Client,
+    c: &Cluster,
+    within: Duration,
+) -> BenchResult<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(l) = agreed_leader(http, c).await {
+            return Ok(l);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("members did not agree on a leader within {within:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(c: &Cluster, id: u64, sig: &str) -> BenchResult<()> {
+    let pid = c
+        .procs
+        .get(&id)
+        .ok_or_else(|| format!("member {id} is not running"))?
+        .child
+        .id()
+        .to_string();
+    let status = Command::new("kill").args([sig, &pid]).status()?;
+    if !status.success() {
+        return Err(format!("kill {sig} {pid} failed").into());
+    }
+    Ok(())
+}
+
+fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    lo + rng.next() % (hi.saturating_sub(lo) + 1)
+}
+
+/// Injects one fault on `member` and heals it after a seeded duration.
+async fn inject(c: &mut Cluster, kind: FaultKind, member: u64, rng: &mut Rng) -> BenchResult<()> {
+    match kind {
+        FaultKind::Kill => {
+            c.kill(member);
+            tokio::time::sleep(Duration::from_millis(between(rng, 1_000, 3_000))).await;
+            c.spawn(member);
+        }
+        FaultKind::Pause => {
+            signal(c, member, "-STOP")?;
+            tokio::time::sleep(Duration::from_millis(between(rng, 1_000, 4_000))).await;
+            signal(c, member, "-CONT")?;
+        }
+        FaultKind::Partition => {
+            c.isolate(member, LinkMode::Blackhole);
+            tokio::time::sleep(Duration::from_millis(between(rng, 2_000, 5_000))).await;
+            c.heal();
+        }
+    }
+    Ok(())
+}
+
+/// Nearest-rank quantile of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// The longest gap between consecutive instants of sorted `acks` within
+/// `[from, to]`, counting from `from` and up to `to`.
+fn longest_gap(acks: &[u64], from: u64, to: u64) -> Duration {
+    let mut last = from;
+    let mut gap = 0;
+    for &a in acks.iter().filter(|&&a| a >= from && a <= to) {
+        gap = gap.max(a - last);
+        last = a;
+    }
+    Duration::from_nanos(gap.max(to.saturating_sub(last)))
+}
+
+/// Runs a chaos run and returns what it measured (the caller prints).
+///
+/// # Errors
+/// Bad arguments, a process that cannot be signalled, members that do not
+/// settle on a leader within 30 s of a fault being healed, or a final read
+/// that does not succeed within a minute.
+pub async fn chaos(args: &Args) -> BenchResult<Report> {
+    if args.members < 3 {
+        return Err("--members must be at least 3 (a fault needs a majority left)".into());
+    }
+    if args.minutes.is_nan() || args.minutes <= 0.0 || args.writers == 0 {
+        return Err("--minutes must be positive and --writers at least 1".into());
+    }
+    if args.interval_min_ms == 0 || args.interval_max_ms < args.interval_min_ms {
+        return Err("need 0 < --interval-min-ms <= --interval-max-ms".into());
+    }
+    let settle = Duration::from_secs(30);
+    let binary = args.node_bin.clone().unwrap_or_else(node_binary);
+    let mut c = Cluster::start_linked(binary, args.members).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    settled(&http, &c, settle).await?;
+    let order: Vec<u64> = c.initial.clone();
+    let endpoints = c.endpoints(&order);
+    let client_for = |first: u64| -> BenchResult<RemoteKv> {
+        let mut e = endpoints.clone();
+        e.rotate_left((first % endpoints.len() as u64) as usize);
+        Ok(RemoteKv::builder(e)
+            .timeout(Duration::from_millis(args.op_timeout_ms))
+            .connect_timeout(Duration::from_millis(200))
+            .build()?)
+    };
+    let s = Arc::new(Shared {
+        start: Instant::now(),
+        stop: AtomicBool::new(false),
+        next_id: AtomicU64::new(1),
+        ops: Mutex::new(Vec::new()),
+        acked: Mutex::new(Vec::new()),
+        op_timeout: Duration::from_millis(args.op_timeout_ms),
+    });
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        tasks.push(tokio::spawn(writer(client_for(w)?, w + 1, s.clone())));
+    }
+    for r in 0..args.readers {
+        let client = args.writers + r + 1;
+        tasks.push(tokio::spawn(reader(
+            client_for(r)?,
+            client,
+            args.seed.wrapping_mul(1000) + client,
+            s.clone(),
+        )));
+    }
+
+    let length = Duration::from_secs_f64(args.minutes * 60.0);
+    let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut faults: Vec<Fault> = Vec::new();
+    // The longest a fault lasts, plus time to settle: no fault starts
+    // so late that it would still run when the load stops.
+    let longest_fault = Duration::from_secs(6);
+    let mut next = s.start.elapsed()
+        + Duration::from_millis(between(
+            &mut rng,
+            args.interval_min_ms,
+            args.interval_max_ms,
+        ));
+    loop {
+        let now = s.start.elapsed();
+        if next + longest_fault > length {
+            break;
+        }
+        if now < next {
+            tokio::time::sleep(next - now).await;
+        }
+        let leader = settled(&http, &c, settle).await?;
+        let n = faults.len();
+        let leaders = faults.iter().filter(|f| f.on_leader).count();
+        // At least a third on the leader: forced when behind, else a coin.
+        let on_leader = leaders * 3 < n + 1 || rng.next() & 1 == 0;
+        let member = if on_leader {
+            leader
+        } else {
+            let others: Vec<u64> = c.procs.keys().copied().filter(|&m| m != leader).collect();
+            others[rng.next() as usize % others.len()]
+        };
+        let kind = FaultKind::ALL[rng.next() as usize % FaultKind::ALL.len()];
+        let at = s.start.elapsed();
+        eprintln!(
+            "{:>7.1}s  {} of member {member}{}",
+            at.as_secs_f64(),
+            kind.name(),
+            if on_leader { " (leader)" } else { "" }
+        );
+        inject(&mut c, kind, member, &mut rng).await?;
+        let healed = s.start.elapsed();
+        faults.push(Fault {
+            kind,
+            member,
+            on_leader,
+            at,
+            healed,
+            recovery: None,
+            stall: Duration::ZERO,
+        });
+        // Healthy again before the next fault: at most one faulty member.
+        settled(&http, &c, settle).await?;
+        next = s.start.elapsed()
+            + Duration::from_millis(between(
+                &mut rng,
+                args.interval_min_ms,
+                args.interval_max_ms,
+            ));
+    }
+    let now = s.start.elapsed();
+    if now < length {
+        tokio::time::sleep(length - now).await;
+    }
+    s.stop.store(true, Ordering::Relaxed);
+    let load_end = s.now_ns();
+    for t in tasks {
+        t.await?;
+    }
+
+    // The final read: every acknowledged key, one linearizable range.
+    settled(&http, &c, settle).await?;
+    let kv = client_for(0)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (final_op, finals) = loop {
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let invoke_ns = s.now_ns();
+        match kv
+            .range(
+                RangeRequest::new(KeyRange::prefix(b"k".to_vec())),
+                KvOptions::default().with_timeout(Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(r) => {
+                let kvs: Vec<SeenKv> = r.kvs.iter().map(seen).collect();
+                let finals: BTreeMap<String, Option<u64>> =
+                    kvs.iter().map(|k| (k.key.clone(), k.value)).collect();
+                let op = HistoryOp {
+                    id,
+                    client: 0,
+                    member: r.header.member_id.0,
+                    incarnation: 0,
+                    op: OpKind::Range,
+                    inputs: Inputs {
+                        key: "*".into(),
+                        consistency: Some(Consistency::Linearizable),
+                        ..Inputs::default()
+                    },
+                    invoke_ns,
+                    complete_ns: s.now_ns(),
+                    outcome: Outcome::Ok,
+                    outputs: Outputs {
+                        revision: Some(r.header.revision),
+                        kvs: Some(kvs),
+                        ..Outputs::default()
+                    },
+                };
+                break (op, finals);
+            }
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("the final read failed for a minute: {e}").into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let converged = c.digests().await;
+    let replicas_agree = {
+        let mut hashes = converged.sha256.values();
+        let first = hashes.next();
+        hashes.all(|h| Some(h) == first)
+    };
+    drop(c);
+
+    let mut ops = std::mem::take(&mut *s.ops.lock());
+    ops.push(final_op);
+    ops.sort_by_key(|o| o.id);
+    let acked_lost = ops
+        .iter()
+        .filter(|o| o.op == OpKind::Put && o.outcome == Outcome::Ok)
+        .filter(|o| finals.get(&o.inputs.key).copied().flatten() != o.inputs.value)
+        .count() as u64;
+    let violations: Vec<String> = check_history(&ops)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let history = args.history_out.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("ha-chaos-{}.history.jsonl", args.seed))
+    });
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&history)?);
+        write_history(&ops, &mut w)?;
+    }
+
+    // Acknowledgement instants of writes, sorted.
+    let mut acks: Vec<u64> = ops
+        .iter()
+        .filter(|o| o.op == OpKind::Put && o.outcome == Outcome::Ok)
+        .map(|o| o.complete_ns)
+        .collect();
+    acks.sort_unstable();
+    let count =
+        |k: OpKind, o: Outcome| ops.iter().filter(|x| x.op == k && x.outcome == o).count() as u64;
+    // Availability over the load after the first acknowledgement (the
+    // group is up before the clients start, but their connections are
+    // not).
+    let first = acks.first().copied().unwrap_or(0);
+    const WINDOW: u64 = 100_000_000;
+    let windows = (load_end.saturating_sub(first) / WINDOW).max(1);
+    let mut busy = vec![false; windows as usize];
+    for &a in &acks {
+        if let Some(b) = busy.get_mut(((a - first) / WINDOW) as usize) {
+            *b = true;
+        }
+    }
+    let idle = busy.iter().filter(|b| !**b).count() as u64;
+    for i in 0..faults.len() {
+        let from = faults[i].at.as_nanos() as u64;
+        let to = faults
+            .get(i + 1)
+            .map_or(load_end, |f| f.at.as_nanos() as u64);
+        faults[i].recovery = ops
+            .iter()
+            .filter(|o| o.op == OpKind::Put && o.outcome == Outcome::Ok && o.invoke_ns >= from)
+            .map(|o| o.complete_ns)
+            .min()
+            .map(|a| Duration::from_nanos(a - from));
+        faults[i].stall = longest_gap(&acks, from, to);
+    }
+    Ok(Report {
+        measured: Duration::from_nanos(load_end - first),
+        availability: (windows - idle) as f64 / windows as f64,
+        unavailable_ms: idle * 100,
+        longest_stall: longest_gap(&acks, first, load_end),
+        writes: (
+            count(OpKind::Put, Outcome::Ok),
+            count(OpKind::Put, Outcome::Fail),
+            count(OpKind::Put, Outcome::Unknown),
+        ),
+        reads: (
+            count(OpKind::Get, Outcome::Ok),
+            count(OpKind::Get, Outcome::Fail),
+        ),
+        faults,
+        acked_lost,
+        violations,
+        replicas_agree,
+        history,
+    })
+}
+
+/// Runs the benchmark and prints its figures; the last line is JSON.
+///
+/// # Errors
+/// As [`chaos`].
+pub async fn run(args: Args) -> BenchResult<()> {
+    eprintln!(
+        "chaos: {} members, {} writers, {} readers, {} min, seed {}, one fault every {}–{} ms",
+        args.members,
+        args.writers,
+        args.readers,
+        args.minutes,
+        args.seed,
+        args.interval_min_ms,
+        args.interval_max_ms
+    );
+    let r = chaos(&args).await?;
+    println!(
+        "chaos over {:.1} s: {} faults ({} on the leader)",
+        r.measured.as_secs_f64(),
+        r.faults.len(),
+        r.leader_faults()
+    );
+    println!(
+        "  {:<13} {:>6} {:>9} {:>9} {:>9} {:>12}",
+        "fault", "count", "on leader", "RTO p50", "RTO p99", "longest stall"
+    );
+    let mut all_rto = Vec::new();
+    for kind in FaultKind::ALL {
+        let of: Vec<&Fault> = r.faults.iter().filter(|f| f.kind == kind).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let mut rto: Vec<Duration> = of.iter().filter_map(|f| f.recovery).collect();
+        rto.sort_unstable();
+        all_rto.extend(rto.iter().copied());
+        let stall = of.iter().map(|f| f.stall).max().unwrap_or_default();
+        println!(
+            "  {:<13} {:>6} {:>9} {:>7} ms {:>6} ms {:>9} ms",
+            kind.name(),
+            of.len(),
+            of.iter().filter(|f| f.on_leader).count(),
+            ms(quantile(&rto, 0.5)),
+            ms(quantile(&rto, 0.99)),
+            ms(stall)
+        );
+    }
+    for (on_leader, what) in [(true, "on the leader"), (false, "elsewhere")] {
+        let mut rto: Vec<Duration> = r
+            .faults
+            .iter()
+            .filter(|f| f.on_leader == on_leader)
+            .filter_map(|f| f.recovery)
+            .collect();
+        rto.sort_unstable();
+        if !rto.is_empty() {
+            println!(
+                "  faults {what}: RTO p50 {} ms, p99 {} ms",
+                ms(quantile(&rto, 0.5)),
+                ms(quantile(&rto, 0.99))
+            );
+        }
+    }
+    let unrecovered = r.faults.iter().filter(|f| f.recovery.is_none()).count();
+    all_rto.sort_unstable();
+    let rto_p99 = ms(quantile(&all_rto, 0.99));
+    println!(
+        "  availability  {:.4} ({} ms without an acknowledged write; target <= {} ms)",
+        r.availability,
+        r.unavailable_ms,
+        r.leader_faults() as u64 * 600 + 500
+    );
+    println!(
+        "  longest stall {} ms; RTO p99 {} ms (target <= 600 ms){}",
+        ms(r.longest_stall),
+        rto_p99,
+        if unrecovered > 0 {
+            format!("; {unrecovered} faults without a recovered write")
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "  writes        {} acknowledged, {} failed, {} unknown; reads {} answered, {} failed",
+        r.writes.0, r.writes.1, r.writes.2, r.reads.0, r.reads.1
+    );
+    println!(
+        "  acked lost    {}; replicas agree: {}; history {} ({} violations)",
+        r.acked_lost,
+        r.replicas_agree,
+        r.history.display(),
+        r.violations.len()
+    );
+    for v in r.violations.iter().take(5) {
+        println!("  VIOLATION {v}");
+    }
+    let minutes = if args.minutes.fract() == 0.0 {
+        json!(args.minutes as u64)
+    } else {
+        json!(args.minutes)
+    };
+    println!(
+        "{}",
+        json_line(&[
+            ("bench", json!("chaos")),
+            ("minutes", minutes),
+            ("faults", json!(r.faults.len())),
+            ("leader_faults", json!(r.leader_faults())),
+            ("availability", json!((r.availability * 1e4).round() / 1e4)),
+            ("unavailable_ms", json!(r.unavailable_ms)),
+            ("rto_p99_ms", json!(rto_p99)),
+            ("longest_stall_ms", json!(ms(r.longest_stall))),
+            ("acked_lost", json!(r.acked_lost)),
+            ("violations", json!(r.violations.len())),
+        ])
+    );
+    Ok(())
+}
