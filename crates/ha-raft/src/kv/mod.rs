@@ -5,7 +5,7 @@
 mod config;
 mod keeper;
 pub(crate) mod lease;
-mod node;
+pub(crate) mod node;
 pub(crate) mod watch;
 
 pub use config::{AutoCompaction, KvConfig};

@@ -559,6 +559,27 @@ impl KvNode {
     }
 }
 
+/// The TTL a grant request gets: whole milliseconds (what is stored,
+/// rounded up), at least `min`.
+///
+/// # Errors
+/// [`InvalidRequest::InvalidTtl`] for a zero or too long TTL,
+/// [`InvalidRequest::InvalidLeaseId`] for a negative id.
+pub(crate) fn granted_ttl(request: &LeaseGrantRequest, min: Duration) -> Result<Duration> {
+    if request.ttl.is_zero() || request.ttl > Duration::from_millis(MAX_TTL_MS) {
+        return Err(Error::InvalidRequest {
+            reason: InvalidRequest::InvalidTtl,
+        });
+    }
+    if request.id.0 < 0 {
+        return Err(Error::InvalidRequest {
+            reason: InvalidRequest::InvalidLeaseId,
+        });
+    }
+    let ms = u64::try_from(request.ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(MAX_TTL_MS);
+    Ok(Duration::from_millis(ms).max(min))
+}
+
 /// Pause between attempts of a lease call that found no leader.
 const LEASE_CALL_RETRY: Duration = Duration::from_millis(10);
 
@@ -717,20 +738,7 @@ impl KvClient for KvNode {
         options: KvOptions,
     ) -> Result<LeaseGrantResponse> {
         let min = self.inner.leases.min_ttl;
-        if request.ttl.is_zero() || request.ttl > Duration::from_millis(MAX_TTL_MS) {
-            return Err(Error::InvalidRequest {
-                reason: InvalidRequest::InvalidTtl,
-            });
-        }
-        if request.id.0 < 0 {
-            return Err(Error::InvalidRequest {
-                reason: InvalidRequest::InvalidLeaseId,
-            });
-        }
-        // Whole milliseconds (what is stored, rounded up), at least the
-        // minimum.
-        let ms = u64::try_from(request.ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(MAX_TTL_MS);
-        let ttl = Duration::from_millis(ms).max(min);
+        let ttl = granted_ttl(&request, min)?;
         if min > request.ttl {
             tracing::info!(
                 requested = ?request.ttl, granted = ?ttl,

@@ -51,9 +51,6 @@ pub(crate) type SpawnQueue = Arc<Mutex<Vec<SimTask>>>;
 /// clients count from 1, the final checks use 1,000,000).
 const FIRST_CLIENT: u64 = 2_000_000;
 
-/// The longest lease TTL (as `KvNode`).
-const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
-
 /// What a custom run's setup gets: clients of the group, the virtual
 /// clock, a spawner for background tasks, and a way to start client tasks
 /// (the run lasts until every one of them has finished).
@@ -435,18 +432,7 @@ impl KvClient for SimKv {
         request: LeaseGrantRequest,
         _options: KvOptions,
     ) -> Result<LeaseGrantResponse> {
-        if request.ttl.is_zero() || request.ttl > Duration::from_millis(MAX_TTL_MS) {
-            return Err(Error::InvalidRequest {
-                reason: InvalidRequest::InvalidTtl,
-            });
-        }
-        if request.id.0 < 0 {
-            return Err(Error::InvalidRequest {
-                reason: InvalidRequest::InvalidLeaseId,
-            });
-        }
-        let ms = u64::try_from(request.ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(MAX_TTL_MS);
-        let ttl = Duration::from_millis(ms).max(self.inner.min_ttl);
+        let ttl = crate::kv::node::granted_ttl(&request, self.inner.min_ttl)?;
         // Chosen ids: unique per client, the same in every replay.
         let id = if request.id == LeaseId::NONE {
             let n = self.inner.next_lease.fetch_add(1, Ordering::SeqCst) + 1;
