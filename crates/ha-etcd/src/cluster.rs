@@ -18,7 +18,8 @@ use crate::{ETCD_API_VERSION, Inner, call_options};
 pub struct ClusterMember {
     /// Its id.
     pub id: NodeId,
-    /// Its peer address, as the group stores it.
+    /// Its peer address, as the group stores it (empty when the group
+    /// records none).
     pub peer_address: String,
     /// A non-voting member.
     pub is_learner: bool,
@@ -118,7 +119,15 @@ impl Inner {
             .map(|m| pb::Member {
                 id: m.id.0,
                 name: format!("member-{}", m.id.0),
-                peer_ur_ls: vec![m.peer_address],
+                peer_ur_ls: if m.peer_address.is_empty() {
+                    self.options
+                        .peer_urls
+                        .get(&m.id.0)
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    vec![m.peer_address]
+                },
                 client_ur_ls: self
                     .options
                     .client_urls

@@ -72,6 +72,10 @@ pub struct GatewayOptions {
     /// Each member's etcd client URLs, for `MemberList` (ha knows only its
     /// peer addresses). A member not listed has none.
     pub client_urls: BTreeMap<u64, Vec<String>>,
+    /// Members' peer addresses for `MemberList`, where the group's
+    /// membership records none (initial members of a group whose
+    /// addresses come from configuration).
+    pub peer_urls: BTreeMap<u64, Vec<String>>,
 }
 
 impl Default for GatewayOptions {
@@ -80,6 +84,7 @@ impl Default for GatewayOptions {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: usize::MAX,
             client_urls: BTreeMap::new(),
+            peer_urls: BTreeMap::new(),
         }
     }
 }

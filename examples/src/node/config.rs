@@ -556,6 +556,37 @@ mod tests {
     }
 
     #[test]
+    fn etcd_client_urls_parse_and_bad_ones_are_named() {
+        let urls = parse_client_urls("1=http://127.0.0.1:2379, 2=https://h:2379,1=http://b:1")
+            .expect("valid");
+        assert_eq!(
+            urls[&NodeId(1)],
+            [
+                "http://127.0.0.1:2379".to_string(),
+                "http://b:1".to_string()
+            ]
+        );
+        assert_eq!(urls[&NodeId(2)], ["https://h:2379".to_string()]);
+        for bad in [
+            "1=127.0.0.1:2379",
+            "0=http://a:1",
+            "x=http://a:1",
+            "http://a:1",
+        ] {
+            assert!(
+                matches!(
+                    parse_client_urls(bad),
+                    Err(SettingsError::Invalid {
+                        setting: "etcd-client-urls",
+                        ..
+                    })
+                ),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         assert!(
             FileConfig::parse("nope = 1").is_err(),

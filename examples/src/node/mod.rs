@@ -275,6 +275,12 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
             let mut options = ha_etcd::GatewayOptions::default();
             options.max_request_bytes = max_body;
             options.client_urls = client_urls;
+            options.peer_urls = app
+                .settings
+                .members
+                .iter()
+                .map(|(id, addr)| (id.0, vec![addr.to_string()]))
+                .collect();
             let gateway = ha_etcd::Gateway::new(Arc::new(kv.clone()))
                 .with_cluster(Arc::new(kv.clone()))
                 .with_options(options);
