@@ -202,7 +202,7 @@ async fn observe(
             let seen = (l.key.clone(), l.mod_revision);
             if sent.as_ref() != Some(&seen) {
                 let reply = pb::LeaderResponse {
-                    header: Some(h.clone()),
+                    header: Some(*h),
                     kv: Some(convert::kv(l.clone())),
                 };
                 if tx.send(Ok(reply)).await.is_err() {

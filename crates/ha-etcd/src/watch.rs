@@ -180,7 +180,7 @@ async fn create_watch(
             None
         }
         Err(e) => {
-            let mut reply = canceled(id, Some(header), &to_status(&e).message().to_owned());
+            let mut reply = canceled(id, Some(header), to_status(&e).message());
             reply.created = true;
             let _ = tx.send(Ok(reply)).await;
             None
