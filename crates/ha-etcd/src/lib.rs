@@ -90,7 +90,8 @@ impl Default for GatewayOptions {
 }
 
 /// The etcd v3 services over one [`KvClient`], ready to mount in a tonic
-/// server ([`Gateway::routes`]) or serve on its own ([`Gateway::serve`]).
+/// server ([`Gateway::routes`]; `routes().into_axum_router()` for an axum or
+/// hyper server).
 #[derive(Clone)]
 pub struct Gateway {
     inner: Arc<Inner>,
