@@ -1,6 +1,7 @@
 # Sourced by scripts/demo, scripts/test and .ci/run: installs what building
 # ha needs and is missing — a C++ compiler and libclang (RocksDB, via
-# bindgen) and protoc (raft's prost codec) — without asking questions.
+# bindgen) and protoc (raft's prost codec) — and etcdctl (the etcd
+# gateway's tests) without asking questions.
 # shellcheck shell=bash
 
 ha_missing=()
@@ -11,6 +12,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     ha_missing+=(libclang-dev)
 fi
 command -v protoc >/dev/null 2>&1 || ha_missing+=(protobuf-compiler)
+# etcdctl: the etcd gateway's tests drive it as an independent client.
+command -v etcdctl >/dev/null 2>&1 || ha_missing+=(etcd-client)
 
 if [ "${#ha_missing[@]}" -gt 0 ]; then
     echo "installing build prerequisites: ${ha_missing[*]}" >&2

@@ -116,6 +116,9 @@ pub struct Cluster {
     /// With mutual TLS ([`Cluster::start_tls`]): the group's CA; members
     /// get certificates as they are spawned. `None`: `insecure-plaintext`.
     pub tls: Option<ClusterTls>,
+    /// etcd gateway ports by member id ([`Cluster::start_etcd`]): members
+    /// listed here start with `--etcd-listen`.
+    pub etcd: BTreeMap<u64, u16>,
 }
 
 /// The certificates of a [`Cluster`] running with TLS.
@@ -387,10 +390,37 @@ impl Cluster {
         c
     }
 
+    /// Starts `n` members running [`node_binary`], each with its etcd v3
+    /// gateway on (`--etcd-listen`, ports in [`Cluster::etcd`]).
+    pub async fn start_etcd(n: u64) -> Cluster {
+        let mut c = Cluster::start_with(node_binary(), 0).await;
+        c.initial = (1..=n).collect();
+        for id in 1..=n {
+            c.peer.insert(id, free_port());
+            c.http.insert(id, free_port());
+            c.etcd.insert(id, free_port());
+        }
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    /// The members' etcd gateway addresses (`IP:port`), comma-separated,
+    /// for `etcdctl --endpoints`.
+    pub fn etcd_endpoints(&self) -> String {
+        self.etcd
+            .values()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Starts `n` members running `binary`.
     pub async fn start_with(binary: PathBuf, n: u64) -> Cluster {
         let mut c = Cluster {
             tls: None,
+            etcd: BTreeMap::new(),
             dir: tempfile::Builder::new()
                 .prefix("ha-node-test-")
                 .tempdir()
@@ -517,6 +547,7 @@ impl Cluster {
             .arg("--config")
             .arg(&config)
             .args(["--http", &format!("127.0.0.1:{}", self.http[&id])])
+            .args(self.etcd_args(id))
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("log handle"))
@@ -525,6 +556,26 @@ impl Cluster {
             .expect("spawn ha-node");
         let stdin = child.stdin.take();
         self.procs.insert(id, Proc { child, stdin });
+    }
+
+    /// `--etcd-listen` and `--etcd-client-urls` for member `id`, if it
+    /// runs the gateway.
+    fn etcd_args(&self, id: u64) -> Vec<String> {
+        let Some(port) = self.etcd.get(&id) else {
+            return Vec::new();
+        };
+        let urls = self
+            .etcd
+            .iter()
+            .map(|(id, port)| format!("{id}=http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            "--etcd-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--etcd-client-urls".into(),
+            urls,
+        ]
     }
 
     /// SIGKILL.

@@ -118,6 +118,16 @@ pub struct Flags {
     /// Peer connections accepted at once (default 256).
     #[arg(long)]
     pub peer_max_connections: Option<usize>,
+    /// Where the etcd v3-compatible gRPC gateway listens (`IP:port`); off
+    /// when absent. It uses the client API's TLS settings and connection
+    /// limits.
+    #[arg(long)]
+    pub etcd_listen: Option<SocketAddr>,
+    /// The members' etcd client URLs, for `etcdctl member list`:
+    /// `1=http://10.0.0.1:2379,2=http://10.0.0.2:2379`. This member's own
+    /// defaults to its --etcd-listen address.
+    #[arg(long)]
+    pub etcd_client_urls: Option<String>,
 }
 
 /// Raft timing presets.
@@ -177,6 +187,10 @@ pub struct FileConfig {
     pub http_max_connections: Option<usize>,
     /// `--peer-max-connections`.
     pub peer_max_connections: Option<usize>,
+    /// `--etcd-listen`.
+    pub etcd_listen: Option<SocketAddr>,
+    /// `--etcd-client-urls`.
+    pub etcd_client_urls: Option<String>,
 }
 
 /// Everything ha-node needs, validated.
@@ -220,6 +234,10 @@ pub struct Settings {
     pub http_max_connections: usize,
     /// Peer connections accepted at once.
     pub peer_max_connections: usize,
+    /// The etcd gateway's listener, if on.
+    pub etcd_listen: Option<SocketAddr>,
+    /// Members' etcd client URLs (for `MemberList`).
+    pub etcd_client_urls: BTreeMap<NodeId, Vec<String>>,
 }
 
 /// Default `join-timeout-ms`.
@@ -351,6 +369,36 @@ pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, Setting
     Ok(members)
 }
 
+/// Parses `1=http://127.0.0.1:2379,2=http://127.0.0.1:2479` (a member may
+/// be named more than once for several URLs).
+///
+/// # Errors
+/// When an item is not `id=URL` or an id is not a member id.
+pub fn parse_client_urls(text: &str) -> Result<BTreeMap<NodeId, Vec<String>>, SettingsError> {
+    let bad = |reason: String| SettingsError::Invalid {
+        setting: "etcd-client-urls",
+        reason,
+    };
+    let mut urls: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, url) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{item}` is not id=URL")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|e| bad(format!("`{id}` is not a member id: {e}")))?;
+        let url = url.trim();
+        if id == 0 || !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad(format!(
+                "`{item}`: the id must not be 0 and the URL must start with http:// or https://"
+            )));
+        }
+        urls.entry(NodeId(id)).or_default().push(url.to_owned());
+    }
+    Ok(urls)
+}
+
 impl Settings {
     /// Flags over the file over defaults, validated.
     ///
@@ -469,6 +517,11 @@ impl Settings {
             http_require_client_cert,
             http_max_connections,
             peer_max_connections,
+            etcd_listen: flags.etcd_listen.or(file.etcd_listen),
+            etcd_client_urls: match flags.etcd_client_urls.or(file.etcd_client_urls) {
+                Some(text) => parse_client_urls(&text)?,
+                None => BTreeMap::new(),
+            },
         })
     }
 
@@ -556,6 +609,37 @@ mod tests {
         assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(s.members.map(|m| m.len()), Some(3));
         assert!(s.promote, "a joining member is promoted by default");
+    }
+
+    #[test]
+    fn etcd_client_urls_parse_and_bad_ones_are_named() {
+        let urls = parse_client_urls("1=http://127.0.0.1:2379, 2=https://h:2379,1=http://b:1")
+            .expect("valid");
+        assert_eq!(
+            urls[&NodeId(1)],
+            [
+                "http://127.0.0.1:2379".to_string(),
+                "http://b:1".to_string()
+            ]
+        );
+        assert_eq!(urls[&NodeId(2)], ["https://h:2379".to_string()]);
+        for bad in [
+            "1=127.0.0.1:2379",
+            "0=http://a:1",
+            "x=http://a:1",
+            "http://a:1",
+        ] {
+            assert!(
+                matches!(
+                    parse_client_urls(bad),
+                    Err(SettingsError::Invalid {
+                        setting: "etcd-client-urls",
+                        ..
+                    })
+                ),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use ha_raft::tls::PeerTls;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
@@ -101,15 +101,27 @@ fn admit(open: &Arc<Mutex<Open>>, limits: &HttpLimits, ip: IpAddr) -> Option<Slo
     })
 }
 
+/// The HTTP version a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: the JSON client API.
+    Http1,
+    /// HTTP/2 (prior knowledge, or ALPN `h2` under TLS): gRPC, the etcd
+    /// gateway.
+    Http2,
+}
+
 /// A client connection's bytes: plain TCP or TLS.
 type HttpIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Serves `router` on `listener` until `stop` resolves, then lets open
 /// requests finish for up to `drain` (watch streams end once the member
 /// stopped) and closes what is left.
+#[allow(clippy::too_many_arguments)] // one call site per listener
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    protocol: Protocol,
     limits: HttpLimits,
     tls: Option<Arc<PeerTls>>,
     counters: Arc<HttpCounters>,
@@ -151,7 +163,16 @@ pub async fn serve(
             let io: HttpIo = match tls {
                 None => Either::Left(tcp),
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                    let config = match protocol {
+                        Protocol::Http1 => tls.server_config(),
+                        // gRPC clients insist on ALPN `h2`.
+                        Protocol::Http2 => {
+                            let mut c = (*tls.server_config()).clone();
+                            c.alpn_protocols = vec![b"h2".to_vec()];
+                            Arc::new(c)
+                        }
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await
                     {
                         Ok(Ok(s)) => Either::Right(Box::new(s)),
@@ -172,11 +193,24 @@ pub async fn serve(
                 router,
                 limits.max_in_flight_per_connection,
             ));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.handshake_timeout)
-                .serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn).await {
+            let result = match protocol {
+                Protocol::Http1 => {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.handshake_timeout)
+                        .serve_connection(TokioIo::new(io), service);
+                    watcher.watch(conn).await
+                }
+                Protocol::Http2 => {
+                    // Streams in flight per connection: the same bound.
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .max_concurrent_streams(limits.max_in_flight_per_connection as u32)
+                        .serve_connection(TokioIo::new(io), service);
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
             }
         });

@@ -197,6 +197,14 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(io(format!("binding the HTTP listener {}", settings.http)))?;
     let http_addr = http.local_addr().map_err(io("reading the HTTP address"))?;
+    let etcd = match settings.etcd_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("binding the etcd gateway listener {addr}")))?,
+        ),
+        None => None,
+    };
     // TLS material is loaded (and checked) before anything binds.
     let (security, http_tls) = match &settings.tls {
         Some(files) => {
@@ -368,9 +376,56 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     let router = api::router(app.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let http_counters = app.metrics.http.clone();
+    // The etcd gateway: same TLS and connection limits as the client API;
+    // it stops with it.
+    let (etcd_drain_tx, etcd_drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let etcd_server = match etcd {
+        Some(listener) => {
+            let addr = listener
+                .local_addr()
+                .map_err(io("reading the etcd gateway address"))?;
+            let scheme = if http_tls.is_some() { "https" } else { "http" };
+            let mut client_urls: std::collections::BTreeMap<u64, Vec<String>> = app
+                .settings
+                .etcd_client_urls
+                .iter()
+                .map(|(id, urls)| (id.0, urls.clone()))
+                .collect();
+            client_urls
+                .entry(app.settings.id.0)
+                .or_insert_with(|| vec![format!("{scheme}://{addr}")]);
+            let mut options = ha_etcd::GatewayOptions::default();
+            options.max_request_bytes = max_body;
+            options.client_urls = client_urls;
+            options.peer_urls = app
+                .settings
+                .members
+                .iter()
+                .map(|(id, addr)| (id.0, vec![addr.to_string()]))
+                .collect();
+            let gateway = ha_etcd::Gateway::new(Arc::new(kv.clone()))
+                .with_cluster(Arc::new(kv.clone()))
+                .with_options(options);
+            tracing::info!(etcd = %addr, "etcd v3 gateway listening");
+            Some(tokio::spawn(http::serve(
+                listener,
+                gateway.routes().into_axum_router(),
+                http::Protocol::Http2,
+                http_limits,
+                http_tls.clone(),
+                app.metrics.http.clone(),
+                async {
+                    let _ = etcd_drain_rx.await;
+                },
+                HTTP_DRAIN,
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(http::serve(
         http,
         router,
+        http::Protocol::Http1,
         http_limits,
         http_tls,
         http_counters,
@@ -387,6 +442,12 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
     let result = kv.shutdown().await;
     membership.abort();
     let _ = drain_tx.send(());
+    let _ = etcd_drain_tx.send(());
+    if let Some(etcd_server) = etcd_server
+        && let Err(e) = etcd_server.await
+    {
+        tracing::warn!(error = %e, "etcd gateway task failed");
+    }
     // `serve` bounds its own drain; this only reports a failed task.
     if let Err(e) = server.await {
         tracing::warn!(error = %e, "HTTP server task failed");
