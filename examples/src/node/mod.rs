@@ -392,16 +392,16 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
                 .map(|(id, urls)| (id.0, urls.clone()))
                 .collect();
             client_urls
-                .entry(app.settings.id.0)
+                .entry(id.0)
                 .or_insert_with(|| vec![format!("{scheme}://{addr}")]);
             let mut options = ha_etcd::GatewayOptions::default();
             options.max_request_bytes = max_body;
             options.client_urls = client_urls;
             options.peer_urls = app
-                .settings
-                .members
+                .identity
+                .peers
                 .iter()
-                .map(|(id, addr)| (id.0, vec![addr.to_string()]))
+                .map(|(id, addr)| (*id, vec![addr.to_string()]))
                 .collect();
             let gateway = ha_etcd::Gateway::new(Arc::new(kv.clone()))
                 .with_cluster(Arc::new(kv.clone()))
