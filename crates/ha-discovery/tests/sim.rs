@@ -87,6 +87,15 @@ impl Client {
         self.clock.now().duration_since(self.start).as_nanos()
     }
 
+    /// An action now, with `token`.
+    fn action(&self, token: FencingToken) -> Action {
+        Action {
+            at_ns: self.now_ns(),
+            token: token.0,
+            client: self.id,
+        }
+    }
+
     async fn sleep_ms(&self, ms: u64) {
         self.clock.sleep(Duration::from_millis(ms)).await;
     }
@@ -133,11 +142,7 @@ impl Client {
                 None
             } else {
                 let mut s = self.shared.lock();
-                s.locked.push(Action {
-                    at_ns: self.now_ns(),
-                    token: token.0,
-                    client: self.id,
-                });
+                s.locked.push(self.action(token));
                 Some(s.counter)
             };
             // Sometimes the whole client process pauses past the TTL while
@@ -156,11 +161,7 @@ impl Client {
                     self.stale_write(token, pause);
                 } else {
                     let mut s = self.shared.lock();
-                    s.locked.push(Action {
-                        at_ns: self.now_ns(),
-                        token: token.0,
-                        client: self.id,
-                    });
+                    s.locked.push(self.action(token));
                     if self.fence.check(token).is_ok() {
                         s.counter = value + 1;
                         s.increments += 1;
@@ -215,11 +216,8 @@ impl Client {
                 if leadership.is_lost() {
                     break;
                 }
-                self.shared.lock().leading.push(Action {
-                    at_ns: self.now_ns(),
-                    token: token.0,
-                    client: self.id,
-                });
+                let action = self.action(token);
+                self.shared.lock().leading.push(action);
             }
             let _ = leadership.resign().await;
         }

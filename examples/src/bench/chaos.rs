@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ha_client::RemoteKv;
-use ha_core::{KeyRange, KeyValue, KvClient, KvOptions, PutRequest, RangeRequest};
+use ha_core::{KeyRange, KvClient, KvOptions, PutRequest, RangeRequest};
 use ha_raft::sim::{
     Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, check_history, write_history,
 };
@@ -188,18 +188,6 @@ fn outcome_of(e: &ha_core::Error) -> Outcome {
     }
 }
 
-fn seen(kv: &KeyValue) -> SeenKv {
-    SeenKv {
-        key: String::from_utf8_lossy(&kv.key).into_owned(),
-        value: std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse().ok()),
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-    }
-}
-
 async fn writer(kv: RemoteKv, client: u64, s: Arc<Shared>) {
     let mut seq = 0u64;
     while !s.stop.load(Ordering::Relaxed) {
@@ -288,7 +276,7 @@ async fn reader(kv: RemoteKv, client: u64, seed: u64, s: Arc<Shared>) {
                 Outcome::Ok,
                 Outputs {
                     revision: Some(g.header.revision),
-                    kvs: Some(g.kvs.iter().map(seen).collect()),
+                    kvs: Some(g.kvs.iter().map(SeenKv::from).collect()),
                     ..Outputs::default()
                 },
             ),
@@ -568,7 +556,7 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
             .await
         {
             Ok(r) => {
-                let kvs: Vec<SeenKv> = r.kvs.iter().map(seen).collect();
+                let kvs: Vec<SeenKv> = r.kvs.iter().map(SeenKv::from).collect();
                 let finals: BTreeMap<String, Option<u64>> =
                     kvs.iter().map(|k| (k.key.clone(), k.value)).collect();
                 let op = HistoryOp {

@@ -146,6 +146,21 @@ pub struct SeenKv {
     pub version: i64,
 }
 
+impl From<&ha_core::KeyValue> for SeenKv {
+    /// What a history records of a key a read returned.
+    fn from(kv: &ha_core::KeyValue) -> Self {
+        SeenKv {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: std::str::from_utf8(&kv.value)
+                .ok()
+                .and_then(|s| s.parse().ok()),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+        }
+    }
+}
+
 /// The outputs of an operation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outputs {

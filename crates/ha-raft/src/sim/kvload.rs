@@ -247,17 +247,7 @@ fn stamp() -> HeaderStamp {
 }
 
 fn seen(kvs: &[KeyValue]) -> Vec<SeenKv> {
-    kvs.iter()
-        .map(|kv| SeenKv {
-            key: String::from_utf8_lossy(&kv.key).into_owned(),
-            value: std::str::from_utf8(&kv.value)
-                .ok()
-                .and_then(|s| s.parse().ok()),
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-        })
-        .collect()
+    kvs.iter().map(SeenKv::from).collect()
 }
 
 /// What a reply of the machine (to a command or a query) means for the

@@ -3,11 +3,10 @@
 
 use ha_core::Error;
 
-use super::raw::RawStep;
 use super::{Event, FINAL_CLIENT, GRACE, OpenRequest, World, key_name};
 use crate::core::{Outbox, ReadReady};
 use crate::sim::check::describe;
-use crate::sim::client::{Reply, Request};
+use crate::sim::client::{RawKind, Reply, Request};
 use crate::sim::history::{Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs};
 use crate::sim::kv;
 use crate::sim::kvload::{self, KvRequest};
@@ -105,26 +104,28 @@ impl World {
             Request::Kv(KvRequest::KeepAlive { lease }) => {
                 return self.keep_alive(id, m, lease);
             }
-            Request::Raw(kind) => match self.raw_request(id, m, kind, &mut out) {
-                RawStep::Done => return,
-                RawStep::Drive => false,
-                RawStep::Serializable => true,
-                RawStep::Dispatch => {
-                    self.counters.lease_reads += 1;
-                    self.counters.lease_hits += 1;
-                    return self.dispatch(m, out);
-                }
-            },
-            Request::Write { key, value } => {
+            Request::Raw(
+                kind @ (RawKind::KeepAlive(_) | RawKind::TimeToLive(_) | RawKind::Watch),
+            ) => {
+                return self.raw_call(id, m, kind);
+            }
+            Request::Write { .. } | Request::Raw(RawKind::Propose) => {
+                let command = match r.request {
+                    Request::Write { key, value } => kv::write_command(key, value),
+                    _ => match self.raw_bytes(id) {
+                        Some(bytes) => bytes,
+                        None => {
+                            return self.complete(id, Outcome::Fail, Outputs::error("no command"));
+                        }
+                    },
+                };
+                let Some(p) = self.members[m].proc.as_mut() else {
+                    return;
+                };
                 p.next_seq += 1;
                 p.proposals.insert(p.next_seq, id);
-                p.core.propose(
-                    p.next_seq,
-                    kv::write_command(key, value),
-                    deadline,
-                    instant,
-                    &mut out,
-                );
+                p.core
+                    .propose(p.next_seq, command, deadline, instant, &mut out);
                 false
             }
             Request::Kv(
@@ -148,7 +149,19 @@ impl World {
                 false
             }
             Request::Read { consistency, .. }
+            | Request::Raw(RawKind::Read(consistency))
             | Request::Kv(KvRequest::Get { consistency, .. } | KvRequest::Range { consistency }) => {
+                if let Request::Raw(_) = r.request {
+                    match self.raw_bytes(id) {
+                        Some(query) => self.raw_queries.insert(id, query),
+                        None => {
+                            return self.complete(id, Outcome::Fail, Outputs::error("no query"));
+                        }
+                    };
+                }
+                let Some(p) = self.members[m].proc.as_mut() else {
+                    return;
+                };
                 if let Request::Kv(KvRequest::Get { back, .. }) = r.request
                     && back > 0
                 {

@@ -14,11 +14,10 @@ use ha_core::{
 use parking_lot::Mutex;
 
 use super::World;
-use crate::core::{Outbox, ReadReady};
 use crate::kv::lease::Refusal;
 use crate::kv::watch::{Delivery, Offer, WatchSink};
 use crate::sim::client::{RawKind, RawPayload, RawResult};
-use crate::sim::history::{Consistency, Outcome, Outputs};
+use crate::sim::history::{Outcome, Outputs};
 use crate::sim::kvclient::{WatchControls, WatchOp, WatchSender};
 
 /// What raw watchers' sinks were handed, by watch key.
@@ -56,80 +55,30 @@ impl WatchSink for RawSink {
 }
 
 impl World {
-    /// A raw call reaches member `m` (running): `out` gathers what the
-    /// core does; returns true when a serializable read was queued.
-    pub(super) fn raw_request(
-        &mut self,
-        id: u64,
-        m: usize,
-        kind: RawKind,
-        out: &mut Outbox,
-    ) -> RawStep {
-        let instant = self.instant_of(m);
-        let deadline = instant + std::time::Duration::from_nanos(self.request_timeout);
-        let payload = self.board.take_payload(id);
+    /// A raw lease call or watch reaches member `m` (proposals and reads
+    /// take the workload's own paths in `World::request`).
+    pub(super) fn raw_call(&mut self, id: u64, m: usize, kind: RawKind) {
         match kind {
             RawKind::KeepAlive(lease) | RawKind::TimeToLive(lease) => {
                 self.raw_lease_call(id, m, kind, lease);
-                RawStep::Done
             }
-            RawKind::Watch => {
-                let Some(RawPayload::Watch(request, feed)) = payload else {
-                    self.complete(id, Outcome::Fail, Outputs::error("no watch request"));
-                    return RawStep::Done;
-                };
-                self.raw_watch_open(id, m, request, feed);
-                RawStep::Done
-            }
-            RawKind::Propose => {
-                let Some(RawPayload::Bytes(bytes)) = payload else {
-                    self.complete(id, Outcome::Fail, Outputs::error("no command"));
-                    return RawStep::Done;
-                };
-                let Some(p) = self.members[m].proc.as_mut() else {
-                    return RawStep::Done;
-                };
-                p.next_seq += 1;
-                p.proposals.insert(p.next_seq, id);
-                p.core.propose(p.next_seq, bytes, deadline, instant, out);
-                RawStep::Drive
-            }
-            RawKind::Read(consistency) => {
-                let Some(RawPayload::Bytes(bytes)) = payload else {
-                    self.complete(id, Outcome::Fail, Outputs::error("no query"));
-                    return RawStep::Done;
-                };
-                self.raw_queries.insert(id, bytes);
-                let Some(p) = self.members[m].proc.as_mut() else {
-                    return RawStep::Done;
-                };
-                p.next_token += 1;
-                let token = p.next_token;
-                p.reads.insert(token, id);
-                match consistency {
-                    Consistency::Serializable => {
-                        p.ser_reads.push(token);
-                        RawStep::Serializable
-                    }
-                    Consistency::Lease => {
-                        if let Some(grant) = p.lease.filter(|g| instant < g.until) {
-                            p.lease_used = true;
-                            out.reads.push(ReadReady {
-                                index: grant.commit,
-                                tokens: vec![token],
-                            });
-                            RawStep::Dispatch
-                        } else {
-                            p.core.lease_read(token, deadline, instant, out);
-                            RawStep::Drive
-                        }
-                    }
-                    Consistency::Linearizable => {
-                        p.core.read(token, deadline);
-                        RawStep::Drive
-                    }
+            RawKind::Watch => match self.board.take_payload(id) {
+                Some(RawPayload::Watch(request, feed)) => {
+                    self.raw_watch_open(id, m, request, feed);
                 }
+                _ => self.complete(id, Outcome::Fail, Outputs::error("no watch request")),
+            },
+            RawKind::Propose | RawKind::Read(_) => {
+                debug_assert!(false, "raw proposals and reads go through World::request");
             }
+        }
+    }
+
+    /// The encoded command or query of raw call `id`.
+    pub(super) fn raw_bytes(&mut self, id: u64) -> Option<Vec<u8>> {
+        match self.board.take_payload(id) {
+            Some(RawPayload::Bytes(bytes)) => Some(bytes),
+            _ => None,
         }
     }
 
@@ -350,16 +299,4 @@ fn raw_stamp() -> ha_storage::kv::HeaderStamp {
         member_id: NodeId(0),
         raft_term: 0,
     }
-}
-
-/// What the caller of [`World::raw_request`] does next.
-pub(super) enum RawStep {
-    /// Nothing (answered, or failed).
-    Done,
-    /// Drive the member's core with the outbox.
-    Drive,
-    /// Dispatch the outbox without the core (a published lease hit).
-    Dispatch,
-    /// Schedule the apply step (a serializable read waits there).
-    Serializable,
 }
