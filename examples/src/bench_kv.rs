@@ -78,8 +78,8 @@ pub struct KvArgs {
     /// (`RemoteKv`) instead of members in this process: their `--http`
     /// addresses, comma-separated (`http://127.0.0.1:8001,...`); or an
     /// etcd cluster (or an etcd-compatible gateway) through `etcd-client`:
-    /// `etcd://127.0.0.1:2379,etcd://127.0.0.1:22379` (the `etcd`
-    /// feature).
+    /// `etcd-grpc://127.0.0.1:2379,etcd-grpc://127.0.0.1:22379` (the
+    /// `etcd` feature; `etcd://` is accepted too).
     #[arg(long, value_delimiter = ',', conflicts_with = "spawn")]
     pub target: Vec<String>,
     /// Like `--target`, with this many ha-node processes started here on
@@ -285,7 +285,11 @@ async fn run_remote(args: KvArgs) -> crate::bench::BenchResult<()> {
     if args.via_leader {
         return Err("--via-leader runs in this process only (no --target, --spawn)".into());
     }
-    if args.target.iter().any(|t| t.starts_with("etcd://")) {
+    if args
+        .target
+        .iter()
+        .any(|t| t.starts_with("etcd-grpc://") || t.starts_with("etcd://"))
+    {
         return run_etcd(args).await;
     }
     let cluster = match args.spawn {
@@ -333,14 +337,15 @@ async fn run_remote(args: KvArgs) -> crate::bench::BenchResult<()> {
     Ok(())
 }
 
-/// `--target etcd://...`: the same load through `etcd-client`.
+/// `--target etcd-grpc://...` (or `etcd://...`): the same load through
+/// `etcd-client`, against etcd or an ha group's etcd gateway.
 #[cfg(feature = "etcd")]
 async fn run_etcd(args: KvArgs) -> crate::bench::BenchResult<()> {
-    use crate::bench::etcd_kv::{EtcdKv, SCHEME};
+    use crate::bench::etcd_kv::{EtcdKv, SCHEME, is_etcd_target};
     if args.workload == Workload::GetLease {
         return Err("etcd has no lease reads: use --workload get".into());
     }
-    if let Some(t) = args.target.iter().find(|t| !t.starts_with(SCHEME)) {
+    if let Some(t) = args.target.iter().find(|t| !is_etcd_target(t)) {
         return Err(format!("mixed targets: {t} is not {SCHEME}...").into());
     }
     let kv = EtcdKv::connect(&args.target, Duration::from_secs(10)).await?;
@@ -355,14 +360,14 @@ async fn run_etcd(args: KvArgs) -> crate::bench::BenchResult<()> {
     report(
         &args,
         args.target.len() as u64,
-        "etcd through etcd-client",
+        "etcd's v3 gRPC API (etcd, or ha's gateway) through etcd-client",
         Some(&args.target),
         &figures,
     );
     Ok(())
 }
 
-/// `--target etcd://...` needs the `etcd` feature.
+/// `--target etcd-grpc://...` needs the `etcd` feature.
 #[cfg(not(feature = "etcd"))]
 async fn run_etcd(_args: KvArgs) -> crate::bench::BenchResult<()> {
     Err("this ha-bench was built without the `etcd` feature (cargo build --release -p ha-examples --features etcd --bin ha-bench)".into())
@@ -539,7 +544,12 @@ fn report(args: &KvArgs, members: u64, how: &str, targets: Option<&[String]>, f:
     println!("  leader changes {}", f.leader_changes);
     // Field order as the issue gives it (serde_json would sort the keys).
     let remote = match targets {
-        Some(t) if t.iter().any(|t| t.starts_with("etcd://")) => ",\"client\":\"etcd\"",
+        Some(t)
+            if t.iter()
+                .any(|t| t.starts_with("etcd-grpc://") || t.starts_with("etcd://")) =>
+        {
+            ",\"client\":\"etcd\""
+        }
         Some(_) => ",\"client\":\"remote\"",
         None => "",
     };

@@ -390,6 +390,25 @@ impl Cluster {
         c
     }
 
+    /// As [`Cluster::start_tls`], each member with its etcd v3 gateway on
+    /// (TLS, client certificates required, as on the client API).
+    pub async fn start_etcd_tls(n: u64) -> Cluster {
+        let mut c = Cluster::start_with(node_binary(), 0).await;
+        let tls = ClusterTls::new();
+        c.client = tls.http_client();
+        c.tls = Some(tls);
+        c.initial = (1..=n).collect();
+        for id in 1..=n {
+            c.peer.insert(id, free_port());
+            c.http.insert(id, free_port());
+            c.etcd.insert(id, free_port());
+        }
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
     /// Starts `n` members running [`node_binary`], each with its etcd v3
     /// gateway on (`--etcd-listen`, ports in [`Cluster::etcd`]).
     pub async fn start_etcd(n: u64) -> Cluster {
@@ -564,10 +583,11 @@ impl Cluster {
         let Some(port) = self.etcd.get(&id) else {
             return Vec::new();
         };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let urls = self
             .etcd
             .iter()
-            .map(|(id, port)| format!("{id}=http://127.0.0.1:{port}"))
+            .map(|(id, port)| format!("{id}={scheme}://127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",");
         vec![

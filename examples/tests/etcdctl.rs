@@ -33,14 +33,25 @@ fn etcdctl_available() -> bool {
 
 struct Etcdctl {
     endpoints: String,
+    /// `--cacert`, `--cert`, `--key` and the like.
+    tls: Vec<String>,
 }
 
 impl Etcdctl {
+    fn new(endpoints: String) -> Etcdctl {
+        Etcdctl {
+            endpoints,
+            tls: Vec::new(),
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("etcdctl");
         c.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints))
             .args(["--dial-timeout=5s", "--command-timeout=15s"])
+            // Later flags win: these may shorten the timeouts.
+            .args(&self.tls)
             .args(args);
         c
     }
@@ -52,8 +63,18 @@ impl Etcdctl {
     }
 
     async fn run_with_input(&self, args: &[&str], input: &str) -> String {
+        let (ok, stdout, stderr) = self.output(args, input).await;
+        assert!(
+            ok,
+            "etcdctl {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        stdout
+    }
+
+    /// Runs a command to completion: whether it succeeded, its stdout and
+    /// its stderr.
+    async fn output(&self, args: &[&str], input: &str) -> (bool, String, String) {
         let mut command = self.command(args);
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let input = input.to_owned();
         tokio::task::spawn_blocking(move || {
             let mut child = command
@@ -66,14 +87,11 @@ impl Etcdctl {
                 stdin.write_all(input.as_bytes()).expect("write stdin");
             }
             let out = child.wait_with_output().expect("etcdctl output");
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
+            (
                 out.status.success(),
-                "etcdctl {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            stdout
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         })
         .await
         .expect("etcdctl task")
@@ -160,9 +178,7 @@ async fn etcdctl_against_a_three_process_group() {
     one_at_a_time(async {
         let c = Cluster::start_etcd(3).await;
         c.healthy().await;
-        let ctl = Etcdctl {
-            endpoints: c.etcd_endpoints(),
-        };
+        let ctl = Etcdctl::new(c.etcd_endpoints());
 
         // put / get / del with prefixes and revisions.
         assert_eq!(ctl.run(&["put", "app/a", "1"]).await.trim(), "OK");
@@ -299,6 +315,241 @@ async fn etcdctl_against_a_three_process_group() {
             "every member names the same leader: {status}"
         );
         assert!(statuses.iter().all(|s| s["Status"]["version"] == "3.5.0"));
+    })
+    .await;
+}
+
+/// Member `id`'s line in `etcdctl member list -w json`: (is it there, is
+/// it a learner).
+async fn listed(ctl: &Etcdctl, id: u64) -> Option<bool> {
+    let json = ctl.run(&["member", "list", "-w", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json).expect("member list json");
+    v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["ID"].as_u64() == Some(id))
+        .map(|m| m["isLearner"].as_bool().unwrap_or(false))
+}
+
+/// The member id in `Member 4 added to cluster 6b0f...` (hex).
+fn added_member(out: &str) -> u64 {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        words.len() >= 3 && words[0] == "Member" && words[2] == "added",
+        "unexpected member add output: {out}"
+    );
+    u64::from_str_radix(words[1], 16).expect("hex member id")
+}
+
+/// etcd's member workflow through a follower's gateway: `member add`
+/// (the new member is started with that id and joins as the learner it
+/// was added as, then becomes a voter once caught up), `member add
+/// --learner` + `member promote`, `member update`, `move-leader` and
+/// `member remove` — each forwarded to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_changes_membership_through_any_member() {
+    if !etcdctl_available() {
+        return;
+    }
+    one_at_a_time(async {
+        let mut c = Cluster::start_etcd(3).await;
+        let leader = c.healthy().await;
+        let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+        let via = Etcdctl::new(format!("127.0.0.1:{}", c.etcd[&follower]));
+
+        // member add (a voter once caught up), then start it.
+        let port = ha_examples::procs::free_port();
+        let out = via
+            .run(&[
+                "member",
+                "add",
+                "m4",
+                &format!("--peer-urls=http://127.0.0.1:{port}"),
+            ])
+            .await;
+        let id = added_member(&out);
+        assert_eq!(id, 4, "the next id never used: {out}");
+        assert!(
+            out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+            "{out}"
+        );
+        assert_eq!(
+            listed(&via, id).await,
+            Some(true),
+            "a learner until it catches up"
+        );
+        c.peer.insert(id, port);
+        c.etcd.insert(id, ha_examples::procs::free_port());
+        c.spawn_joining(id, Some(follower));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while listed(&via, id).await != Some(false) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "member {id} was not promoted within {PATIENCE:?}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let four = Etcdctl::new(format!("127.0.0.1:{}", c.etcd[&id]));
+        assert_eq!(four.run(&["put", "from/4", "yes"]).await.trim(), "OK");
+        assert_eq!(lines(&via.run(&["get", "from/4"]).await), ["from/4", "yes"]);
+
+        // member add --learner, start it, promote it once it has caught
+        // up; promoting a voter is refused.
+        let port5 = ha_examples::procs::free_port();
+        let out = via
+            .run(&[
+                "member",
+                "add",
+                "m5",
+                "--learner",
+                &format!("--peer-urls=http://127.0.0.1:{port5}"),
+            ])
+            .await;
+        let five = added_member(&out);
+        assert_eq!(five, 5, "{out}");
+        assert_eq!(listed(&via, five).await, Some(true));
+        c.peer.insert(five, port5);
+        c.etcd.insert(five, ha_examples::procs::free_port());
+        c.spawn_joining(five, Some(follower));
+        let learner = Etcdctl::new(format!("127.0.0.1:{}", c.etcd[&five]));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let (ok, out, _) = learner
+                .output(&["get", "from/4", "--consistency=s"], "")
+                .await;
+            if ok && lines(&out) == ["from/4", "yes"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "learner {five} did not catch up within {PATIENCE:?}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            listed(&via, five).await,
+            Some(true),
+            "not promoted by itself"
+        );
+        let out = via.run(&["member", "promote", &format!("{five:x}")]).await;
+        assert!(
+            out.starts_with(&format!("Member {five:16x} promoted in cluster")),
+            "{out}"
+        );
+        assert_eq!(listed(&via, five).await, Some(false));
+        let (ok, _, err) = via
+            .output(&["member", "promote", &format!("{five:x}")], "")
+            .await;
+        assert!(!ok && err.contains("learner"), "a voter promoted: {err}");
+
+        // member update: the same address (a running member's address
+        // moves only when it moves); a malformed URL is refused.
+        let out = via
+            .run(&[
+                "member",
+                "update",
+                &format!("{id:x}"),
+                &format!("--peer-urls=http://127.0.0.1:{port}"),
+            ])
+            .await;
+        assert!(
+            out.starts_with(&format!("Member {id:16x} updated in cluster")),
+            "{out}"
+        );
+        let (ok, _, err) = via
+            .output(
+                &[
+                    "member",
+                    "update",
+                    &format!("{id:x}"),
+                    "--peer-urls=http://localhost:2380",
+                ],
+                "",
+            )
+            .await;
+        assert!(!ok && err.contains("IP:port"), "{err}");
+
+        // move-leader to member 4, sent to a follower.
+        let all = Etcdctl::new(c.etcd_endpoints());
+        let out = all.run(&["move-leader", &format!("{id:x}")]).await;
+        assert!(out.contains(&format!("to {id:x}")), "{out}");
+        assert_eq!(c.healthy().await, id, "member 4 leads");
+
+        // member remove of a voter, through a member that does not lead.
+        let out = via.run(&["member", "remove", &format!("{leader:x}")]).await;
+        assert!(
+            out.starts_with(&format!("Member {leader:16x} removed")),
+            "{out}"
+        );
+        assert_eq!(listed(&via, leader).await, None);
+        c.kill(leader);
+        assert_eq!(via.run(&["put", "after", "remove"]).await.trim(), "OK");
+    })
+    .await;
+}
+
+/// The gateway of a group with TLS: etcdctl with the CA and a client
+/// certificate works; without a client certificate, or without TLS, it
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_over_tls_needs_a_client_certificate() {
+    if !etcdctl_available() {
+        return;
+    }
+    one_at_a_time(async {
+        let c = Cluster::start_etcd_tls(3).await;
+        c.healthy().await;
+        let tls = c.tls.as_ref().expect("tls");
+        let dir = c.dir.path();
+        std::fs::write(dir.join("etcdctl-ca.pem"), tls.ca.cert_pem()).expect("ca");
+        std::fs::write(dir.join("etcdctl.pem"), &tls.client.cert).expect("cert");
+        std::fs::write(dir.join("etcdctl.key"), &tls.client.key).expect("key");
+        let endpoints = c
+            .etcd
+            .values()
+            .map(|port| format!("https://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let ca = format!("--cacert={}", dir.join("etcdctl-ca.pem").display());
+        let good = Etcdctl {
+            endpoints: endpoints.clone(),
+            tls: vec![
+                ca.clone(),
+                format!("--cert={}", dir.join("etcdctl.pem").display()),
+                format!("--key={}", dir.join("etcdctl.key").display()),
+            ],
+        };
+        assert_eq!(good.run(&["put", "secure", "yes"]).await.trim(), "OK");
+        assert_eq!(
+            lines(&good.run(&["get", "secure"]).await),
+            ["secure", "yes"]
+        );
+        let members = good.run(&["member", "list"]).await;
+        assert!(
+            members.contains(&format!("https://127.0.0.1:{}", c.etcd[&1])),
+            "client URLs are https: {members}"
+        );
+
+        let no_cert = Etcdctl {
+            endpoints: endpoints.clone(),
+            tls: vec![
+                ca,
+                "--dial-timeout=2s".into(),
+                "--command-timeout=4s".into(),
+            ],
+        };
+        let (ok, out, err) = no_cert.output(&["get", "secure"], "").await;
+        assert!(!ok, "read without a client certificate: {out}");
+        let plain = Etcdctl {
+            endpoints: c.etcd_endpoints(),
+            tls: vec!["--dial-timeout=2s".into(), "--command-timeout=4s".into()],
+        };
+        let (ok, out, err2) = plain.output(&["get", "secure"], "").await;
+        assert!(!ok, "read over plaintext: {out}");
+        eprintln!("refused as expected:\n{err}\n{err2}");
     })
     .await;
 }

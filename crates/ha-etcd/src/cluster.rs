@@ -43,13 +43,28 @@ pub struct MemberStatus {
 }
 
 /// What the Cluster and Maintenance services ask a member's engine.
-/// Implemented for `ha_raft::KvNode`.
+/// Implemented for `ha_raft::KvNode`, where the changes work on the
+/// leader only (`NotLeader` elsewhere); an application that can reach its
+/// leader (ha-node forwards over the peer connection) implements it to
+/// make every member accept them, as etcd does.
 #[async_trait]
 pub trait ClusterInfo: Send + Sync + 'static {
     /// This member's raft state.
     fn status(&self) -> MemberStatus;
     /// The members, as applied on this member.
     fn members(&self) -> Vec<ClusterMember>;
+    /// Adds a member at `peer_address` (`IP:port`) under an id never used
+    /// before, which the group picks, as a learner; unless `learner`, the
+    /// leader makes it a voter once it has caught up (ha never adds a
+    /// voter that holds nothing: the group would count an empty member
+    /// towards its quorum). Returns the new member.
+    async fn add_member(
+        &self,
+        peer_address: String,
+        learner: bool,
+    ) -> ha_core::Result<ClusterMember>;
+    /// Changes a member's peer address, keeping its id.
+    async fn update_member(&self, id: NodeId, peer_address: String) -> ha_core::Result<()>;
     /// Removes a member (on the leader; `NotLeader` elsewhere).
     async fn remove_member(&self, id: NodeId) -> ha_core::Result<()>;
     /// Makes a learner a voter (on the leader).
@@ -83,6 +98,39 @@ impl ClusterInfo for ha_raft::KvNode {
                 is_learner: m.role == ha_raft::MemberRole::Learner,
             })
             .collect()
+    }
+
+    async fn add_member(
+        &self,
+        peer_address: String,
+        learner: bool,
+    ) -> ha_core::Result<ClusterMember> {
+        let node = self.node();
+        let m = node.membership();
+        // Above every member and every removed member: never used before.
+        // (A concurrent add that picked the same id fails as a duplicate.)
+        let id = NodeId(
+            m.members
+                .iter()
+                .map(|x| x.id.0)
+                .chain(m.removed.iter().map(|x| x.0))
+                .max()
+                .unwrap_or(0)
+                + 1,
+        );
+        node.add_learner(id, peer_address.clone().into_bytes(), !learner)
+            .await?;
+        Ok(ClusterMember {
+            id,
+            peer_address,
+            is_learner: true,
+        })
+    }
+
+    async fn update_member(&self, id: NodeId, peer_address: String) -> ha_core::Result<()> {
+        self.node()
+            .update_address(id, peer_address.into_bytes())
+            .await
     }
 
     async fn remove_member(&self, id: NodeId) -> ha_core::Result<()> {
@@ -148,6 +196,29 @@ impl Inner {
     }
 }
 
+/// The one peer address of an ha member, from etcd's peer URLs
+/// (`http://10.0.0.4:2380` or `10.0.0.4:2380`): `IP:port`.
+fn peer_address(urls: &[String]) -> Result<String, Status> {
+    let [url] = urls else {
+        return Err(Status::invalid_argument(format!(
+            "etcdserver: an ha member has exactly one peer address; got {} peer URLs",
+            urls.len()
+        )));
+    };
+    let bare = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    match bare.parse::<std::net::SocketAddr>() {
+        Ok(addr) if !addr.ip().is_unspecified() && addr.port() != 0 => Ok(addr.to_string()),
+        _ => Err(Status::invalid_argument(format!(
+            "etcdserver: peer URL `{url}` is not IP:port that can be dialled (ha's peer \
+             addresses are IP:port)"
+        ))),
+    }
+}
+
 fn unimplemented(what: &str, why: &str) -> Status {
     Status::unimplemented(format!("ha: {what} is not implemented: {why}"))
 }
@@ -156,13 +227,35 @@ fn unimplemented(what: &str, why: &str) -> Status {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _request: Request<pb::MemberAddRequest>,
+        request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unimplemented(
-            "MemberAdd",
-            "an ha member chooses its own id when it starts; start it with --join and add it \
-             with ha-node's POST /v1/members/add",
-        ))
+        let options = call_options(&request);
+        let r = request.into_inner();
+        let address = peer_address(&r.peer_ur_ls)?;
+        let added = self
+            .0
+            .cluster()?
+            .add_member(address, r.is_learner)
+            .await
+            .map_err(|e| to_status(&e))?;
+        let member = pb::Member {
+            id: added.id.0,
+            // etcd names a member once it has started; etcdctl prints the
+            // start settings for the name it was given.
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls,
+            client_ur_ls: Vec::new(),
+            is_learner: added.is_learner,
+        };
+        let mut members = self.0.member_list()?;
+        if !members.iter().any(|m| m.id == member.id) {
+            members.push(member.clone());
+        }
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.0.header(options).await?),
+            member: Some(member),
+            members,
+        }))
     }
 
     async fn member_remove(
@@ -185,12 +278,21 @@ impl Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _request: Request<pb::MemberUpdateRequest>,
+        request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(unimplemented(
-            "MemberUpdate",
-            "etcd peer URLs do not map onto ha's transport addresses",
-        ))
+        let options = call_options(&request);
+        let r = request.into_inner();
+        let address = peer_address(&r.peer_ur_ls)?;
+        self.0.member_exists(r.id)?;
+        self.0
+            .cluster()?
+            .update_member(NodeId(r.id), address)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.0.header(options).await?),
+            members: self.0.member_list()?,
+        }))
     }
 
     async fn member_list(

@@ -11,7 +11,7 @@
 //! - `etcdserverpb.Lease`: Grant, Revoke, KeepAlive, TimeToLive, Leases;
 //! - `etcdserverpb.Cluster` and `etcdserverpb.Maintenance` when the gateway
 //!   has a [`ClusterInfo`] (a member's engine): MemberList, MemberRemove,
-//!   MemberPromote, Status, MoveLeader; the rest answer `Unimplemented`
+//!   MemberPromote, MemberAdd, MemberUpdate, Status, MoveLeader; the rest answer `Unimplemented`
 //!   with the reason;
 //! - `v3lockpb.Lock` and `v3electionpb.Election`, with etcd's key layout
 //!   (`<name>/<lease hex>`), so they interoperate with etcd's own

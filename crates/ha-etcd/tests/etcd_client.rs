@@ -751,3 +751,82 @@ async fn member_list_and_status() {
     assert_eq!(s.code(), tonic::Code::Unimplemented);
     g.stop().await;
 }
+
+/// MemberAdd and MemberUpdate on the leader's gateway (the in-process
+/// `KvNode` makes changes on the leader; ha-node forwards from any member,
+/// see examples/tests/etcdctl.rs): a learner under a new id at the URL's
+/// address, the address changed, URLs that are not `IP:port` refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn member_add_and_update_on_the_leader() {
+    let g = Group::start().await;
+    let leader = g.leader(0);
+    let mut c = g.client(leader).await;
+    // Right after the start the leader has not heard from every member
+    // yet: "unhealthy cluster" (Unavailable, not applied) until it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let added = loop {
+        match c
+            .member_add(
+                ["http://127.0.0.1:7104"],
+                Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+        {
+            Ok(added) => break added,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(grpc_status(e).code(), tonic::Code::Unavailable);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("member add: {e}"),
+        }
+    };
+    let member = added.member().expect("the new member");
+    assert_eq!(member.id(), 4, "above every id in use");
+    assert!(member.is_learner());
+    assert_eq!(member.peer_urls(), ["http://127.0.0.1:7104"]);
+    let stored = g
+        .node(leader)
+        .node()
+        .membership()
+        .members
+        .into_iter()
+        .find(|m| m.id.0 == 4)
+        .expect("member 4 in the applied membership");
+    assert_eq!(&stored.address[..], b"127.0.0.1:7104");
+    assert_eq!(stored.role, ha_raft::MemberRole::Learner);
+    assert!(!stored.promote_when_caught_up, "added as a learner");
+
+    c.member_update(4, vec!["127.0.0.1:7204".to_string()])
+        .await
+        .expect("update");
+    let list = c.member_list().await.expect("member list");
+    let four = list.members().iter().find(|m| m.id() == 4).expect("listed");
+    assert_eq!(four.peer_urls(), ["127.0.0.1:7204"]);
+
+    for urls in [
+        vec!["http://localhost:7104"],
+        vec!["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        vec!["0.0.0.0:7104"],
+    ] {
+        let s = grpc_status(c.member_add(urls.clone(), None).await.expect_err("refused"));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{urls:?}: {s:?}");
+    }
+    let s = grpc_status(
+        c.member_update(99, vec!["127.0.0.1:7204".to_string()])
+            .await
+            .expect_err("no such"),
+    );
+    assert_eq!(s.code(), tonic::Code::NotFound);
+
+    c.member_remove(4).await.expect("remove");
+    // Not the old id again: removed ids are never reused.
+    let again = c
+        .member_add(
+            ["127.0.0.1:7105"],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("member add");
+    assert_eq!(again.member().expect("member").id(), 5);
+    g.stop().await;
+}

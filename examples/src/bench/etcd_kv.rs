@@ -1,10 +1,10 @@
-//! The `etcd://` target of `ha-bench kv`: the same load against an etcd
+//! The `etcd-grpc://` target of `ha-bench kv` (`etcd://` is accepted too): the same load against an etcd
 //! cluster — or anything speaking etcd's v3 gRPC API, such as an
 //! etcd-compatible gateway in front of ha — through the `etcd-client`
 //! crate, the like-for-like client for both.
 //!
 //! ```text
-//! ha-bench kv --workload put --clients 64 --target etcd://127.0.0.1:2379,127.0.0.1:22379
+//! ha-bench kv --workload put --clients 64 --target etcd-grpc://127.0.0.1:2379,etcd-grpc://127.0.0.1:22379
 //! ```
 
 use std::time::Duration;
@@ -17,7 +17,14 @@ use super::common::BenchResult;
 use crate::bench_kv::LoadClient;
 
 /// The scheme of an etcd target.
-pub const SCHEME: &str = "etcd://";
+pub const SCHEME: &str = "etcd-grpc://";
+/// The older spelling of [`SCHEME`], still accepted.
+pub const SCHEME_ALIAS: &str = "etcd://";
+
+/// Whether `target` names an etcd v3 gRPC endpoint.
+pub fn is_etcd_target(target: &str) -> bool {
+    target.starts_with(SCHEME) || target.starts_with(SCHEME_ALIAS)
+}
 
 /// A client of an etcd cluster for the load loop. Cheap to clone: clones
 /// share the gRPC channel (balanced over the endpoints).
@@ -28,7 +35,7 @@ pub struct EtcdKv {
 }
 
 impl EtcdKv {
-    /// Connects to `targets` (`etcd://host:port,...` items, or plain
+    /// Connects to `targets` (`etcd-grpc://host:port,...` items, or plain
     /// `host:port`), each call bounded by `timeout`.
     ///
     /// # Errors
@@ -36,7 +43,13 @@ impl EtcdKv {
     pub async fn connect(targets: &[String], timeout: Duration) -> BenchResult<EtcdKv> {
         let endpoints: Vec<String> = targets
             .iter()
-            .map(|t| format!("http://{}", t.trim_start_matches(SCHEME)))
+            .map(|t| {
+                let bare = t
+                    .strip_prefix(SCHEME)
+                    .or_else(|| t.strip_prefix(SCHEME_ALIAS))
+                    .unwrap_or(t);
+                format!("http://{bare}")
+            })
             .collect();
         if endpoints.is_empty() {
             return Err("no etcd endpoint given".into());

@@ -83,6 +83,18 @@ enum LeaderRequest {
         id: u64,
         address: String,
     },
+    /// Removes a member (etcd's MemberRemove through any member).
+    Remove {
+        id: u64,
+    },
+    /// Makes a learner a voter (etcd's MemberPromote).
+    Promote {
+        id: u64,
+    },
+    /// Hands leadership to `id` (etcd's MoveLeader).
+    MoveLeader {
+        id: u64,
+    },
     /// For a member that knows no leader (one restarted on a new port,
     /// which the leader cannot reach yet): the member called passes
     /// `request` on to its leader.
@@ -149,6 +161,21 @@ impl CallHandler for LeaderCalls {
                     Ok(v) => LeaderAnswer::ok(v),
                     Err(e) => LeaderAnswer::err(e),
                 }
+            }
+            Ok(LeaderRequest::Remove { id }) => {
+                change_here(&app, "removed", id, app.kv.node().remove_member(NodeId(id))).await
+            }
+            Ok(LeaderRequest::Promote { id }) => {
+                change_here(&app, "promoted", id, app.kv.node().promote(NodeId(id))).await
+            }
+            Ok(LeaderRequest::MoveLeader { id }) => {
+                change_here(
+                    &app,
+                    "leader",
+                    id,
+                    app.kv.node().transfer_leader(NodeId(id)),
+                )
+                .await
             }
             Ok(LeaderRequest::Relay { request }) => {
                 if matches!(*request, LeaderRequest::Relay { .. }) {
@@ -226,28 +253,46 @@ async fn join_here(app: &App, body: JoinBody) -> Result<JoinReply, ApiError> {
                 + 1
         }
     };
-    if let Some(existing) = m.members.iter().find(|x| x.id.0 == id) {
-        return Err(already_member(
-            id,
-            &String::from_utf8_lossy(&existing.address),
-        ));
-    }
+    // A learner added ahead of its start (etcd's MemberAdd, then the
+    // member started with --join and that id) joins as what it is: a
+    // learner holds no vote, so one that lost its data may start over
+    // under its id. A voter may not: it could vote twice in a term.
+    let pre_added = match m.members.iter().find(|x| x.id.0 == id) {
+        Some(existing)
+            if body.id.is_some()
+                && existing.role == ha_raft::MemberRole::Learner
+                && existing.address.as_ref() == addr.to_string().as_bytes() =>
+        {
+            true
+        }
+        Some(existing) => {
+            return Err(already_member(
+                id,
+                &String::from_utf8_lossy(&existing.address),
+            ));
+        }
+        None => false,
+    };
     let timeout = app.settings.request_timeout;
-    match tokio::time::timeout(
-        timeout + Duration::from_secs(1),
-        node.add_learner(
-            NodeId(id),
-            addr.to_string().into_bytes(),
-            body.promote_when_caught_up,
-        ),
-    )
-    .await
-    {
-        Ok(r) => r.map_err(ApiError::from)?,
-        Err(_) => return Err(ApiError::deadline_exceeded(timeout)),
+    if pre_added {
+        tracing::info!(member = id, %addr, "an added learner started and asked for the group's identity");
+    } else {
+        match tokio::time::timeout(
+            timeout + Duration::from_secs(1),
+            node.add_learner(
+                NodeId(id),
+                addr.to_string().into_bytes(),
+                body.promote_when_caught_up,
+            ),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(ApiError::from)?,
+            Err(_) => return Err(ApiError::deadline_exceeded(timeout)),
+        }
+        tracing::info!(member = id, %addr, promote = body.promote_when_caught_up, "member joined as a learner");
     }
     app.transport.set_peer(NodeId(id), addr);
-    tracing::info!(member = id, %addr, promote = body.promote_when_caught_up, "member joined as a learner");
     let mut members = peer_addresses(app);
     members.insert(id, addr);
     Ok(JoinReply {
@@ -258,6 +303,29 @@ async fn join_here(app: &App, body: JoinBody) -> Result<JoinReply, ApiError> {
         members,
         leader: app.id.0,
     })
+}
+
+/// A membership change of member `id` made here (this member being the
+/// leader), answered as `{"<what>": id}`.
+async fn change_here(
+    app: &App,
+    what: &str,
+    id: u64,
+    change: impl std::future::Future<Output = ha_core::Result<()>>,
+) -> LeaderAnswer {
+    let timeout = app.settings.request_timeout;
+    match tokio::time::timeout(timeout + Duration::from_secs(1), change).await {
+        Ok(Ok(())) => {
+            tracing::info!(
+                member = id,
+                what,
+                "membership change made for another member"
+            );
+            LeaderAnswer::ok(json!({ what: id }))
+        }
+        Ok(Err(e)) => LeaderAnswer::err(ApiError::from(e)),
+        Err(_) => LeaderAnswer::err(ApiError::deadline_exceeded(timeout)),
+    }
 }
 
 /// Changes member `id`'s replicated address (this member being the
@@ -669,5 +737,90 @@ impl JoinReply {
             cluster_token: self.cluster_token.clone(),
             peers: self.members.clone(),
         }
+    }
+}
+
+/// The etcd gateway's view of the group: state answered by this member,
+/// changes forwarded to the leader (as joins are), so that every member's
+/// gateway accepts MemberAdd, MemberUpdate, MemberRemove, MemberPromote
+/// and MoveLeader, as etcd's members do.
+pub(crate) struct GatewayCluster {
+    pub(crate) app: Arc<App>,
+}
+
+impl GatewayCluster {
+    /// `request` answered by the leader, its error as the in-process one.
+    async fn on_leader(&self, request: LeaderRequest) -> ha_core::Result<Value> {
+        let app = &self.app;
+        let leader = app.kv.node().leader().leader;
+        match forward(app, &request, None, app.settings.request_timeout).await {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => {
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                Err(WireError::from_body(status, &bytes).into_error(leader))
+            }
+            Err(ApiError(e)) => Err(e.into_error(leader)),
+        }
+    }
+}
+
+#[async_trait]
+impl ha_etcd::ClusterInfo for GatewayCluster {
+    fn status(&self) -> ha_etcd::MemberStatus {
+        ha_etcd::ClusterInfo::status(&self.app.kv)
+    }
+
+    fn members(&self) -> Vec<ha_etcd::ClusterMember> {
+        ha_etcd::ClusterInfo::members(&self.app.kv)
+    }
+
+    async fn add_member(
+        &self,
+        peer_address: String,
+        learner: bool,
+    ) -> ha_core::Result<ha_etcd::ClusterMember> {
+        let body = self
+            .on_leader(LeaderRequest::Join(JoinBody {
+                id: None,
+                address: peer_address.clone(),
+                promote_when_caught_up: !learner,
+            }))
+            .await?;
+        let reply: JoinReply = serde_json::from_value(body).map_err(|e| Error::CallFailed {
+            peer: self.app.kv.node().leader().leader.unwrap_or_default(),
+            reason: format!("the leader's join answer: {e}").into(),
+        })?;
+        Ok(ha_etcd::ClusterMember {
+            id: NodeId(reply.member_id),
+            peer_address,
+            is_learner: true,
+        })
+    }
+
+    async fn update_member(&self, id: NodeId, peer_address: String) -> ha_core::Result<()> {
+        self.on_leader(LeaderRequest::Address {
+            id: id.0,
+            address: peer_address,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn remove_member(&self, id: NodeId) -> ha_core::Result<()> {
+        self.on_leader(LeaderRequest::Remove { id: id.0 })
+            .await
+            .map(drop)
+    }
+
+    async fn promote_member(&self, id: NodeId) -> ha_core::Result<()> {
+        self.on_leader(LeaderRequest::Promote { id: id.0 })
+            .await
+            .map(drop)
+    }
+
+    async fn move_leader(&self, id: NodeId) -> ha_core::Result<()> {
+        self.on_leader(LeaderRequest::MoveLeader { id: id.0 })
+            .await
+            .map(drop)
     }
 }

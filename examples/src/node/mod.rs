@@ -404,7 +404,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
                 .map(|(id, addr)| (*id, vec![addr.to_string()]))
                 .collect();
             let gateway = ha_etcd::Gateway::new(Arc::new(kv.clone()))
-                .with_cluster(Arc::new(kv.clone()))
+                .with_cluster(Arc::new(join::GatewayCluster { app: app.clone() }))
                 .with_options(options);
             tracing::info!(etcd = %addr, "etcd v3 gateway listening");
             Some(tokio::spawn(http::serve(
