@@ -487,6 +487,22 @@ async fn etcdctl_changes_membership_through_any_member() {
         assert_eq!(listed(&via, leader).await, None);
         c.kill(leader);
         assert_eq!(via.run(&["put", "after", "remove"]).await.trim(), "OK");
+
+        // member remove of the leader itself (member 4): it hands
+        // leadership over, then goes.
+        let out = via.run(&["member", "remove", &format!("{id:x}")]).await;
+        assert!(
+            out.starts_with(&format!("Member {id:16x} removed")),
+            "{out}"
+        );
+        assert_eq!(listed(&via, id).await, None);
+        c.kill(id);
+        assert_eq!(
+            via.run(&["put", "after", "leader removed"]).await.trim(),
+            "OK"
+        );
+        let voters = c.healthy().await;
+        assert!(voters != id && voters != leader, "a remaining member leads");
     })
     .await;
 }

@@ -807,9 +807,47 @@ impl ha_etcd::ClusterInfo for GatewayCluster {
     }
 
     async fn remove_member(&self, id: NodeId) -> ha_core::Result<()> {
-        self.on_leader(LeaderRequest::Remove { id: id.0 })
-            .await
-            .map(drop)
+        let node = self.app.kv.node();
+        let was_leader = node.leader().leader == Some(id);
+        match self.on_leader(LeaderRequest::Remove { id: id.0 }).await {
+            // A leader does not remove itself: the engine hands leadership
+            // over and answers `NotLeader` (etcd lets a leader remove
+            // itself; so does this): ask the next leader, handing
+            // leadership over here if the engine has not.
+            Err(Error::NotLeader { leader_hint }) if was_leader => {
+                let start = Instant::now();
+                let deadline = start + self.app.settings.request_timeout;
+                let mut moved = false;
+                loop {
+                    match node.leader().leader {
+                        Some(l) if l != id => {
+                            match self.on_leader(LeaderRequest::Remove { id: id.0 }).await {
+                                Err(Error::NotLeader { .. }) if Instant::now() < deadline => {}
+                                other => return other.map(drop),
+                            }
+                        }
+                        Some(_) if !moved && start.elapsed() > Duration::from_millis(500) => {
+                            let voters = node.membership().voters();
+                            let next = [leader_hint, Some(self.app.id)]
+                                .into_iter()
+                                .flatten()
+                                .chain(voters.iter().copied())
+                                .find(|v| *v != id && voters.contains(v))
+                                .ok_or(Error::NotLeader { leader_hint: None })?;
+                            self.on_leader(LeaderRequest::MoveLeader { id: next.0 })
+                                .await?;
+                            moved = true;
+                        }
+                        _ if Instant::now() >= deadline => {
+                            return Err(Error::NotLeader { leader_hint });
+                        }
+                        _ => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            other => other.map(drop),
+        }
     }
 
     async fn promote_member(&self, id: NodeId) -> ha_core::Result<()> {
