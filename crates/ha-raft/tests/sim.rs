@@ -46,12 +46,17 @@ fn all_pass_with(cfg: &SimConfig, range: Range<u64>) -> Counters {
         }
     }
     eprintln!(
-        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
+        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} watch_slow={} watch_full={} watch_paused={} watch_progress={} watch_compacted={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
         summary_line(n, failing.len() as u64, &totals),
         totals.lease_reads,
         totals.lease_hits,
         totals.keep_alives,
         totals.watch_resumes,
+        totals.watch_slow,
+        totals.watch_full,
+        totals.watch_paused,
+        totals.watch_progress,
+        totals.watch_compacted,
         started.elapsed().as_secs_f64() * 100.0 / n.max(1) as f64,
     );
     if let Some(first) = failing.first() {
@@ -342,6 +347,17 @@ fn a_watch_resuming_one_revision_too_late_is_caught() {
     );
 }
 
+/// A progress notification ahead of events still to come from history
+/// (not bookmarkable).
+#[test]
+fn a_progress_notification_ahead_of_pending_events_is_caught() {
+    check_caught(
+        first_catch_with(SimConfig::kv(3), InjectedBug::WatchProgressAhead),
+        InjectedBug::WatchProgressAhead,
+        &["watch guarantees"],
+    );
+}
+
 /// (g) Compacting the log past what the state store holds durably: a
 /// crash then restarts the state store below the log's first entry.
 #[test]
@@ -393,6 +409,17 @@ fn kv_runs_pass(members: usize, range: Range<u64>) {
         "{members} members: only {} watch events and {} resumes in {n} seeds",
         c.watch_events,
         c.watch_resumes
+    );
+    // Slow watchers were cancelled and resumed, catch-ups paused on full
+    // buffers, progress notifications came, compacted history was skipped.
+    assert!(
+        c.watch_slow > 0 && c.watch_paused > 0 && c.watch_progress > 0 && c.watch_compacted > 0,
+        "{members} members: {} slow-watcher cancels, {} paused catch-ups, {} progress \
+         notifications, {} compacted skips in {n} seeds",
+        c.watch_slow,
+        c.watch_paused,
+        c.watch_progress,
+        c.watch_compacted
     );
 }
 
@@ -446,7 +473,7 @@ fn a_kv_seed_replays_exactly() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 15);
+    assert_eq!(ALL_BUGS.len(), 16);
 }
 
 #[test]

@@ -87,6 +87,7 @@ impl World {
             self.settle_group();
             if self.every_member_answers() {
                 self.members_converge();
+                self.watches_catch_up();
             }
         }
         if !self.halted {
