@@ -377,10 +377,12 @@ impl World {
             Reader::Eager => (usize::MAX, self.watch_rng.between(5 * MILLIS, 50 * MILLIS)),
             Reader::Slow { every, batch } => (batch, self.watch_rng.between(every.0, every.1)),
         };
-        self.read_buffer(w, batch);
-        // At the end, a session not yet caught up asks until it is.
+        let read = self.read_buffer(w, batch);
+        // At the end, a session not yet caught up asks whenever it finds
+        // nothing to read (asking after every response would fill a small
+        // buffer with notifications and starve the catch-up: see NOTES).
         let ask = if self.watch_final {
-            self.watches[w].next <= self.kv_truth.last_revision()
+            read == 0 && self.watches[w].next <= self.kv_truth.last_revision()
         } else {
             self.watch_rng.chance(self.watches[w].ask_progress)
         };
@@ -391,27 +393,28 @@ impl World {
             && self.alive(m, life)
             && self.members[m].paused_until <= self.now
         {
+            // The driver wakes: room in a buffer resumes catch-up.
+            self.catch_up(m);
             let now = self.instant_of(m);
             if ask && let Some(hub) = self.members[m].proc.as_mut().and_then(|p| p.hub.as_mut()) {
                 hub.request_progress(id, now);
+                self.take_watch_log();
             }
-            // The driver wakes: room in a buffer resumes catch-up.
-            self.catch_up(m);
         }
         self.after(wait, Event::WatchRead { w });
     }
 
-    /// Reads up to `max` responses from session `w`'s buffer.
-    fn read_buffer(&mut self, w: usize, max: usize) {
-        for _ in 0..max {
+    /// Reads up to `max` responses from session `w`'s buffer; how many.
+    fn read_buffer(&mut self, w: usize, max: usize) -> usize {
+        for n in 0..max {
             let Some(open) = &self.watches[w].open_on else {
-                return;
+                return n;
             };
             let stream = open.stream;
             let item = {
                 let mut b = open.buf.lock();
                 let Some(item) = b.queue.pop_front() else {
-                    return;
+                    return n;
                 };
                 if item.is_ok() {
                     b.held -= 1;
@@ -420,6 +423,7 @@ impl World {
             };
             self.receive(w, stream, item);
         }
+        max
     }
 
     /// Session `w` reads one response of its stream.
@@ -497,7 +501,7 @@ impl World {
     pub(super) fn take_watch_log(&mut self) {
         for w in 0..self.watches.len() {
             if matches!(self.watches[w].reader, Reader::Eager) {
-                self.read_buffer(w, usize::MAX);
+                let _ = self.read_buffer(w, usize::MAX);
             }
         }
         self.flush_raw_watches();
