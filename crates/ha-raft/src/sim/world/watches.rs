@@ -753,3 +753,188 @@ fn check_session(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, create: i64, rev: i64, version: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+            create_revision: create,
+            mod_revision: rev,
+            version,
+            ..KeyValue::default()
+        }
+    }
+
+    fn put(key: &str, value: &str, create: i64, rev: i64, version: i64) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Put,
+            kv: kv(key, value, create, rev, version),
+            prev_kv: None,
+        }
+    }
+
+    fn del(key: &str, rev: i64) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: key.into(),
+                mod_revision: rev,
+                ..KeyValue::default()
+            },
+            prev_kv: None,
+        }
+    }
+
+    /// Revisions 2..=4: put a, then put a and delete b in one revision
+    /// (b was put at 1), then delete a.
+    fn applied() -> Vec<WatchEvent> {
+        vec![
+            put("b", "x", 1, 1, 1),
+            put("a", "1", 2, 2, 1),
+            put("a", "2", 2, 3, 2),
+            del("b", 3),
+            del("a", 4),
+        ]
+    }
+
+    fn truth(events: &[WatchEvent]) -> Vec<Truth<'_>> {
+        let mut current: HashMap<&[u8], &KeyValue> = HashMap::new();
+        events
+            .iter()
+            .map(|event| {
+                let key = event.kv.key.as_slice();
+                let prev = current.get(key).map(|kv| (*kv).clone());
+                match event.kind {
+                    EventKind::Put => current.insert(key, &event.kv),
+                    EventKind::Delete => current.remove(key),
+                };
+                Truth {
+                    rev: event.kv.mod_revision,
+                    event,
+                    prev,
+                }
+            })
+            .collect()
+    }
+
+    fn session(request: WatchRequest, received: Vec<(i64, Vec<WatchEvent>)>) -> Session {
+        Session {
+            request,
+            reader: Reader::Eager,
+            cap: EAGER_BUFFER,
+            stall: None,
+            ask_progress: 0.0,
+            start: Some(2),
+            next: 2,
+            open_on: None,
+            streams: 1,
+            received: received
+                .into_iter()
+                .map(|(revision, events)| Received {
+                    stream: 1,
+                    revision,
+                    events,
+                })
+                .collect(),
+            cancels: Vec::new(),
+            gaps: Vec::new(),
+            broken: None,
+            resumes: 0,
+        }
+    }
+
+    /// The events of revisions `from..=to` as a watch with `prev_kv`
+    /// gets them.
+    fn with_prev(t: &[Truth<'_>], from: i64, to: i64) -> Vec<WatchEvent> {
+        t.iter()
+            .filter(|t| t.rev >= from && t.rev <= to)
+            .map(|t| WatchEvent {
+                prev_kv: t.prev.clone(),
+                ..t.event.clone()
+            })
+            .collect()
+    }
+
+    fn check(s: &Session, t: &[Truth<'_>], top: Option<i64>) -> String {
+        check_session(s, 2, t, top).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_correct_stream_passes_and_each_kind_of_fault_is_named() {
+        let events = applied();
+        let t = truth(&events);
+        let all = WatchRequest::prefix("").with_prev_kv();
+        let good = session(
+            all.clone(),
+            vec![
+                (2, with_prev(&t, 2, 2)),
+                (2, vec![]),
+                (4, with_prev(&t, 3, 4)),
+            ],
+        );
+        assert_eq!(check(&good, &t, Some(4)), "");
+        // Caught up only to 3 of 4.
+        let short = session(all.clone(), vec![(3, with_prev(&t, 2, 3))]);
+        assert_eq!(check(&short, &t, None), "");
+        assert!(check(&short, &t, Some(4)).contains("caught up only to revision 3 of 4"));
+        // A progress notification ahead of revision 3's events.
+        let ahead = session(
+            all.clone(),
+            vec![
+                (2, with_prev(&t, 2, 2)),
+                (3, vec![]),
+                (4, with_prev(&t, 3, 4)),
+            ],
+        );
+        assert!(check(&ahead, &t, None).contains("not bookmarkable"));
+        // Revision 3 split over two responses.
+        let mut split = with_prev(&t, 2, 3);
+        split.pop();
+        let split = session(all.clone(), vec![(3, split)]);
+        assert!(check(&split, &t, None).contains("not atomic"));
+        // Revision 2 never sent.
+        let gap = session(all.clone(), vec![(4, with_prev(&t, 3, 4))]);
+        assert!(check(&gap, &t, None).contains("not reliable"));
+        // Revision 2 sent twice.
+        let twice = session(
+            all.clone(),
+            vec![(2, with_prev(&t, 2, 2)), (3, with_prev(&t, 2, 3))],
+        );
+        assert!(check(&twice, &t, None).contains("not ordered or not unique"));
+        // A wrong prev_kv, and one sent though not asked for.
+        let mut wrong = with_prev(&t, 2, 4);
+        wrong[1].prev_kv = None;
+        let wrong = session(all.clone(), vec![(4, wrong)]);
+        assert!(check(&wrong, &t, None).contains("carries prev_kv None"));
+        let unasked = session(WatchRequest::prefix(""), vec![(4, with_prev(&t, 2, 4))]);
+        assert!(check(&unasked, &t, None).contains("prev_kv not asked for"));
+        // A filtered event sent.
+        let no_put = session(
+            WatchRequest::prefix("").with_prev_kv().no_put(),
+            vec![(4, with_prev(&t, 2, 4))],
+        );
+        assert!(check(&no_put, &t, None).contains("filtered, foreign or wrong"));
+        let mut deletes = with_prev(&t, 2, 4);
+        deletes.retain(|e| e.kind == EventKind::Delete);
+        let no_put = session(
+            WatchRequest::prefix("").with_prev_kv().no_put(),
+            vec![(4, deletes)],
+        );
+        assert_eq!(check(&no_put, &t, Some(4)), "");
+        // Progress backwards within a stream.
+        let back = session(all.clone(), vec![(4, with_prev(&t, 2, 4)), (3, vec![])]);
+        assert!(check(&back, &t, None).contains("in the same stream"));
+        // A cancel whose resume revision skips revision 3.
+        let mut cancelled = session(all.clone(), vec![(2, with_prev(&t, 2, 2))]);
+        cancelled.cancels.push((4, 3));
+        assert!(check(&cancelled, &t, None).contains("resuming there loses it"));
+        // A compacted gap is not owed.
+        let mut skipped = session(all, vec![(4, with_prev(&t, 4, 4))]);
+        skipped.gaps.push((2, 3));
+        assert_eq!(check(&skipped, &t, Some(4)), "");
+    }
+}
