@@ -393,12 +393,21 @@ impl World {
             && self.alive(m, life)
             && self.members[m].paused_until <= self.now
         {
-            // The driver wakes: room in a buffer resumes catch-up.
-            self.catch_up(m);
+            // The driver wakes (room in a buffer resumes catch-up) and the
+            // progress request reaches the hub in either order, as two
+            // threads would.
+            let driver_first = self.watch_rng.chance(0.5);
+            if driver_first {
+                self.catch_up(m);
+            }
             let now = self.instant_of(m);
             if ask && let Some(hub) = self.members[m].proc.as_mut().and_then(|p| p.hub.as_mut()) {
                 hub.request_progress(id, now);
+            }
+            if driver_first {
                 self.take_watch_log();
+            } else {
+                self.catch_up(m);
             }
         }
         self.after(wait, Event::WatchRead { w });
