@@ -55,7 +55,8 @@ use std::time::Duration;
 
 pub use check::{Violation, check_history};
 pub use history::{
-    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, read_history, write_history,
+    Consistency, EventSeen, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, WatchFilter,
+    WatchLog, WatchRead, read_history, write_history,
 };
 pub use kvclient::{SimContext, SimKv, SimTask};
 

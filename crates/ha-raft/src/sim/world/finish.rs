@@ -308,6 +308,7 @@ impl World {
         }
         found.extend(self.check_leases());
         found.extend(self.check_watches());
+        self.record_watches();
         found.extend(check_history(&self.ops));
         for v in found {
             self.record(v);

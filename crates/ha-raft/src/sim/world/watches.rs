@@ -39,9 +39,15 @@ use crate::kv::watch::{Delivery, HubConfig, Offer, WatchHub, WatchSink};
 use crate::sim::Counters;
 use crate::sim::check::Violation;
 use crate::sim::executor::{MILLIS, Nanos, SECONDS};
+use crate::sim::history::{
+    EventSeen, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, WatchFilter, WatchLog,
+    WatchRead,
+};
 use crate::sim::kvload::{self, SimMachine};
 
 const WATCH_GUARANTEES: &str = "watch guarantees";
+/// The client id of the sessions' `watch` records (plus the session).
+const WATCH_CLIENT: u64 = 2_000_000;
 /// Watch sessions per run.
 const SESSIONS: usize = 6;
 /// History events read per catch-up chunk (small, so that chunks happen).
@@ -172,6 +178,8 @@ pub(crate) struct Session {
     /// run).
     broken: Option<String>,
     resumes: u64,
+    /// When and on which member (1-based) the session first opened.
+    opened: Option<(Nanos, u64)>,
 }
 
 impl Session {
@@ -271,6 +279,7 @@ impl World {
                 gaps: Vec::new(),
                 broken: None,
                 resumes: 0,
+                opened: None,
             });
             self.at(at, Event::WatchOpen { w: s });
             self.at(at, Event::WatchRead { w: s });
@@ -317,6 +326,7 @@ impl World {
         let next = session.next;
         match hub.add(request, Box::new(SimSink(buf.clone())), now) {
             Ok(id) => {
+                session.opened.get_or_insert((self.now, m as u64 + 1));
                 session.streams += 1;
                 session.open_on = Some(Open {
                     m,
@@ -570,6 +580,73 @@ impl World {
         });
         if !self.halted {
             self.watch_final_revision = Some(self.kv_truth.last_revision());
+        }
+    }
+
+    /// The sessions as `watch` records of the history (what each read,
+    /// response by response), for the history check and `ha-sim check`.
+    pub(super) fn record_watches(&mut self) {
+        for (w, s) in self.watches.iter().enumerate() {
+            let (Some(start), Some((opened, member))) = (s.start, s.opened) else {
+                continue;
+            };
+            let key = match &s.request.range {
+                KeyRange::Key(k) => String::from_utf8_lossy(k).into_owned(),
+                KeyRange::Prefix(p) => format!("{}*", String::from_utf8_lossy(p)),
+                other => format!("{other:?}"),
+            };
+            let filter = if s.request.no_put {
+                Some(WatchFilter::NoPut)
+            } else if s.request.no_delete {
+                Some(WatchFilter::NoDelete)
+            } else {
+                None
+            };
+            let reads = s
+                .received
+                .iter()
+                .map(|r| WatchRead {
+                    stream: r.stream,
+                    revision: r.revision,
+                    events: r
+                        .events
+                        .iter()
+                        .map(|e| {
+                            let put = e.kind == EventKind::Put;
+                            EventSeen {
+                                put,
+                                key: String::from_utf8_lossy(&e.kv.key).into_owned(),
+                                value: SeenKv::from(&e.kv).value.filter(|_| put),
+                                mod_revision: e.revision(),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect();
+            let id = self.ops.len() as u64;
+            self.ops.push(HistoryOp {
+                id,
+                client: WATCH_CLIENT + w as u64,
+                member,
+                incarnation: 0,
+                op: OpKind::Watch,
+                inputs: Inputs {
+                    key,
+                    revision: Some(start),
+                    filter,
+                    ..Inputs::default()
+                },
+                invoke_ns: opened,
+                complete_ns: self.now,
+                outcome: Outcome::Ok,
+                outputs: Outputs {
+                    watch: Some(WatchLog {
+                        reads,
+                        gaps: s.gaps.iter().map(|&(a, b)| [a, b]).collect(),
+                    }),
+                    ..Outputs::default()
+                },
+            });
         }
     }
 
@@ -853,6 +930,7 @@ mod tests {
             gaps: Vec::new(),
             broken: None,
             resumes: 0,
+            opened: None,
         }
     }
 
