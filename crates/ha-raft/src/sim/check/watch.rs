@@ -129,7 +129,7 @@ fn check_one(
                 return Err(format!(
                     "response {i} covering up to {r} holds an event of revision {er} after \
                      revision {prev} (everything up to {covered} was read before): not ordered \
-                     or not unique"
+                     or not unique, or a progress notification came ahead of it"
                 ));
             }
             prev = er;
@@ -318,7 +318,7 @@ mod tests {
         assert!(run(watch(9, "k*", 2, vec![(4, all[1..].to_vec())])).contains("not reliable"));
         assert!(
             run(watch(9, "k*", 2, vec![(3, vec![]), (4, all.clone())]))
-                .contains("not atomic or not bookmarkable")
+                .contains("a progress notification")
         );
         assert!(
             run(watch(
