@@ -18,10 +18,10 @@
 //! cancelled as `Compacted` skips the compacted revisions and resumes
 //! after them.
 //!
-//! At the end every session asks for progress until it has caught up
-//! with the final revision, and its stream is checked against what the
-//! machines applied: ordered, unique, atomic, reliable, `prev_kv` and
-//! filters, bookmarkable (a progress notification at R only once every
+//! At the end every session asks for progress (when it finds nothing to
+//! read) until it has caught up with the final revision, and its stream
+//! is checked against what the machines applied: ordered, unique,
+//! atomic, reliable, `prev_kv` and filters, bookmarkable (a progress notification at R only once every
 //! wanted event up to R was sent; progress never goes backwards in a
 //! stream), resumable (a cancel names a revision from which nothing is
 //! lost) and caught up.
@@ -372,8 +372,8 @@ impl World {
     }
 
     /// The session's reader: reads what it may, sometimes asks for
-    /// progress (always at the end, until caught up), and reads again
-    /// later.
+    /// progress (at the end: whenever it finds nothing to read, until
+    /// caught up), and reads again later.
     pub(super) fn watch_read(&mut self, w: usize) {
         if let Some((from, until)) = self.watches[w].stall
             && from <= self.now
