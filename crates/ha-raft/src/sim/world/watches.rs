@@ -21,10 +21,10 @@
 //! At the end every session asks for progress (when it finds nothing to
 //! read) until it has caught up with the final revision, and its stream
 //! is checked against what the machines applied: ordered, unique,
-//! atomic, reliable, `prev_kv` and filters, bookmarkable (a progress notification at R only once every
-//! wanted event up to R was sent; progress never goes backwards in a
-//! stream), resumable (a cancel names a revision from which nothing is
-//! lost) and caught up.
+//! atomic, reliable, `prev_kv` and filters, bookmarkable (a progress
+//! notification at R only once every wanted event up to R was sent;
+//! progress never goes backwards in a stream), resumable (a cancel names
+//! a revision from which nothing is lost) and caught up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
