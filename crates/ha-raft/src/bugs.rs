@@ -46,6 +46,10 @@ pub enum InjectedBug {
     /// (i) A watch that starts (or resumes) at a past revision starts one
     /// revision too late: the events of its start revision are lost.
     WatchResumeLate,
+    /// A progress notification names the hub's revision even while the
+    /// watcher is still catching up from history: events at or below it
+    /// come later (not bookmarkable).
+    WatchProgressAhead,
     /// (g) The log is compacted up to the applied index rather than the
     /// applied index the state store holds durably: after a crash the
     /// state store restarts below the log's first entry.
@@ -73,6 +77,7 @@ pub(crate) struct Bugs {
     pub(crate) follower_lease_unchecked: bool,
     pub(crate) lease_no_promotion_reset: bool,
     pub(crate) watch_resume_late: bool,
+    pub(crate) watch_progress_ahead: bool,
     pub(crate) compact_past_durable: bool,
     pub(crate) non_atomic_install: bool,
 }
@@ -95,6 +100,7 @@ impl Bugs {
             Some(InjectedBug::FollowerLeaseUnchecked) => b.follower_lease_unchecked = true,
             Some(InjectedBug::LeaseNoPromotionReset) => b.lease_no_promotion_reset = true,
             Some(InjectedBug::WatchResumeLate) => b.watch_resume_late = true,
+            Some(InjectedBug::WatchProgressAhead) => b.watch_progress_ahead = true,
             Some(InjectedBug::CompactPastDurable) => b.compact_past_durable = true,
             Some(InjectedBug::NonAtomicInstall) => b.non_atomic_install = true,
         }

@@ -46,12 +46,17 @@ fn all_pass_with(cfg: &SimConfig, range: Range<u64>) -> Counters {
         }
     }
     eprintln!(
-        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
+        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} watch_slow={} watch_full={} watch_paused={} watch_progress={} watch_compacted={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
         summary_line(n, failing.len() as u64, &totals),
         totals.lease_reads,
         totals.lease_hits,
         totals.keep_alives,
         totals.watch_resumes,
+        totals.watch_slow,
+        totals.watch_full,
+        totals.watch_paused,
+        totals.watch_progress,
+        totals.watch_compacted,
         started.elapsed().as_secs_f64() * 100.0 / n.max(1) as f64,
     );
     if let Some(first) = failing.first() {
@@ -340,6 +345,31 @@ fn a_watch_resuming_one_revision_too_late_is_caught() {
         InjectedBug::WatchResumeLate,
         &["watch guarantees"],
     );
+    // The history's watch records show it on their own (what `ha-sim
+    // check` runs on a file).
+    let mut cfg = SimConfig::kv(3);
+    cfg.bug = Some(InjectedBug::WatchResumeLate);
+    let found = (0..200).find(|&seed| {
+        check_history(&run_seed(&cfg, seed).history)
+            .iter()
+            .any(|v| v.property == "watch guarantees")
+    });
+    assert!(
+        found.is_some(),
+        "the history's watch check never saw a late resume in 200 seeds"
+    );
+    eprintln!("the history's watch check alone caught watch-resume-late at seed {found:?}");
+}
+
+/// A progress notification ahead of events still to come from history
+/// (not bookmarkable).
+#[test]
+fn a_progress_notification_ahead_of_pending_events_is_caught() {
+    check_caught(
+        first_catch_with(SimConfig::kv(3), InjectedBug::WatchProgressAhead),
+        InjectedBug::WatchProgressAhead,
+        &["watch guarantees"],
+    );
 }
 
 /// (g) Compacting the log past what the state store holds durably: a
@@ -394,6 +424,17 @@ fn kv_runs_pass(members: usize, range: Range<u64>) {
         c.watch_events,
         c.watch_resumes
     );
+    // Slow watchers were cancelled and resumed, catch-ups paused on full
+    // buffers, progress notifications came, compacted history was skipped.
+    assert!(
+        c.watch_slow > 0 && c.watch_paused > 0 && c.watch_progress > 0 && c.watch_compacted > 0,
+        "{members} members: {} slow-watcher cancels, {} paused catch-ups, {} progress \
+         notifications, {} compacted skips in {n} seeds",
+        c.watch_slow,
+        c.watch_paused,
+        c.watch_progress,
+        c.watch_compacted
+    );
 }
 
 #[test]
@@ -446,7 +487,7 @@ fn a_kv_seed_replays_exactly() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 15);
+    assert_eq!(ALL_BUGS.len(), 16);
 }
 
 #[test]
@@ -473,6 +514,58 @@ fn the_same_seed_gives_byte_identical_traces() {
         let c = run_seed(&cfg, seed);
         assert_eq!(c.history, a.history, "seed {seed}: tracing changed the run");
     }
+}
+
+/// A KV history file holds each watch session's reads (`watch` records);
+/// `check_history_file` rechecks them against the acknowledged writes: a
+/// record that lost an acknowledged event fails.
+#[test]
+fn watch_records_in_a_kv_history_file_are_checked() {
+    let report = run_seed(&SimConfig::kv(3), 2);
+    assert!(report.passed(), "{}", report.failure_report());
+    let watches = report
+        .history
+        .iter()
+        .filter(|o| o.op == OpKind::Watch)
+        .count();
+    assert!(watches > 0, "no watch records in the history");
+    let dir = std::env::temp_dir().join(format!("ha-sim-watch-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("history.jsonl");
+    let mut bytes = Vec::new();
+    write_history(&report.history, &mut bytes).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(read_history(&mut bytes.as_slice()).unwrap(), report.history);
+    assert_eq!(check_history_file(&path).unwrap(), vec![]);
+
+    // Break it: drop, from some watch record, an event of an acknowledged
+    // put that a later response covers.
+    let mut broken = report.history.clone();
+    let acked: Vec<(i64, String)> = broken
+        .iter()
+        .filter(|o| o.op == OpKind::Put && o.outcome == Outcome::Ok)
+        .filter_map(|o| o.outputs.revision.map(|r| (r, o.inputs.key.clone())))
+        .collect();
+    let dropped = broken.iter_mut().find_map(|o| {
+        let log = o.outputs.watch.as_mut()?;
+        let last = log.reads.last()?.revision;
+        log.reads.iter_mut().find_map(|r| {
+            let at = r.events.iter().position(|e| {
+                e.put && e.mod_revision < last && acked.contains(&(e.mod_revision, e.key.clone()))
+            })?;
+            Some(r.events.remove(at))
+        })
+    });
+    assert!(dropped.is_some(), "no watch read an acknowledged put");
+    let mut bytes = Vec::new();
+    write_history(&broken, &mut bytes).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let found = check_history_file(&path).unwrap();
+    assert!(
+        found.iter().any(|v| v.property == "watch guarantees"),
+        "a watch record without {dropped:?} passed: {found:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

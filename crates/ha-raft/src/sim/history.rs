@@ -42,6 +42,11 @@ pub enum OpKind {
     /// may explain up to two revisions no workload operation claims (its
     /// own, and the expiry of a lease it granted).
     OpaqueWrite,
+    /// KV workload: one watch session, from `inputs.revision` on the range
+    /// `inputs.key` (a key, `prefix*`, or `*`) with `inputs.filter`; what it
+    /// read is `outputs.watch`. Checked by the watch check, not the KV
+    /// model.
+    Watch,
 }
 
 impl OpKind {
@@ -72,7 +77,7 @@ impl OpKind {
     pub fn is_kv(self) -> bool {
         !matches!(
             self,
-            OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite
+            OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite | OpKind::Watch
         )
     }
 }
@@ -127,6 +132,56 @@ pub struct Inputs {
     /// KV workload: the TTL a `lease_grant` asks for, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// KV workload: the event kind a `watch` leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<WatchFilter>,
+}
+
+/// The event kind a watch leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchFilter {
+    /// Puts are left out.
+    NoPut,
+    /// Deletes are left out.
+    NoDelete,
+}
+
+/// What a watch session read, response by response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchLog {
+    /// The responses, in the order read (across resumes).
+    pub reads: Vec<WatchRead>,
+    /// Revisions `[from, to]` the session skipped because they had been
+    /// compacted away (nothing is owed there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<[i64; 2]>,
+}
+
+/// One watch response as read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRead {
+    /// Which watch (open) of the session it came on: 1, 2, ...
+    pub stream: u32,
+    /// The revision up to which the watch had been sent everything.
+    pub revision: i64,
+    /// Its events; none for a progress notification.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventSeen>,
+}
+
+/// A watch event as read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSeen {
+    /// A put (else a delete).
+    pub put: bool,
+    /// The key.
+    pub key: String,
+    /// A put's value (a number unique in the history), if it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+    /// The event's revision.
+    pub mod_revision: i64,
 }
 
 /// A key as a KV read returned it.
@@ -199,6 +254,9 @@ pub struct Outputs {
     /// milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// KV workload: what a `watch` read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchLog>,
 }
 
 /// One operation of a history.

@@ -672,6 +672,11 @@ impl KvTruth {
             .filter(move |(r, _)| **r <= to)
     }
 
+    /// The highest revision some member applied (0: none).
+    pub(crate) fn last_revision(&self) -> i64 {
+        self.revisions.keys().next_back().copied().unwrap_or(0)
+    }
+
     /// The revision at which some member applied the put of `value`.
     pub(crate) fn put_revision(&self, value: u64) -> Option<i64> {
         self.put_at.get(&value).copied()

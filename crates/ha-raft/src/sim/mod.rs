@@ -55,7 +55,8 @@ use std::time::Duration;
 
 pub use check::{Violation, check_history};
 pub use history::{
-    Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, read_history, write_history,
+    Consistency, EventSeen, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, WatchFilter,
+    WatchLog, WatchRead, read_history, write_history,
 };
 pub use kvclient::{SimContext, SimKv, SimTask};
 
@@ -205,6 +206,19 @@ pub struct Counters {
     /// KV workload: watches resumed (on another member, or after a
     /// cancellation) from the revision after the last one they were sent.
     pub watch_resumes: u64,
+    /// KV workload: watches cancelled because their reader was too slow
+    /// (their buffer was full when live events came).
+    pub watch_slow: u64,
+    /// KV workload: deliveries a watch's full buffer refused (a live
+    /// watcher is then cancelled; a progress notification is owed).
+    pub watch_full: u64,
+    /// KV workload: times a hub found a watch's buffer full when planning
+    /// catch-up (the catch-up paused for that watcher).
+    pub watch_paused: u64,
+    /// KV workload: progress notifications the watch sessions received.
+    pub watch_progress: u64,
+    /// KV workload: times a watch session skipped compacted revisions.
+    pub watch_compacted: u64,
 }
 
 impl Counters {
@@ -231,6 +245,11 @@ impl Counters {
         self.keep_alives += o.keep_alives;
         self.watch_events += o.watch_events;
         self.watch_resumes += o.watch_resumes;
+        self.watch_slow += o.watch_slow;
+        self.watch_full += o.watch_full;
+        self.watch_paused += o.watch_paused;
+        self.watch_progress += o.watch_progress;
+        self.watch_compacted += o.watch_compacted;
     }
 
     /// Unknown outcomes as a percentage of operations.
@@ -397,7 +416,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 15] = [
+pub const ALL_BUGS: [InjectedBug; 16] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -411,6 +430,7 @@ pub const ALL_BUGS: [InjectedBug; 15] = [
     InjectedBug::FollowerLeaseUnchecked,
     InjectedBug::LeaseNoPromotionReset,
     InjectedBug::WatchResumeLate,
+    InjectedBug::WatchProgressAhead,
     InjectedBug::CompactPastDurable,
     InjectedBug::NonAtomicInstall,
 ];
@@ -431,6 +451,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::FollowerLeaseUnchecked => "follower-lease-unchecked",
         InjectedBug::LeaseNoPromotionReset => "lease-no-promotion-reset",
         InjectedBug::WatchResumeLate => "watch-resume-late",
+        InjectedBug::WatchProgressAhead => "watch-progress-ahead",
         InjectedBug::CompactPastDurable => "compact-past-durable",
         InjectedBug::NonAtomicInstall => "non-atomic-install",
     }

@@ -73,6 +73,9 @@ pub(crate) struct HubConfig {
 pub(crate) struct WatchHub {
     /// Injected bug (i): a past start revision is taken one too late.
     resume_late: bool,
+    /// Injected bug: progress names the hub's revision, even for a
+    /// watcher still catching up.
+    progress_ahead: bool,
     config: HubConfig,
     /// The last revision the machine reported as committed.
     revision: i64,
@@ -104,6 +107,7 @@ impl WatchHub {
     pub(crate) fn new(revision: i64, compact_revision: i64, config: HubConfig) -> Self {
         WatchHub {
             resume_late: false,
+            progress_ahead: false,
             config,
             revision,
             compact_revision,
@@ -120,6 +124,7 @@ impl WatchHub {
     /// Switches injected bugs on (the simulator's; off in production).
     pub(crate) fn set_bugs(&mut self, bugs: crate::bugs::Bugs) {
         self.resume_late = bugs.watch_resume_late;
+        self.progress_ahead = bugs.watch_progress_ahead;
     }
 
     #[cfg(test)]
@@ -459,6 +464,9 @@ impl WatchHub {
     /// The progress revision of a watcher: every event it wants at or
     /// below it has been sent; never beyond the hub's revision.
     fn progress_revision(&self, w: &Watcher) -> i64 {
+        if self.progress_ahead {
+            return self.revision;
+        }
         (self.effective_next(w) - 1).min(self.revision)
     }
 

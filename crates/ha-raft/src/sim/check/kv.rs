@@ -116,7 +116,7 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
         ),
         OpKind::KeepAlive => format!("keep-alive lease {}", i.lease.unwrap_or(0)),
         OpKind::LeaseRevoke => format!("revoke lease {}", i.lease.unwrap_or(0)),
-        OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite => {
+        OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite | OpKind::Watch => {
             format!("{:?}", op.op)
         }
     };

@@ -77,6 +77,15 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
     };
     let what = match op.op {
         k if k.is_kv() => super::kv::describe_kv(op),
+        OpKind::Watch => format!(
+            "watch {} from {}{}",
+            op.inputs.key,
+            op.inputs.revision.unwrap_or(0),
+            op.inputs
+                .filter
+                .map(|f| format!(" {f:?}"))
+                .unwrap_or_default()
+        ),
         OpKind::Opaque | OpKind::OpaqueWrite => format!(
             "{} call -> {:?}{}",
             if op.op == OpKind::Opaque {
@@ -134,6 +143,7 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
 pub fn check_history(ops: &[HistoryOp]) -> Vec<Violation> {
     let mut violations = check_registers(ops);
     violations.extend(super::kv::check_kv(ops));
+    violations.extend(super::watch::check_watch_records(ops));
     violations
 }
 

@@ -5,6 +5,7 @@
 mod kv;
 mod linear;
 mod raft;
+mod watch;
 
 pub use linear::check_history;
 pub(crate) use linear::describe;

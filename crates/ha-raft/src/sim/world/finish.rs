@@ -87,6 +87,7 @@ impl World {
             self.settle_group();
             if self.every_member_answers() {
                 self.members_converge();
+                self.watches_catch_up();
             }
         }
         if !self.halted {
@@ -307,6 +308,7 @@ impl World {
         }
         found.extend(self.check_leases());
         found.extend(self.check_watches());
+        self.record_watches();
         found.extend(check_history(&self.ops));
         for v in found {
             self.record(v);

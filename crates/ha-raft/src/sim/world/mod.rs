@@ -140,6 +140,10 @@ enum Event {
     WatchOpen {
         w: usize,
     },
+    /// Watch session `w`'s reader reads.
+    WatchRead {
+        w: usize,
+    },
 }
 
 struct Scheduled {
@@ -217,9 +221,15 @@ struct World {
     /// KV workload: lease → when a member first applied its revocation or
     /// expiry.
     lease_gone: BTreeMap<i64, Nanos>,
-    /// KV workload: the watch sessions, and what the hubs sent them.
+    /// KV workload: the watch sessions.
     watches: Vec<watches::Session>,
-    watch_log: watches::WatchLog,
+    /// The watch sessions' own random stream.
+    watch_rng: SimRng,
+    /// The end of the run: sessions ask for progress until caught up.
+    watch_final: bool,
+    /// The revision every session had to catch up to (once the final
+    /// stage ran).
+    watch_final_revision: Option<i64>,
     faults: Vec<PlannedFault>,
     undo: BTreeMap<usize, Undo>,
     armed_isolation: Option<ArmedIsolation>,
@@ -449,7 +459,9 @@ impl World {
             kv_truth: KvTruth::default(),
             lease_gone: BTreeMap::new(),
             watches: Vec::new(),
-            watch_log: watches::WatchLog::default(),
+            watch_rng: SimRng::new(seed ^ watches::WATCH_STREAM),
+            watch_final: false,
+            watch_final_revision: None,
             faults: Vec::new(),
             undo: BTreeMap::new(),
             armed_isolation: None,
@@ -710,6 +722,7 @@ impl World {
                 }
             }
             Event::WatchOpen { w } => self.watch_open(w),
+            Event::WatchRead { w } => self.watch_read(w),
         }
     }
 

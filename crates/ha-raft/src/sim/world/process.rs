@@ -320,8 +320,8 @@ impl World {
             // The watch driver's tick: owed and periodic progress.
             if let Some(hub) = p.hub.as_mut() {
                 hub.tick(now);
-                if !self.raw_watches.is_empty() {
-                    self.flush_raw_watches();
+                if !self.watches.is_empty() || !self.raw_watches.is_empty() {
+                    self.take_watch_log();
                 }
             }
             let Some(p) = self.members[m].proc.as_mut() else {
