@@ -375,49 +375,37 @@ impl Cluster {
     /// Starts `n` members running [`node_binary`] with mutual TLS between
     /// them and TLS (client certificates required) on their client API.
     pub async fn start_tls(n: u64) -> Cluster {
-        let mut c = Cluster::start_with(node_binary(), 0).await;
-        let tls = ClusterTls::new();
-        c.client = tls.http_client();
-        c.tls = Some(tls);
-        c.initial = (1..=n).collect();
-        for id in 1..=n {
-            c.peer.insert(id, free_port());
-            c.http.insert(id, free_port());
-        }
-        for id in 1..=n {
-            c.spawn(id);
-        }
-        c
+        Cluster::start_options(n, true, false).await
     }
 
     /// As [`Cluster::start_tls`], each member with its etcd v3 gateway on
     /// (TLS, client certificates required, as on the client API).
     pub async fn start_etcd_tls(n: u64) -> Cluster {
-        let mut c = Cluster::start_with(node_binary(), 0).await;
-        let tls = ClusterTls::new();
-        c.client = tls.http_client();
-        c.tls = Some(tls);
-        c.initial = (1..=n).collect();
-        for id in 1..=n {
-            c.peer.insert(id, free_port());
-            c.http.insert(id, free_port());
-            c.etcd.insert(id, free_port());
-        }
-        for id in 1..=n {
-            c.spawn(id);
-        }
-        c
+        Cluster::start_options(n, true, true).await
     }
 
     /// Starts `n` members running [`node_binary`], each with its etcd v3
     /// gateway on (`--etcd-listen`, ports in [`Cluster::etcd`]).
     pub async fn start_etcd(n: u64) -> Cluster {
+        Cluster::start_options(n, false, true).await
+    }
+
+    /// `n` members running [`node_binary`], with TLS ([`ClusterTls`]) or
+    /// `insecure-plaintext`, with or without the etcd gateway.
+    async fn start_options(n: u64, tls: bool, etcd: bool) -> Cluster {
         let mut c = Cluster::start_with(node_binary(), 0).await;
+        if tls {
+            let tls = ClusterTls::new();
+            c.client = tls.http_client();
+            c.tls = Some(tls);
+        }
         c.initial = (1..=n).collect();
         for id in 1..=n {
             c.peer.insert(id, free_port());
             c.http.insert(id, free_port());
-            c.etcd.insert(id, free_port());
+            if etcd {
+                c.etcd.insert(id, free_port());
+            }
         }
         for id in 1..=n {
             c.spawn(id);

@@ -71,6 +71,25 @@ impl Etcdctl {
         stdout
     }
 
+    /// As [`Etcdctl::run`] for a membership change, which ha refuses with
+    /// `Unavailable "etcdserver: unhealthy cluster"` (not applied) while
+    /// the leader has not heard from enough members lately — right after a
+    /// leader change or a promotion: asked again until it is accepted.
+    async fn change(&self, args: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let (ok, stdout, stderr) = self.output(args, "").await;
+            if ok {
+                return stdout;
+            }
+            assert!(
+                stderr.contains("unhealthy cluster") && std::time::Instant::now() < deadline,
+                "etcdctl {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs a command to completion: whether it succeeded, its stdout and
     /// its stderr.
     async fn output(&self, args: &[&str], input: &str) -> (bool, String, String) {
@@ -361,7 +380,7 @@ async fn etcdctl_changes_membership_through_any_member() {
         // member add (a voter once caught up), then start it.
         let port = ha_examples::procs::free_port();
         let out = via
-            .run(&[
+            .change(&[
                 "member",
                 "add",
                 "m4",
@@ -399,7 +418,7 @@ async fn etcdctl_changes_membership_through_any_member() {
         // up; promoting a voter is refused.
         let port5 = ha_examples::procs::free_port();
         let out = via
-            .run(&[
+            .change(&[
                 "member",
                 "add",
                 "m5",
@@ -434,7 +453,9 @@ async fn etcdctl_changes_membership_through_any_member() {
             Some(true),
             "not promoted by itself"
         );
-        let out = via.run(&["member", "promote", &format!("{five:x}")]).await;
+        let out = via
+            .change(&["member", "promote", &format!("{five:x}")])
+            .await;
         assert!(
             out.starts_with(&format!("Member {five:16x} promoted in cluster")),
             "{out}"
@@ -448,7 +469,7 @@ async fn etcdctl_changes_membership_through_any_member() {
         // member update: the same address (a running member's address
         // moves only when it moves); a malformed URL is refused.
         let out = via
-            .run(&[
+            .change(&[
                 "member",
                 "update",
                 &format!("{id:x}"),
@@ -474,12 +495,14 @@ async fn etcdctl_changes_membership_through_any_member() {
 
         // move-leader to member 4, sent to a follower.
         let all = Etcdctl::new(c.etcd_endpoints());
-        let out = all.run(&["move-leader", &format!("{id:x}")]).await;
+        let out = all.change(&["move-leader", &format!("{id:x}")]).await;
         assert!(out.contains(&format!("to {id:x}")), "{out}");
         assert_eq!(c.healthy().await, id, "member 4 leads");
 
         // member remove of a voter, through a member that does not lead.
-        let out = via.run(&["member", "remove", &format!("{leader:x}")]).await;
+        let out = via
+            .change(&["member", "remove", &format!("{leader:x}")])
+            .await;
         assert!(
             out.starts_with(&format!("Member {leader:16x} removed")),
             "{out}"
@@ -490,7 +513,7 @@ async fn etcdctl_changes_membership_through_any_member() {
 
         // member remove of the leader itself (member 4): it hands
         // leadership over, then goes.
-        let out = via.run(&["member", "remove", &format!("{id:x}")]).await;
+        let out = via.change(&["member", "remove", &format!("{id:x}")]).await;
         assert!(
             out.starts_with(&format!("Member {id:16x} removed")),
             "{out}"

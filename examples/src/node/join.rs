@@ -821,8 +821,12 @@ impl ha_etcd::ClusterInfo for GatewayCluster {
                 loop {
                     match node.leader().leader {
                         Some(l) if l != id => {
+                            // A new leader has not heard from every member
+                            // yet ("unhealthy cluster"): it will shortly.
                             match self.on_leader(LeaderRequest::Remove { id: id.0 }).await {
-                                Err(Error::NotLeader { .. }) if Instant::now() < deadline => {}
+                                Err(
+                                    Error::NotLeader { .. } | Error::UnsafeMembershipChange { .. },
+                                ) if Instant::now() < deadline => {}
                                 other => return other.map(drop),
                             }
                         }
