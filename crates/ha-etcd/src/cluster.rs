@@ -106,18 +106,7 @@ impl ClusterInfo for ha_raft::KvNode {
         learner: bool,
     ) -> ha_core::Result<ClusterMember> {
         let node = self.node();
-        let m = node.membership();
-        // Above every member and every removed member: never used before.
-        // (A concurrent add that picked the same id fails as a duplicate.)
-        let id = NodeId(
-            m.members
-                .iter()
-                .map(|x| x.id.0)
-                .chain(m.removed.iter().map(|x| x.0))
-                .max()
-                .unwrap_or(0)
-                + 1,
-        );
+        let id = node.membership().unused_id();
         node.add_learner(id, peer_address.clone().into_bytes(), !learner)
             .await?;
         Ok(ClusterMember {

@@ -69,6 +69,19 @@ impl Membership {
     pub fn get(&self, id: NodeId) -> Option<&MemberInfo> {
         self.members.iter().find(|m| m.id == id)
     }
+    /// An id above every member and every removed member: never used in
+    /// this group as far as its membership knows (a concurrent change that
+    /// picked the same id fails as a duplicate).
+    pub fn unused_id(&self) -> NodeId {
+        let highest = self
+            .members
+            .iter()
+            .map(|m| m.id.0)
+            .chain(self.removed.iter().map(|id| id.0))
+            .max()
+            .unwrap_or(0);
+        NodeId(highest + 1)
+    }
 }
 
 /// One change of membership.

@@ -243,14 +243,13 @@ async fn join_here(app: &App, body: JoinBody) -> Result<JoinReply, ApiError> {
         // initial member. A concurrent join that picked the same id fails
         // as already a member and may ask again.
         None => {
-            m.members
+            let initial = app
+                .identity
+                .initial_members
                 .iter()
-                .map(|x| x.id.0)
-                .chain(m.removed.iter().map(|x| x.0))
-                .chain(app.identity.initial_members.iter().copied())
                 .max()
-                .unwrap_or(0)
-                + 1
+                .map_or(0, |i| i + 1);
+            m.unused_id().0.max(initial)
         }
     };
     // A learner added ahead of its start (etcd's MemberAdd, then the
@@ -807,50 +806,24 @@ impl ha_etcd::ClusterInfo for GatewayCluster {
     }
 
     async fn remove_member(&self, id: NodeId) -> ha_core::Result<()> {
-        let node = self.app.kv.node();
-        let was_leader = node.leader().leader == Some(id);
-        match self.on_leader(LeaderRequest::Remove { id: id.0 }).await {
-            // A leader does not remove itself: the engine hands leadership
-            // over and answers `NotLeader` (etcd lets a leader remove
-            // itself; so does this): ask the next leader, handing
-            // leadership over here if the engine has not.
-            Err(Error::NotLeader { leader_hint }) if was_leader => {
-                let start = Instant::now();
-                let deadline = start + self.app.settings.request_timeout;
-                let mut moved = false;
-                loop {
-                    match node.leader().leader {
-                        Some(l) if l != id => {
-                            // A new leader has not heard from every member
-                            // yet ("unhealthy cluster"): it will shortly.
-                            match self.on_leader(LeaderRequest::Remove { id: id.0 }).await {
-                                Err(
-                                    Error::NotLeader { .. } | Error::UnsafeMembershipChange { .. },
-                                ) if Instant::now() < deadline => {}
-                                other => return other.map(drop),
-                            }
-                        }
-                        Some(_) if !moved && start.elapsed() > Duration::from_millis(500) => {
-                            let voters = node.membership().voters();
-                            let next = [leader_hint, Some(self.app.id)]
-                                .into_iter()
-                                .flatten()
-                                .chain(voters.iter().copied())
-                                .find(|v| *v != id && voters.contains(v))
-                                .ok_or(Error::NotLeader { leader_hint: None })?;
-                            self.on_leader(LeaderRequest::MoveLeader { id: next.0 })
-                                .await?;
-                            moved = true;
-                        }
-                        _ if Instant::now() >= deadline => {
-                            return Err(Error::NotLeader { leader_hint });
-                        }
-                        _ => {}
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        // A leader asked to remove itself hands leadership over and answers
+        // `NotLeader` naming the new leader (`Node::change_membership`):
+        // ask again once this member knows it (etcd lets a leader remove
+        // itself in one call). The new leader may refuse for a moment
+        // ("unhealthy cluster") until it has heard from every member.
+        let was_leader = self.app.kv.node().leader().leader == Some(id);
+        let deadline = Instant::now() + self.app.settings.request_timeout;
+        let mut handed_over = false;
+        loop {
+            match self.on_leader(LeaderRequest::Remove { id: id.0 }).await {
+                Err(Error::NotLeader { .. }) if was_leader && Instant::now() < deadline => {
+                    handed_over = true;
                 }
+                Err(Error::UnsafeMembershipChange { .. })
+                    if handed_over && Instant::now() < deadline => {}
+                other => return other.map(drop),
             }
-            other => other.map(drop),
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
