@@ -128,6 +128,12 @@ pub struct Flags {
     /// defaults to its --etcd-listen address.
     #[arg(long)]
     pub etcd_client_urls: Option<String>,
+    /// Dial these members at these addresses instead of the ones the
+    /// membership records for them, `4=10.0.0.9:7001,5=...`: a local route
+    /// (NAT, a proxy, a tunnel) that the rest of the group does not use.
+    /// Ids not in the group yet are kept for when they join.
+    #[arg(long)]
+    pub peer_routes: Option<String>,
 }
 
 /// Raft timing presets.
@@ -191,6 +197,8 @@ pub struct FileConfig {
     pub etcd_listen: Option<SocketAddr>,
     /// `--etcd-client-urls`.
     pub etcd_client_urls: Option<String>,
+    /// `--peer-routes`.
+    pub peer_routes: Option<String>,
 }
 
 /// Everything ha-node needs, validated.
@@ -238,6 +246,9 @@ pub struct Settings {
     pub etcd_listen: Option<SocketAddr>,
     /// Members' etcd client URLs (for `MemberList`).
     pub etcd_client_urls: BTreeMap<NodeId, Vec<String>>,
+    /// Local routes: members dialled at these addresses whatever the
+    /// membership records.
+    pub peer_routes: BTreeMap<NodeId, SocketAddr>,
 }
 
 /// Default `join-timeout-ms`.
@@ -339,10 +350,15 @@ impl FileConfig {
 /// # Errors
 /// When an item is not `id=IP:port`, an id is 0 or repeated.
 pub fn parse_members(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, SettingsError> {
-    let bad = |reason: String| SettingsError::Invalid {
-        setting: "members",
-        reason,
-    };
+    parse_addresses("members", text)
+}
+
+/// Parses `id=IP:port` items for `setting`; at least one.
+fn parse_addresses(
+    setting: &'static str,
+    text: &str,
+) -> Result<BTreeMap<NodeId, SocketAddr>, SettingsError> {
+    let bad = |reason: String| SettingsError::Invalid { setting, reason };
     let mut members = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (id, addr) = item
@@ -522,6 +538,10 @@ impl Settings {
                 Some(text) => parse_client_urls(&text)?,
                 None => BTreeMap::new(),
             },
+            peer_routes: match flags.peer_routes.or(file.peer_routes) {
+                Some(text) => parse_addresses("peer-routes", &text)?,
+                None => BTreeMap::new(),
+            },
         })
     }
 
@@ -657,6 +677,33 @@ mod tests {
         ));
         assert!(parse_members("0=127.0.0.1:1").is_err());
         assert!(parse_members("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
+        let routed = |text: &str| {
+            Settings::resolve(
+                Flags {
+                    join: Some("127.0.0.1:9".into()),
+                    data_dir: Some("/tmp/x".into()),
+                    http: Some("127.0.0.1:1".parse().expect("addr")),
+                    peer_routes: Some(text.into()),
+                    insecure_plaintext: true,
+                    ..Flags::default()
+                },
+                FileConfig::default(),
+            )
+        };
+        assert_eq!(
+            routed("4=127.0.0.1:7004, 5=127.0.0.1:7005")
+                .expect("routes")
+                .peer_routes
+                .get(&NodeId(5)),
+            Some(&"127.0.0.1:7005".parse().expect("addr"))
+        );
+        assert!(matches!(
+            routed("4=nowhere"),
+            Err(SettingsError::Invalid {
+                setting: "peer-routes",
+                ..
+            })
+        ));
         let flags = Flags {
             id: Some(0),
             members: Some("1=127.0.0.1:7001".into()),

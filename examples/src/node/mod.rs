@@ -13,6 +13,7 @@ pub mod join;
 pub mod json;
 pub mod metrics;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -141,16 +142,25 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
 /// Keeps the transport's address book in step with the replicated
 /// membership: a member with an `IP:port` address gets `set_peer`, a
 /// removed one `remove_peer`. Initial members keep the addresses from
-/// `--members` (the bootstrap configuration carries none).
+/// `--members` (the bootstrap configuration carries none); a member with
+/// a local route (`--peer-routes`) keeps its route.
 async fn follow_membership(
     changes: impl futures::Stream<Item = Membership>,
     transport: Arc<TcpTransport>,
     local: NodeId,
+    routes: BTreeMap<NodeId, SocketAddr>,
 ) {
     futures::pin_mut!(changes);
     while let Some(m) = changes.next().await {
         for member in &m.members {
             if member.id == local || member.address.is_empty() {
+                continue;
+            }
+            if let Some(&route) = routes.get(&member.id) {
+                if transport.peer_addr(member.id) != Some(route) {
+                    tracing::info!(peer = %member.id, %route, "address book: member dialled through its local route");
+                    transport.set_peer(member.id, route);
+                }
                 continue;
             }
             let parsed = std::str::from_utf8(&member.address)
@@ -313,7 +323,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         .map_err(io(format!("binding the peer listener {listen}")))?;
     for (&peer, &addr) in &peers {
         if peer != id {
-            transport.set_peer(peer, addr);
+            transport.set_peer(peer, *settings.peer_routes.get(&peer).unwrap_or(&addr));
         }
     }
     let storage = StorageConfig::default();
@@ -346,6 +356,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         kv.node().membership_changes(),
         transport.clone(),
         id,
+        settings.peer_routes.clone(),
     ));
     tracing::info!(
         id = %id, cluster = %cluster_id, peer = %transport.local_addr(), %advertise, http = %http_addr,
@@ -385,7 +396,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
                 .local_addr()
                 .map_err(io("reading the etcd gateway address"))?;
             let scheme = if http_tls.is_some() { "https" } else { "http" };
-            let mut client_urls: std::collections::BTreeMap<u64, Vec<String>> = app
+            let mut client_urls: BTreeMap<u64, Vec<String>> = app
                 .settings
                 .etcd_client_urls
                 .iter()
