@@ -166,14 +166,24 @@ impl Cluster {
     /// other through its own [`LinkProxy`] (one per directed link, in
     /// [`Cluster::links`], all passing at first).
     pub async fn start_linked(binary: PathBuf, n: u64) -> Cluster {
+        Cluster::start_linked_with_spares(binary, n, 0).await
+    }
+
+    /// As [`Cluster::start_linked`], with ports and link proxies also
+    /// ready for `spares` members that may join later (ids `n + 1 ..=
+    /// n + spares`): every member is given the proxies to them as
+    /// `--peer-routes`, so a joined member's links can be cut one by one
+    /// like the others'.
+    pub async fn start_linked_with_spares(binary: PathBuf, n: u64, spares: u64) -> Cluster {
         let mut c = Cluster::start_with(binary.clone(), 0).await;
         c.initial = (1..=n).collect();
-        for id in 1..=n {
+        let all = n + spares;
+        for id in 1..=all {
             c.peer.insert(id, free_port());
             c.http.insert(id, free_port());
         }
-        for from in 1..=n {
-            for to in (1..=n).filter(|&to| to != from) {
+        for from in 1..=all {
+            for to in (1..=all).filter(|&to| to != from) {
                 let target = format!("127.0.0.1:{}", c.peer[&to])
                     .parse()
                     .expect("loopback address");
@@ -209,6 +219,17 @@ impl Cluster {
             .get(&(from, to))
             .unwrap_or_else(|| panic!("no link proxy {from}->{to}"))
             .set(mode);
+    }
+
+    /// `--peer-routes` for member `id`: the proxies of its links, if any.
+    pub fn routes_for(&self, id: u64) -> Option<String> {
+        let routes: Vec<String> = self
+            .links
+            .iter()
+            .filter(|((from, _), _)| *from == id)
+            .map(|((_, to), link)| format!("{to}={}", link.addr()))
+            .collect();
+        (!routes.is_empty()).then(|| routes.join(","))
     }
 
     /// Cuts `id` off from every other member, both ways.
@@ -531,7 +552,7 @@ impl Cluster {
                 )
             }
         };
-        let mode = if self.initial.contains(&id) {
+        let mut mode = if self.initial.contains(&id) {
             format!("members = \"{}\"\n", self.members_for(id))
         } else if self.initialised(id) {
             String::new()
@@ -539,6 +560,9 @@ impl Cluster {
             let via = via.expect("a running member to join through");
             format!("join = \"127.0.0.1:{}\"\n", self.http[&via])
         };
+        if let Some(routes) = self.routes_for(id) {
+            mode.push_str(&format!("peer-routes = \"{routes}\"\n"));
+        }
         std::fs::write(
             &config,
             format!(

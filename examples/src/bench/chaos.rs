@@ -80,10 +80,20 @@ pub struct Args {
     /// `$HA_NODE_BIN`).
     #[arg(long)]
     pub node_bin: Option<PathBuf>,
+    /// Most member replacements in the run (each joins a new member, then
+    /// removes the old one); default: a quarter of the faults the run can
+    /// hold, plus two, at most 8. 0 leaves replacement out.
+    #[arg(long)]
+    pub max_replaces: Option<u64>,
+    /// The kinds of fault to draw from (comma-separated); every kind
+    /// comes up once in each round of that many faults, in a seeded
+    /// order.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = FaultKind::ALL)]
+    pub faults: Vec<FaultKind>,
 }
 
 /// The kinds of fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum FaultKind {
     /// SIGKILL, then the member is restarted on its data.
     Kill,
@@ -92,16 +102,27 @@ pub enum FaultKind {
     /// Every link to and from the member drops everything, then passes
     /// again.
     Partition,
+    /// A new member joins (and is promoted once caught up), then the
+    /// member is removed from the group and stopped: how an operator
+    /// replaces a machine.
+    Replace,
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 3] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+    /// Every kind.
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Replace,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill+restart",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::Replace => "replace",
         }
     }
 }
@@ -387,7 +408,84 @@ async fn inject(c: &mut Cluster, kind: FaultKind, member: u64, rng: &mut Rng) ->
             tokio::time::sleep(Duration::from_millis(between(rng, 2_000, 5_000))).await;
             c.heal();
         }
+        FaultKind::Replace => {
+            let new = c
+                .peer
+                .keys()
+                .copied()
+                .find(|id| !c.procs.contains_key(id) && !c.data_dir(*id).exists())
+                .ok_or("no spare member left to replace with")?;
+            replace(c, member, new).await?;
+        }
     }
+    Ok(())
+}
+
+/// How long a member replacement may take at most.
+const REPLACE_WITHIN: Duration = Duration::from_secs(60);
+
+/// The `/v1/members` entry for `who` as member `from` sees it.
+async fn listed(c: &Cluster, from: u64, who: u64) -> Option<Value> {
+    let (_, v) = c.get(from, "/v1/members").await.ok()?;
+    v["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == who)
+        .cloned()
+}
+
+/// Joins member `new` (through a running member other than `old`), waits
+/// until every running member lists it as a voter, then removes `old`
+/// through whichever member leads and stops it.
+async fn replace(c: &mut Cluster, old: u64, new: u64) -> BenchResult<()> {
+    let deadline = Instant::now() + REPLACE_WITHIN;
+    let via = c.procs.keys().copied().find(|&m| m != old);
+    c.spawn_joining(new, via);
+    loop {
+        let mut voter = true;
+        for &id in c.procs.keys() {
+            voter &= listed(c, id, new)
+                .await
+                .is_some_and(|m| m["role"] == "voter");
+        }
+        if voter {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(
+                format!("member {new} did not become a voter within {REPLACE_WITHIN:?}").into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The leader itself hands leadership over first and names its
+    // successor: ask again there.
+    let mut ask = old;
+    loop {
+        if let Ok((status, _)) = c
+            .post(ask, "/v1/members/remove", serde_json::json!({ "id": old }))
+            .await
+            && status.is_success()
+        {
+            break;
+        }
+        if let Ok((_, v)) = c.get(new, "/v1/members").await {
+            if v["removed"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| *x == old))
+            {
+                break;
+            }
+            if let Some(l) = v["leader"].as_u64().filter(|l| c.procs.contains_key(l)) {
+                ask = l;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("member {old} was not removed within {REPLACE_WITHIN:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill(old);
     Ok(())
 }
 
@@ -434,13 +532,24 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
     }
     let settle = Duration::from_secs(30);
     let binary = args.node_bin.clone().unwrap_or_else(node_binary);
-    let mut c = Cluster::start_linked(binary, args.members).await;
+    let length = Duration::from_secs_f64(args.minutes * 60.0);
+    // A quarter of the faults are drawn as replacements, on average; a
+    // replacement drawn when no spare is left becomes another kind. Each
+    // spare costs a proxy per link, so they are capped.
+    let faults_at_most = (length.as_millis() as u64 / args.interval_min_ms) + 1;
+    let spares = args
+        .max_replaces
+        .unwrap_or((faults_at_most / 4 + 2).min(8))
+        .min(faults_at_most);
+    let mut c = Cluster::start_linked_with_spares(binary, args.members, spares).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .pool_max_idle_per_host(0)
         .build()?;
     settled(&http, &c, settle).await?;
-    let order: Vec<u64> = c.initial.clone();
+    // Spares too: a member that is not running refuses the connection at
+    // once, and a joined one serves clients like the rest.
+    let order: Vec<u64> = c.http.keys().copied().collect();
     let endpoints = c.endpoints(&order);
     let client_for = |first: u64| -> BenchResult<RemoteKv> {
         let mut e = endpoints.clone();
@@ -472,9 +581,18 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
         )));
     }
 
-    let length = Duration::from_secs_f64(args.minutes * 60.0);
     let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut faults: Vec<Fault> = Vec::new();
+    let mut kinds = args.faults.clone();
+    kinds.sort();
+    kinds.dedup();
+    if spares == 0 {
+        kinds.retain(|k| *k != FaultKind::Replace);
+    }
+    if kinds.is_empty() {
+        return Err("--faults: no kind of fault left to inject".into());
+    }
+    let mut bag: Vec<FaultKind> = Vec::new();
     // The longest a fault lasts, plus time to settle: no fault starts
     // so late that it would still run when the load stops.
     let longest_fault = Duration::from_secs(6);
@@ -503,7 +621,24 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
             let others: Vec<u64> = c.procs.keys().copied().filter(|&m| m != leader).collect();
             others[rng.next() as usize % others.len()]
         };
-        let kind = FaultKind::ALL[rng.next() as usize % FaultKind::ALL.len()];
+        let replaced = faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::Replace)
+            .count() as u64;
+        let kind = loop {
+            if bag.is_empty() {
+                bag = kinds.clone();
+                // Fisher-Yates, seeded.
+                for i in (1..bag.len()).rev() {
+                    bag.swap(i, rng.next() as usize % (i + 1));
+                }
+            }
+            match bag.pop() {
+                Some(FaultKind::Replace) if replaced >= spares => {}
+                Some(kind) => break kind,
+                None => return Err("no kind of fault to inject".into()),
+            }
+        };
         let at = s.start.elapsed();
         eprintln!(
             "{:>7.1}s  {} of member {member}{}",
@@ -513,6 +648,8 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
         );
         inject(&mut c, kind, member, &mut rng).await?;
         let healed = s.start.elapsed();
+        // The heal line completes the schedule `scripts/charts` draws.
+        eprintln!("{:>7.1}s  healed", healed.as_secs_f64());
         faults.push(Fault {
             kind,
             member,
