@@ -257,8 +257,13 @@ impl Checker<'_> {
                     .cloned(),
             ),
         }
+        // By key: a final range over every key would be quadratic.
+        let mut by_key: BTreeMap<&str, &SeenKv> = BTreeMap::new();
+        for kv in kvs {
+            by_key.entry(kv.key.as_str()).or_insert(kv);
+        }
         for key in scope {
-            let got = kvs.iter().find(|kv| kv.key == key);
+            let got = by_key.get(key.as_str()).copied();
             self.check_key(at, &key, revision, got);
         }
     }
