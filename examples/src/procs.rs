@@ -164,7 +164,8 @@ impl ClusterTls {
 impl Cluster {
     /// Starts `n` members running `binary`, every member dialling every
     /// other through its own [`LinkProxy`] (one per directed link, in
-    /// [`Cluster::links`], all passing at first).
+    /// [`Cluster::links`], all passing at first), with
+    /// `--enable-failpoints` ([`Cluster::set_disk_delay`]).
     pub async fn start_linked(binary: PathBuf, n: u64) -> Cluster {
         Cluster::start_linked_with_spares(binary, n, 0).await
     }
@@ -230,6 +231,23 @@ impl Cluster {
             .map(|((_, to), link)| format!("{to}={}", link.addr()))
             .collect();
         (!routes.is_empty()).then(|| routes.join(","))
+    }
+
+    /// Makes every durable log write of member `id` wait `delay` first (a
+    /// slow disk; `Duration::ZERO` clears it). Only in a linked group,
+    /// whose members run with `--enable-failpoints`.
+    ///
+    /// # Errors
+    /// The member did not take it (not running, or no failpoints).
+    pub async fn set_disk_delay(&self, id: u64, delay: Duration) -> Result<(), String> {
+        let ms = delay.as_millis() as u64;
+        match self
+            .post(id, "/v1/debug/disk-delay", json!({ "ms": ms }))
+            .await?
+        {
+            (status, _) if status.is_success() => Ok(()),
+            (status, body) => Err(format!("member {id}: disk delay refused: {status} {body}")),
+        }
     }
 
     /// Cuts `id` off from every other member, both ways.
@@ -561,7 +579,10 @@ impl Cluster {
             format!("join = \"127.0.0.1:{}\"\n", self.http[&via])
         };
         if let Some(routes) = self.routes_for(id) {
-            mode.push_str(&format!("peer-routes = \"{routes}\"\n"));
+            // A fault-injection group: slow disks too.
+            mode.push_str(&format!(
+                "peer-routes = \"{routes}\"\nenable-failpoints = true\n"
+            ));
         }
         std::fs::write(
             &config,

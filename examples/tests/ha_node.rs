@@ -637,6 +637,12 @@ async fn the_client_api_serves_every_route_and_answers_bad_requests_with_typed_e
             (StatusCode::OK, Some(true)),
             "{v}"
         );
+        // Fault injection is not served without --enable-failpoints.
+        let (s, v) = c
+            .post(f, "/v1/debug/disk-delay", json!({ "ms": 100 }))
+            .await
+            .expect("disk delay");
+        assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     })
     .await;
 }

@@ -106,15 +106,20 @@ pub enum FaultKind {
     /// member is removed from the group and stopped: how an operator
     /// replaces a machine.
     Replace,
+    /// Every durable write of the member's raft log waits 100–400 ms
+    /// first (a disk whose syncs stall), through ha-node's
+    /// `--enable-failpoints`.
+    SlowDisk,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Replace,
+        FaultKind::SlowDisk,
     ];
 
     fn name(self) -> &'static str {
@@ -123,6 +128,7 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Replace => "replace",
+            FaultKind::SlowDisk => "slow-disk",
         }
     }
 }
@@ -416,6 +422,12 @@ async fn inject(c: &mut Cluster, kind: FaultKind, member: u64, rng: &mut Rng) ->
                 .find(|id| !c.procs.contains_key(id) && !c.data_dir(*id).exists())
                 .ok_or("no spare member left to replace with")?;
             replace(c, member, new).await?;
+        }
+        FaultKind::SlowDisk => {
+            let delay = Duration::from_millis(between(rng, 100, 400));
+            c.set_disk_delay(member, delay).await?;
+            tokio::time::sleep(Duration::from_millis(between(rng, 2_000, 5_000))).await;
+            c.set_disk_delay(member, Duration::ZERO).await?;
         }
     }
     Ok(())

@@ -32,10 +32,10 @@ use serde_json::{Value, json};
 use super::App;
 use super::error::{ApiError, cancel_reason};
 use super::json::{
-    AddMemberBody, CompactBody, DeleteBody, DeleteJson, Encoding, GetBody, GetJson, GrantBody,
-    GrantJson, HeaderOnlyJson, KeepAliveJson, LeaseBody, LeasesJson, MemberBody, PutBody, PutJson,
-    RangeBody, RangeJson, TransferBody, TtlJson, TxnBody, TxnJson, WatchBody, WatchCreatedJson,
-    WatchJson, consistency,
+    AddMemberBody, CompactBody, DeleteBody, DeleteJson, DiskDelayBody, Encoding, GetBody, GetJson,
+    GrantBody, GrantJson, HeaderOnlyJson, KeepAliveJson, LeaseBody, LeasesJson, MemberBody,
+    PutBody, PutJson, RangeBody, RangeJson, TransferBody, TtlJson, TxnBody, TxnJson, WatchBody,
+    WatchCreatedJson, WatchJson, consistency,
 };
 
 /// How much longer than the request's own deadline the HTTP layer waits
@@ -67,6 +67,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/leader/transfer", post(leader_transfer))
         .route("/v1/status", get(status))
         .route("/v1/digest", get(digest))
+        .route("/v1/debug/disk-delay", post(disk_delay))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(app.clone(), count))
@@ -483,6 +484,21 @@ async fn member_remove(
 ) -> Answer {
     within(p.deadline, app.kv.node().remove_member(NodeId(b.id))).await?;
     ok(json!({ "removed": b.id }))
+}
+
+/// The slow-disk failpoint: 404 unless `--enable-failpoints`.
+async fn disk_delay(State(app): State<Arc<App>>, Body(b): Body<DiskDelayBody>) -> Answer {
+    let delay = app.disk_delay.as_ref().ok_or_else(ApiError::not_found)?;
+    let ms = Duration::from_millis(b.ms);
+    if ms > super::failpoints::MAX_DISK_DELAY {
+        return Err(ApiError::bad_request(format!(
+            "ms: at most {} ms",
+            super::failpoints::MAX_DISK_DELAY.as_millis()
+        )));
+    }
+    delay.set(ms);
+    tracing::warn!(ms = b.ms, "failpoint: disk delay set");
+    ok(json!({ "disk_delay_ms": b.ms }))
 }
 
 async fn leader_transfer(

@@ -134,6 +134,12 @@ pub struct Flags {
     /// Ids not in the group yet are kept for when they join.
     #[arg(long)]
     pub peer_routes: Option<String>,
+    /// Fault injection for tests (as etcd's failpoints): serves
+    /// `POST /v1/debug/disk-delay {"ms":N}`, which makes every durable
+    /// write of this member's raft log wait N ms first (a slow disk).
+    /// Never in production; a warning is logged at start.
+    #[arg(long)]
+    pub enable_failpoints: bool,
 }
 
 /// Raft timing presets.
@@ -199,6 +205,8 @@ pub struct FileConfig {
     pub etcd_client_urls: Option<String>,
     /// `--peer-routes`.
     pub peer_routes: Option<String>,
+    /// `--enable-failpoints`.
+    pub enable_failpoints: Option<bool>,
 }
 
 /// Everything ha-node needs, validated.
@@ -249,6 +257,8 @@ pub struct Settings {
     /// Local routes: members dialled at these addresses whatever the
     /// membership records.
     pub peer_routes: BTreeMap<NodeId, SocketAddr>,
+    /// Fault injection (`/v1/debug/...`) is served.
+    pub enable_failpoints: bool,
 }
 
 /// Default `join-timeout-ms`.
@@ -542,6 +552,7 @@ impl Settings {
                 Some(text) => parse_addresses("peer-routes", &text)?,
                 None => BTreeMap::new(),
             },
+            enable_failpoints: flags.enable_failpoints || file.enable_failpoints.unwrap_or(false),
         })
     }
 

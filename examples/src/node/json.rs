@@ -40,6 +40,14 @@ pub struct MemberBody {
     pub id: u64,
 }
 
+/// `POST /v1/debug/disk-delay` (with `--enable-failpoints`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDelayBody {
+    /// Milliseconds every durable log write waits first; 0 clears it.
+    pub ms: u64,
+}
+
 /// `POST /v1/leader/transfer`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

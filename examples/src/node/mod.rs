@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod http;
 pub mod identity;
 pub mod join;
@@ -57,6 +58,8 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// The member's state store, for `GET /v1/digest`.
     pub state: Arc<dyn ha_core::StateStore>,
+    /// The slow-disk failpoint, when `--enable-failpoints` is on.
+    pub disk_delay: Option<failpoints::DiskDelay>,
     /// Set once a signal asked the member to stop.
     stopping: AtomicBool,
 }
@@ -336,10 +339,20 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
             source: std::io::Error::other(e.to_string()),
         })??;
     let (log, state) = (Arc::new(log), Arc::new(state));
+    // The slow-disk failpoint is always in the log's path (one atomic load
+    // per durable write); only `--enable-failpoints` serves the route that
+    // sets it.
+    let disk_delay = failpoints::DiskDelay::default();
+    let failpoints = settings.enable_failpoints;
+    if failpoints {
+        tracing::warn!(
+            "--enable-failpoints: POST /v1/debug/disk-delay can slow this member's log writes; for tests only"
+        );
+    }
     let kv = KvNode::start(
         config,
         KvConfig::default(),
-        log.clone(),
+        Arc::new(failpoints::SlowLog::new(log.clone(), disk_delay.clone())),
         state.clone(),
         transport.clone(),
     )
@@ -378,6 +391,7 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
         http_addr,
         metrics: metrics::Metrics::new(&kv, transport.clone()),
         state: state.clone(),
+        disk_delay: failpoints.then_some(disk_delay),
         stopping: AtomicBool::new(false),
     });
     kv.set_app_call_handler(Arc::new(join::LeaderCalls {
