@@ -59,6 +59,10 @@ pub enum InjectedBug {
     /// so a crash between restoring the state store and restarting the log
     /// leaves the two at different points.
     NonAtomicInstall,
+    /// A lease's revocation or expiry deletes its keys over two revisions
+    /// (the first key at one, the others at the next) instead of one (in
+    /// the MVCC machine).
+    LeaseDeletesSplit,
 }
 
 /// The set of switched-on bugs (empty in production).
@@ -80,6 +84,7 @@ pub(crate) struct Bugs {
     pub(crate) watch_progress_ahead: bool,
     pub(crate) compact_past_durable: bool,
     pub(crate) non_atomic_install: bool,
+    pub(crate) lease_deletes_split: bool,
 }
 
 impl Bugs {
@@ -103,6 +108,7 @@ impl Bugs {
             Some(InjectedBug::WatchProgressAhead) => b.watch_progress_ahead = true,
             Some(InjectedBug::CompactPastDurable) => b.compact_past_durable = true,
             Some(InjectedBug::NonAtomicInstall) => b.non_atomic_install = true,
+            Some(InjectedBug::LeaseDeletesSplit) => b.lease_deletes_split = true,
         }
         b
     }

@@ -12,9 +12,9 @@ use std::ops::Range;
 
 use ha_raft::InjectedBug;
 use ha_raft::sim::{
-    ALL_BUGS, Consistency, Counters, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeedReport,
-    SimConfig, bug_name, check_history, check_history_file, read_history, run_seed, summary_line,
-    write_history,
+    ALL_BUGS, Consistency, Counters, HistoryOp, Inputs, LeaseEnding, OpKind, Outcome, Outputs,
+    SeedReport, SimConfig, bug_name, check_history, check_history_file, read_history, run_seed,
+    summary_line, write_history,
 };
 
 fn seeds(default: u64) -> u64 {
@@ -470,6 +470,143 @@ fn injected_bugs_are_caught_under_the_kv_workload() {
     );
 }
 
+/// What the lease-end check reports.
+const LEASE_END: &str = "lease ends delete their keys in one revision";
+
+/// A lease end that deletes the lease's keys over two revisions: caught
+/// by the lease-end check, also on the history alone (what `ha-sim check`
+/// runs on a file).
+#[test]
+fn a_lease_end_deleting_its_keys_over_two_revisions_is_caught() {
+    let bug = InjectedBug::LeaseDeletesSplit;
+    let report = check_caught(
+        first_catch_with(SimConfig::kv(3), bug),
+        bug,
+        &[LEASE_END, "linearizability"],
+    );
+    assert!(
+        report.violations.iter().any(|v| v.property == LEASE_END),
+        "{}",
+        report.failure_report()
+    );
+    assert!(
+        check_history(&report.history)
+            .iter()
+            .any(|v| v.property == LEASE_END),
+        "the history alone did not show the split"
+    );
+}
+
+fn lease_kv_seeds(default: u64) -> u64 {
+    std::env::var("HA_SIM_LEASE_KV_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The lease-focused faults and clocks (leaders paused, isolated, slowed,
+/// moved; clocks off by up to 20%) under the KV workload: every seed
+/// passes (lease safety, lease ends, the KV model), and leases really were
+/// kept alive, expired, and had forwarded calls lost.
+#[test]
+fn every_seed_passes_with_the_kv_workload_under_lease_faults() {
+    let n = lease_kv_seeds(60);
+    let mut c = Counters::default();
+    for (members, range) in [(3, 0..n * 2 / 3), (5, n * 2 / 3..n)] {
+        c.add(&all_pass_with(&SimConfig::lease_kv(members), range));
+    }
+    let per_seed = |x: u64| x as f64 / n.max(1) as f64;
+    assert!(
+        per_seed(c.lease_expiries) >= 1.0
+            && per_seed(c.keep_alives) >= 10.0
+            && per_seed(c.leader_changes) >= 1.0
+            && c.lease_calls_lost > 0
+            && c.lease_hits > 0,
+        "{n} seeds: {} lease expiries, {} keep-alives, {} leader changes, {} lost lease \
+         calls, {} lease hits",
+        c.lease_expiries,
+        c.keep_alives,
+        c.leader_changes,
+        c.lease_calls_lost,
+        c.lease_hits
+    );
+}
+
+/// A KV history file holds `lease_end` records; the file check finds a
+/// lease end that left a key in place and an expiry before a kept-alive
+/// TTL ran out.
+#[test]
+fn lease_ends_in_a_kv_history_file_are_checked() {
+    // The first seed with a lease end that deleted two keys and an expiry
+    // of a lease that was kept alive.
+    let kept_then_expired = |h: &[HistoryOp]| {
+        h.iter().any(|e| {
+            e.outputs.ended == Some(LeaseEnding::Expired)
+                && h.iter().any(|o| {
+                    o.op == OpKind::KeepAlive
+                        && o.outcome == Outcome::Ok
+                        && o.inputs.lease == e.inputs.lease
+                })
+        })
+    };
+    let two_keys = |h: &[HistoryOp]| {
+        h.iter().any(|o| {
+            o.op == OpKind::LeaseEnd && o.outputs.keys.as_ref().is_some_and(|k| k.len() >= 2)
+        })
+    };
+    let report = (0..40)
+        .map(|seed| run_seed(&SimConfig::kv(3), seed))
+        .find(|r| two_keys(&r.history) && kept_then_expired(&r.history))
+        .expect("a seed with both kinds of lease ends");
+    assert!(report.passed(), "{}", report.failure_report());
+    let mut bytes = Vec::new();
+    write_history(&report.history, &mut bytes).unwrap();
+    let back = read_history(&mut bytes.as_slice()).unwrap();
+    assert_eq!(back, report.history);
+    assert_eq!(check_history(&back), vec![]);
+
+    // A lease end that deleted a key, but the record (as if the machine
+    // had) leaves it attached.
+    let mut broken = back.clone();
+    let end = broken
+        .iter_mut()
+        .find(|o| o.op == OpKind::LeaseEnd && o.outputs.keys.as_ref().is_some_and(|k| k.len() >= 2))
+        .expect("a lease end that deleted two keys");
+    end.outputs.keys.as_mut().unwrap().pop();
+    let found = check_history(&broken);
+    assert!(
+        found.iter().any(|v| v.property == LEASE_END),
+        "a lease end that left a key passed: {found:?}"
+    );
+
+    // An expiry moved to just after a keep-alive answered for its lease.
+    let mut broken = back.clone();
+    let kept: Vec<(i64, u64)> = broken
+        .iter()
+        .filter(|o| o.op == OpKind::KeepAlive && o.outcome == Outcome::Ok)
+        .filter_map(|o| Some((o.inputs.lease?, o.complete_ns)))
+        .collect();
+    let end = broken
+        .iter_mut()
+        .find(|o| {
+            o.outputs.ended == Some(LeaseEnding::Expired)
+                && kept.iter().any(|(l, _)| Some(*l) == o.inputs.lease)
+        })
+        .expect("an expired lease that was kept alive");
+    let (_, t) = kept
+        .iter()
+        .find(|(l, _)| Some(*l) == end.inputs.lease)
+        .copied()
+        .unwrap();
+    end.invoke_ns = t + 1;
+    end.complete_ns = t + 1;
+    let found = check_history(&broken);
+    assert!(
+        found.iter().any(|v| v.property == "lease safety"),
+        "an early expiry passed: {found:?}"
+    );
+}
+
 /// A KV seed (leases, watches) replays exactly: the same history and
 /// counters twice.
 #[test]
@@ -487,7 +624,7 @@ fn a_kv_seed_replays_exactly() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 16);
+    assert_eq!(ALL_BUGS.len(), 17);
 }
 
 #[test]

@@ -40,10 +40,12 @@ pub(crate) enum RawKind {
     Propose,
     /// Answer an encoded `KvQuery` at this consistency.
     Read(Consistency),
-    /// Renew a lease (the leader's lease manager; followers forward).
-    KeepAlive(i64),
-    /// A lease's time left (the leader's lease manager).
-    TimeToLive(i64),
+    /// Renew a lease (the leader's lease manager; followers forward),
+    /// giving up after `timeout_ms`.
+    KeepAlive { lease: i64, timeout_ms: u64 },
+    /// A lease's time left (the leader's lease manager), giving up after
+    /// `timeout_ms`.
+    TimeToLive { lease: i64, timeout_ms: u64 },
     /// Open a watch on the member's hub.
     Watch,
 }
@@ -229,10 +231,13 @@ pub(crate) struct ClientPlan {
 
 /// Draws the operations of every client: `clients` that write and read
 /// through any member, and `readers` per member pinned to it. Values are
-/// unique in the run.
+/// unique in the run. KV workload: also the lease clients, drawn from
+/// `lease_rng` (their TTLs from `ttls`, in ms).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_workload(
     rng: &mut SimRng,
+    lease_rng: &mut SimRng,
+    ttls: (u64, u64),
     clients: usize,
     readers: usize,
     ops_per_client: usize,
@@ -269,7 +274,7 @@ pub(crate) fn plan_workload(
             plans.push(ClientPlan { pinned, ops });
         }
         for c in 0..LEASE_CLIENTS {
-            let ops = kvload::plan_lease_client(rng, c, members, span, &mut next_value);
+            let ops = kvload::plan_lease_client(lease_rng, c, members, span, &mut next_value, ttls);
             plans.push(ClientPlan { pinned: false, ops });
         }
         return plans;

@@ -42,6 +42,12 @@ pub enum OpKind {
     /// may explain up to two revisions no workload operation claims (its
     /// own, and the expiry of a lease it granted).
     OpaqueWrite,
+    /// KV workload: a lease ended as the group applied it (not a client
+    /// operation): `inputs.lease` expired or was revoked
+    /// (`outputs.ended`), deleting `outputs.keys` at `outputs.revision`
+    /// (with no keys, `outputs.revision` is the store's revision then);
+    /// `invoke_ns` = `complete_ns` = when a member first applied it.
+    LeaseEnd,
     /// KV workload: one watch session, from `inputs.revision` on the range
     /// `inputs.key` (a key, `prefix*`, or `*`) with `inputs.filter`; what it
     /// read is `outputs.watch`. Checked by the watch check, not the KV
@@ -65,11 +71,12 @@ impl OpKind {
         )
     }
 
-    /// A lease operation (checked by the lease checks, not the KV model).
+    /// A lease operation (checked by the lease checks; a lease end also
+    /// by the KV model, as the deletion of its keys).
     pub fn is_lease(self) -> bool {
         matches!(
             self,
-            OpKind::LeaseGrant | OpKind::KeepAlive | OpKind::LeaseRevoke
+            OpKind::LeaseGrant | OpKind::KeepAlive | OpKind::LeaseRevoke | OpKind::LeaseEnd
         )
     }
 
@@ -199,6 +206,10 @@ pub struct SeenKv {
     pub mod_revision: i64,
     /// Writes since the key was created.
     pub version: i64,
+    /// The lease the key is attached to (0: none); absent in older files
+    /// (then not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
 }
 
 impl From<&ha_core::KeyValue> for SeenKv {
@@ -212,6 +223,7 @@ impl From<&ha_core::KeyValue> for SeenKv {
             create_revision: kv.create_revision,
             mod_revision: kv.mod_revision,
             version: kv.version,
+            lease: Some(kv.lease.0),
         }
     }
 }
@@ -257,6 +269,23 @@ pub struct Outputs {
     /// KV workload: what a `watch` read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchLog>,
+    /// KV workload, `lease_end`: how the lease ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<LeaseEnding>,
+    /// KV workload, `lease_end`: the keys it deleted (all at
+    /// `revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+}
+
+/// How a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseEnding {
+    /// The leader expired it (`LeaseExpire` applied).
+    Expired,
+    /// A client revoked it (`LeaseRevoke` applied).
+    Revoked,
 }
 
 /// One operation of a history.

@@ -12,7 +12,8 @@
 //! (followers forward), and its watches served by the member's production
 //! `WatchHub` — the same code paths as the simulator's own workload.
 //! Request deadlines are the simulator's (`KvOptions::timeout` is not
-//! used).
+//! used), except for lease calls, which give up after their timeout (the
+//! renewal stream's attempts after a third of the TTL, as `KvNode`'s).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -323,13 +324,31 @@ impl SimKv {
 
     /// A lease call to the leader, as `KvNode::leader_call` repeats it:
     /// while the new leader has not applied its first entry, and once
-    /// after a linearizable read when the lease is not known there yet.
-    async fn lease_call(&self, kind: RawKind, id: LeaseId) -> Result<(Duration, u64, u64)> {
+    /// after a linearizable read when the lease is not known there yet;
+    /// each attempt and all of them within `timeout` (a forward to the
+    /// leader, or its answer, can be lost: the attempt then times out).
+    async fn lease_call(
+        &self,
+        time_to_live: bool,
+        id: LeaseId,
+        timeout: Duration,
+    ) -> Result<(Duration, u64, u64)> {
         let inner = &self.inner;
-        let deadline = inner.clock.now_ns()
-            + u64::try_from(inner.request_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let deadline = inner.clock.now_ns() + u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let mut waited_for_apply = false;
         loop {
+            let timeout_ms = (deadline.saturating_sub(inner.clock.now_ns()) / 1_000_000).max(1);
+            let kind = if time_to_live {
+                RawKind::TimeToLive {
+                    lease: id.0,
+                    timeout_ms,
+                }
+            } else {
+                RawKind::KeepAlive {
+                    lease: id.0,
+                    timeout_ms,
+                }
+            };
             match self.call(kind, || RawPayload::Bytes(Vec::new())).await? {
                 RawResult::Lease { ttl, leader, term } => return Ok((ttl, leader, term)),
                 RawResult::Refused(Refusal::Gone) if !waited_for_apply => {
@@ -344,9 +363,7 @@ impl SimKv {
                     if inner.clock.now_ns() >= deadline {
                         return Err(match r {
                             Refusal::Follower => Error::NotLeader { leader_hint: None },
-                            _ => Error::Timeout {
-                                after: inner.request_timeout,
-                            },
+                            _ => Error::Timeout { after: timeout },
                         });
                     }
                     inner.clock.sleep_ns(5 * super::executor::MILLIS).await;
@@ -461,9 +478,10 @@ impl KvClient for SimKv {
     async fn lease_keep_alive_once(
         &self,
         id: LeaseId,
-        _options: KvOptions,
+        options: KvOptions,
     ) -> Result<LeaseKeepAliveResponse> {
-        let (ttl, leader, term) = self.lease_call(RawKind::KeepAlive(id.0), id).await?;
+        let timeout = options.timeout.unwrap_or(self.inner.request_timeout);
+        let (ttl, leader, term) = self.lease_call(false, id, timeout).await?;
         Ok(LeaseKeepAliveResponse {
             header: ResponseHeader {
                 cluster_id: ClusterId([0; 32]),
@@ -496,7 +514,11 @@ impl KvClient for SimKv {
                         .clock
                         .sleep_ns(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX))
                         .await;
-                    match kv.lease_keep_alive_once(id, KvOptions::default()).await {
+                    // Each attempt within a third of the TTL, as `KvNode`'s
+                    // loop: a lost forward leaves time for another.
+                    let attempt =
+                        KvOptions::default().with_timeout((ttl / 3).max(Duration::from_millis(50)));
+                    match kv.lease_keep_alive_once(id, attempt).await {
                         Ok(r) => {
                             ttl = r.ttl;
                             return Some((Ok(r), (kv, None, ttl, false)));
@@ -521,7 +543,8 @@ impl KvClient for SimKv {
             KvReply::Lease(info) => info,
             _ => return Err(unexpected()),
         };
-        let (ttl, leader, term) = self.lease_call(RawKind::TimeToLive(id.0), id).await?;
+        let timeout = options.timeout.unwrap_or(self.inner.request_timeout);
+        let (ttl, leader, term) = self.lease_call(true, id, timeout).await?;
         Ok(LeaseTimeToLiveResponse {
             header: ResponseHeader {
                 member_id: NodeId(leader),

@@ -71,12 +71,24 @@ pub(crate) enum KvRequest {
         value: u64,
         lease: i64,
     },
-    /// Answered by the leader's `LeaseManager` (a follower forwards it).
+    /// Answered by the leader's `LeaseManager` (a follower forwards it);
+    /// the client gives up after `timeout_ms` (a third of the TTL, as the
+    /// production keep-alive loop's attempts).
     KeepAlive {
         lease: i64,
+        timeout_ms: u64,
     },
     LeaseRevoke {
         lease: i64,
+    },
+    /// Read leased key `l{key}`.
+    LeaseGet {
+        key: u8,
+        consistency: Consistency,
+    },
+    /// Read every leased key (`l*`).
+    LeaseRange {
+        consistency: Consistency,
     },
 }
 
@@ -143,7 +155,7 @@ impl KvRequest {
                 i.lease = Some(lease);
                 OpKind::Put
             }
-            KvRequest::KeepAlive { lease } => {
+            KvRequest::KeepAlive { lease, .. } => {
                 i.key = ALL_KEYS.to_owned();
                 i.lease = Some(lease);
                 OpKind::KeepAlive
@@ -152,6 +164,16 @@ impl KvRequest {
                 i.key = ALL_KEYS.to_owned();
                 i.lease = Some(lease);
                 OpKind::LeaseRevoke
+            }
+            KvRequest::LeaseGet { key, consistency } => {
+                i.key = leased_key_name(key);
+                i.consistency = Some(consistency);
+                OpKind::Get
+            }
+            KvRequest::LeaseRange { consistency } => {
+                i.key = format!("{LEASED_PREFIX}*");
+                i.consistency = Some(consistency);
+                OpKind::Range
             }
         };
         (kind, i)
@@ -194,9 +216,11 @@ impl KvRequest {
             KvRequest::LeaseRevoke { lease } => KvCommand::LeaseRevoke(LeaseId(lease)),
             // Not proposed: reads and keep-alives (an empty compaction is
             // refused by every machine alike).
-            KvRequest::Get { .. } | KvRequest::Range { .. } | KvRequest::KeepAlive { .. } => {
-                KvCommand::Compact(0)
-            }
+            KvRequest::Get { .. }
+            | KvRequest::Range { .. }
+            | KvRequest::LeaseGet { .. }
+            | KvRequest::LeaseRange { .. }
+            | KvRequest::KeepAlive { .. } => KvCommand::Compact(0),
         };
         cmd.encode(0)
     }
@@ -205,6 +229,8 @@ impl KvRequest {
     pub(crate) fn query(&self, revision: i64) -> Vec<u8> {
         let range = match *self {
             KvRequest::Get { key, .. } => KeyRange::key(key_name(key)),
+            KvRequest::LeaseGet { key, .. } => KeyRange::key(leased_key_name(key)),
+            KvRequest::LeaseRange { .. } => KeyRange::prefix(LEASED_PREFIX),
             _ => KeyRange::prefix(KEY_PREFIX),
         };
         let mut r = RangeRequest::new(range);
@@ -344,6 +370,17 @@ pub(crate) enum Observed {
         member: usize,
         compact_revision: i64,
     },
+    /// A command ended a lease (seen around the machine's `apply`).
+    LeaseEnded {
+        member: usize,
+        id: LeaseId,
+        /// A leader's `LeaseExpire` (else a client's `LeaseRevoke`).
+        expired: bool,
+        /// The first revision it wrote, if it deleted any key.
+        wrote: Option<i64>,
+        /// The machine's revision after it.
+        revision: i64,
+    },
 }
 
 /// Where the members' observers report (shared by all members).
@@ -435,10 +472,15 @@ impl KvObserver for SinkObserver {
 }
 
 /// The state machine of a simulated member: the registers, or the
-/// production MVCC machine.
+/// production MVCC machine (with where to report the leases its commands
+/// end).
 pub(crate) enum SimMachine {
     Registers(KvRegister),
-    Mvcc(Box<MvccMachine<MemStateStore>>),
+    Mvcc {
+        machine: Box<MvccMachine<MemStateStore>>,
+        member: usize,
+        sink: RevisionSink,
+    },
 }
 
 impl SimMachine {
@@ -448,8 +490,10 @@ impl SimMachine {
         store: &MemStateStore,
         member: usize,
         sink: RevisionSink,
+        bugs: crate::bugs::Bugs,
     ) -> Result<Self, StorageError> {
         let mut m = MvccMachine::open(Arc::new(store.clone()))?;
+        m.inject_split_lease_deletes(bugs.lease_deletes_split);
         // The leases it holds, as `KvNode` hands them to its manager at
         // start.
         sink.lock().push(Observed::Restored {
@@ -458,8 +502,54 @@ impl SimMachine {
             revision: m.revision(),
             compact_revision: m.compact_revision(),
         });
-        m.set_observer(Box::new(SinkObserver { member, sink }));
-        Ok(SimMachine::Mvcc(Box::new(m)))
+        m.set_observer(Box::new(SinkObserver {
+            member,
+            sink: sink.clone(),
+        }));
+        Ok(SimMachine::Mvcc {
+            machine: Box::new(m),
+            member,
+            sink,
+        })
+    }
+
+    /// Applies a command to the MVCC machine and reports a lease it ended:
+    /// the lease that is gone after it, whether the command was the
+    /// leader's expiry (the only command that can carry
+    /// `LeaseExpire { id, term }` of the entry's own term and succeed),
+    /// and the revisions it wrote.
+    fn apply_mvcc(
+        m: &mut MvccMachine<MemStateStore>,
+        member: usize,
+        sink: &RevisionSink,
+        ctx: &ApplyContext,
+        command: &[u8],
+        batch: &mut WriteBatch,
+    ) -> Bytes {
+        let before = m.leases();
+        let first = m.revision();
+        let reply = m.apply(ctx, command, batch);
+        if before.is_empty() {
+            return reply;
+        }
+        let after = m.leases();
+        if after.len() < before.len() {
+            let revision = m.revision();
+            for (id, _) in before {
+                if after.iter().any(|(a, _)| *a == id) {
+                    continue;
+                }
+                let expire = KvCommand::LeaseExpire { id, term: ctx.term }.encode(0);
+                sink.lock().push(Observed::LeaseEnded {
+                    member,
+                    id,
+                    expired: command == expire.as_slice(),
+                    wrote: (revision > first).then_some(first + 1),
+                    revision,
+                });
+            }
+        }
+        reply
     }
 
     /// History for a watch hub's catch-up (see `MvccMachine::history`).
@@ -470,7 +560,7 @@ impl SimMachine {
         max_events: usize,
     ) -> Result<(Vec<WatchEvent>, i64), Error> {
         match self {
-            SimMachine::Mvcc(m) => m.history(from, to, max_events),
+            SimMachine::Mvcc { machine, .. } => machine.history(from, to, max_events),
             SimMachine::Registers(_) => Ok((Vec::new(), to)),
         }
     }
@@ -507,21 +597,25 @@ impl StateMachine for SimMachine {
     fn apply(&mut self, ctx: &ApplyContext, command: &[u8], batch: &mut WriteBatch) -> Bytes {
         match self {
             SimMachine::Registers(r) => r.apply(ctx, command, batch),
-            SimMachine::Mvcc(m) => m.apply(ctx, command, batch),
+            SimMachine::Mvcc {
+                machine,
+                member,
+                sink,
+            } => Self::apply_mvcc(machine, *member, sink, ctx, command, batch),
         }
     }
 
     fn on_committed(&mut self, applied_index: u64) {
         match self {
             SimMachine::Registers(r) => r.on_committed(applied_index),
-            SimMachine::Mvcc(m) => m.on_committed(applied_index),
+            SimMachine::Mvcc { machine, .. } => machine.on_committed(applied_index),
         }
     }
 
     fn restored(&mut self, applied_index: u64) -> Result<(), StorageError> {
         match self {
             SimMachine::Registers(r) => r.restored(applied_index),
-            SimMachine::Mvcc(m) => m.restored(applied_index),
+            SimMachine::Mvcc { machine, .. } => machine.restored(applied_index),
         }
     }
 
@@ -529,8 +623,10 @@ impl StateMachine for SimMachine {
         match self {
             SimMachine::Registers(r) => r.query(query),
             // `[1]` is no valid encoded query (field number 0).
-            SimMachine::Mvcc(m) if query == kv::digest_query() => Self::mvcc_digest(m),
-            SimMachine::Mvcc(m) => m.query(query),
+            SimMachine::Mvcc { machine, .. } if query == kv::digest_query() => {
+                Self::mvcc_digest(machine)
+            }
+            SimMachine::Mvcc { machine, .. } => machine.query(query),
         }
     }
 }
@@ -683,16 +779,27 @@ impl KvTruth {
     }
 }
 
-/// The script of a lease client over `span`: rounds of grant (TTL 0.6,
-/// 1 or 1.5 s), one or two puts attached to the lease, 2–8 keep-alives a
-/// quarter TTL apart, then a revoke (half the rounds) or silence past the
-/// TTL, so that the leader expires it.
+/// The TTLs of a seed's lease grants: a range drawn per seed (from the
+/// lease stream), from about the shortest TTL a client may ask for (1.5
+/// election timeouts) to a few seconds.
+pub(crate) fn plan_ttl_range(rng: &mut SimRng) -> (u64, u64) {
+    let lo = rng.pick(&[450u64, 600, 1_000]);
+    (lo, lo + rng.pick(&[0u64, 400, 1_200]))
+}
+
+/// The script of a lease client over `span`: rounds of grant (TTL drawn
+/// from `ttls`, in ms), one or two puts attached to the lease, 2–8
+/// keep-alives a quarter TTL apart (sometimes a read of the leased keys in
+/// between), then a revoke (half the rounds) or silence past the TTL, so
+/// that the leader expires it; after either, sometimes a read of the
+/// leased keys, which must be gone.
 pub(crate) fn plan_lease_client(
     rng: &mut SimRng,
     client: usize,
     members: usize,
     span: Nanos,
     next_value: &mut u64,
+    ttls: (u64, u64),
 ) -> Vec<super::client::PlannedOp> {
     use super::client::{PlannedOp, Request};
     use super::executor::MILLIS;
@@ -704,13 +811,29 @@ pub(crate) fn plan_lease_client(
             rng.below(members)
         }
     };
+    let consistency = |rng: &mut SimRng| match rng.below(3) {
+        0 => Consistency::Linearizable,
+        1 => Consistency::Lease,
+        _ => Consistency::Serializable,
+    };
+    let read = |rng: &mut SimRng| {
+        let c = consistency(rng);
+        if rng.chance(0.5) {
+            KvRequest::LeaseRange { consistency: c }
+        } else {
+            KvRequest::LeaseGet {
+                key: rng.below(3) as u8,
+                consistency: c,
+            }
+        }
+    };
     let mut ops = Vec::new();
     let mut t = 0;
     let mut round = 0i64;
     while t < span {
         round += 1;
         let lease = (client as i64 + 1) * 10_000 + round;
-        let ttl_ms = rng.pick(&[600u64, 1_000, 1_500]);
+        let ttl_ms = rng.between(ttls.0, ttls.1);
         let mut push = |rng: &mut SimRng, think: Nanos, r: KvRequest, ops: &mut Vec<PlannedOp>| {
             t += think;
             ops.push(PlannedOp {
@@ -737,21 +860,31 @@ pub(crate) fn plan_lease_client(
             push(rng, think, r, &mut ops);
         }
         let quarter = ttl_ms * MILLIS / 4;
+        let keep_alive = KvRequest::KeepAlive {
+            lease,
+            timeout_ms: (ttl_ms / 3).max(50),
+        };
         for _ in 0..rng.between(2, 8) {
+            if rng.chance(0.3) {
+                let r = read(rng);
+                let think = rng.between(0, quarter / 4);
+                push(rng, think, r, &mut ops);
+            }
             let think = rng.between(quarter / 2, quarter);
-            push(rng, think, KvRequest::KeepAlive { lease }, &mut ops);
+            push(rng, think, keep_alive, &mut ops);
         }
         if rng.chance(0.5) {
             let think = rng.between(5 * MILLIS, 50 * MILLIS);
             push(rng, think, KvRequest::LeaseRevoke { lease }, &mut ops);
         } else {
             // Silence: the next round starts after the lease ran out.
-            t += ttl_ms * MILLIS;
-            ops.push(PlannedOp {
-                think: ttl_ms * MILLIS,
-                member: home,
-                request: Request::Kv(KvRequest::KeepAlive { lease }),
-            });
+            let think = ttl_ms * MILLIS;
+            push(rng, think, keep_alive, &mut ops);
+        }
+        if rng.chance(0.5) {
+            let r = read(rng);
+            let think = rng.between(MILLIS, 100 * MILLIS);
+            push(rng, think, r, &mut ops);
         }
     }
     ops

@@ -55,8 +55,8 @@ use std::time::Duration;
 
 pub use check::{Violation, check_history};
 pub use history::{
-    Consistency, EventSeen, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, WatchFilter,
-    WatchLog, WatchRead, read_history, write_history,
+    Consistency, EventSeen, HistoryOp, Inputs, LeaseEnding, OpKind, Outcome, Outputs, SeenKv,
+    WatchFilter, WatchLog, WatchRead, read_history, write_history,
 };
 pub use kvclient::{SimContext, SimKv, SimTask};
 
@@ -148,6 +148,18 @@ impl SimConfig {
             ..SimConfig::new(members)
         }
     }
+
+    /// The lease-focused faults and clocks of [`SimConfig::lease`] under
+    /// the KV workload ([`Workload::Kv`]): KV leases (grants, attached
+    /// keys, keep-alives forwarded through the network, revocations,
+    /// expiries) and lease reads of the KV, while leaders are paused,
+    /// isolated, slowed and moved and clocks drift up to 20%.
+    pub fn lease_kv(members: usize) -> Self {
+        SimConfig {
+            workload: Workload::Kv,
+            ..SimConfig::lease(members)
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -197,10 +209,14 @@ pub struct Counters {
     pub txns: u64,
     /// KV workload: lease expiries proposed by leaders.
     pub expiry_proposals: u64,
-    /// KV workload: leases that expired (gone without a revoke asked for).
+    /// KV workload: leases whose expiry the group committed (a
+    /// `LeaseExpire` some member applied).
     pub lease_expiries: u64,
     /// KV workload: keep-alives answered.
     pub keep_alives: u64,
+    /// KV workload: lease calls a follower forwarded to the leader that
+    /// the network lost (the forward or its answer).
+    pub lease_calls_lost: u64,
     /// KV workload: events the watch sessions received.
     pub watch_events: u64,
     /// KV workload: watches resumed (on another member, or after a
@@ -243,6 +259,7 @@ impl Counters {
         self.expiry_proposals += o.expiry_proposals;
         self.lease_expiries += o.lease_expiries;
         self.keep_alives += o.keep_alives;
+        self.lease_calls_lost += o.lease_calls_lost;
         self.watch_events += o.watch_events;
         self.watch_resumes += o.watch_resumes;
         self.watch_slow += o.watch_slow;
@@ -416,7 +433,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 16] = [
+pub const ALL_BUGS: [InjectedBug; 17] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -433,6 +450,7 @@ pub const ALL_BUGS: [InjectedBug; 16] = [
     InjectedBug::WatchProgressAhead,
     InjectedBug::CompactPastDurable,
     InjectedBug::NonAtomicInstall,
+    InjectedBug::LeaseDeletesSplit,
 ];
 
 /// The command-line name of a bug (`local-reads`, ...).
@@ -454,6 +472,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::WatchProgressAhead => "watch-progress-ahead",
         InjectedBug::CompactPastDurable => "compact-past-durable",
         InjectedBug::NonAtomicInstall => "non-atomic-install",
+        InjectedBug::LeaseDeletesSplit => "lease-deletes-split",
     }
 }
 

@@ -214,6 +214,9 @@ pub struct MvccMachine<S: StateStore + ?Sized> {
     step_events: Vec<WatchEvent>,
     /// The current apply step compacted.
     step_compacted: bool,
+    /// Injected bug (the simulator's; off in production): a lease's end
+    /// deletes its first key at one revision and the others at the next.
+    split_lease_deletes: bool,
 }
 
 impl<S: StateStore + ?Sized> std::fmt::Debug for MvccMachine<S> {
@@ -263,6 +266,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             observer: None,
             step_events: Vec::new(),
             step_compacted: false,
+            split_lease_deletes: false,
         };
         m.reload()?;
         Ok(m)
@@ -368,6 +372,14 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             .iter()
             .map(|(id, l)| (*id, Duration::from_millis(l.ttl_ms)))
             .collect()
+    }
+
+    /// Switches on a known bug for the simulator (never in production):
+    /// a lease's revocation or expiry deletes its first key at one
+    /// revision and its other keys at the next, instead of all at one.
+    #[doc(hidden)]
+    pub fn inject_split_lease_deletes(&mut self, on: bool) {
+        self.split_lease_deletes = on;
     }
 
     /// Sets who is told about applied changes (the watch hub and the
@@ -608,7 +620,11 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         };
         let keys: Vec<Vec<u8>> = lease.keys.iter().cloned().collect();
         let mut w = self.writer(batch);
-        for key in keys {
+        for (i, key) in keys.into_iter().enumerate() {
+            if i == 1 && self.split_lease_deletes {
+                self.finish(w);
+                w = self.writer(batch);
+            }
             self.delete(&DeleteRequest::new(KeyRange::Key(key)), &mut w);
         }
         self.finish(w);

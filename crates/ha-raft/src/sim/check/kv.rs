@@ -29,10 +29,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Violation;
 use super::linear::{Interval, first_inversion};
-use crate::sim::history::{Consistency, HistoryOp, OpKind, Outcome, SeenKv};
-use crate::sim::kvload::KEY_PREFIX;
+use crate::sim::history::{Consistency, HistoryOp, LeaseEnding, OpKind, Outcome, SeenKv};
+use crate::sim::kvload::{ALL_KEYS, KEY_PREFIX};
 
 const LINEARIZABILITY: &str = "linearizability";
+/// A lease's end deletes every key attached to it, all at one revision.
+pub(crate) const LEASE_END: &str = "lease ends delete their keys in one revision";
 const SERIALIZABLE: &str = "serializable reads monotonic";
 const COMPACTION: &str = "compaction";
 const WELL_FORMED: &str = "well-formed history";
@@ -40,8 +42,11 @@ const WELL_FORMED: &str = "well-formed history";
 /// What a mutation did to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Change {
-    Set(u64),
+    /// Put a value, attached to a lease (0: none).
+    Set(u64, i64),
     Delete,
+    /// A lease ended: every key attached to it is deleted.
+    EndLease(i64),
 }
 
 #[derive(Clone, Debug)]
@@ -59,16 +64,25 @@ struct KeyState {
     create: i64,
     modr: i64,
     version: i64,
+    /// The lease the key is attached to (0: none).
+    lease: i64,
 }
 
 impl KeyState {
-    fn of(kv: &SeenKv) -> Option<KeyState> {
+    /// What a read saw (a read that did not record the lease is taken to
+    /// have seen `lease`).
+    fn seen(kv: &SeenKv, lease: i64) -> Option<KeyState> {
         Some(KeyState {
             value: kv.value?,
             create: kv.create_revision,
             modr: kv.mod_revision,
             version: kv.version,
+            lease: kv.lease.unwrap_or(lease),
         })
+    }
+
+    fn of(kv: &SeenKv) -> Option<KeyState> {
+        Self::seen(kv, 0)
     }
 }
 
@@ -76,10 +90,26 @@ fn show(s: Option<KeyState>) -> String {
     match s {
         None => "absent".to_owned(),
         Some(s) => format!(
-            "{} (create {}, mod {}, version {})",
-            s.value, s.create, s.modr, s.version
+            "{} (create {}, mod {}, version {}{})",
+            s.value,
+            s.create,
+            s.modr,
+            s.version,
+            if s.lease != 0 {
+                format!(", lease {}", s.lease)
+            } else {
+                String::new()
+            }
         ),
     }
+}
+
+/// The keys a read covers.
+#[derive(Clone, Copy, Debug)]
+enum Scope<'k> {
+    Key(&'k str),
+    /// Every key with this prefix.
+    Prefix(&'k str),
 }
 
 /// Describes a KV operation for a violation message.
@@ -107,7 +137,8 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
             i.value.unwrap_or(0)
         ),
         OpKind::Get => format!("get{c} {}{at}", i.key),
-        OpKind::Range => format!("range{c}{at}"),
+        OpKind::Range if i.key == ALL_KEYS => format!("range{c}{at}"),
+        OpKind::Range => format!("range{c} {}{at}", i.key),
         OpKind::Compact => format!("compact{at}"),
         OpKind::LeaseGrant => format!(
             "grant lease {} ttl {}ms",
@@ -116,6 +147,16 @@ pub(crate) fn describe_kv(op: &HistoryOp) -> String {
         ),
         OpKind::KeepAlive => format!("keep-alive lease {}", i.lease.unwrap_or(0)),
         OpKind::LeaseRevoke => format!("revoke lease {}", i.lease.unwrap_or(0)),
+        OpKind::LeaseEnd => format!(
+            "lease {} {} (applied), deleting [{}]",
+            i.lease.unwrap_or(0),
+            match op.outputs.ended {
+                Some(LeaseEnding::Expired) => "expired",
+                Some(LeaseEnding::Revoked) => "revoked",
+                None => "ended",
+            },
+            op.outputs.keys.as_deref().unwrap_or(&[]).join(", ")
+        ),
         OpKind::Write | OpKind::Read | OpKind::Opaque | OpKind::OpaqueWrite | OpKind::Watch => {
             format!("{:?}", op.op)
         }
@@ -193,9 +234,9 @@ impl Checker<'_> {
 
     /// Checks what operation `at` saw of `key` at `revision`.
     fn check_key(&mut self, at: usize, key: &str, revision: i64, got: Option<&SeenKv>) {
-        let got_state = got.and_then(KeyState::of);
+        let expected = self.state_at(key, revision);
+        let got_state = got.and_then(|kv| KeyState::seen(kv, expected.map_or(0, |e| e.lease)));
         if !self.uncertain(key, revision) {
-            let expected = self.state_at(key, revision);
             if got_state != expected {
                 let d = format!(
                     "{} saw {key}={} at revision {revision}, but the writes up to it leave {}",
@@ -237,25 +278,25 @@ impl Checker<'_> {
         }
     }
 
-    /// Checks a read of `keys` (None: every key) answered at `revision`.
-    fn check_read(&mut self, at: usize, keys: Option<&str>, revision: i64, kvs: &[SeenKv]) {
+    /// Checks a read of `keys` answered at `revision`.
+    fn check_read(&mut self, at: usize, keys: Scope<'_>, revision: i64, kvs: &[SeenKv]) {
         let mut scope: BTreeSet<String> = kvs.iter().map(|kv| kv.key.clone()).collect();
+        let outside = match keys {
+            Scope::Key(k) => scope.iter().any(|s| s != k),
+            Scope::Prefix(p) => scope.iter().any(|s| !s.starts_with(p)),
+        };
+        if outside {
+            let d = format!("{} returned another key", describe(&self.ops[at]));
+            self.push(LINEARIZABILITY, d, &[at]);
+            return;
+        }
         match keys {
-            Some(k) => {
-                if scope.iter().any(|s| s != k) {
-                    let d = format!("{} returned another key", describe(&self.ops[at]));
-                    self.push(LINEARIZABILITY, d, &[at]);
-                    return;
-                }
+            Scope::Key(k) => {
                 scope.insert(k.to_owned());
             }
-            // A range covers the clients' keys, not the leased ones.
-            None => scope.extend(
-                self.model
-                    .keys()
-                    .filter(|k| k.starts_with(KEY_PREFIX))
-                    .cloned(),
-            ),
+            Scope::Prefix(p) => {
+                scope.extend(self.model.keys().filter(|k| k.starts_with(p)).cloned());
+            }
         }
         // By key: a final range over every key would be quadratic.
         let mut by_key: BTreeMap<&str, &SeenKv> = BTreeMap::new();
@@ -390,6 +431,16 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
             max_rev = max_rev.max(r);
         }
         let placed = match (op.op, op.outcome) {
+            (OpKind::LeaseEnd, Outcome::Ok) => {
+                // A lease end that deleted keys wrote its revision.
+                if let (Some(r), Some(lease), Some(keys)) =
+                    (op.outputs.revision, op.inputs.lease, &op.outputs.keys)
+                    && !keys.is_empty()
+                {
+                    claim(&mut c, r, ALL_KEYS.to_owned(), Change::EndLease(lease), at);
+                }
+                continue;
+            }
             (OpKind::Put, Outcome::Ok) => op.outputs.revision.zip(op.inputs.value),
             (OpKind::Txn, Outcome::Ok) if op.outputs.succeeded == Some(true) => {
                 op.outputs.revision.zip(op.inputs.value)
@@ -411,8 +462,9 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
             }
             _ => continue,
         };
+        let lease = op.inputs.lease.unwrap_or(0);
         match placed {
-            Some((r, v)) => claim(&mut c, r, op.inputs.key.clone(), Change::Set(v), at),
+            Some((r, v)) => claim(&mut c, r, op.inputs.key.clone(), Change::Set(v, lease), at),
             None => {
                 c.candidates.insert(op.inputs.key.clone());
                 unplaced += 1;
@@ -422,19 +474,23 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
     for &r in c.mutations.keys() {
         max_rev = max_rev.max(r);
     }
-    // A lease's revocation or expiry deletes its keys at one revision that
-    // no put claims: each granted lease may explain one, and keys attached
-    // to leases are checked loosely once one happened.
+    // A lease's revocation or expiry deletes its keys at one revision: the
+    // `lease_end` records claim those. A history without them (an older
+    // file): each granted lease may explain one revision no put claims,
+    // and keys attached to leases are checked loosely once one happened.
+    let ends_recorded = ops.iter().any(|o| o.op == OpKind::LeaseEnd);
     let leases = ops
         .iter()
         .filter(|o| o.op == OpKind::LeaseGrant && o.outcome != Outcome::Fail)
         .count();
-    // Code under test's proposals (see `OpKind::OpaqueWrite`).
-    unplaced += 2 * ops
-        .iter()
-        .filter(|o| o.op == OpKind::OpaqueWrite && o.outcome != Outcome::Fail)
-        .count();
-    if leases > 0 {
+    // Code under test's proposals (see `OpKind::OpaqueWrite`): its own
+    // revision, and (unless recorded) its lease's end.
+    unplaced += if ends_recorded { 1 } else { 2 }
+        * ops
+            .iter()
+            .filter(|o| o.op == OpKind::OpaqueWrite && o.outcome != Outcome::Fail)
+            .count();
+    if leases > 0 && !ends_recorded {
         unplaced += leases;
         for op in ops {
             if op.op == OpKind::Put && op.inputs.lease.is_some() {
@@ -464,16 +520,29 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
     let mut current: BTreeMap<String, KeyState> = BTreeMap::new();
     for (&r, m) in &c.mutations {
         let after = match m.change {
-            Change::Set(v) => {
+            Change::Set(v, lease) => {
                 let prev = current.get(&m.key);
                 Some(KeyState {
                     value: v,
                     create: prev.map_or(r, |p| p.create),
                     modr: r,
                     version: prev.map_or(1, |p| p.version + 1),
+                    lease,
                 })
             }
             Change::Delete => None,
+            Change::EndLease(lease) => {
+                let gone: Vec<String> = current
+                    .iter()
+                    .filter(|(_, s)| s.lease == lease)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in gone {
+                    current.remove(&k);
+                    c.model.entry(k).or_default().push((r, None));
+                }
+                continue;
+            }
         };
         match after {
             Some(s) => current.insert(m.key.clone(), s),
@@ -481,6 +550,8 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
         };
         c.model.entry(m.key.clone()).or_default().push((r, after));
     }
+
+    c.check_lease_ends(&writer);
 
     // Each operation against the model, and the positions for real time.
     let mut intervals = Vec::new();
@@ -540,7 +611,7 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
                         &[at],
                     );
                 }
-                c.check_read(at, Some(key), r, kvs);
+                c.check_read(at, Scope::Key(key), r, kvs);
                 false
             }
             OpKind::Delete if op.outputs.deleted.unwrap_or(0) > 0 => {
@@ -554,11 +625,16 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
                 true
             }
             OpKind::Delete => {
-                c.check_read(at, Some(key), r, &[]);
+                c.check_read(at, Scope::Key(key), r, &[]);
                 false
             }
             OpKind::Get | OpKind::Range => {
-                let keys = (op.op == OpKind::Get).then_some(key);
+                let keys = match op.op {
+                    OpKind::Get => Scope::Key(key),
+                    // `*`: every client key (`k<n>`); `p*`: prefix p.
+                    _ if key == ALL_KEYS => Scope::Prefix(KEY_PREFIX),
+                    _ => Scope::Prefix(key.strip_suffix('*').unwrap_or(key)),
+                };
                 let read_at = op.inputs.revision.unwrap_or(r);
                 if read_at > r {
                     c.push(
@@ -703,6 +779,81 @@ pub(crate) fn check_kv(ops: &[HistoryOp]) -> Vec<Violation> {
     c.violations
 }
 
+impl Checker<'_> {
+    /// Every `lease_end` against the model: the keys it deleted (of those
+    /// the workload writes) are exactly those attached to the lease just
+    /// before its revision, so none is left attached and none is deleted
+    /// at another revision; one that deleted nothing had none attached.
+    fn check_lease_ends(&mut self, writer: &BTreeMap<u64, usize>) {
+        let ops = self.ops;
+        let universe: BTreeSet<&str> = writer
+            .values()
+            .map(|&w| ops[w].inputs.key.as_str())
+            .collect();
+        for (at, op) in ops.iter().enumerate() {
+            if op.op != OpKind::LeaseEnd || op.outcome != Outcome::Ok {
+                continue;
+            }
+            let (Some(lease), Some(r)) = (op.inputs.lease, op.outputs.revision) else {
+                self.push(
+                    WELL_FORMED,
+                    format!("{} has no lease or revision", describe(op)),
+                    &[at],
+                );
+                continue;
+            };
+            let recorded: BTreeSet<&str> = op
+                .outputs
+                .keys
+                .iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|k| universe.contains(k))
+                .collect();
+            let wrote = op.outputs.keys.as_ref().is_some_and(|k| !k.is_empty());
+            let before = if wrote { r - 1 } else { r };
+            let attached: BTreeSet<&str> = universe
+                .iter()
+                .copied()
+                .filter(|k| self.state_at(k, before).is_some_and(|s| s.lease == lease))
+                .collect();
+            let mut found = Vec::new();
+            for k in attached.difference(&recorded) {
+                if !self.uncertain(k, before) {
+                    let put = self
+                        .last_change(k, before)
+                        .and_then(|(w, _)| self.mutations.get(&w))
+                        .map(|m| m.at);
+                    found.push((
+                        format!(
+                            "{} left {k}, attached to the lease at revision {before}, \
+                             in place",
+                            describe(op)
+                        ),
+                        put,
+                    ));
+                }
+            }
+            for k in recorded.difference(&attached) {
+                if !self.uncertain(k, before) {
+                    found.push((
+                        format!(
+                            "{} deleted {k}, which was not attached to the lease at revision \
+                             {before}",
+                            describe(op)
+                        ),
+                        None,
+                    ));
+                }
+            }
+            for (d, put) in found {
+                let ops: Vec<usize> = put.into_iter().chain([at]).collect();
+                self.push(LEASE_END, d, &ops);
+            }
+        }
+    }
+}
+
 fn claim(c: &mut Checker<'_>, r: i64, key: String, change: Change, at: usize) {
     if let Some(other) = c.mutations.get(&r) {
         let other = other.at;
@@ -757,6 +908,7 @@ mod tests {
             create_revision: create,
             mod_revision: modr,
             version,
+            lease: None,
         }
     }
 
@@ -836,6 +988,75 @@ mod tests {
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].property, COMPACTION);
         assert_eq!(v[0].ops, [2, 3]);
+    }
+
+    fn on(key: &str, mut o: HistoryOp) -> HistoryOp {
+        o.inputs.key = key.into();
+        o
+    }
+
+    fn leased(key: &str, value: u64, create: i64, modr: i64, lease: i64) -> SeenKv {
+        SeenKv {
+            key: key.into(),
+            value: Some(value),
+            create_revision: create,
+            mod_revision: modr,
+            version: 1,
+            lease: Some(lease),
+        }
+    }
+
+    fn lease_put(id: u64, key: &str, value: u64, lease: i64, t: u64, rev: i64) -> HistoryOp {
+        let mut o = on(key, put(id, value, t, t + 5, Outcome::Ok, rev));
+        o.inputs.lease = Some(lease);
+        o
+    }
+
+    fn lease_end(id: u64, lease: i64, t: u64, rev: i64, keys: &[&str]) -> HistoryOp {
+        let mut o = on("*", op(id, OpKind::LeaseEnd, t, t, Outcome::Ok));
+        o.inputs.lease = Some(lease);
+        o.outputs.revision = Some(rev);
+        o.outputs.ended = Some(LeaseEnding::Expired);
+        o.outputs.keys = Some(keys.iter().map(|k| (*k).to_owned()).collect());
+        o
+    }
+
+    /// Lease 7 holds l0 and l1, lease 8 holds l2; lease 7 ends at
+    /// revision 5.
+    fn leased_history(end_keys: &[&str], l1_after: Option<SeenKv>) -> Vec<HistoryOp> {
+        let mut range = on("l*", get(6, 51, 60, 5, None));
+        range.op = OpKind::Range;
+        range.outputs.kvs = Some(vec![leased("l2", 12, 4, 4, 8)]);
+        vec![
+            lease_put(1, "l0", 10, 7, 0, 2),
+            lease_put(2, "l1", 11, 7, 10, 3),
+            lease_put(3, "l2", 12, 8, 20, 4),
+            lease_end(4, 7, 40, 5, end_keys),
+            on("l1", get(5, 41, 50, 5, l1_after)),
+            range,
+        ]
+    }
+
+    #[test]
+    fn a_lease_end_deletes_its_keys_in_one_revision() {
+        assert_eq!(check_kv(&leased_history(&["l0", "l1"], None)), vec![]);
+        // The end left l1 in place (deleted at another revision, or never).
+        let v = check_kv(&leased_history(&["l0"], None));
+        assert!(v.iter().any(|v| v.property == LEASE_END), "{v:?}");
+        // A read at the end's revision still sees l1.
+        let v = check_kv(&leased_history(
+            &["l0", "l1"],
+            Some(leased("l1", 11, 3, 3, 7)),
+        ));
+        assert!(v.iter().any(|v| v.property == LINEARIZABILITY), "{v:?}");
+        // A read that sees a key attached to another lease than its put.
+        let mut h = leased_history(&["l0", "l1"], None);
+        h[5].outputs.kvs = Some(vec![leased("l2", 12, 4, 4, 7)]);
+        let v = check_kv(&h);
+        assert!(v.iter().any(|v| v.property == LINEARIZABILITY), "{v:?}");
+        // The end deleted a key of another lease.
+        let v = check_kv(&leased_history(&["l0", "l1", "l2"], None));
+        assert!(v.iter().any(|v| v.property == LEASE_END), "{v:?}");
     }
 
     #[test]

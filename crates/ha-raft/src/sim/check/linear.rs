@@ -139,10 +139,21 @@ pub(crate) fn describe(op: &HistoryOp) -> String {
 /// what serializable reads promise, and that every read saw a value that
 /// some write (not a failed one) wrote — per register for the register
 /// workload, over the revision order for the KV workload (see
-/// `docs/SIM.md`). Returns every violation found, the first one first.
+/// `docs/SIM.md`); the KV workload's lease ends (each lease's keys gone at
+/// its revision, no expiry before a kept-alive TTL ran out, with a leader
+/// clock up to 25% fast) and watch records. Returns every violation found,
+/// the first one first.
 pub fn check_history(ops: &[HistoryOp]) -> Vec<Violation> {
+    check_history_with(ops, super::lease::FILE_TTL_SHARE)
+}
+
+/// [`check_history`], with lease safety checked for the share of a TTL a
+/// kept-alive lease must outlive (the simulator knows how far its clocks
+/// drift; a file does not).
+pub(crate) fn check_history_with(ops: &[HistoryOp], ttl_share: f64) -> Vec<Violation> {
     let mut violations = check_registers(ops);
     violations.extend(super::kv::check_kv(ops));
+    violations.extend(super::lease::check_lease_safety(ops, ttl_share));
     violations.extend(super::watch::check_watch_records(ops));
     violations
 }

@@ -3,12 +3,13 @@
 //! history file from real processes).
 
 mod kv;
+mod lease;
 mod linear;
 mod raft;
 mod watch;
 
 pub use linear::check_history;
-pub(crate) use linear::describe;
+pub(crate) use linear::{check_history_with, describe};
 pub(crate) use raft::RaftChecks;
 
 /// A property that did not hold.

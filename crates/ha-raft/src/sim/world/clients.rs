@@ -3,10 +3,12 @@
 
 use ha_core::Error;
 
+use super::leases::LeaseCall;
 use super::{Event, FINAL_CLIENT, GRACE, OpenRequest, World, key_name};
 use crate::core::{Outbox, ReadReady};
 use crate::sim::check::describe;
 use crate::sim::client::{RawKind, Reply, Request};
+use crate::sim::executor::MILLIS;
 use crate::sim::history::{Consistency, HistoryOp, Inputs, OpKind, Outcome, Outputs};
 use crate::sim::kv;
 use crate::sim::kvload::{self, KvRequest};
@@ -81,7 +83,16 @@ impl World {
             )
         });
         self.after(0, Event::Request { id });
-        self.after(self.request_timeout + GRACE, Event::Deadline { id });
+        // Lease calls give up at their own deadline (a forward or its
+        // answer may be lost); the rest at the request timeout.
+        let deadline = match request {
+            Request::Kv(KvRequest::KeepAlive { timeout_ms, .. })
+            | Request::Raw(
+                RawKind::KeepAlive { timeout_ms, .. } | RawKind::TimeToLive { timeout_ms, .. },
+            ) => (timeout_ms * MILLIS).min(self.request_timeout + GRACE),
+            _ => self.request_timeout + GRACE,
+        };
+        self.after(deadline, Event::Deadline { id });
     }
 
     /// A request reaches its member.
@@ -101,11 +112,11 @@ impl World {
         let mut lease_hit = None;
         let mut published_hit = false;
         let serializable = match r.request {
-            Request::Kv(KvRequest::KeepAlive { lease }) => {
-                return self.keep_alive(id, m, lease);
+            Request::Kv(KvRequest::KeepAlive { lease, .. }) => {
+                return self.lease_call(id, m, LeaseCall::KeepAlive, lease);
             }
             Request::Raw(
-                kind @ (RawKind::KeepAlive(_) | RawKind::TimeToLive(_) | RawKind::Watch),
+                kind @ (RawKind::KeepAlive { .. } | RawKind::TimeToLive { .. } | RawKind::Watch),
             ) => {
                 return self.raw_call(id, m, kind);
             }
@@ -150,7 +161,12 @@ impl World {
             }
             Request::Read { consistency, .. }
             | Request::Raw(RawKind::Read(consistency))
-            | Request::Kv(KvRequest::Get { consistency, .. } | KvRequest::Range { consistency }) => {
+            | Request::Kv(
+                KvRequest::Get { consistency, .. }
+                | KvRequest::Range { consistency }
+                | KvRequest::LeaseGet { consistency, .. }
+                | KvRequest::LeaseRange { consistency },
+            ) => {
                 if let Request::Raw(_) = r.request {
                     match self.raw_bytes(id) {
                         Some(query) => self.raw_queries.insert(id, query),
@@ -211,34 +227,6 @@ impl World {
             self.dispatch(m, out);
         } else {
             self.drive(m, out);
-        }
-    }
-
-    /// A keep-alive: answered by the member's lease manager if it leads,
-    /// else forwarded to the leader it knows (as `KvNode` does), if that
-    /// one runs and the link between them is up both ways.
-    fn keep_alive(&mut self, id: u64, m: usize, lease: i64) {
-        let Some(l) = self.lease_target(m) else {
-            return self.complete(id, Outcome::Fail, Outputs::error("no leader reachable"));
-        };
-        let now = self.instant_of(l);
-        let Some(p) = self.members[l].proc.as_mut() else {
-            return;
-        };
-        let leading = p.core.is_leader().then(|| p.core.leader().term);
-        p.leases.observe(leading, p.applied_term, now);
-        match p.leases.keep_alive(ha_core::LeaseId(lease), now) {
-            Ok(ttl) => {
-                self.counters.keep_alives += 1;
-                let outputs = Outputs {
-                    ttl_ms: Some(ttl.as_millis() as u64),
-                    ..Outputs::default()
-                };
-                self.complete(id, Outcome::Ok, outputs);
-            }
-            Err(refusal) => {
-                self.complete(id, Outcome::Fail, Outputs::error(format!("{refusal:?}")));
-            }
         }
     }
 

@@ -1,85 +1,20 @@
 //! The end of a run: the group commits again, every member answers,
 //! every member holds the same state, and the history is checked.
 
-use std::collections::BTreeMap;
-
 use ha_core::LogStore;
 
 use super::{CONVERGENCE, DURABILITY, GRACE, LIVENESS, LIVENESS_VALUE, UNKNOWN, World};
 use crate::membership::Membership;
 use crate::sim::Workload;
-use crate::sim::check::{RaftChecks, Violation, check_history, describe};
+use crate::sim::check::{RaftChecks, Violation, check_history_with, describe};
 use crate::sim::client::Request;
-use crate::sim::executor::{MILLIS, SECONDS};
+use crate::sim::executor::SECONDS;
 use crate::sim::history::{Consistency, OpKind, Outcome};
 use crate::sim::kv;
 use crate::sim::kvload::KvRequest;
 use crate::sim::member::Process;
 
-/// A lease kept alive is never expired before its TTL ran out.
-const LEASE_SAFETY: &str = "lease safety";
-
 impl World {
-    /// Lease safety: a lease whose grant or keep-alive was answered at
-    /// time t with TTL d is not expired (gone without a revoke asked for)
-    /// before t + 0.9·d (the margin covers the members' clock drift, at
-    /// most 5% here). Counts the expiries.
-    fn check_leases(&mut self) -> Vec<Violation> {
-        let mut revoked_at: BTreeMap<i64, u64> = BTreeMap::new();
-        let mut kept: BTreeMap<i64, Vec<(u64, u64, u64)>> = BTreeMap::new();
-        for op in &self.ops {
-            let Some(lease) = op.inputs.lease else {
-                continue;
-            };
-            match (op.op, op.outcome) {
-                (OpKind::LeaseRevoke, _) => {
-                    let t = revoked_at.entry(lease).or_insert(op.invoke_ns);
-                    *t = (*t).min(op.invoke_ns);
-                }
-                (OpKind::LeaseGrant, Outcome::Ok) => {
-                    let ttl = op.inputs.ttl_ms.unwrap_or(0) * MILLIS;
-                    kept.entry(lease)
-                        .or_default()
-                        .push((op.invoke_ns, ttl, op.id));
-                }
-                (OpKind::KeepAlive, Outcome::Ok) => {
-                    let ttl = op.outputs.ttl_ms.unwrap_or(0) * MILLIS;
-                    kept.entry(lease)
-                        .or_default()
-                        .push((op.invoke_ns, ttl, op.id));
-                }
-                _ => {}
-            }
-        }
-        let mut found = Vec::new();
-        for (&lease, &gone) in &self.lease_gone {
-            if revoked_at.get(&lease).is_some_and(|&t| t <= gone) {
-                continue;
-            }
-            self.counters.lease_expiries += 1;
-            let early = kept
-                .get(&lease)
-                .into_iter()
-                .flatten()
-                .find(|&&(invoked, ttl, _)| gone < invoked + ttl / 10 * 9);
-            if let Some(&(invoked, ttl, id)) = early {
-                found.push(
-                    Violation::new(
-                        LEASE_SAFETY,
-                        format!(
-                            "lease {lease} expired at {}, but op {id} kept it alive at {} for {}",
-                            crate::sim::fmt_ns(gone),
-                            crate::sim::fmt_ns(invoked),
-                            crate::sim::fmt_ns(ttl)
-                        ),
-                    )
-                    .with_ops([id]),
-                );
-            }
-        }
-        found
-    }
-
     /// The final checks. Each stage needs the one before it, except the
     /// checks of the history, which always run.
     pub(super) fn final_checks(&mut self) {
@@ -306,10 +241,10 @@ impl World {
                 );
             }
         }
-        found.extend(self.check_leases());
         found.extend(self.check_watches());
         self.record_watches();
-        found.extend(check_history(&self.ops));
+        self.record_lease_ends();
+        found.extend(check_history_with(&self.ops, self.lease_ttl_share()));
         for v in found {
             self.record(v);
         }

@@ -34,6 +34,7 @@ use crate::codec::ReadContext;
 mod chaos;
 mod clients;
 mod finish;
+mod leases;
 mod membership;
 mod process;
 mod raw;
@@ -52,6 +53,8 @@ const LIVENESS_VALUE: u64 = 1 << 40;
 /// The clock-drift bound of the lease-focused runs, whose clocks drift up
 /// to 20% (which needs 80 ms).
 const LEASE_FOCUS_DRIFT_BOUND: std::time::Duration = std::time::Duration::from_millis(90);
+/// Seeds the lease stream (see `World::lease_rng`).
+const LEASE_STREAM: u64 = 0x1ea5_e5c0_ffee_0000;
 /// A run that has not finished by then is stuck.
 const GIVE_UP_AFTER: Nanos = 60 * SECONDS;
 
@@ -144,6 +147,25 @@ enum Event {
     WatchRead {
         w: usize,
     },
+    /// Lease call `id`, forwarded by member `from`, reaches the leader
+    /// `to`.
+    LeaseForward {
+        id: u64,
+        from: usize,
+        from_life: u64,
+        to: usize,
+        to_life: u64,
+        call: leases::LeaseCall,
+        lease: i64,
+    },
+    /// The leader `to`'s answer to lease call `id` reaches `from`.
+    LeaseAnswer {
+        id: u64,
+        from: usize,
+        from_life: u64,
+        to: usize,
+        answer: leases::LeaseAnswer,
+    },
 }
 
 struct Scheduled {
@@ -218,9 +240,15 @@ struct World {
     /// KV workload: what the machines applied, revision by revision.
     revisions: RevisionSink,
     kv_truth: KvTruth,
-    /// KV workload: lease → when a member first applied its revocation or
-    /// expiry.
-    lease_gone: BTreeMap<i64, Nanos>,
+    /// KV workload: lease → its end, as the first member to apply it saw
+    /// it.
+    lease_ends: leases::LeaseEnds,
+    /// KV workload: the lease clients' and lease calls' own random stream
+    /// (plans, TTLs, forwards through the network), so that the register
+    /// workload's seeds replay as before.
+    lease_rng: SimRng,
+    /// KV workload: the range lease TTLs are drawn from this seed, in ms.
+    lease_ttls: (u64, u64),
     /// KV workload: the watch sessions.
     watches: Vec<watches::Session>,
     /// The watch sessions' own random stream.
@@ -435,6 +463,8 @@ impl World {
         let apply_delay = (0, rng.between(10 * MICROS, 2 * MILLIS));
         let state_sync_every = rng.pick(&[20 * MILLIS, 200 * MILLIS, SECONDS]);
         let tick_jitter = rng.between(0, MILLIS);
+        let mut lease_rng = SimRng::new(seed ^ LEASE_STREAM);
+        let lease_ttls = super::kvload::plan_ttl_range(&mut lease_rng);
         let mut install_rng = SimRng::new(seed ^ 0x1a57_a11c_7a54_0000);
         let install_crash = install_rng.pick(&[0.0, 0.0, 0.3, 0.6]);
         World {
@@ -457,7 +487,9 @@ impl World {
             sink: ApplySink::default(),
             revisions: RevisionSink::default(),
             kv_truth: KvTruth::default(),
-            lease_gone: BTreeMap::new(),
+            lease_ends: leases::LeaseEnds::new(),
+            lease_rng,
+            lease_ttls,
             watches: Vec::new(),
             watch_rng: SimRng::new(seed ^ watches::WATCH_STREAM),
             watch_final: false,
@@ -644,6 +676,8 @@ impl World {
             Event::Deliver { msg } => (msg.to as usize).checked_sub(1)?,
             Event::SnapshotArrive { id } => self.transfers.get(id)?.to,
             Event::Request { id } => self.open.get(id)?.member,
+            Event::LeaseForward { to, .. } => *to,
+            Event::LeaseAnswer { from, .. } => *from,
             _ => return None,
         };
         (m < self.members.len() && self.members[m].paused_until > self.now).then_some(m)
@@ -723,6 +757,22 @@ impl World {
             }
             Event::WatchOpen { w } => self.watch_open(w),
             Event::WatchRead { w } => self.watch_read(w),
+            Event::LeaseForward {
+                id,
+                from,
+                from_life,
+                to,
+                to_life,
+                call,
+                lease,
+            } => self.lease_forward_arrives(id, from, from_life, to, to_life, call, lease),
+            Event::LeaseAnswer {
+                id,
+                from,
+                from_life,
+                to,
+                answer,
+            } => self.lease_answer_arrives(id, from, from_life, to, answer),
         }
     }
 
@@ -752,6 +802,8 @@ impl World {
         let quiet = nanos(self.cfg.quiet);
         let plans: Vec<ClientPlan> = plan_workload(
             &mut self.rng,
+            &mut self.lease_rng,
+            self.lease_ttls,
             self.cfg.clients,
             self.cfg.readers_per_member,
             self.cfg.ops_per_client,

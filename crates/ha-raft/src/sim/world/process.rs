@@ -57,7 +57,7 @@ impl World {
             Workload::Registers => {
                 KvRegister::open(&member.state, m, self.sink.clone()).map(SimMachine::Registers)
             }
-            Workload::Kv => SimMachine::mvcc(&member.state, m, self.revisions.clone()),
+            Workload::Kv => SimMachine::mvcc(&member.state, m, self.revisions.clone(), self.bugs),
         };
         let started = machine.map_err(Error::from).and_then(|sm| {
             open_engine(
@@ -154,6 +154,16 @@ impl World {
                     }
                     continue;
                 }
+                &kvload::Observed::LeaseEnded {
+                    member,
+                    id,
+                    expired,
+                    wrote,
+                    revision,
+                } => {
+                    self.lease_ended(member, id, expired, wrote, revision);
+                    continue;
+                }
                 kvload::Observed::Granted { member, .. }
                 | kvload::Observed::Revoked { member, .. }
                 | kvload::Observed::Restored { member, .. }
@@ -169,18 +179,6 @@ impl World {
                 } => Some(self.new_hub(*revision, *compact_revision)),
                 _ => None,
             };
-            if let kvload::Observed::Revoked { id, .. } = &o {
-                let now = self.now;
-                if self.lease_gone.insert(id.0, now).is_none() {
-                    self.trace(|| {
-                        format!(
-                            "lease {} gone (first applied on member {})",
-                            id.0,
-                            member + 1
-                        )
-                    });
-                }
-            }
             let instant = self.instant_of(member);
             let Some(p) = self.members[member].proc.as_mut() else {
                 continue;
@@ -214,7 +212,7 @@ impl World {
                         h.on_compacted(compact_revision);
                     }
                 }
-                kvload::Observed::Revision(_) => {}
+                kvload::Observed::Revision(_) | kvload::Observed::LeaseEnded { .. } => {}
             }
         }
         for m in touched {

@@ -14,7 +14,7 @@ use ha_core::{
 use parking_lot::Mutex;
 
 use super::World;
-use crate::kv::lease::Refusal;
+use super::leases::LeaseCall;
 use crate::kv::watch::{Delivery, Offer, WatchSink};
 use crate::sim::client::{RawKind, RawPayload, RawResult};
 use crate::sim::history::{Outcome, Outputs};
@@ -59,8 +59,9 @@ impl World {
     /// take the workload's own paths in `World::request`).
     pub(super) fn raw_call(&mut self, id: u64, m: usize, kind: RawKind) {
         match kind {
-            RawKind::KeepAlive(lease) | RawKind::TimeToLive(lease) => {
-                self.raw_lease_call(id, m, kind, lease);
+            RawKind::KeepAlive { lease, .. } => self.lease_call(id, m, LeaseCall::KeepAlive, lease),
+            RawKind::TimeToLive { lease, .. } => {
+                self.lease_call(id, m, LeaseCall::TimeToLive, lease);
             }
             RawKind::Watch => match self.board.take_payload(id) {
                 Some(RawPayload::Watch(request, feed)) => {
@@ -79,47 +80,6 @@ impl World {
         match self.board.take_payload(id) {
             Some(RawPayload::Bytes(bytes)) => Some(bytes),
             _ => None,
-        }
-    }
-
-    /// A lease call: the leader's lease manager answers (a follower
-    /// forwards to the leader it knows, if reachable both ways).
-    fn raw_lease_call(&mut self, id: u64, m: usize, kind: RawKind, lease: i64) {
-        let Some(l) = self.lease_target(m) else {
-            self.board
-                .set_raw_result(id, RawResult::Refused(Refusal::Follower));
-            return self.complete(id, Outcome::Fail, Outputs::error("no leader reachable"));
-        };
-        let now = self.instant_of(l);
-        let Some(p) = self.members[l].proc.as_mut() else {
-            return;
-        };
-        let term = p.core.leader().term;
-        let leading = p.core.is_leader().then_some(term);
-        p.leases.observe(leading, p.applied_term, now);
-        let answer = match kind {
-            RawKind::KeepAlive(_) => p.leases.keep_alive(ha_core::LeaseId(lease), now),
-            _ => p.leases.remaining(ha_core::LeaseId(lease), now),
-        };
-        match answer {
-            Ok(ttl) => {
-                if matches!(kind, RawKind::KeepAlive(_)) {
-                    self.counters.keep_alives += 1;
-                }
-                self.board.set_raw_result(
-                    id,
-                    RawResult::Lease {
-                        ttl,
-                        leader: l as u64 + 1,
-                        term,
-                    },
-                );
-                self.complete(id, Outcome::Ok, Outputs::default());
-            }
-            Err(refusal) => {
-                self.board.set_raw_result(id, RawResult::Refused(refusal));
-                self.complete(id, Outcome::Fail, Outputs::error(format!("{refusal:?}")));
-            }
         }
     }
 
