@@ -144,6 +144,10 @@ enum Event {
     WatchRead {
         w: usize,
     },
+    /// Watch session `w` cancels its own watch (and watches again later).
+    WatchCancel {
+        w: usize,
+    },
 }
 
 struct Scheduled {
@@ -723,6 +727,7 @@ impl World {
             }
             Event::WatchOpen { w } => self.watch_open(w),
             Event::WatchRead { w } => self.watch_read(w),
+            Event::WatchCancel { w } => self.watch_cancel(w),
         }
     }
 
