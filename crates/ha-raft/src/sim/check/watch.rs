@@ -349,15 +349,23 @@ mod tests {
         assert!(run(watch(9, "k1", 2, vec![(4, all.clone())])).contains("outside the range"));
         // A `[start,end)` range: `end` is not in it.
         assert_eq!(
-            run(watch(9, "[k0,k1)", 2, vec![(2, vec![all[0].clone()]), (4, vec![all[2].clone()])])),
+            run(watch(
+                9,
+                "[k0,k1)",
+                2,
+                vec![(2, vec![all[0].clone()]), (4, vec![all[2].clone()])]
+            )),
             ""
         );
+        assert!(run(watch(9, "[k0,k1)", 2, vec![(4, all.clone())])).contains("k1 at 3 is outside"));
         assert!(
-            run(watch(9, "[k0,k1)", 2, vec![(4, all.clone())])).contains("k1 at 3 is outside")
-        );
-        assert!(
-            run(watch(9, "[k0,k2)", 2, vec![(4, vec![all[0].clone(), all[2].clone()])]))
-                .contains("put k1 at 3 (op 1, acknowledged) was never read")
+            run(watch(
+                9,
+                "[k0,k2)",
+                2,
+                vec![(4, vec![all[0].clone(), all[2].clone()])]
+            ))
+            .contains("put k1 at 3 (op 1, acknowledged) was never read")
         );
         let mut no_put = watch(9, "k*", 2, vec![(4, all.clone())]);
         no_put.inputs.filter = Some(WatchFilter::NoPut);

@@ -47,12 +47,12 @@ use crate::kv::watch::{Delivery, HubConfig, Offer, WatchHub, WatchSink};
 use crate::sim::Counters;
 use crate::sim::check::Violation;
 use crate::sim::executor::{MILLIS, Nanos, SECONDS};
-use crate::sim::rng::SimRng;
 use crate::sim::history::{
     EventSeen, HistoryOp, Inputs, OpKind, Outcome, Outputs, SeenKv, WatchFilter, WatchLog,
     WatchRead,
 };
 use crate::sim::kvload::{self, SimMachine};
+use crate::sim::rng::SimRng;
 
 const WATCH_GUARANTEES: &str = "watch guarantees";
 /// The client id of the sessions' `watch` records (plus the session).
@@ -358,7 +358,11 @@ impl World {
             // the chaos window.
             let self_cancel = more.chance(0.5).then(|| {
                 let lo = more.between(200 * MILLIS, 800 * MILLIS);
-                (lo, lo + more.between(200 * MILLIS, 1500 * MILLIS), start + span)
+                (
+                    lo,
+                    lo + more.between(200 * MILLIS, 1500 * MILLIS),
+                    start + span,
+                )
             });
             if let Some((lo, hi, _)) = self_cancel {
                 let first = at + more.between(lo, hi);
