@@ -50,6 +50,10 @@ pub enum InjectedBug {
     /// watcher is still catching up from history: events at or below it
     /// come later (not bookmarkable).
     WatchProgressAhead,
+    /// A client's cancel of a watch (`WatchControl::cancel`, in
+    /// `WatchHub::cancel`) is ignored: the hub keeps the watcher and goes
+    /// on offering it responses.
+    WatchCancelIgnored,
     /// (g) The log is compacted up to the applied index rather than the
     /// applied index the state store holds durably: after a crash the
     /// state store restarts below the log's first entry.
@@ -82,6 +86,7 @@ pub(crate) struct Bugs {
     pub(crate) lease_no_promotion_reset: bool,
     pub(crate) watch_resume_late: bool,
     pub(crate) watch_progress_ahead: bool,
+    pub(crate) watch_cancel_ignored: bool,
     pub(crate) compact_past_durable: bool,
     pub(crate) non_atomic_install: bool,
     pub(crate) lease_deletes_split: bool,
@@ -106,6 +111,7 @@ impl Bugs {
             Some(InjectedBug::LeaseNoPromotionReset) => b.lease_no_promotion_reset = true,
             Some(InjectedBug::WatchResumeLate) => b.watch_resume_late = true,
             Some(InjectedBug::WatchProgressAhead) => b.watch_progress_ahead = true,
+            Some(InjectedBug::WatchCancelIgnored) => b.watch_cancel_ignored = true,
             Some(InjectedBug::CompactPastDurable) => b.compact_past_durable = true,
             Some(InjectedBug::NonAtomicInstall) => b.non_atomic_install = true,
             Some(InjectedBug::LeaseDeletesSplit) => b.lease_deletes_split = true,

@@ -46,7 +46,7 @@ fn all_pass_with(cfg: &SimConfig, range: Range<u64>) -> Counters {
         }
     }
     eprintln!(
-        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} watch_slow={} watch_full={} watch_paused={} watch_progress={} watch_compacted={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
+        "{members} members: {} lease_reads={} lease_hits={} keep_alives={} watch_resumes={} watch_slow={} watch_full={} watch_paused={} watch_progress={} watch_compacted={} watch_cancels={} watch_stopped={} watch_broken={} ({:.2}s per 100 seeds, worst unknown {worst_unknown:.2}%)",
         summary_line(n, failing.len() as u64, &totals),
         totals.lease_reads,
         totals.lease_hits,
@@ -57,6 +57,9 @@ fn all_pass_with(cfg: &SimConfig, range: Range<u64>) -> Counters {
         totals.watch_paused,
         totals.watch_progress,
         totals.watch_compacted,
+        totals.watch_cancels,
+        totals.watch_stopped,
+        totals.watch_broken,
         started.elapsed().as_secs_f64() * 100.0 / n.max(1) as f64,
     );
     if let Some(first) = failing.first() {
@@ -372,6 +375,17 @@ fn a_progress_notification_ahead_of_pending_events_is_caught() {
     );
 }
 
+/// A client's cancel that the hub ignores: the cancelled stream is still
+/// offered responses.
+#[test]
+fn a_watch_cancel_the_hub_ignores_is_caught() {
+    check_caught(
+        first_catch_with(SimConfig::kv(3), InjectedBug::WatchCancelIgnored),
+        InjectedBug::WatchCancelIgnored,
+        &["watch guarantees"],
+    );
+}
+
 /// (g) Compacting the log past what the state store holds durably: a
 /// crash then restarts the state store below the log's first entry.
 #[test]
@@ -434,6 +448,17 @@ fn kv_runs_pass(members: usize, range: Range<u64>) {
         c.watch_paused,
         c.watch_progress,
         c.watch_compacted
+    );
+    // Sessions cancelled their own watches and watched again; members'
+    // graceful stops (removals) and crashes ended watches that resumed
+    // elsewhere.
+    assert!(
+        c.watch_cancels > 0 && c.watch_stopped > 0 && c.watch_broken > 0,
+        "{members} members: {} self-cancels, {} watches ended by a graceful stop, {} by a \
+         crash in {n} seeds",
+        c.watch_cancels,
+        c.watch_stopped,
+        c.watch_broken
     );
 }
 
@@ -624,7 +649,7 @@ fn a_kv_seed_replays_exactly() {
 #[test]
 fn every_bug_has_a_test_above() {
     // A new bug switch needs its own catch test.
-    assert_eq!(ALL_BUGS.len(), 17);
+    assert_eq!(ALL_BUGS.len(), 18);
 }
 
 #[test]

@@ -235,6 +235,16 @@ pub struct Counters {
     pub watch_progress: u64,
     /// KV workload: times a watch session skipped compacted revisions.
     pub watch_compacted: u64,
+    /// KV workload: watches a session cancelled itself
+    /// (`WatchControl::cancel`) before watching again.
+    pub watch_cancels: u64,
+    /// KV workload: watches ended by their member's graceful stop (the
+    /// hub's `cancel_all`, read by the session as `WatchCancelled {
+    /// MemberStopped }` after what was queued).
+    pub watch_stopped: u64,
+    /// KV workload: watches whose member crashed (the connection broke:
+    /// what the session had not read is lost).
+    pub watch_broken: u64,
 }
 
 impl Counters {
@@ -267,6 +277,9 @@ impl Counters {
         self.watch_paused += o.watch_paused;
         self.watch_progress += o.watch_progress;
         self.watch_compacted += o.watch_compacted;
+        self.watch_cancels += o.watch_cancels;
+        self.watch_stopped += o.watch_stopped;
+        self.watch_broken += o.watch_broken;
     }
 
     /// Unknown outcomes as a percentage of operations.
@@ -433,7 +446,7 @@ pub fn check_history_file(path: &Path) -> std::io::Result<Vec<Violation>> {
 }
 
 /// Every injectable bug.
-pub const ALL_BUGS: [InjectedBug; 17] = [
+pub const ALL_BUGS: [InjectedBug; 18] = [
     InjectedBug::LocalReads,
     InjectedBug::AckBeforeSync,
     InjectedBug::ReapplyAfterRestart,
@@ -448,6 +461,7 @@ pub const ALL_BUGS: [InjectedBug; 17] = [
     InjectedBug::LeaseNoPromotionReset,
     InjectedBug::WatchResumeLate,
     InjectedBug::WatchProgressAhead,
+    InjectedBug::WatchCancelIgnored,
     InjectedBug::CompactPastDurable,
     InjectedBug::NonAtomicInstall,
     InjectedBug::LeaseDeletesSplit,
@@ -470,6 +484,7 @@ pub fn bug_name(bug: InjectedBug) -> &'static str {
         InjectedBug::LeaseNoPromotionReset => "lease-no-promotion-reset",
         InjectedBug::WatchResumeLate => "watch-resume-late",
         InjectedBug::WatchProgressAhead => "watch-progress-ahead",
+        InjectedBug::WatchCancelIgnored => "watch-cancel-ignored",
         InjectedBug::CompactPastDurable => "compact-past-durable",
         InjectedBug::NonAtomicInstall => "non-atomic-install",
         InjectedBug::LeaseDeletesSplit => "lease-deletes-split",

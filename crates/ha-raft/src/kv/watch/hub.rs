@@ -76,6 +76,9 @@ pub(crate) struct WatchHub {
     /// Injected bug: progress names the hub's revision, even for a
     /// watcher still catching up.
     progress_ahead: bool,
+    /// Injected bug: a client's cancel is ignored (the watcher stays and
+    /// is offered responses until its sink reports it closed).
+    cancel_ignored: bool,
     config: HubConfig,
     /// The last revision the machine reported as committed.
     revision: i64,
@@ -108,6 +111,7 @@ impl WatchHub {
         WatchHub {
             resume_late: false,
             progress_ahead: false,
+            cancel_ignored: false,
             config,
             revision,
             compact_revision,
@@ -125,6 +129,7 @@ impl WatchHub {
     pub(crate) fn set_bugs(&mut self, bugs: crate::bugs::Bugs) {
         self.resume_late = bugs.watch_resume_late;
         self.progress_ahead = bugs.watch_progress_ahead;
+        self.cancel_ignored = bugs.watch_cancel_ignored;
     }
 
     #[cfg(test)]
@@ -209,6 +214,16 @@ impl WatchHub {
             }
             None => false,
         }
+    }
+
+    /// The watch's client cancelled it (`WatchControl::cancel`: its
+    /// stream was dropped): the watcher is forgotten at once, and its sink
+    /// is never offered anything again.
+    pub(crate) fn cancel(&mut self, id: WatchId) -> bool {
+        if self.cancel_ignored {
+            return self.watchers.contains_key(&id);
+        }
+        self.remove(id)
     }
 
     fn forget(&mut self, id: WatchId, w: &Watcher) {

@@ -96,7 +96,7 @@ impl WatchControl for HubControl {
     }
 
     fn cancel(&self) {
-        self.hub.lock().remove(self.id);
+        self.hub.lock().cancel(self.id);
     }
 }
 

@@ -17,8 +17,16 @@ use crate::sim::history::{EventSeen, HistoryOp, OpKind, Outcome, WatchFilter};
 
 const WATCH_GUARANTEES: &str = "watch guarantees";
 
-/// The range of a `watch` record's key: a key, `prefix*`, or `*`.
+/// The range of a `watch` record's key: a key, `prefix*`, `*`, or
+/// `[start,end)` (keys from `start` up to, not including, `end`).
 fn in_range(range: &str, key: &str) -> bool {
+    if let Some((start, end)) = range
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(')'))
+        .and_then(|r| r.split_once(','))
+    {
+        return start <= key && key < end;
+    }
     match range.strip_suffix('*') {
         Some(prefix) => key.starts_with(prefix),
         None => range == key,
@@ -339,6 +347,26 @@ mod tests {
             .contains("acknowledged at 2")
         );
         assert!(run(watch(9, "k1", 2, vec![(4, all.clone())])).contains("outside the range"));
+        // A `[start,end)` range: `end` is not in it.
+        assert_eq!(
+            run(watch(
+                9,
+                "[k0,k1)",
+                2,
+                vec![(2, vec![all[0].clone()]), (4, vec![all[2].clone()])]
+            )),
+            ""
+        );
+        assert!(run(watch(9, "[k0,k1)", 2, vec![(4, all.clone())])).contains("k1 at 3 is outside"));
+        assert!(
+            run(watch(
+                9,
+                "[k0,k2)",
+                2,
+                vec![(4, vec![all[0].clone(), all[2].clone()])]
+            ))
+            .contains("put k1 at 3 (op 1, acknowledged) was never read")
+        );
         let mut no_put = watch(9, "k*", 2, vec![(4, all.clone())]);
         no_put.inputs.filter = Some(WatchFilter::NoPut);
         assert!(run(no_put).contains("filtered out"));

@@ -344,6 +344,8 @@ impl World {
         }
         self.members[m].removed = true;
         self.log_fault(format!("member {} stops: {why}", m + 1));
+        // A graceful stop (`KvNode::shutdown`): the watches end first.
+        self.watches_stop(m);
         self.take_down(m, "member removed");
         self.members[m].held.clear();
     }

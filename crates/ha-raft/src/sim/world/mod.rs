@@ -166,6 +166,10 @@ enum Event {
         to: usize,
         answer: leases::LeaseAnswer,
     },
+    /// Watch session `w` cancels its own watch (and watches again later).
+    WatchCancel {
+        w: usize,
+    },
 }
 
 struct Scheduled {
@@ -773,6 +777,7 @@ impl World {
                 to,
                 answer,
             } => self.lease_answer_arrives(id, from, from_life, to, answer),
+            Event::WatchCancel { w } => self.watch_cancel(w),
         }
     }
 

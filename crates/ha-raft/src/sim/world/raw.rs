@@ -194,7 +194,7 @@ impl World {
                 (WatchOp::Progress, Some(hub)) => hub.request_progress(watch, now),
                 (WatchOp::Cancel, hub) => {
                     if let Some(hub) = hub {
-                        hub.remove(watch);
+                        hub.cancel(watch);
                     }
                     self.raw_watches.remove(&key);
                 }

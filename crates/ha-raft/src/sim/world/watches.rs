@@ -10,13 +10,20 @@
 //! reads a few responses at seeded intervals and may stall for a while,
 //! so the hub's slow-watcher paths run (a live watcher whose buffer is
 //! full is cancelled with a resumable error; catch-up pauses while the
-//! buffer is full). Sessions ask for `prev_kv`, filter puts or deletes,
-//! take periodic progress notifications and request progress. A session
-//! whose member is lost (unread responses lost with it) or whose watch
-//! was cancelled resumes on a member, as a real client does, from the
-//! revision after the last one it read everything up to; one refused or
-//! cancelled as `Compacted` skips the compacted revisions and resumes
-//! after them.
+//! buffer is full). Sessions watch one key, a `[key, end)` range, a
+//! prefix or every key, ask for `prev_kv`, filter puts or deletes, take
+//! periodic progress notifications and request progress; some cancel
+//! their own watch now and then (`WatchHub::cancel`, what the in-process
+//! `WatchControl::cancel` calls when a stream is dropped) and watch
+//! again. A member's graceful stop (its removal) ends its watches as
+//! `KvNode::shutdown` does (`cancel_all`: `WatchCancelled {
+//! MemberStopped }` after what is queued); a crash breaks the connection
+//! (what the reader had not read is lost, and the stream ends as the
+//! remote client's does: `WatchCancelled { MemberStopped }` at one past
+//! what it read). A session whose watch ended or that cancelled it
+//! resumes on a member, as a real client does, from the revision after
+//! the last one it read everything up to; one refused or cancelled as
+//! `Compacted` skips the compacted revisions and resumes after them.
 //!
 //! At the end every session asks for progress (when it finds nothing to
 //! read) until it has caught up with the final revision, and its stream
@@ -24,7 +31,8 @@
 //! atomic, reliable, `prev_kv` and filters, bookmarkable (a progress
 //! notification at R only once every wanted event up to R was sent;
 //! progress never goes backwards in a stream), resumable (a cancel names
-//! a revision from which nothing is lost) and caught up.
+//! a revision from which nothing is lost), nothing offered to a stream
+//! after its client cancelled it, and caught up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -44,6 +52,7 @@ use crate::sim::history::{
     WatchRead,
 };
 use crate::sim::kvload::{self, SimMachine};
+use crate::sim::rng::SimRng;
 
 const WATCH_GUARANTEES: &str = "watch guarantees";
 /// The client id of the sessions' `watch` records (plus the session).
@@ -59,6 +68,10 @@ const CATCH_UP_LIMIT: Nanos = 10 * SECONDS;
 /// The seed of the sessions' own random stream (mixed with the run's),
 /// so that watch choices never move the workload's or the faults'.
 pub(super) const WATCH_STREAM: u64 = 0x3a7c_4e11_0b5e_7ee5;
+/// The seed of each session's second stream (mixed with the run's and
+/// the session's): its range and its self-cancels, drawn apart so that
+/// the first stream's draws stay where they were.
+const MORE_STREAM: u64 = 0x5c1f_0c0d_e2a7_91b3;
 
 /// The bounded buffer between a member's hub and a session's reader (the
 /// watch stream's channel): deliveries up to its capacity, then the error
@@ -75,6 +88,11 @@ struct Buffer {
     no_room: u64,
     /// The reader gave this stream up (its member is gone).
     detached: bool,
+    /// The session cancelled this stream (`WatchHub::cancel` returned):
+    /// the hub must never offer it anything again.
+    cancelled: bool,
+    /// Offers and closes the hub made after the cancel.
+    after_cancel: u64,
 }
 
 impl Buffer {
@@ -94,6 +112,11 @@ struct SimSink(SharedBuffer);
 impl WatchSink for SimSink {
     fn offer(&mut self, delivery: Delivery) -> Offer {
         let mut b = self.0.lock();
+        if b.cancelled {
+            // The receiver is gone, as a dropped stream's channel is.
+            b.after_cancel += 1;
+            return Offer::Closed;
+        }
         if b.detached {
             return Offer::Closed;
         }
@@ -108,7 +131,7 @@ impl WatchSink for SimSink {
 
     fn has_room(&self) -> bool {
         let mut b = self.0.lock();
-        let room = b.detached || b.held < b.cap;
+        let room = b.cancelled || b.detached || b.held < b.cap;
         if !room {
             b.no_room += 1;
         }
@@ -116,7 +139,12 @@ impl WatchSink for SimSink {
     }
 
     fn close(&mut self, error: Error) {
-        self.0.lock().queue.push_back(Err(error));
+        let mut b = self.0.lock();
+        if b.cancelled {
+            b.after_cancel += 1;
+            return;
+        }
+        b.queue.push_back(Err(error));
     }
 }
 
@@ -138,6 +166,9 @@ struct Open {
     buf: SharedBuffer,
     /// Which of the session's streams (opens) this is.
     stream: u32,
+    /// The member stopped gracefully: its hub's `cancel_all` queued the
+    /// closing error after what it had sent.
+    stopped: bool,
 }
 
 /// A response the session read.
@@ -148,6 +179,15 @@ struct Received {
     revision: i64,
     /// None: a progress notification.
     events: Vec<WatchEvent>,
+}
+
+/// A session's second random stream.
+struct MoreRng(SimRng);
+
+impl std::fmt::Debug for MoreRng {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MoreRng")
+    }
 }
 
 /// One watch session of a client.
@@ -180,6 +220,13 @@ pub(crate) struct Session {
     resumes: u64,
     /// When and on which member (1-based) the session first opened.
     opened: Option<(Nanos, u64)>,
+    /// The second stream: the range, self-cancels.
+    more: MoreRng,
+    /// The session cancels its own watch every `.0..=.1` of virtual time
+    /// until `.2` (the end of the chaos window).
+    self_cancel: Option<(Nanos, Nanos, Nanos)>,
+    /// The streams the session cancelled itself, with their buffers.
+    dropped: Vec<(u32, SharedBuffer)>,
 }
 
 impl Session {
@@ -188,6 +235,11 @@ impl Session {
             KeyRange::Key(k) => String::from_utf8_lossy(k).into_owned(),
             KeyRange::Prefix(p) if p.is_empty() => "every key".to_owned(),
             KeyRange::Prefix(p) => format!("prefix {}", String::from_utf8_lossy(p)),
+            KeyRange::Range { start, end } => format!(
+                "range [{}, {})",
+                String::from_utf8_lossy(start),
+                String::from_utf8_lossy(end)
+            ),
             other => format!("{other:?}"),
         };
         let mut opts = Vec::new();
@@ -203,6 +255,9 @@ impl Session {
         if self.request.progress_notify {
             opts.push("progress_notify");
         }
+        if self.self_cancel.is_some() {
+            opts.push("cancels itself");
+        }
         let reader = match self.reader {
             Reader::Eager => "eager reader".to_owned(),
             Reader::Slow { .. } => format!("slow reader, buffer {}", self.cap),
@@ -216,12 +271,37 @@ impl Session {
             EventKind::Put => !self.request.no_put,
             EventKind::Delete => !self.request.no_delete,
         };
-        kind && self.request.range.contains(&e.kv.key)
+        kind && covers(&self.request.range, &e.kv.key)
     }
 
     fn in_gap(&self, rev: i64) -> bool {
         self.gaps.iter().any(|&(a, b)| a <= rev && rev <= b)
     }
+}
+
+/// True when `range` holds `key` — the check's own reading of a range,
+/// not the production `KeyRange::contains` the hub matches with.
+fn covers(range: &KeyRange, key: &[u8]) -> bool {
+    match range {
+        KeyRange::Key(k) => k.as_slice() == key,
+        KeyRange::Prefix(p) => key.len() >= p.len() && &key[..p.len()] == p.as_slice(),
+        KeyRange::Range { start, end } => {
+            start.as_slice() <= key && key.cmp(end.as_slice()) == std::cmp::Ordering::Less
+        }
+        KeyRange::From(start) => start.as_slice() <= key,
+    }
+}
+
+/// A `[key, end)` range over the workload's keys: from one of them to a
+/// later one (possibly past the last), or into the leased keys `l*`.
+fn key_span(rng: &mut SimRng, keys: usize) -> KeyRange {
+    let a = rng.below(keys);
+    let end = if rng.chance(0.25) {
+        kvload::leased_key_name(rng.below(3) as u8)
+    } else {
+        kvload::key_name(rng.between(a as u64 + 1, keys as u64) as u8)
+    };
+    KeyRange::range(kvload::key_name(a as u8), end)
 }
 
 /// An applied event and the key's value before it (per the events before).
@@ -237,9 +317,19 @@ impl World {
     pub(super) fn plan_watches(&mut self, start: Nanos, span: Nanos) {
         let keys = self.cfg.keys.max(1);
         for s in 0..SESSIONS {
+            let mut more = SimRng::new(
+                self.seed ^ MORE_STREAM ^ (s as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             let rng = &mut self.watch_rng;
             let mut request = WatchRequest::new(match s % 3 {
-                0 => KeyRange::key(kvload::key_name(rng.below(keys) as u8)),
+                0 => {
+                    let key = kvload::key_name(rng.below(keys) as u8);
+                    if more.chance(0.5) {
+                        key_span(&mut more, keys)
+                    } else {
+                        KeyRange::key(key)
+                    }
+                }
                 1 => KeyRange::prefix(kvload::KEY_PREFIX),
                 // Every key: the leased ones too (expiries delete them).
                 _ => KeyRange::prefix(""),
@@ -264,6 +354,20 @@ impl World {
                 (from, from + rng.between(100 * MILLIS, 1500 * MILLIS))
             });
             let at = start + rng.between(0, span / 2);
+            // Half the sessions cancel their own watch now and then during
+            // the chaos window.
+            let self_cancel = more.chance(0.5).then(|| {
+                let lo = more.between(200 * MILLIS, 800 * MILLIS);
+                (
+                    lo,
+                    lo + more.between(200 * MILLIS, 1500 * MILLIS),
+                    start + span,
+                )
+            });
+            if let Some((lo, hi, _)) = self_cancel {
+                let first = at + more.between(lo, hi);
+                self.at(first, Event::WatchCancel { w: s });
+            }
             self.watches.push(Session {
                 request,
                 reader,
@@ -280,6 +384,9 @@ impl World {
                 broken: None,
                 resumes: 0,
                 opened: None,
+                more: MoreRng(more),
+                self_cancel,
+                dropped: Vec::new(),
             });
             self.at(at, Event::WatchOpen { w: s });
             self.at(at, Event::WatchRead { w: s });
@@ -334,6 +441,7 @@ impl World {
                     id,
                     buf,
                     stream: session.streams,
+                    stopped: false,
                 });
                 self.trace(|| format!("watch {w} opens on member {} at {next}", m + 1));
                 self.catch_up(m);
@@ -452,6 +560,17 @@ impl World {
             Ok(d) => d,
             Err(e) => {
                 if let Some(open) = s.open_on.take() {
+                    if open.stopped
+                        && matches!(
+                            e,
+                            Error::WatchCancelled {
+                                reason: WatchCancelReason::MemberStopped,
+                                ..
+                            }
+                        )
+                    {
+                        self.counters.watch_stopped += 1;
+                    }
                     open.buf.lock().count(&mut self.counters);
                 }
                 let next = s.next;
@@ -526,20 +645,125 @@ impl World {
         self.flush_raw_watches();
     }
 
-    /// Member `m`'s process is gone: its watches end, with what their
-    /// readers had not read yet; their sessions resume elsewhere.
-    pub(super) fn watches_lost(&mut self, m: usize) {
-        for w in 0..self.watches.len() {
-            if self.watches[w].open_on.as_ref().is_some_and(|o| o.m == m) {
-                if let Some(open) = self.watches[w].open_on.take() {
-                    let mut b = open.buf.lock();
-                    b.detached = true;
-                    b.queue.clear();
-                    b.count(&mut self.counters);
-                }
-                let d = self.watch_rng.between(10 * MILLIS, 200 * MILLIS);
-                self.after(d, Event::WatchOpen { w });
+    /// Member `m` stops gracefully (an operator stops it, as
+    /// `KvNode::shutdown` does): its hub ends every watch with
+    /// `WatchCancelled { MemberStopped }`, queued after what it had sent;
+    /// the readers read it all in their own time and resume.
+    pub(super) fn watches_stop(&mut self, m: usize) {
+        let life = self.members[m].life;
+        let Some(hub) = self.members[m].proc.as_mut().and_then(|p| p.hub.as_mut()) else {
+            return;
+        };
+        hub.cancel_all(WatchCancelReason::MemberStopped);
+        for s in &mut self.watches {
+            if let Some(o) = s.open_on.as_mut()
+                && o.m == m
+                && o.life == life
+            {
+                o.stopped = true;
             }
+        }
+        self.trace(|| format!("member {} stops its watches", m + 1));
+        self.take_watch_log();
+    }
+
+    /// Member `m`'s process is gone. Watches its graceful stop ended
+    /// already hold their end; on the others the connection broke: what
+    /// their readers had not read is lost, and the stream ends as the
+    /// remote client's does (`WatchCancelled { MemberStopped }` at one
+    /// past the last revision read), which the reader sees at its next
+    /// read.
+    pub(super) fn watches_lost(&mut self, m: usize) {
+        let life = self.members[m].life;
+        for s in &mut self.watches {
+            let Some(open) = s
+                .open_on
+                .as_ref()
+                .filter(|o| o.m == m && o.life == life && !o.stopped)
+            else {
+                continue;
+            };
+            let mut b = open.buf.lock();
+            if b.detached {
+                continue;
+            }
+            b.detached = true;
+            b.queue.clear();
+            b.held = 0;
+            b.queue.push_back(Err(Error::WatchCancelled {
+                resume_revision: s.next,
+                reason: WatchCancelReason::MemberStopped,
+            }));
+            self.counters.watch_broken += 1;
+        }
+    }
+
+    /// Session `w` cancels its own watch, as a client dropping its stream
+    /// does (`WatchControl::cancel`: the member's `WatchHub::cancel`), and
+    /// watches again a little later from one past the last revision it
+    /// read everything up to. What it had not read is dropped with the
+    /// stream; the hub must never offer that stream anything again.
+    pub(super) fn watch_cancel(&mut self, w: usize) {
+        let Some((lo, hi, until)) = self.watches[w].self_cancel else {
+            return;
+        };
+        if self.halted || self.watch_final || self.watches[w].broken.is_some() {
+            return;
+        }
+        let more = &mut self.watches[w].more.0;
+        let (next_in, retry, reopen) = (
+            more.between(lo, hi),
+            more.between(10 * MILLIS, 100 * MILLIS),
+            more.between(10 * MILLIS, 300 * MILLIS),
+        );
+        let Some((m, life, id)) = self.watches[w]
+            .open_on
+            .as_ref()
+            .map(|o| (o.m, o.life, o.id))
+        else {
+            // Between two watches: cancel the next one.
+            if self.now + retry < until {
+                self.after(retry, Event::WatchCancel { w });
+            }
+            return;
+        };
+        let alive = self.alive(m, life);
+        if alive && self.members[m].paused_until > self.now {
+            // The member's process is stopped (the control's call would
+            // wait for it): try again.
+            self.after(retry, Event::WatchCancel { w });
+            return;
+        }
+        let known = alive
+            && self.members[m]
+                .proc
+                .as_mut()
+                .and_then(|p| p.hub.as_mut())
+                .is_some_and(|hub| hub.cancel(id));
+        let s = &mut self.watches[w];
+        let Some(open) = s.open_on.take() else {
+            return;
+        };
+        {
+            let mut b = open.buf.lock();
+            b.cancelled = true;
+            b.queue.clear();
+            b.held = 0;
+            b.count(&mut self.counters);
+        }
+        s.dropped.push((open.stream, open.buf));
+        let next = s.next;
+        self.counters.watch_cancels += 1;
+        self.trace(|| {
+            format!(
+                "watch {w} cancels itself on member {} at {next}{}",
+                m + 1,
+                if known { "" } else { " (already ended there)" }
+            )
+        });
+        self.after(reopen, Event::WatchOpen { w });
+        if self.now + next_in < until {
+            self.after(next_in, Event::WatchCancel { w });
         }
     }
 
@@ -593,6 +817,11 @@ impl World {
             let key = match &s.request.range {
                 KeyRange::Key(k) => String::from_utf8_lossy(k).into_owned(),
                 KeyRange::Prefix(p) => format!("{}*", String::from_utf8_lossy(p)),
+                KeyRange::Range { start, end } => format!(
+                    "[{},{})",
+                    String::from_utf8_lossy(start),
+                    String::from_utf8_lossy(end)
+                ),
                 other => format!("{other:?}"),
             };
             let filter = if s.request.no_put {
@@ -703,6 +932,16 @@ fn check_session(
 ) -> Option<String> {
     if let Some(b) = &s.broken {
         return Some(b.clone());
+    }
+    for (stream, buf) in &s.dropped {
+        let after = buf.lock().after_cancel;
+        if after > 0 {
+            return Some(format!(
+                "its client cancelled stream {stream} (WatchControl::cancel returned), but the \
+                 hub then offered that stream {after} more responses (it did not forget the \
+                 watcher)"
+            ));
+        }
     }
     let want: Vec<&Truth<'_>> = truth
         .iter()
@@ -931,6 +1170,9 @@ mod tests {
             broken: None,
             resumes: 0,
             opened: None,
+            more: MoreRng(SimRng::new(0)),
+            self_cancel: None,
+            dropped: Vec::new(),
         }
     }
 
@@ -1023,5 +1265,40 @@ mod tests {
         let mut skipped = session(all, vec![(4, with_prev(&t, 4, 4))]);
         skipped.gaps.push((2, 3));
         assert_eq!(check(&skipped, &t, Some(4)), "");
+    }
+
+    #[test]
+    fn a_range_excludes_its_end_and_a_cancelled_stream_is_offered_nothing() {
+        let events = applied();
+        let t = truth(&events);
+        // [a, b): every event of a, none of b.
+        let range = WatchRequest::new(KeyRange::range("a", "b"));
+        let only_a: Vec<WatchEvent> = events
+            .iter()
+            .filter(|e| e.kv.key == b"a")
+            .cloned()
+            .collect();
+        let good = session(range.clone(), vec![(4, only_a)]);
+        assert_eq!(check(&good, &t, Some(4)), "");
+        let with_end = session(range.clone(), vec![(4, events[1..].to_vec())]);
+        assert!(check(&with_end, &t, None).contains("filtered, foreign or wrong"));
+        let short = session(range, vec![(4, vec![events[1].clone(), events[4].clone()])]);
+        assert!(check(&short, &t, None).contains("never sent"));
+        // A stream its client cancelled: the hub must not offer it more.
+        let mut s = session(WatchRequest::prefix(""), Vec::new());
+        let buf: SharedBuffer = Arc::new(Mutex::new(Buffer {
+            cap: 1,
+            cancelled: true,
+            ..Buffer::default()
+        }));
+        let mut sink = SimSink(buf.clone());
+        s.dropped.push((1, buf));
+        assert_eq!(check(&s, &t, None), "");
+        let offered = sink.offer(Delivery {
+            revision: 2,
+            events: Vec::new(),
+        });
+        assert_eq!(offered, Offer::Closed);
+        assert!(check(&s, &t, None).contains("offered that stream 1 more"));
     }
 }

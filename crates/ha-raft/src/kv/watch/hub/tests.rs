@@ -477,6 +477,35 @@ fn cancel_all_names_each_watchers_resume_revision() {
 }
 
 #[test]
+fn a_cancelled_watcher_is_offered_nothing_more() {
+    let now = Instant::now();
+    let mut h = hub(5);
+    let (id, sink) = watch(&mut h, WatchRequest::new(KeyRange::range("a", "c")), 8, now);
+    h.on_events(&[put("a", 6, None), put("c", 6, None)], 6, now);
+    assert_eq!(
+        sink.events(),
+        vec![(6, "a".to_owned())],
+        "`end` is not in the range"
+    );
+    assert!(h.cancel(id));
+    assert!(!h.cancel(id), "a second cancel finds nothing");
+    h.on_events(&[put("b", 7, None)], 7, now);
+    h.request_progress(id, now);
+    h.cancel_all(WatchCancelReason::MemberStopped);
+    assert!(sink.take().is_empty() && sink.closed().is_none());
+    assert_eq!(h.len(), 0);
+    // With the injected bug the watcher stays.
+    let mut h = hub(5);
+    h.set_bugs(crate::bugs::Bugs::with(Some(
+        crate::InjectedBug::WatchCancelIgnored,
+    )));
+    let (id, sink) = watch(&mut h, WatchRequest::key("a"), 8, now);
+    assert!(h.cancel(id));
+    h.on_events(&[put("a", 6, None)], 6, now);
+    assert_eq!(sink.events(), vec![(6, "a".to_owned())]);
+}
+
+#[test]
 fn ten_thousand_watchers_each_get_exactly_their_events() {
     let now = Instant::now();
     let mut h = hub(1);
