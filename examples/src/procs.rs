@@ -233,6 +233,57 @@ impl Cluster {
         (!routes.is_empty()).then(|| routes.join(","))
     }
 
+    /// Member `who` as member `from` lists it in `GET /v1/members`.
+    pub async fn listed(&self, from: u64, who: u64) -> Option<Value> {
+        let (_, v) = self.get(from, "/v1/members").await.ok()?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == who)
+            .cloned()
+    }
+
+    /// Removes member `who` through whichever member leads (the leader
+    /// itself hands leadership over first and names its successor: asked
+    /// again there), within `within`.
+    ///
+    /// # Errors
+    /// Not removed in time; says the last answer.
+    pub async fn remove_member(&self, who: u64, within: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + within;
+        let mut ask = who;
+        loop {
+            let answer = self
+                .post(ask, "/v1/members/remove", json!({ "id": who }))
+                .await;
+            if let Ok((status, _)) = &answer
+                && status.is_success()
+            {
+                return Ok(());
+            }
+            let other = self.procs.keys().copied().find(|&id| id != who);
+            if let Some(o) = other
+                && let Ok((_, v)) = self.get(o, "/v1/members").await
+            {
+                if v["removed"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| *x == who))
+                {
+                    return Ok(());
+                }
+                if let Some(l) = v["leader"].as_u64().filter(|l| self.procs.contains_key(l)) {
+                    ask = l;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "member {who} not removed within {within:?}: last answer {answer:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Makes every durable log write of member `id` wait `delay` first (a
     /// slow disk; `Duration::ZERO` clears it). Only in a linked group,
     /// whose members run with `--enable-failpoints`.

@@ -1040,16 +1040,6 @@ mod membership {
         }
     }
 
-    /// Member `who` as member `from` lists it in `GET /v1/members`.
-    async fn listed(c: &Cluster, from: u64, who: u64) -> Option<Value> {
-        let (_, v) = c.get(from, "/v1/members").await.ok()?;
-        v["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["id"] == who)
-            .cloned()
-    }
-
     /// Waits until every running member lists `who` as a voter at its peer
     /// port.
     async fn wait_voter(c: &Cluster, who: u64) {
@@ -1058,7 +1048,8 @@ mod membership {
         loop {
             let mut done = true;
             for &id in c.procs.keys() {
-                done &= listed(c, id, who)
+                done &= c
+                    .listed(id, who)
                     .await
                     .is_some_and(|m| m["role"] == "voter" && m["peer_address"] == json!(address));
             }
@@ -1077,37 +1068,8 @@ mod membership {
     /// Removes member `who` through whichever member leads (the leader
     /// itself hands leadership over first and names its successor).
     async fn remove(c: &Cluster, who: u64) {
-        let deadline = Instant::now() + PATIENCE;
-        let mut ask = who;
-        loop {
-            let answer = c
-                .post(ask, "/v1/members/remove", json!({ "id": who }))
-                .await;
-            if let Ok((StatusCode::OK, _)) = answer {
-                return;
-            }
-            let other = c.procs.keys().copied().find(|&id| id != who);
-            let seen = match other {
-                Some(o) => c.get(o, "/v1/members").await.ok(),
-                None => None,
-            };
-            if let Some((_, v)) = &seen {
-                if v["removed"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|x| *x == who))
-                {
-                    return;
-                }
-                if let Some(l) = v["leader"].as_u64().filter(|l| c.procs.contains_key(l)) {
-                    ask = l;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "member {who} not removed: last answer {answer:?}\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = c.remove_member(who, PATIENCE).await {
+            panic!("{e}\n{}", c.logs());
         }
     }
 
@@ -1199,7 +1161,7 @@ mod membership {
             loop {
                 let mut done = true;
                 for &id in c.procs.keys() {
-                    done &= listed(&c, id, moved).await.is_some_and(|m| {
+                    done &= c.listed(id, moved).await.is_some_and(|m| {
                         m["address"] == json!(address) && m["peer_address"] == json!(address)
                     });
                 }

@@ -436,16 +436,6 @@ async fn inject(c: &mut Cluster, kind: FaultKind, member: u64, rng: &mut Rng) ->
 /// How long a member replacement may take at most.
 const REPLACE_WITHIN: Duration = Duration::from_secs(60);
 
-/// The `/v1/members` entry for `who` as member `from` sees it.
-async fn listed(c: &Cluster, from: u64, who: u64) -> Option<Value> {
-    let (_, v) = c.get(from, "/v1/members").await.ok()?;
-    v["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["id"] == who)
-        .cloned()
-}
-
 /// Joins member `new` (through a running member other than `old`), waits
 /// until every running member lists it as a voter, then removes `old`
 /// through whichever member leads and stops it.
@@ -456,7 +446,8 @@ async fn replace(c: &mut Cluster, old: u64, new: u64) -> BenchResult<()> {
     loop {
         let mut voter = true;
         for &id in c.procs.keys() {
-            voter &= listed(c, id, new)
+            voter &= c
+                .listed(id, new)
                 .await
                 .is_some_and(|m| m["role"] == "voter");
         }
@@ -470,33 +461,8 @@ async fn replace(c: &mut Cluster, old: u64, new: u64) -> BenchResult<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The leader itself hands leadership over first and names its
-    // successor: ask again there.
-    let mut ask = old;
-    loop {
-        if let Ok((status, _)) = c
-            .post(ask, "/v1/members/remove", serde_json::json!({ "id": old }))
-            .await
-            && status.is_success()
-        {
-            break;
-        }
-        if let Ok((_, v)) = c.get(new, "/v1/members").await {
-            if v["removed"]
-                .as_array()
-                .is_some_and(|r| r.iter().any(|x| *x == old))
-            {
-                break;
-            }
-            if let Some(l) = v["leader"].as_u64().filter(|l| c.procs.contains_key(l)) {
-                ask = l;
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("member {old} was not removed within {REPLACE_WITHIN:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    c.remove_member(old, left).await?;
     c.kill(old);
     Ok(())
 }
