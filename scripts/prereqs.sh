@@ -12,6 +12,10 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
     ha_missing+=(libclang-dev)
 fi
 command -v protoc >/dev/null 2>&1 || ha_missing+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/*.proto), which the etcd-client
+# crate's protos import: a recommendation of protobuf-compiler, so not
+# installed with it below (--no-install-recommends).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || ha_missing+=(libprotobuf-dev)
 # etcdctl: the etcd gateway's tests drive it as an independent client.
 command -v etcdctl >/dev/null 2>&1 || ha_missing+=(etcd-client)
 
