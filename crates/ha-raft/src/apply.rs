@@ -162,7 +162,7 @@ impl DedupTable {
                             responses: r
                                 .responses
                                 .into_iter()
-                                .map(|c| (c.seq, Bytes::from(c.response)))
+                                .map(|c| (c.seq, c.response))
                                 .collect(),
                         },
                     );
@@ -209,7 +209,13 @@ impl DedupTable {
         }
         if env.lowest_outstanding > row.lowest_outstanding {
             row.lowest_outstanding = env.lowest_outstanding;
-            row.responses = row.responses.split_off(&env.lowest_outstanding);
+            // Usually one or two entries go: no new map as `split_off` makes.
+            while let Some(first) = row.responses.first_entry() {
+                if *first.key() >= env.lowest_outstanding {
+                    break;
+                }
+                first.remove();
+            }
         }
     }
 
@@ -223,7 +229,7 @@ impl DedupTable {
                     .iter()
                     .map(|(s, r)| CachedResponse {
                         seq: *s,
-                        response: r.to_vec(),
+                        response: r.clone(),
                     })
                     .collect(),
             };

@@ -48,8 +48,8 @@ pub(crate) struct DedupRecord {
 pub(crate) struct CachedResponse {
     #[prost(uint64, tag = "1")]
     pub(crate) seq: u64,
-    #[prost(bytes = "vec", tag = "2")]
-    pub(crate) response: Vec<u8>,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub(crate) response: bytes::Bytes,
 }
 
 /// What ha carries in a `ConfChangeV2.context`: who asked (to answer the

@@ -5,8 +5,11 @@
 //! - `\x01kv/r/{main:8 BE}{sub:8 BE}` → a [`WRecord`]: the key's state
 //!   written at revision (main, sub), or a tombstone. One per write, kept
 //!   until compaction removes it.
-//! - `\x01kv/m/rev` → the current revision; `\x01kv/m/compact` → the
-//!   compact revision.
+//! - `\x01kv/m/rev` → the revision when history was last compacted, and
+//!   `\x01kv/m/compact` → the compact revision. The current revision is
+//!   not stored per write: it is the newest record's revision, or the one
+//!   stored at compaction (which may have removed that record), whichever
+//!   is greater.
 //!
 //! In memory, rebuilt from the store on open and after a snapshot:
 //!
@@ -35,8 +38,8 @@ use prost::Message as _;
 
 use super::observer::KvObserver;
 use super::wire::{
-    RangeReply, Reply, TxnReply, WCommand, WCommandOp, WLeaseRecord, WQuery, WQueryOp, WRecord,
-    encode_reply,
+    RangeReply, RecordRef, Reply, TxnReply, WCommand, WCommandOp, WLeaseRecord, WQuery, WQueryOp,
+    WRecord, encode_reply,
 };
 
 const RECORD_PREFIX: &[u8] = b"\x01kv/r/";
@@ -94,6 +97,10 @@ fn parse_record_key(k: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
+fn decode_record(bytes: &[u8]) -> Result<WRecord, StorageError> {
+    WRecord::decode(bytes).map_err(|e| StorageError::corrupt("kv record", e.to_string()))
+}
+
 fn malformed() -> Error {
     Error::InvalidRequest {
         reason: InvalidRequest::Malformed,
@@ -111,6 +118,37 @@ struct Rev {
 
 fn cost(key: &[u8], value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + RECORD_OVERHEAD
+}
+
+/// Writes one revision record: to the batch, the step's pending records
+/// and the index. The revision itself is not stored per write: on open it
+/// is the newest record's, or what compaction last wrote (see `reload`),
+/// so a step of many writes costs no extra store key.
+fn write_record(
+    index: &mut BTreeMap<Vec<u8>, Vec<Rev>>,
+    pending: &mut BTreeMap<(i64, i64), Vec<u8>>,
+    used_bytes: &mut u64,
+    w: &mut Writer<'_>,
+    rec: RecordRef<'_>,
+) {
+    let c = cost(rec.key, rec.value);
+    let rev = Rev {
+        main: w.main,
+        sub: w.sub,
+        cost: c,
+        tombstone: rec.tombstone,
+    };
+    match index.get_mut(rec.key) {
+        Some(revs) => revs.push(rev),
+        None => {
+            index.insert(rec.key.to_vec(), vec![rev]);
+        }
+    }
+    let bytes = rec.encode();
+    w.batch.put(record_key(w.main, w.sub), bytes.clone());
+    pending.insert((w.main, w.sub), bytes);
+    *used_bytes += c;
+    w.sub += 1;
 }
 
 /// etcd's rule for one transaction: a branch may not put a key twice nor
@@ -202,7 +240,8 @@ pub struct MvccMachine<S: StateStore + ?Sized> {
     store: Arc<S>,
     index: BTreeMap<Vec<u8>, Vec<Rev>>,
     live: BTreeMap<Vec<u8>, KeyValue>,
-    pending: BTreeMap<(i64, i64), WRecord>,
+    /// The current step's records, encoded as in the batch.
+    pending: BTreeMap<(i64, i64), Vec<u8>>,
     revision: i64,
     compact_revision: i64,
     used_bytes: u64,
@@ -284,12 +323,17 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             read_i64(&*self.store, META_COMPACT, "kv compact revision")?.unwrap_or(0);
         let mut err = None;
         let (index, live, used) = (&mut self.index, &mut self.live, &mut self.used_bytes);
+        // Writes do not store the revision (see `write_record`): it is the
+        // newest record's, unless compaction removed that record, and
+        // compaction stores the revision it ran at.
+        let mut newest = 0;
         self.store
             .scan(RECORD_PREFIX, Some(RECORD_END), &mut |k, v| {
                 let Some((main, sub)) = parse_record_key(k) else {
                     err = Some(StorageError::corrupt("kv record key", "not 16 bytes"));
                     return false;
                 };
+                newest = newest.max(main);
                 let rec = match WRecord::decode(v) {
                     Ok(r) => r,
                     Err(e) => {
@@ -325,6 +369,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         if let Some(e) = err {
             return Err(e);
         }
+        self.revision = self.revision.max(newest);
         self.reload_leases()
     }
 
@@ -454,8 +499,10 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         }
         // The step not yet committed: its records are not in the store yet.
         if records.len() < max_events {
-            for (&rev, rec) in self.pending.range((from, 0)..(covered + 1, 0)) {
-                records.entry(rev).or_insert_with(|| rec.clone());
+            for (&rev, bytes) in self.pending.range((from, 0)..(covered + 1, 0)) {
+                if let std::collections::btree_map::Entry::Vacant(e) = records.entry(rev) {
+                    e.insert(decode_record(bytes)?);
+                }
             }
         }
         let mut events = Vec::with_capacity(records.len());
@@ -541,16 +588,12 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 self.check_put(&p)?;
                 self.check_quota(cost(&p.key, &p.value), quota)?;
                 let mut w = self.writer(batch);
-                let r = self.put(&p, &mut w);
-                self.finish(w);
-                Ok(r)
+                Ok(self.put(p, &mut w))
             }
             WCommandOp::Delete(d) => {
                 let d: DeleteRequest = d.try_into()?;
                 let mut w = self.writer(batch);
-                let r = self.delete(&d, &mut w);
-                self.finish(w);
-                Ok(r)
+                Ok(self.delete(&d, &mut w))
             }
             WCommandOp::Txn(t) => {
                 let t: TxnRequest = t.try_into()?;
@@ -562,7 +605,6 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 self.check_quota(put_cost, quota)?;
                 let mut w = self.writer(batch);
                 let mut reply = self.txn(&t, &mut path.into_iter(), &mut Some(&mut w))?;
-                self.finish(w);
                 set_revision(&mut reply, self.revision);
                 Ok(Reply::Txn(reply))
             }
@@ -622,12 +664,10 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         let mut w = self.writer(batch);
         for (i, key) in keys.into_iter().enumerate() {
             if i == 1 && self.split_lease_deletes {
-                self.finish(w);
                 w = self.writer(batch);
             }
             self.delete(&DeleteRequest::new(KeyRange::Key(key)), &mut w);
         }
-        self.finish(w);
         self.leases.remove(&id);
         batch.delete(lease_key(id));
         self.lease_changes.push(LeaseChange::Revoked(id));
@@ -641,13 +681,6 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             batch,
             main: self.revision + 1,
             sub: 0,
-        }
-    }
-
-    fn finish(&mut self, w: Writer<'_>) {
-        if w.sub > 0 {
-            w.batch
-                .put(META_REVISION.to_vec(), self.revision.to_be_bytes().to_vec());
         }
     }
 
@@ -702,69 +735,108 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         })
     }
 
-    fn write_record(&mut self, w: &mut Writer<'_>, rec: WRecord) {
-        // From the first write on, the command's revision is current: a
-        // transaction's reads at revision 0 see its own writes, reads at an
-        // explicit earlier revision see history (as in etcd).
+    fn write_record(&mut self, w: &mut Writer<'_>, rec: RecordRef<'_>) {
         self.revision = w.main;
-        let c = cost(&rec.key, &rec.value);
-        w.batch.put(record_key(w.main, w.sub), rec.encode_to_vec());
-        self.index.entry(rec.key.clone()).or_default().push(Rev {
-            main: w.main,
-            sub: w.sub,
-            cost: c,
-            tombstone: rec.tombstone,
-        });
-        self.pending.insert((w.main, w.sub), rec);
-        self.used_bytes += c;
-        w.sub += 1;
+        write_record(
+            &mut self.index,
+            &mut self.pending,
+            &mut self.used_bytes,
+            w,
+            rec,
+        );
     }
 
-    fn put(&mut self, p: &PutRequest, w: &mut Writer<'_>) -> Reply {
-        let prev = self.live.get(&p.key).cloned();
-        let kv = KeyValue {
-            key: p.key.clone(),
-            create_revision: prev.as_ref().map_or(w.main, |kv| kv.create_revision),
-            mod_revision: w.main,
-            version: prev.as_ref().map_or(1, |kv| kv.version + 1),
-            value: match (&prev, p.ignore_value) {
-                (Some(prev), true) => prev.value.clone(),
-                _ => p.value.clone(),
-            },
-            lease: match (&prev, p.ignore_lease) {
-                (Some(prev), true) => prev.lease,
-                _ => p.lease,
-            },
+    fn put(&mut self, p: PutRequest, w: &mut Writer<'_>) -> Reply {
+        let PutRequest {
+            key,
+            value,
+            lease,
+            prev_kv: want_prev,
+            ignore_value,
+            ignore_lease,
+            ..
+        } = p;
+        self.revision = w.main;
+        let MvccMachine {
+            live,
+            index,
+            pending,
+            used_bytes,
+            leases,
+            observer,
+            step_events,
+            ..
+        } = self;
+        // The live entry is replaced in place; the old one moves out, not
+        // copied (it is the reply's and the event's `prev_kv`).
+        let (cur, prev): (&KeyValue, Option<KeyValue>) = match live.get_mut(&key) {
+            Some(cur) => {
+                let next = KeyValue {
+                    key,
+                    create_revision: cur.create_revision,
+                    mod_revision: w.main,
+                    version: cur.version + 1,
+                    value: if ignore_value {
+                        cur.value.clone()
+                    } else {
+                        value
+                    },
+                    lease: if ignore_lease { cur.lease } else { lease },
+                };
+                let prev = std::mem::replace(cur, next);
+                (&*cur, Some(prev))
+            }
+            None => {
+                let kv = KeyValue {
+                    key: key.clone(),
+                    create_revision: w.main,
+                    mod_revision: w.main,
+                    version: 1,
+                    value,
+                    lease,
+                };
+                (&*live.entry(key).or_insert(kv), None)
+            }
         };
-        self.write_record(
+        write_record(
+            index,
+            pending,
+            used_bytes,
             w,
-            WRecord {
-                key: kv.key.clone(),
-                value: kv.value.clone(),
-                create_revision: kv.create_revision,
-                version: kv.version,
-                lease: kv.lease.0,
+            RecordRef {
+                key: &cur.key,
+                value: &cur.value,
+                create_revision: cur.create_revision,
+                version: cur.version,
+                lease: cur.lease.0,
                 tombstone: false,
             },
         );
         let old_lease = prev.as_ref().map_or(LeaseId::NONE, |kv| kv.lease);
-        if old_lease != kv.lease {
-            self.detach(old_lease, &kv.key);
-            if let Some(lease) = self.leases.get_mut(&kv.lease) {
-                lease.keys.insert(kv.key.clone());
+        if old_lease != cur.lease {
+            if let Some(l) = leases.get_mut(&old_lease) {
+                l.keys.remove(&cur.key);
+            }
+            if let Some(l) = leases.get_mut(&cur.lease) {
+                l.keys.insert(cur.key.clone());
             }
         }
-        if self.observer.is_some() {
-            self.step_events.push(WatchEvent {
+        let (event_prev, reply_prev) = match (observer.is_some(), want_prev) {
+            (true, true) => (prev.clone(), prev),
+            (true, false) => (prev, None),
+            (false, true) => (None, prev),
+            (false, false) => (None, None),
+        };
+        if observer.is_some() {
+            step_events.push(WatchEvent {
                 kind: EventKind::Put,
-                kv: kv.clone(),
-                prev_kv: prev.clone(),
+                kv: cur.clone(),
+                prev_kv: event_prev,
             });
         }
-        self.live.insert(kv.key.clone(), kv);
         Reply::Put {
             revision: w.main,
-            prev_kv: if p.prev_kv { prev } else { None },
+            prev_kv: reply_prev,
         }
     }
 
@@ -792,10 +864,13 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             }
             self.write_record(
                 w,
-                WRecord {
-                    key: key.clone(),
+                RecordRef {
+                    key,
+                    value: &[],
+                    create_revision: 0,
+                    version: 0,
+                    lease: 0,
                     tombstone: true,
-                    ..WRecord::default()
                 },
             );
         }
@@ -889,7 +964,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         let mut responses = Vec::with_capacity(branch.len());
         for op in branch {
             let r = match (op, w.as_deref_mut()) {
-                (TxnOp::Put(p), Some(w)) => self.put(p, w),
+                (TxnOp::Put(p), Some(w)) => self.put(p.clone(), w),
                 (TxnOp::Delete(d), Some(w)) => self.delete(d, w),
                 (TxnOp::Put(_) | TxnOp::Delete(_), None) => return Err(malformed()),
                 (TxnOp::Range(r), _) => Reply::Range(self.range(r)?),
@@ -1004,7 +1079,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
 
     fn record(&self, main: i64, sub: i64) -> Result<KeyValue, Error> {
         let rec = match self.pending.get(&(main, sub)) {
-            Some(r) => r.clone(),
+            Some(bytes) => decode_record(bytes)?,
             None => {
                 let bytes = self.store.get(&record_key(main, sub))?.ok_or_else(|| {
                     StorageError::corrupt(
@@ -1012,8 +1087,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                         format!("revision {main}.{sub} is indexed but not stored"),
                     )
                 })?;
-                WRecord::decode(bytes.as_slice())
-                    .map_err(|e| StorageError::corrupt("kv record", e.to_string()))?
+                decode_record(&bytes)?
             }
         };
         Ok(KeyValue {
@@ -1041,6 +1115,9 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         self.compact_revision = revision;
         self.step_compacted = true;
         batch.put(META_COMPACT.to_vec(), revision.to_be_bytes().to_vec());
+        // The newest record may be a tombstone that this removes: the
+        // revision must survive it (see `reload`).
+        batch.put(META_REVISION.to_vec(), self.revision.to_be_bytes().to_vec());
         let mut freed = 0;
         let pending = &mut self.pending;
         self.index.retain(|_, revs| {

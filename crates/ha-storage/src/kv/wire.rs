@@ -78,6 +78,68 @@ pub(crate) struct WRecord {
     pub(crate) tombstone: bool,
 }
 
+/// The fields of a [`WRecord`], borrowed: encoded without copying the key
+/// and value into a `WRecord` first (the apply path writes one per put).
+pub(crate) struct RecordRef<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) value: &'a [u8],
+    pub(crate) create_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) lease: i64,
+    pub(crate) tombstone: bool,
+}
+
+impl RecordRef<'_> {
+    /// The same bytes as `WRecord::encode_to_vec` of these fields (proto3:
+    /// fields at their default are left out).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let bytes_len = |b: &[u8]| {
+            if b.is_empty() {
+                0
+            } else {
+                1 + encoded_len_varint(b.len() as u64) + b.len()
+            }
+        };
+        let int_len = |v: i64| {
+            if v == 0 {
+                0
+            } else {
+                1 + encoded_len_varint(v as u64)
+            }
+        };
+        let len = bytes_len(self.key)
+            + bytes_len(self.value)
+            + int_len(self.create_revision)
+            + int_len(self.version)
+            + int_len(self.lease)
+            + if self.tombstone { 2 } else { 0 };
+        let mut buf = Vec::with_capacity(len);
+        for (tag, b) in [(1, self.key), (2, self.value)] {
+            if !b.is_empty() {
+                encode_key(tag, WireType::LengthDelimited, &mut buf);
+                encode_varint(b.len() as u64, &mut buf);
+                buf.extend_from_slice(b);
+            }
+        }
+        for (tag, v) in [
+            (3, self.create_revision),
+            (4, self.version),
+            (5, self.lease),
+        ] {
+            if v != 0 {
+                encode_key(tag, WireType::Varint, &mut buf);
+                encode_varint(v as u64, &mut buf);
+            }
+        }
+        if self.tombstone {
+            encode_key(6, WireType::Varint, &mut buf);
+            encode_varint(1, &mut buf);
+        }
+        buf
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct WKeyRange {
     /// 1 key, 2 prefix, 3 [start, end), 4 from.
