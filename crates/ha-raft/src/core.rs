@@ -421,6 +421,49 @@ impl<L: LogStore> Core<L> {
         self.issue_reads(now, out);
     }
 
+    /// How many of the coming ticks would only advance raft's counters:
+    /// nothing waits on a deadline, no read or lease renewal is due, no
+    /// membership work or leader transfer is under way, and the next
+    /// election timeout (follower), heartbeat or quorum check (leader) is
+    /// further away. The shell sleeps through that many ticks when idle
+    /// and replays them from the clock when it wakes ([`Core::tick`] for
+    /// each, before it handles what woke it), so that an idle member wakes
+    /// for heartbeats instead of every tick while raft's timing stays the
+    /// same. 0 for candidates and whenever anything is pending.
+    pub(crate) fn quiet_ticks(&self, now: Instant) -> usize {
+        let lease_wanted = self
+            .lease_wanted
+            .is_some_and(|t| now.saturating_duration_since(t) < self.lease_duration());
+        if !self.pending.is_empty()
+            || !self.waiting.is_empty()
+            || !self.queued_reads.is_empty()
+            || !self.inflight_reads.is_empty()
+            || !self.conf_ops.is_empty()
+            || lease_wanted
+            || self.bugs != Bugs::default()
+        {
+            return 0;
+        }
+        let raft = &self.raw.raft;
+        match raft.state {
+            StateRole::Follower => raft
+                .randomized_election_timeout()
+                .saturating_sub(raft.election_elapsed + 1),
+            StateRole::Leader
+                if raft.lead_transferee.is_none() && self.conf_state.learners.is_empty() =>
+            {
+                let beat = raft
+                    .heartbeat_timeout()
+                    .saturating_sub(raft.heartbeat_elapsed() + 1);
+                let quorum = raft
+                    .election_timeout()
+                    .saturating_sub(raft.election_elapsed + 1);
+                beat.min(quorum)
+            }
+            _ => 0,
+        }
+    }
+
     /// Steps a message from a peer; `now` is the clock as it is handled.
     pub(crate) fn step(&mut self, msg: Message, now: Instant) {
         if msg.msg_type == MessageType::MsgSnapshot as i32 {
@@ -1881,10 +1924,8 @@ mod tests {
     /// a member elected during a joint change that removes it applies its
     /// own removal as leader; raft-rs keeps it leading and panics on the
     /// next append response. It must step down.
-    #[test]
-    fn a_leader_that_applies_its_own_removal_steps_down() {
-        let now = Instant::now();
-        let mut core = fresh_core();
+    /// Makes member 1 of `fresh_core` leader with member 2's votes.
+    fn elect(core: &mut Core<MemLogStore>, now: Instant) {
         core.campaign().expect("campaign");
         for _ in 0..2 {
             let (t, term) = match core.raw.raft.state {
@@ -1906,6 +1947,13 @@ mod tests {
                 now,
             );
         }
+    }
+
+    #[test]
+    fn a_leader_that_applies_its_own_removal_steps_down() {
+        let now = Instant::now();
+        let mut core = fresh_core();
+        elect(&mut core, now);
         assert!(core.is_leader(), "member 1 leads");
         let cc = ConfChangeV2 {
             changes: vec![ConfChangeSingle {
@@ -1938,6 +1986,58 @@ mod tests {
             },
             now,
         );
+    }
+
+    /// The shell sleeps through `quiet_ticks` when idle: those ticks must
+    /// be exactly the ones that change nothing but counters, so that the
+    /// tick after them still campaigns (follower) or beats (leader) on time.
+    #[test]
+    fn quiet_ticks_end_just_before_the_tick_that_acts() {
+        let now = Instant::now();
+        let mut out = Outbox::default();
+        let mut core = fresh_core();
+        let quiet = core.quiet_ticks(now);
+        assert!(
+            quiet >= 20,
+            "an idle follower sleeps most of its timeout: {quiet}"
+        );
+        for _ in 0..quiet {
+            core.tick(now, &mut out);
+            assert_eq!(core.raw.raft.state, StateRole::Follower, "campaigned early");
+        }
+        assert_eq!(core.quiet_ticks(now), 0, "the next tick is the timeout");
+        core.tick(now, &mut out);
+        assert_ne!(
+            core.raw.raft.state,
+            StateRole::Follower,
+            "the tick after the quiet ones campaigns"
+        );
+
+        // A leader: quiet until the heartbeat tick.
+        let mut core = fresh_core();
+        elect(&mut core, now);
+        assert!(core.is_leader());
+        let beats = |core: &Core<MemLogStore>| {
+            core.raw
+                .raft
+                .msgs
+                .iter()
+                .filter(|m| m.msg_type() == MessageType::MsgHeartbeat)
+                .count()
+        };
+        core.raw.raft.msgs.clear();
+        let quiet = core.quiet_ticks(now);
+        assert_eq!(quiet, core.cfg.heartbeat_tick - 1);
+        for _ in 0..quiet {
+            core.tick(now, &mut out);
+            assert_eq!(beats(&core), 0, "a quiet tick sent a heartbeat");
+        }
+        core.tick(now, &mut out);
+        assert_eq!(beats(&core), 2, "the tick after the quiet ones beats");
+
+        // Anything waiting on the clock: no quiet ticks.
+        core.read(1, now + Duration::from_secs(1));
+        assert_eq!(core.quiet_ticks(now), 0, "a queued read must be ticked for");
     }
 
     fn vote_request(context: &[u8]) -> Message {

@@ -125,10 +125,13 @@ impl<L: LogStore> RaftThread<L> {
         let interval = self.shared.cfg.tick_interval;
         let warn_lag = self.shared.cfg.tick_lag_warn;
         let mut next_tick = Instant::now() + interval;
+        // Ticks the coming sleep may pass through (`Core::quiet_ticks`).
+        let mut quiet = 0usize;
         let mut out = Outbox::default();
         let mut exit_error: Option<Error> = None;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            let wake_at = next_tick + interval * u32::try_from(quiet).unwrap_or(u32::MAX);
+            let wait = wake_at.saturating_duration_since(Instant::now());
             let first = match self.rx.recv_timeout(wait) {
                 Ok(i) => Some(i),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -137,6 +140,18 @@ impl<L: LogStore> RaftThread<L> {
             let turn = catch_unwind(AssertUnwindSafe(|| -> Result<bool, Error> {
                 let now = Instant::now();
                 let mut stop = false;
+                // The quiet ticks that fell due while this thread slept come
+                // first, before whatever woke it: raft sees the same ticks,
+                // in the same order with its messages, as if it had woken
+                // for each. Never more than were planned, so a thread that
+                // could not keep time still gets one late tick, not a burst.
+                let mut ticked = false;
+                while quiet > 0 && now >= next_tick {
+                    self.core.tick(now, &mut out);
+                    next_tick += interval;
+                    quiet -= 1;
+                    ticked = true;
+                }
                 if let Some(input) = first {
                     stop |= self.handle(input, now, &mut out)?;
                 }
@@ -147,7 +162,6 @@ impl<L: LogStore> RaftThread<L> {
                     }
                 }
                 let now = Instant::now();
-                let mut ticked = false;
                 if now >= next_tick {
                     // Delay semantics: a late tick is one tick, never a burst.
                     let lag = now - next_tick;
@@ -179,6 +193,7 @@ impl<L: LogStore> RaftThread<L> {
                 if ticked || out.leader_changed.is_some() {
                     self.shared.publish_status(self.core.status());
                 }
+                quiet = self.core.quiet_ticks(now);
                 Ok(stop)
             }));
             match turn {
@@ -221,6 +236,7 @@ impl<L: LogStore> RaftThread<L> {
         let last = exit_error.unwrap_or(Error::Shutdown);
         self.shared.waiters.fail_everything(&last);
         let _ = self.apply_tx.send(ApplyTask::Stop);
+        self.shared.snapshots.detach_builder();
     }
 
     /// Returns true when the thread should stop.
@@ -707,15 +723,11 @@ pub(crate) fn run_builder<S: StateStore + ?Sized>(
     rx: Receiver<()>,
     shared: Arc<Shared>,
 ) {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(()) => {
-                if let Err(e) = shared.snapshots.build(&*state) {
-                    tracing::warn!(node = %shared.id, error = %e, "building a snapshot failed; raft will ask again");
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+    // Blocks until asked: the raft thread drops the sender when it stops
+    // (`Snapshots::detach_builder`), which ends this loop.
+    while rx.recv().is_ok() {
+        if let Err(e) = shared.snapshots.build(&*state) {
+            tracing::warn!(node = %shared.id, error = %e, "building a snapshot failed; raft will ask again");
         }
         if shared.killed.load(Ordering::Relaxed)
             || shared.state.load(Ordering::SeqCst) != super::RUNNING

@@ -154,6 +154,12 @@ impl Snapshots {
         *self.builder.lock() = Some(tx);
     }
 
+    /// Drops the builder thread's request channel: the thread sees it
+    /// disconnected and ends (called when the raft thread stops).
+    pub(crate) fn detach_builder(&self) {
+        self.builder.lock().take();
+    }
+
     /// For raft's `Storage::snapshot`: the latest built snapshot when it is
     /// at least `request_index` and the log still holds the entries after
     /// it (`first_index`); otherwise a build is requested and `None`
