@@ -376,6 +376,32 @@ async fn the_link_proxy_passes_blackholes_refuses_and_delays() {
     );
 }
 
+/// `ha-bench chaos` arguments for a short test run: 3 members, 4 writers
+/// and 2 readers, the test's own ha-node, the history in `dir`.
+fn chaos_args(
+    dir: &tempfile::TempDir,
+    seconds: u32,
+    seed: u64,
+    (interval_min_ms, interval_max_ms): (u64, u64),
+    max_replaces: Option<u64>,
+    faults: Vec<FaultKind>,
+) -> ha_examples::bench::chaos::Args {
+    ha_examples::bench::chaos::Args {
+        minutes: f64::from(seconds) / 60.0,
+        members: 3,
+        writers: 4,
+        readers: 2,
+        seed,
+        interval_min_ms,
+        interval_max_ms,
+        op_timeout_ms: 2_000,
+        history_out: Some(dir.path().join("chaos.history.jsonl")),
+        node_bin: Some(env!("CARGO_BIN_EXE_ha-node").into()),
+        max_replaces,
+        faults,
+    }
+}
+
 /// `ha-bench chaos` for 20 seconds, faults every 4–6 s: it completes with
 /// no acknowledged write lost, a history the simulator's checker finds
 /// linearizable, and equal replicas. A smoke test of the benchmark's
@@ -385,20 +411,7 @@ async fn the_link_proxy_passes_blackholes_refuses_and_delays() {
 async fn a_short_chaos_run_loses_no_acknowledged_write_and_stays_linearizable() {
     one_at_a_time(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let args = ha_examples::bench::chaos::Args {
-            minutes: 20.0 / 60.0,
-            members: 3,
-            writers: 4,
-            readers: 2,
-            seed: 7,
-            interval_min_ms: 4_000,
-            interval_max_ms: 6_000,
-            op_timeout_ms: 2_000,
-            history_out: Some(dir.path().join("chaos.history.jsonl")),
-            node_bin: Some(env!("CARGO_BIN_EXE_ha-node").into()),
-            max_replaces: None,
-            faults: FaultKind::ALL.to_vec(),
-        };
+        let args = chaos_args(&dir, 20, 7, (4_000, 6_000), None, FaultKind::ALL.to_vec());
         let r = ha_examples::bench::chaos::chaos(&args)
             .await
             .expect("chaos run");
@@ -440,20 +453,14 @@ async fn a_short_chaos_run_loses_no_acknowledged_write_and_stays_linearizable() 
 async fn a_chaos_run_replacing_members_and_slowing_disks_loses_nothing() {
     one_at_a_time(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let args = ha_examples::bench::chaos::Args {
-            minutes: 22.0 / 60.0,
-            members: 3,
-            writers: 4,
-            readers: 2,
-            seed: 3,
-            interval_min_ms: 3_000,
-            interval_max_ms: 4_000,
-            op_timeout_ms: 2_000,
-            history_out: Some(dir.path().join("chaos.history.jsonl")),
-            node_bin: Some(env!("CARGO_BIN_EXE_ha-node").into()),
-            max_replaces: Some(3),
-            faults: vec![FaultKind::Replace, FaultKind::SlowDisk],
-        };
+        let args = chaos_args(
+            &dir,
+            22,
+            3,
+            (3_000, 4_000),
+            Some(3),
+            vec![FaultKind::Replace, FaultKind::SlowDisk],
+        );
         let r = ha_examples::bench::chaos::chaos(&args)
             .await
             .expect("chaos run");

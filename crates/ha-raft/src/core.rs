@@ -431,15 +431,12 @@ impl<L: LogStore> Core<L> {
     /// for heartbeats instead of every tick while raft's timing stays the
     /// same. 0 for candidates and whenever anything is pending.
     pub(crate) fn quiet_ticks(&self, now: Instant) -> usize {
-        let lease_wanted = self
-            .lease_wanted
-            .is_some_and(|t| now.saturating_duration_since(t) < self.lease_duration());
         if !self.pending.is_empty()
             || !self.waiting.is_empty()
             || !self.queued_reads.is_empty()
             || !self.inflight_reads.is_empty()
             || !self.conf_ops.is_empty()
-            || lease_wanted
+            || self.lease_in_use(now)
             || self.bugs != Bugs::default()
         {
             return 0;
@@ -654,6 +651,13 @@ impl<L: LogStore> Core<L> {
         self.lease_wanted = Some(self.lease_wanted.map_or(now, |t| t.max(now)));
     }
 
+    /// A lease read came in within the last lease length: renewal rounds
+    /// keep the lease while this holds.
+    fn lease_in_use(&self, now: Instant) -> bool {
+        self.lease_wanted
+            .is_some_and(|t| now.saturating_duration_since(t) < self.lease_duration())
+    }
+
     /// When this leader's read lease runs out (on its own clock), if it holds
     /// one. The simulator watches it to time a partition right after a
     /// round was acknowledged.
@@ -701,9 +705,7 @@ impl<L: LogStore> Core<L> {
         self.is_leader()
             && !self.bugs.raft_lease_based
             && self.transfer_term != Some(term)
-            && self
-                .lease_wanted
-                .is_some_and(|t| now.saturating_duration_since(t) < len)
+            && self.lease_in_use(now)
             && self.lease.is_none_or(|l| {
                 let heartbeat = self.cfg.tick_interval * self.cfg.heartbeat_tick as u32;
                 l.term != term || l.until.saturating_duration_since(now) + heartbeat < len
