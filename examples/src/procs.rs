@@ -687,6 +687,26 @@ impl Cluster {
         drop(self.procs.remove(&id));
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`, ...) to member `id`'s process:
+    /// `-STOP` leaves it alive but answering nothing, like a stalled VM.
+    ///
+    /// # Errors
+    /// The member is not running, or `kill` failed.
+    pub fn signal(&self, id: u64, sig: &str) -> std::io::Result<()> {
+        let pid = self
+            .procs
+            .get(&id)
+            .ok_or_else(|| std::io::Error::other(format!("member {id} is not running")))?
+            .child
+            .id()
+            .to_string();
+        let status = Command::new("kill").args([sig, &pid]).status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("kill {sig} {pid} failed")));
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then waits for the process to exit; returns whether it
     /// exited successfully.
     pub async fn terminate(&mut self, id: u64) -> bool {

@@ -628,3 +628,51 @@ async fn sigkill_of_the_member_a_client_talks_to_loses_no_acknowledged_write() {
     })
     .await;
 }
+
+/// A member that stops answering (SIGSTOP: alive, silent, like a stalled
+/// VM) costs each client talking to it the call in flight, not every call
+/// until it wakes: the next call starts at another member. Before, a
+/// client kept going back to the member it last heard from, and in the
+/// chaos benchmark every writer ended up waiting on one paused follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_costs_its_clients_the_call_in_flight_not_the_next_ones() {
+    one_at_a_time(async {
+        let c = start().await;
+        let leader = c.healthy().await;
+        let follower = (1..=3).find(|&m| m != leader).expect("a follower");
+        let others: Vec<u64> = (1..=3).filter(|&m| m != follower).collect();
+        let kv = remote(&c, &[follower, others[0], others[1]]);
+        let first = kv
+            .put(PutRequest::new("p/0", "v"), opts())
+            .await
+            .expect("put through the first member");
+        assert_eq!(
+            first.header.member_id.0, follower,
+            "the first configured member answers first"
+        );
+
+        c.signal(follower, "-STOP").expect("SIGSTOP");
+        let short = KvOptions::default().with_timeout(Duration::from_millis(800));
+        match kv.put(PutRequest::new("p/1", "v"), short).await {
+            Err(Error::OutcomeUnknown { .. }) => {}
+            other => panic!("a put to a paused member must end unknown, got {other:?}"),
+        }
+        // Calls after it go to the live members: each of these would end
+        // unknown after 800 ms if it waited on the paused one.
+        for i in 2..12 {
+            let r = kv
+                .put(PutRequest::new(format!("p/{i}"), "v"), short)
+                .await
+                .unwrap_or_else(|e| panic!("put {i} while member {follower} is paused: {e:?}"));
+            assert_ne!(r.header.member_id.0, follower);
+        }
+        let read = kv
+            .get(b"p/11".to_vec(), short)
+            .await
+            .expect("a read while the member is paused");
+        assert_eq!(read.map(|kv| kv.value), Some(b"v".to_vec()));
+        c.signal(follower, "-CONT").expect("SIGCONT");
+        c.healthy().await;
+    })
+    .await;
+}

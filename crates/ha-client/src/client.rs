@@ -11,6 +11,7 @@ use ha_core::{
     LeaseRevokeResponse, LeaseTimeToLiveResponse, NodeId, PutRequest, PutResponse, RangeRequest,
     RangeResponse, Result, TxnRequest, TxnResponse, UnknownCause, WatchRequest, WatchStream,
 };
+use rand::seq::SliceRandom;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -46,9 +47,16 @@ impl std::fmt::Debug for RemoteKv {
 
 pub(crate) struct Inner {
     endpoints: Vec<Endpoint>,
+    /// The order calls try the members in (indexes into `endpoints`): the
+    /// first configured member first, the others shuffled once per client,
+    /// so that clients leaving one member spread over the others rather
+    /// than all moving to the next one listed. Positions in this order are
+    /// what the rest of the client calls an endpoint.
+    order: Vec<usize>,
     pub(crate) http: reqwest::Client,
     pub(crate) timeout: Duration,
-    /// The member that answered last: calls start there.
+    /// The member that answered last (a position in `order`): calls start
+    /// there, until it fails to answer one in time.
     preferred: AtomicUsize,
 }
 
@@ -116,6 +124,10 @@ impl RemoteKv {
     }
 
     pub(crate) fn new(bases: Vec<String>, http: reqwest::Client, timeout: Duration) -> Self {
+        let mut order: Vec<usize> = (0..bases.len()).collect();
+        if let Some(rest) = order.get_mut(1..) {
+            rest.shuffle(&mut rand::thread_rng());
+        }
         RemoteKv {
             inner: Arc::new(Inner {
                 endpoints: bases
@@ -125,6 +137,7 @@ impl RemoteKv {
                         member: AtomicU64::new(0),
                     })
                     .collect(),
+                order,
                 http,
                 timeout,
                 preferred: AtomicUsize::new(0),
@@ -146,8 +159,13 @@ impl RemoteKv {
         self.inner.timeout
     }
 
+    /// The endpoint at position `i` of this client's order.
+    fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.inner.endpoints[self.inner.order[i]]
+    }
+
     pub(crate) fn base(&self, i: usize) -> &str {
-        &self.inner.endpoints[i].base
+        &self.endpoint(i).base
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -161,24 +179,31 @@ impl RemoteKv {
     pub(crate) fn answered(&self, i: usize, member: u64) {
         self.inner.preferred.store(i, Ordering::Relaxed);
         if member != 0 {
-            self.inner.endpoints[i]
-                .member
-                .store(member, Ordering::Relaxed);
+            self.endpoint(i).member.store(member, Ordering::Relaxed);
         }
     }
 
+    /// The member at `i` did not answer a call in time (paused, cut off,
+    /// or without a quorum): later calls start at the next one instead of
+    /// waiting on it again. The failed call's own outcome is unchanged.
+    pub(crate) fn avoid(&self, i: usize) {
+        let _ = self.inner.preferred.compare_exchange(
+            i,
+            (i + 1) % self.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     pub(crate) fn member_of(&self, i: usize) -> Option<NodeId> {
-        match self.inner.endpoints[i].member.load(Ordering::Relaxed) {
+        match self.endpoint(i).member.load(Ordering::Relaxed) {
             0 => None,
             m => Some(NodeId(m)),
         }
     }
 
     fn endpoint_of(&self, member: NodeId) -> Option<usize> {
-        self.inner
-            .endpoints
-            .iter()
-            .position(|e| e.member.load(Ordering::Relaxed) == member.0)
+        (0..self.len()).find(|&i| self.endpoint(i).member.load(Ordering::Relaxed) == member.0)
     }
 
     /// The pause after every member was tried once without an answer.
@@ -225,7 +250,12 @@ impl RemoteKv {
             };
             tried += 1;
             i = match next {
-                Next::Fail(e) => return Err(e),
+                Next::Fail(e) => {
+                    if matches!(e, Error::Timeout { .. } | Error::OutcomeUnknown { .. }) {
+                        self.avoid(i);
+                    }
+                    return Err(e);
+                }
                 Next::Elsewhere(e) => {
                     if e.is_some() {
                         last = e;
@@ -569,5 +599,50 @@ mod tests {
             matches!(e, Error::Timeout { after } if after == Duration::from_millis(300)),
             "{e:?}"
         );
+    }
+
+    fn client(n: usize) -> RemoteKv {
+        RemoteKv::new(
+            (0..n)
+                .map(|i| format!("http://127.0.0.1:{}", 9000 + i))
+                .collect(),
+            reqwest::Client::new(),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn the_first_member_comes_first_and_each_client_orders_the_rest_its_own_way() {
+        let mut orders = std::collections::BTreeSet::new();
+        for _ in 0..64 {
+            let kv = client(5);
+            let mut order = kv.inner.order.clone();
+            assert_eq!(order[0], 0, "the first configured member is tried first");
+            order.sort_unstable();
+            assert_eq!(order, vec![0, 1, 2, 3, 4], "every member, once");
+            orders.insert(kv.inner.order.clone());
+        }
+        // 24 orders of the other four; 64 clients all drawing one of them
+        // has probability 24^-63.
+        assert!(
+            orders.len() > 1,
+            "every client failed over in the same order"
+        );
+    }
+
+    #[test]
+    fn a_member_that_let_a_deadline_pass_is_not_tried_first_again() {
+        let kv = client(3);
+        assert_eq!(kv.preferred(), 0);
+        kv.avoid(0);
+        assert_eq!(kv.preferred(), 1);
+        // Another call already moved on: a late report does not move it back.
+        kv.avoid(0);
+        assert_eq!(kv.preferred(), 1);
+        kv.answered(2, 7);
+        kv.avoid(2);
+        assert_eq!(kv.preferred(), 0, "wraps around");
+        assert_eq!(kv.member_of(2), Some(NodeId(7)));
+        assert_eq!(kv.endpoint_of(NodeId(7)), Some(2));
     }
 }

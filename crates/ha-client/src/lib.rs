@@ -25,16 +25,23 @@
 //!
 //! # Failover
 //!
-//! A call goes to the member that answered last, and moves on to the next
-//! configured member only when its request provably did not apply: the
-//! connection was refused, or the member answered an error that says so
-//! (`NotLeader`, `Shutdown`, `ProposalDropped`, `Removed`). A read may
-//! also move on after a lost connection. A write whose outcome is unknown
-//! — the connection dropped after the request was sent, or the deadline
-//! passed while it was out — fails with [`ha_core::Error::OutcomeUnknown`]
-//! and is never sent again blindly. Every call has a deadline: the
-//! builder's default, or [`ha_core::KvOptions::timeout`]; retries happen
-//! within it.
+//! A call goes to the member that answered last (at first, the first one
+//! configured), and moves on to another member only when its request
+//! provably did not apply: the connection was refused, or the member
+//! answered an error that says so (`NotLeader`, `Shutdown`,
+//! `ProposalDropped`, `Removed`). A read may also move on after a lost
+//! connection. A write whose outcome is unknown — the connection dropped
+//! after the request was sent, or the deadline passed while it was out —
+//! fails with [`ha_core::Error::OutcomeUnknown`] and is never sent again
+//! blindly. Every call has a deadline: the builder's default, or
+//! [`ha_core::KvOptions::timeout`]; retries happen within it.
+//!
+//! A member that lets a call's deadline pass (paused, cut off from the
+//! group, or in a minority) is not tried first again: the next call starts
+//! at another member. Each client tries the members after the first in an
+//! order of its own (shuffled when it is built), so that the clients of a
+//! member that fails spread over the others instead of all moving to the
+//! same one.
 //!
 //! # Wire format
 //!

@@ -60,7 +60,12 @@ pub(crate) async fn open(kv: &RemoteKv, mut request: WatchRequest) -> Result<Wat
         let remaining = deadline - now;
         match attempt(kv, i, &body, remaining, request.start_revision).await {
             Attempt::Open(stream) => return Ok(stream),
-            Attempt::Fail(e) => return Err(e),
+            Attempt::Fail(e) => {
+                if matches!(e, Error::Timeout { .. }) {
+                    kv.avoid(i);
+                }
+                return Err(e);
+            }
             Attempt::Elsewhere(e) => {
                 if e.is_some() {
                     last = e;

@@ -23,7 +23,7 @@ use ha_core::{
     RecoveredState, SnapshotOutcome, UnknownCause,
 };
 use prost::Message as _;
-use raft::{RawNode, StateRole};
+use raft::{ProgressState, RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 
 use crate::bugs::Bugs;
@@ -191,6 +191,54 @@ struct Lease {
     until: Instant,
 }
 
+/// How the leader replicates to one member (raft's progress state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Replication {
+    /// Probing for the last entry the two logs share: one append at a
+    /// time.
+    Probe,
+    /// Streaming appends, pipelined.
+    Replicate,
+    /// Waiting for a snapshot to reach the member; no appends meanwhile.
+    Snapshot,
+}
+
+impl Replication {
+    /// A stable lowercase name (for labels and JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replication::Probe => "probe",
+            Replication::Replicate => "replicate",
+            Replication::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// The leader's view of one member's log: what etcd's raft status calls
+/// progress. A member whose `matched` stops moving while writes commit
+/// elsewhere, or that stays `paused`, is the one to look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    /// The member.
+    pub id: NodeId,
+    /// Voter (false: learner).
+    pub voter: bool,
+    /// How the leader sends to it now.
+    pub state: Replication,
+    /// Highest index known to be in its log.
+    pub matched: u64,
+    /// The next index the leader sends it.
+    pub next_index: u64,
+    /// The leader sends it nothing until it answers (raft's flow control).
+    pub paused: bool,
+    /// It answered since the last quorum check.
+    pub recent_active: bool,
+    /// The snapshot index it waits for (`Snapshot` state), else 0.
+    pub pending_snapshot: u64,
+    /// The window of appends in flight to it is full.
+    pub inflight_full: bool,
+}
+
 /// A snapshot of the core's state for `status()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CoreStatus {
@@ -204,6 +252,8 @@ pub(crate) struct CoreStatus {
     pub(crate) pending_proposals: usize,
     pub(crate) lead_transferee: Option<NodeId>,
     pub(crate) removed: bool,
+    /// The leader's progress of every other member (empty unless leader).
+    pub(crate) peers: Vec<PeerProgress>,
 }
 
 /// The engine core. See the module docs.
@@ -1506,7 +1556,41 @@ impl<L: LogStore> Core<L> {
             pending_proposals: self.pending.len(),
             lead_transferee: self.raw.raft.lead_transferee.map(NodeId),
             removed: self.removed_self,
+            peers: self.peer_progress(),
         }
+    }
+
+    /// The leader's progress of every other member, by id (empty unless
+    /// this member leads).
+    pub(crate) fn peer_progress(&self) -> Vec<PeerProgress> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let voters = self.raw.raft.prs().conf().voters();
+        let mut peers: Vec<PeerProgress> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.id.0)
+            .map(|(id, p)| PeerProgress {
+                id: NodeId(*id),
+                voter: voters.contains(*id),
+                state: match p.state {
+                    ProgressState::Probe => Replication::Probe,
+                    ProgressState::Replicate => Replication::Replicate,
+                    ProgressState::Snapshot => Replication::Snapshot,
+                },
+                matched: p.matched,
+                next_index: p.next_idx,
+                paused: p.is_paused(),
+                recent_active: p.recent_active,
+                pending_snapshot: p.pending_snapshot,
+                inflight_full: p.ins.full(),
+            })
+            .collect();
+        peers.sort_unstable_by_key(|p| p.id);
+        peers
     }
 
     /// Campaign at once (tests and single-member groups).

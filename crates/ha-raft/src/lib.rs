@@ -86,7 +86,7 @@ mod transport;
 pub use crate::bugs::{InjectedBug, InstallCrashPoint};
 pub use crate::call::CallHandler;
 pub use crate::clock::SystemClock;
-pub use crate::core::{LeaderInfo, Role};
+pub use crate::core::{LeaderInfo, PeerProgress, Replication, Role};
 pub use crate::digest::{StateDigest, state_digest};
 pub use crate::kv::{AutoCompaction, KvConfig, KvNode};
 pub use crate::latency::{LATENCY_BOUNDS_US, LATENCY_BUCKETS, Latency};

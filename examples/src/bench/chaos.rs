@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -198,6 +197,8 @@ struct Shared {
     ops: Mutex<Vec<HistoryOp>>,
     /// Acknowledged keys, for the readers.
     acked: Mutex<Vec<String>>,
+    /// When the last write was acknowledged (`now_ns`).
+    last_ack_ns: AtomicU64,
     op_timeout: Duration,
 }
 
@@ -233,6 +234,7 @@ async fn writer(kv: RemoteKv, client: u64, s: Arc<Shared>) {
         let (member, outcome, outputs) = match &r {
             Ok(p) => {
                 s.acked.lock().push(key.clone());
+                s.last_ack_ns.fetch_max(complete_ns, Ordering::Relaxed);
                 let outputs = Outputs {
                     revision: Some(p.header.revision),
                     ..Outputs::default()
@@ -338,6 +340,88 @@ async fn reader(kv: RemoteKv, client: u64, seed: u64, s: Arc<Shared>) {
     }
 }
 
+/// A stall this long (no write acknowledged) gets the members' view
+/// printed.
+const STALL_REPORT_AFTER: Duration = Duration::from_secs(1);
+
+/// Prints what every running member says (role, term, commit, and the
+/// leader's replication progress of each peer) when writes stall, at
+/// most three times a stall: what to read when availability is missed.
+async fn watch_stalls(http: reqwest::Client, urls: Vec<(u64, String)>, s: Arc<Shared>) {
+    let mut reported = 0u32;
+    while !s.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let last = s.last_ack_ns.load(Ordering::Relaxed);
+        let since = Duration::from_nanos(s.now_ns().saturating_sub(last));
+        if last == 0 || since < STALL_REPORT_AFTER {
+            reported = 0;
+            continue;
+        }
+        if reported >= 3 || since < STALL_REPORT_AFTER * (reported + 1) {
+            continue;
+        }
+        reported += 1;
+        let answers = futures::future::join_all(urls.iter().map(|(id, url)| {
+            let http = &http;
+            async move {
+                let v = async { http.get(url).send().await.ok()?.json::<Value>().await.ok() }.await;
+                (*id, v)
+            }
+        }))
+        .await;
+        let mut lines = vec![format!(
+            "{:>7.1}s  no write acknowledged for {} ms:",
+            s.start.elapsed().as_secs_f64(),
+            since.as_millis()
+        )];
+        for (id, v) in answers {
+            if let Some(v) = v {
+                lines.push(describe_member(id, &v));
+            }
+        }
+        eprintln!("{}", lines.join("\n"));
+    }
+}
+
+/// One member's status on a line, and the leader's progress of each peer.
+fn describe_member(id: u64, v: &Value) -> String {
+    let mut line = format!(
+        "           member {id}: {} term {} leader {} commit {} applied {} pending {}",
+        v["role"].as_str().unwrap_or("?"),
+        v["term"],
+        v["leader"],
+        v["commit"],
+        v["applied"],
+        v["pending_proposals"],
+    );
+    for p in v["peers"].as_array().into_iter().flatten() {
+        line.push_str(&format!(
+            "\n             peer {}{}: {} matched {} next {}{}{}{}{}",
+            p["id"],
+            if p["voter"] == true { "" } else { " (learner)" },
+            p["state"].as_str().unwrap_or("?"),
+            p["matched"],
+            p["next_index"],
+            if p["paused"] == true { " paused" } else { "" },
+            if p["recent_active"] == true {
+                ""
+            } else {
+                " inactive"
+            },
+            if p["inflight_full"] == true {
+                " inflight-full"
+            } else {
+                ""
+            },
+            match p["pending_snapshot"].as_u64() {
+                Some(i) if i > 0 => format!(" snapshot {i}"),
+                _ => String::new(),
+            },
+        ));
+    }
+    line
+}
+
 /// Member status answers, short deadline: a paused member must not hold
 /// the scheduler up.
 async fn status(http: &reqwest::Client, c: &Cluster, id: u64) -> Option<Value> {
@@ -377,21 +461,6 @@ pub(crate) async fn settled(
     }
 }
 
-fn signal(c: &Cluster, id: u64, sig: &str) -> BenchResult<()> {
-    let pid = c
-        .procs
-        .get(&id)
-        .ok_or_else(|| format!("member {id} is not running"))?
-        .child
-        .id()
-        .to_string();
-    let status = Command::new("kill").args([sig, &pid]).status()?;
-    if !status.success() {
-        return Err(format!("kill {sig} {pid} failed").into());
-    }
-    Ok(())
-}
-
 fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
     lo + rng.next() % (hi.saturating_sub(lo) + 1)
 }
@@ -405,9 +474,9 @@ async fn inject(c: &mut Cluster, kind: FaultKind, member: u64, rng: &mut Rng) ->
             c.spawn(member);
         }
         FaultKind::Pause => {
-            signal(c, member, "-STOP")?;
+            c.signal(member, "-STOP")?;
             tokio::time::sleep(Duration::from_millis(between(rng, 1_000, 4_000))).await;
-            signal(c, member, "-CONT")?;
+            c.signal(member, "-CONT")?;
         }
         FaultKind::Partition => {
             c.isolate(member, LinkMode::Blackhole);
@@ -455,9 +524,22 @@ async fn replace(c: &mut Cluster, old: u64, new: u64) -> BenchResult<()> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(
-                format!("member {new} did not become a voter within {REPLACE_WITHIN:?}").into(),
-            );
+            // What each member says, for the report: the roles it lists
+            // for the new member, and the leader's replication to it.
+            let mut views = Vec::new();
+            for &id in c.procs.keys() {
+                let role = c.listed(id, new).await.map(|m| m["role"].clone());
+                let view = match c.get(id, "/v1/status").await {
+                    Ok((_, v)) => describe_member(id, &v),
+                    Err(e) => format!("member {id}: no status: {e}"),
+                };
+                views.push(format!("{view}\n             lists {new} as {role:?}"));
+            }
+            return Err(format!(
+                "member {new} did not become a voter within {REPLACE_WITHIN:?}:\n{}",
+                views.join("\n")
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -543,6 +625,7 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
         next_id: AtomicU64::new(1),
         ops: Mutex::new(Vec::new()),
         acked: Mutex::new(Vec::new()),
+        last_ack_ns: AtomicU64::new(0),
         op_timeout: Duration::from_millis(args.op_timeout_ms),
     });
     let mut tasks = Vec::new();
@@ -558,6 +641,11 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
             s.clone(),
         )));
     }
+    let urls: Vec<(u64, String)> = order
+        .iter()
+        .map(|&id| (id, c.url(id, "/v1/status")))
+        .collect();
+    let watch = tokio::spawn(watch_stalls(http.clone(), urls, s.clone()));
 
     let mut rng = Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut faults: Vec<Fault> = Vec::new();
@@ -655,6 +743,7 @@ pub async fn chaos(args: &Args) -> BenchResult<Report> {
     for t in tasks {
         t.await?;
     }
+    watch.await?;
 
     // The final read: every acknowledged key, one linearizable range.
     settled(&http, &c, settle).await?;

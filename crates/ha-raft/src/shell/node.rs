@@ -29,7 +29,7 @@ use crate::apply::{Applier, bootstrap_meta, load_meta};
 use crate::bugs::{Bugs, CrashSwitch, InjectedBug, InstallCrashPoint};
 use crate::call::{CallHandler, Calls};
 use crate::codec::{ConfContext, MemberRecord};
-use crate::core::{Core, CoreStatus, LeaderInfo, Role};
+use crate::core::{Core, CoreStatus, LeaderInfo, PeerProgress, Role};
 use crate::latency::Latency;
 use crate::logging::raft_logger;
 use crate::membership::{MemberChange, MemberSet, Membership};
@@ -109,6 +109,9 @@ pub struct Status {
     pub fatal: Option<Error>,
     /// This member was removed from the group.
     pub removed: bool,
+    /// As leader: how it replicates to each other member, by id (empty
+    /// on other members).
+    pub peers: Vec<PeerProgress>,
 }
 
 /// Counters of one member's engine.
@@ -966,6 +969,7 @@ impl Node {
             ),
             fatal: self.shared.fatal.lock().clone(),
             removed: s.removed,
+            peers: s.peers,
         }
     }
 
