@@ -287,6 +287,8 @@ pub(crate) struct Core<L: LogStore> {
     heartbeat_responses: usize,
     /// Persist tasks handed out and not yet reported durable.
     persisting: usize,
+    /// The last compaction point handed out (`compaction_due`).
+    compaction_asked: u64,
     leader: LeaderInfo,
     /// raft-rs draws election timeouts from the thread's RNG; the core
     /// overrides each draw from this seeded one, so that a simulated run is
@@ -405,6 +407,7 @@ impl<L: LogStore> Core<L> {
             lease_wanted: None,
             heartbeat_responses: 0,
             persisting: 0,
+            compaction_asked: 0,
             leader: LeaderInfo::default(),
             rng: rand::rngs::StdRng::seed_from_u64(rng_seed),
             last_reset: (u64::MAX, StateRole::Follower),
@@ -1032,32 +1035,29 @@ impl<L: LogStore> Core<L> {
         }
     }
 
-    /// Compacts the log once it holds `compaction_threshold` entries that
-    /// the state store has durably applied, keeping `compaction_retain` of
-    /// them for followers a little behind.
-    pub(crate) fn maybe_compact(&mut self, durable_applied: u64) {
-        let log = self.raw.store().log();
-        let Ok(first) = log.first_index() else {
-            return;
-        };
+    /// Where to compact the log now, if anywhere: once it holds
+    /// `compaction_threshold` entries that the state store has durably
+    /// applied, through all but `compaction_retain` of them (kept for
+    /// followers a little behind). Each point is answered once; the caller
+    /// compacts ([`compact_log`]) off the raft thread: a compaction
+    /// waits for the log's writer, which may be in a slow sync, and the
+    /// raft thread must keep ticking meanwhile.
+    pub(crate) fn compaction_due(&mut self, durable_applied: u64) -> Option<u64> {
+        let first = self.raw.store().log().first_index().ok()?;
         let applied = if self.bugs.compact_past_durable {
             self.applied
         } else {
             durable_applied.min(self.applied)
         };
         if applied < first.saturating_add(self.cfg.compaction_threshold) {
-            return;
+            return None;
         }
         let through = applied.saturating_sub(self.cfg.compaction_retain);
-        if through < first {
-            return;
+        if through < first || through <= self.compaction_asked {
+            return None;
         }
-        match log.compact(through) {
-            Ok(()) => tracing::debug!(node = %self.id, through, "log compacted"),
-            Err(e) => {
-                tracing::debug!(node = %self.id, through, error = %e, "log compaction deferred")
-            }
-        }
+        self.compaction_asked = through;
+        Some(through)
     }
 
     /// The state machine applied everything up to `index`; `completed`
@@ -1601,6 +1601,16 @@ impl<L: LogStore> Core<L> {
             .map_err(|e| Error::fatal(format!("campaign failed: {e}")));
         self.rerandomize();
         r
+    }
+}
+
+/// Compacts `log` through `through` (a point from
+/// [`Core::compaction_due`]); a refusal (entries not persisted yet, a
+/// compaction already past it) leaves it for a later point.
+pub(crate) fn compact_log<L: LogStore + ?Sized>(log: &L, node: NodeId, through: u64) {
+    match log.compact(through) {
+        Ok(()) => tracing::debug!(%node, through, "log compacted"),
+        Err(e) => tracing::debug!(%node, through, error = %e, "log compaction deferred"),
     }
 }
 

@@ -1355,6 +1355,50 @@ async fn slow_follower_disks_do_not_silence_heartbeats_or_reads() {
     c.shutdown().await;
 }
 
+/// The leader's own disk stalls (each fsync 600 ms, longer than an
+/// election timeout) while the log is compacted often. A compaction waits
+/// for the sync in progress, as RocksDB's does; done on the raft thread,
+/// it stopped the thread's ticks and heartbeats for that long and the
+/// followers elected another leader (seen in the chaos benchmark as
+/// seconds without a write). The log thread compacts now, so the leader
+/// keeps its term and its followers commit its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_leader_disk_under_log_compaction_does_not_silence_the_leader() {
+    let c = Cluster::start_with(3, small_log).await;
+    let leader = c.leader().await;
+    let follower = *c
+        .members
+        .iter()
+        .find(|&&m| m != leader)
+        .expect("a follower");
+    let term = c.node(leader).status().term;
+    let first_before = c.logs[&leader].first_index().expect("memory log");
+    c.logs[&leader].set_sync_delay(Duration::from_millis(600));
+    // Through a follower: it answers once it applied, which its own fast
+    // disk allows; the leader applies (and compacts) in 600 ms steps.
+    let started = tokio::time::Instant::now();
+    let mut i = 0u64;
+    while started.elapsed() < Duration::from_secs(5)
+        || c.logs[&leader].first_index().expect("memory log") == first_before
+    {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the leader did not compact its log within {PATIENCE:?}"
+        );
+        write_spread(&c, follower, 10_000 + i, 50).await;
+        i += 50;
+        let status = c.node(leader).status();
+        assert_eq!(
+            (status.role, status.term),
+            (Role::Leader, term),
+            "the leader lost its term while its disk was slow (after {i} writes)"
+        );
+    }
+    c.logs[&leader].set_sync_delay(Duration::ZERO);
+    c.converged().await;
+    c.shutdown().await;
+}
+
 // ---- snapshots and log compaction ----
 
 /// Compact early and often, so that a member that misses a few hundred

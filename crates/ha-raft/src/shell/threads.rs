@@ -15,7 +15,7 @@ use ha_core::{Error, LogStore, LogWrite, NodeId, SnapshotOutcome, StateMachine, 
 use super::Shared;
 use crate::apply::Applier;
 use crate::bugs::InstallCrashPoint;
-use crate::core::{Core, Failure, Outbox, PersistTask};
+use crate::core::{Core, Failure, Outbox, PersistTask, compact_log};
 use crate::membership::{MemberChange, MemberSet};
 use crate::snapshot::{InstallMarker, SnapshotDescriptor};
 
@@ -116,7 +116,7 @@ pub(crate) struct RaftThread<L: LogStore> {
     pub(crate) core: Core<L>,
     pub(crate) rx: Receiver<Input>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) log_tx: Sender<PersistTask>,
+    pub(crate) log_tx: Sender<LogTask>,
     pub(crate) apply_tx: Sender<ApplyTask>,
 }
 
@@ -174,8 +174,12 @@ impl<L: LogStore> RaftThread<L> {
                         );
                     }
                     self.core.tick(now, &mut out);
-                    self.core
-                        .maybe_compact(self.shared.durable_applied.load(Ordering::Relaxed));
+                    if let Some(through) = self
+                        .core
+                        .compaction_due(self.shared.durable_applied.load(Ordering::Relaxed))
+                    {
+                        let _ = self.log_tx.send(LogTask::Compact(through));
+                    }
                     next_tick = now + interval;
                     ticked = true;
                 }
@@ -333,7 +337,7 @@ impl<L: LogStore> RaftThread<L> {
             self.shared.transport.send(m);
         }
         for t in out.persist.drain(..) {
-            let _ = self.log_tx.send(t);
+            let _ = self.log_tx.send(LogTask::Persist(t));
         }
         if !out.committed.is_empty() {
             let _ = self
@@ -370,15 +374,32 @@ impl<L: LogStore> RaftThread<L> {
     }
 }
 
+/// Work for the log thread, which owns the log's writes.
+pub(crate) enum LogTask {
+    /// A Ready's writes.
+    Persist(PersistTask),
+    /// Compact the log through this index ([`Core::compaction_due`]). Done
+    /// here rather than on the raft thread: it waits for the log's writer,
+    /// which may be in a sync that takes seconds on a busy disk, and a raft
+    /// thread that waits misses its heartbeats.
+    Compact(u64),
+}
+
 pub(crate) fn run_log_writer<L: LogStore>(
     log: Arc<L>,
-    rx: Receiver<PersistTask>,
+    rx: Receiver<LogTask>,
     raft_tx: Sender<Input>,
     shared: Arc<Shared>,
 ) {
     while let Ok(first) = rx.recv() {
-        let mut tasks = vec![first];
-        tasks.extend(rx.try_iter().take(MAX_INPUTS_PER_TURN));
+        let mut tasks = Vec::new();
+        let mut compact = None;
+        for t in std::iter::once(first).chain(rx.try_iter().take(MAX_INPUTS_PER_TURN)) {
+            match t {
+                LogTask::Persist(p) => tasks.push(p),
+                LogTask::Compact(through) => compact = compact.max(Some(through)),
+            }
+        }
         if shared.killed.load(Ordering::Relaxed) {
             return;
         }
@@ -397,6 +418,11 @@ pub(crate) fn run_log_writer<L: LogStore>(
                 let _ = raft_tx.send(Input::Fatal(e));
                 return;
             }
+        }
+        // After the writes queued before it: the entries it drops were
+        // durable before the raft thread asked.
+        if let Some(through) = compact {
+            compact_log(&*log, shared.id, through);
         }
     }
 }

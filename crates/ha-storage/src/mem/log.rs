@@ -49,6 +49,10 @@ pub struct MemLogStats {
 #[derive(Clone, Default)]
 pub struct MemLogStore {
     inner: Arc<Mutex<Inner>>,
+    /// Held by a write for its whole length, sync delay included, and
+    /// taken by compaction: as in a real store, whose compaction waits for
+    /// the write (and its fsync) in progress.
+    writer: Arc<Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -263,6 +267,7 @@ impl MemLogStore {
                 sync_delay: std::time::Duration::ZERO,
                 stats: MemLogStats::default(),
             })),
+            writer: Arc::default(),
         }
     }
 
@@ -279,6 +284,7 @@ impl MemLogStore {
     /// differ: compacting then could drop entries a crash would need, or
     /// keep a compaction point that raft has already overwritten.
     pub fn compact(&self, through: u64) -> Result<(), StorageError> {
+        let _writer = self.writer.lock();
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         // The readable view and the durable state are always compacted
@@ -310,7 +316,8 @@ impl MemLogStore {
     }
 
     /// Makes every synced [`LogStore::persist`] take at least `delay`, as a
-    /// slow or overloaded disk would (the log writer blocks meanwhile).
+    /// slow or overloaded disk would (the log writer blocks meanwhile, and
+    /// so does a [`compact`](Self::compact) called during it).
     pub fn set_sync_delay(&self, delay: std::time::Duration) {
         self.inner.lock().sync_delay = delay;
     }
@@ -403,6 +410,7 @@ impl LogStore for MemLogStore {
     fn persist(&self, write: &LogWrite) -> Result<(), StorageError> {
         check_contiguous(&write.entries)?;
         check_after_snapshot(write)?;
+        let _writer = self.writer.lock();
         if write.sync {
             let delay = self.inner.lock().sync_delay;
             if !delay.is_zero() {

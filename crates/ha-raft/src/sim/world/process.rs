@@ -8,7 +8,7 @@ use ha_core::{Error, LogStore, LogWrite, NodeId};
 use prost::Message as _;
 
 use super::{ENGINE, Event, READ_INDEX, World, msg_summary};
-use crate::core::{Failure, Outbox};
+use crate::core::{Failure, Outbox, compact_log};
 use crate::kv::lease::LeaseManager;
 use crate::shell::open_engine;
 use crate::sim::Workload;
@@ -308,7 +308,9 @@ impl World {
                 p.durable_applied = applied;
                 p.last_sync = self.now;
             }
-            p.core.maybe_compact(p.durable_applied);
+            if let Some(through) = p.core.compaction_due(p.durable_applied) {
+                compact_log(&self.members[m].log, NodeId(m as u64 + 1), through);
+            }
             if self.cfg.workload == Workload::Kv {
                 self.expire_leases(m, &mut out);
             }
