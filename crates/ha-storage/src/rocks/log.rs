@@ -330,8 +330,10 @@ impl RocksLogStore {
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_range(entry_key(view.first), entry_key(new_first));
         batch.put(COMPACTED_KEY, encode_pair(COMPACTED_KEY, (through, term)));
-        // Under the view lock, so that no read looks for a deleted entry.
-        shared.write(batch, false, "compact")?;
+        // The view moves first, so no read looks for a deleted entry; the
+        // write happens without it, so readers (the raft thread) never
+        // wait for RocksDB here. Should the write fail, the entries stay
+        // on disk and the next open starts from the old compaction point.
         while view.tail.front().is_some_and(|c| c.entry.index <= through) {
             if let Some(c) = view.tail.pop_front() {
                 view.tail_bytes -= c.size;
@@ -339,7 +341,8 @@ impl RocksLogStore {
         }
         view.first = new_first;
         view.compacted_term = term;
-        Ok(())
+        drop(view);
+        shared.write(batch, false, "compact")
     }
 
     /// The counters since the store was opened.
