@@ -42,8 +42,8 @@ use super::wire::{
     WRecord, encode_reply,
 };
 
-const RECORD_PREFIX: &[u8] = b"\x01kv/r/";
-const RECORD_END: &[u8] = b"\x01kv/r0";
+pub(crate) const RECORD_PREFIX: &[u8] = b"\x01kv/r/";
+pub(crate) const RECORD_END: &[u8] = b"\x01kv/r0";
 const META_REVISION: &[u8] = b"\x01kv/m/rev";
 const META_COMPACT: &[u8] = b"\x01kv/m/compact";
 const LEASE_PREFIX: &[u8] = b"\x01kv/l/";

@@ -32,6 +32,8 @@
 //! ```
 
 mod machine;
+#[cfg(feature = "rocksdb")]
+pub(crate) use machine::{RECORD_END, RECORD_PREFIX};
 mod observer;
 mod wire;
 

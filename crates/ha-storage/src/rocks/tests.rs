@@ -16,7 +16,7 @@ use tempfile::TempDir;
 
 use super::codec::{FORMAT_VERSION, encode_format};
 use super::log::{COMPACTED_KEY, FORMAT_KEY, HARD_STATE_KEY, IDENTITY_KEY, entry_key};
-use super::state::{FORMAT_KEY as STATE_FORMAT_KEY, META_CF};
+use super::state::{FORMAT_KEY as STATE_FORMAT_KEY, META_CF, RECORDS_CF};
 use super::{RocksEnv, RocksLogStats, RocksLogStore, RocksStateStore, StorageConfig};
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -122,7 +122,8 @@ fn rewrite(
     key: &[u8],
     change: impl FnOnce(Option<Vec<u8>>) -> Option<Vec<u8>>,
 ) {
-    let cfs: Vec<&str> = cf.into_iter().collect();
+    // RocksDB opens a database only with every column family it has.
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).unwrap();
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), path, &cfs).unwrap();
     match cf.map(|cf| db.cf_handle(cf).unwrap()) {
         Some(handle) => match change(db.get_cf(handle, key).unwrap()) {
@@ -760,4 +761,155 @@ fn a_wal_removed_after_a_clean_close_loses_nothing() {
         run(1, 8, 1),
         "entries lost with the WAL"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The records' column family
+// ---------------------------------------------------------------------------
+
+/// Keys below, inside and above the MVCC machine's record range.
+fn spanning_keys() -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = vec![
+        b"\x00ha/applied".to_vec(),
+        b"\x01kv/l/lease".to_vec(),
+        b"\x01kv/m/rev".to_vec(),
+        b"\x01kv/r".to_vec(),
+        b"\x01kv/r0".to_vec(),
+        b"\x01kv/r0zz".to_vec(),
+        b"\x01kv/s".to_vec(),
+        b"user".to_vec(),
+    ];
+    for rev in [1u64, 2, 255, 256, 70_000] {
+        let mut k = b"\x01kv/r/".to_vec();
+        k.extend_from_slice(&rev.to_be_bytes());
+        keys.push(k);
+    }
+    keys.sort();
+    keys
+}
+
+/// The keys stored in one column family, read with RocksDB directly.
+fn keys_in(path: &Path, cf: &str) -> Vec<Vec<u8>> {
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), path, &cfs).unwrap();
+    let handle = db.cf_handle(cf).unwrap();
+    db.iterator_cf(handle, rocksdb::IteratorMode::Start)
+        .map(|kv| kv.unwrap().0.to_vec())
+        .collect()
+}
+
+fn scanned(
+    state: &RocksStateStore,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    state
+        .scan(start, end, &mut |k, _| {
+            out.push(k.to_vec());
+            out.len() < limit
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn records_live_in_their_own_family_and_scans_cross_it_in_key_order() {
+    let member = Member::new();
+    let (_, state) = member.open().unwrap();
+    let keys = spanning_keys();
+    let mut batch = WriteBatch::new();
+    for k in &keys {
+        batch.put(k.clone(), k.clone());
+    }
+    state.write(batch, true).unwrap();
+    // Every range and every early stop agrees with a sorted list, as
+    // through one family; the same through a consistent view.
+    let mut bounds: Vec<Vec<u8>> = keys.clone();
+    bounds.extend([b"".to_vec(), b"\x01kv/r/".to_vec(), b"\x01kv/r0".to_vec()]);
+    for start in &bounds {
+        for end in bounds.iter().map(Some).chain([None]) {
+            for limit in [1, 3, usize::MAX] {
+                let expected: Vec<Vec<u8>> = keys
+                    .iter()
+                    .filter(|k| k.as_slice() >= start.as_slice())
+                    .filter(|k| end.is_none_or(|e| k.as_slice() < e.as_slice()))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let end = end.map(Vec::as_slice);
+                assert_eq!(
+                    scanned(&state, start, end, limit),
+                    expected,
+                    "{start:?}..{end:?} limit {limit}"
+                );
+                let mut seen = Vec::new();
+                state
+                    .read_consistent(&mut |view| {
+                        view.scan(start, end, &mut |k, _| {
+                            seen.push(k.to_vec());
+                            seen.len() < limit
+                        })
+                    })
+                    .unwrap();
+                assert_eq!(seen, expected, "view {start:?}..{end:?} limit {limit}");
+            }
+        }
+    }
+    for k in &keys {
+        assert_eq!(state.get(k).unwrap().as_deref(), Some(k.as_slice()));
+    }
+    drop(state);
+    let in_records = keys_in(&member.state_dir(), RECORDS_CF);
+    let expected: Vec<Vec<u8>> = keys
+        .iter()
+        .filter(|k| k.starts_with(b"\x01kv/r/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        in_records, expected,
+        "exactly the records are in their family"
+    );
+    let in_default = keys_in(&member.state_dir(), "default");
+    assert!(in_default.iter().all(|k| !k.starts_with(b"\x01kv/r/")));
+    assert_eq!(in_default.len() + in_records.len(), keys.len());
+}
+
+/// A state DB from before the records' family kept them in the default
+/// one: the next open moves them, and reads see them all along.
+#[test]
+fn records_written_before_their_family_existed_move_there_on_open() {
+    let member = Member::new();
+    let (_, state) = member.open().unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put(b"\x00ha/applied".to_vec(), b"7".to_vec());
+    state.write(batch, true).unwrap();
+    drop(state);
+    let keys = spanning_keys();
+    {
+        let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), member.state_dir()).unwrap();
+        let db =
+            rocksdb::DB::open_cf(&rocksdb::Options::default(), member.state_dir(), &cfs).unwrap();
+        for k in &keys {
+            db.put(k, k).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (_, state) = member.open().unwrap();
+    assert_eq!(scanned(&state, b"", None, usize::MAX).len(), keys.len());
+    for k in &keys {
+        assert_eq!(
+            state.get(k).unwrap().as_deref(),
+            Some(k.as_slice()),
+            "{k:?}"
+        );
+    }
+    drop(state);
+    let in_default = keys_in(&member.state_dir(), "default");
+    assert!(
+        in_default.iter().all(|k| !k.starts_with(b"\x01kv/r/")),
+        "records left in the default family: {in_default:?}"
+    );
+    assert_eq!(keys_in(&member.state_dir(), RECORDS_CF).len(), 5);
 }
