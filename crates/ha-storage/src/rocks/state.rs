@@ -170,15 +170,20 @@ impl Shared {
         let default = self.family(false);
         let records = self.family(true);
         let mut moved = false;
+        // Each batch starts after the last one's keys, and deletes them
+        // with one range: no seek walks over the tombstones of the keys
+        // already moved, so a large move stays linear.
+        let mut from = RECORD_PREFIX.to_vec();
         loop {
             let mut batch = rocksdb::WriteBatch::default();
             let mut options = ReadOptions::default();
             options.set_iterate_upper_bound(RECORD_END.to_vec());
             let mut iter = self.db.raw_iterator_cf_opt(default, options);
-            iter.seek(RECORD_PREFIX);
+            iter.seek(&from);
+            let mut last = None;
             while let Some((key, value)) = iter.item() {
                 batch.put_cf(records, key, value);
-                batch.delete_cf(default, key);
+                last = Some(key.to_vec());
                 if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
                     break;
                 }
@@ -187,13 +192,17 @@ impl Shared {
             iter.status()
                 .map_err(|e| self.name.error("move the records", e))?;
             drop(iter);
-            if batch.is_empty() {
+            let Some(mut last) = last else {
                 break;
-            }
+            };
+            // The smallest key after `last`: the range ends just past it.
+            last.push(0);
+            batch.delete_range_cf(default, &from, &last);
             moved = true;
             self.db
                 .write(batch)
                 .map_err(|e| self.name.error("move the records", e))?;
+            from = last;
         }
         if moved {
             self.db

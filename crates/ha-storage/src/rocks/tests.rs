@@ -887,6 +887,15 @@ fn records_written_before_their_family_existed_move_there_on_open() {
     state.write(batch, true).unwrap();
     drop(state);
     let keys = spanning_keys();
+    // Large records too, so that the move takes several batches.
+    let big: Vec<Vec<u8>> = (1_000u64..1_040)
+        .map(|rev| {
+            let mut k = b"\x01kv/r/".to_vec();
+            k.extend_from_slice(&rev.to_be_bytes());
+            k
+        })
+        .collect();
+    let big_value = vec![7u8; 256 << 10];
     {
         let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), member.state_dir()).unwrap();
         let db =
@@ -894,10 +903,19 @@ fn records_written_before_their_family_existed_move_there_on_open() {
         for k in &keys {
             db.put(k, k).unwrap();
         }
+        for k in &big {
+            db.put(k, &big_value).unwrap();
+        }
         db.flush().unwrap();
     }
     let (_, state) = member.open().unwrap();
-    assert_eq!(scanned(&state, b"", None, usize::MAX).len(), keys.len());
+    assert_eq!(
+        scanned(&state, b"", None, usize::MAX).len(),
+        keys.len() + big.len()
+    );
+    for k in &big {
+        assert_eq!(state.get(k).unwrap().as_deref(), Some(big_value.as_slice()));
+    }
     for k in &keys {
         assert_eq!(
             state.get(k).unwrap().as_deref(),
@@ -911,5 +929,8 @@ fn records_written_before_their_family_existed_move_there_on_open() {
         in_default.iter().all(|k| !k.starts_with(b"\x01kv/r/")),
         "records left in the default family: {in_default:?}"
     );
-    assert_eq!(keys_in(&member.state_dir(), RECORDS_CF).len(), 5);
+    assert_eq!(
+        keys_in(&member.state_dir(), RECORDS_CF).len(),
+        5 + big.len()
+    );
 }
