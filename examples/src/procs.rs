@@ -710,13 +710,9 @@ impl Cluster {
     /// SIGTERM, then waits for the process to exit; returns whether it
     /// exited successfully.
     pub async fn terminate(&mut self, id: u64) -> bool {
+        self.signal(id, "-TERM")
+            .unwrap_or_else(|e| panic!("SIGTERM to member {id}: {e}"));
         let p = self.procs.remove(&id).expect("running member");
-        let pid = p.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
         self.exited(id, p, "after SIGTERM").await
     }
 

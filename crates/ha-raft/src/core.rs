@@ -2016,10 +2016,6 @@ mod tests {
         .expect("core starts")
     }
 
-    /// Found by the simulator (seed 228 of the default three-member runs):
-    /// a member elected during a joint change that removes it applies its
-    /// own removal as leader; raft-rs keeps it leading and panics on the
-    /// next append response. It must step down.
     /// Makes member 1 of `fresh_core` leader with member 2's votes.
     fn elect(core: &mut Core<MemLogStore>, now: Instant) {
         core.campaign().expect("campaign");
@@ -2045,6 +2041,10 @@ mod tests {
         }
     }
 
+    /// Found by the simulator (seed 228 of the default three-member runs):
+    /// a member elected during a joint change that removes it applies its
+    /// own removal as leader; raft-rs keeps it leading and panics on the
+    /// next append response. It must step down.
     #[test]
     fn a_leader_that_applies_its_own_removal_steps_down() {
         let now = Instant::now();

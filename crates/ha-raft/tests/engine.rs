@@ -242,6 +242,15 @@ impl Cluster {
         &self.nodes[&id]
     }
 
+    /// A member other than `id` (given the leader: a follower).
+    fn other_than(&self, id: NodeId) -> NodeId {
+        *self
+            .members
+            .iter()
+            .find(|&&m| m != id)
+            .expect("another member")
+    }
+
     /// Waits until every running member (or those in `among`) agrees on
     /// one leader among them.
     async fn leader_among(&self, among: &[NodeId]) -> NodeId {
@@ -588,7 +597,7 @@ async fn a_leader_cut_off_from_the_majority_never_serves_a_stale_read() {
 async fn leader_transfer_status_and_leadership_stream() {
     let c = Cluster::start(3).await;
     let leader = c.leader().await;
-    let target = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let target = c.other_than(leader);
     let mut changes = c.node(target).leader_changes();
     assert!(
         changes.next().await.is_some(),
@@ -655,7 +664,7 @@ async fn a_leader_that_shuts_down_hands_over_first_and_shutdown_is_idempotent() 
 async fn without_a_leader_a_proposal_times_out_unapplied() {
     let c = Cluster::start(3).await;
     let leader = c.leader().await;
-    let lonely = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let lonely = c.other_than(leader);
     c.net.isolate(lonely);
     // Its election timer fires; with pre-vote it forgets the leader but
     // cannot win, so no leader is known from then on.
@@ -840,7 +849,7 @@ async fn linearizable_reads_on_followers_see_writes_acknowledged_before_them() {
 async fn a_forwarded_proposal_lost_on_the_way_is_retried_and_applied_once() {
     let c = Cluster::start(3).await;
     let leader = c.leader().await;
-    let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let follower = c.other_than(leader);
     // The follower forwards its proposal to the leader; the network drops
     // it and nobody tells the follower. Only the retry timer can save it.
     c.net.cut(follower, leader);
@@ -1106,7 +1115,7 @@ async fn a_change_during_a_change_is_refused_and_ids_are_never_reused() {
         Err(Error::InvalidMembershipChange { member, .. }) => assert_eq!(member, NodeId(2)),
         other => panic!("promoting a voter must be refused, got {other:?}"),
     }
-    let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let follower = c.other_than(leader);
     match c
         .node(follower)
         .add_learner(NodeId(9), Bytes::new(), false)
@@ -1141,7 +1150,7 @@ async fn a_removed_member_cannot_disrupt_the_group_and_knows_it_was_removed() {
     })
     .await;
     let leader = c.leader().await;
-    let victim = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let victim = c.other_than(leader);
     // Cut it off so it never applies its own removal, then remove it.
     c.net.isolate(victim);
     on_leader(&c, vec![MemberChange::Remove(victim)]).await;
@@ -1366,11 +1375,7 @@ async fn slow_follower_disks_do_not_silence_heartbeats_or_reads() {
 async fn a_slow_leader_disk_under_log_compaction_does_not_silence_the_leader() {
     let c = Cluster::start_with(3, small_log).await;
     let leader = c.leader().await;
-    let follower = *c
-        .members
-        .iter()
-        .find(|&&m| m != leader)
-        .expect("a follower");
+    let follower = c.other_than(leader);
     let term = c.node(leader).status().term;
     let first_before = c.logs[&leader].first_index().expect("memory log");
     c.logs[&leader].set_sync_delay(Duration::from_millis(600));
@@ -1453,11 +1458,7 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
     let mut c = Cluster::start_with(3, small_log).await;
     c.net.record_snapshots(true);
     let leader = c.leader().await;
-    let late = *c
-        .members
-        .iter()
-        .find(|&&m| m != leader)
-        .expect("a follower");
+    let late = c.other_than(leader);
     write_spread(&c, leader, 1, 30).await;
     c.converged().await;
     c.crash(late).await;
@@ -1551,11 +1552,7 @@ async fn crash_during_install(point: InstallCrashPoint) {
     let mut c = Cluster::start_with(3, small_log).await;
     c.snapshot_root = Some(dir.path().to_path_buf());
     let leader = c.leader().await;
-    let late = *c
-        .members
-        .iter()
-        .find(|&&m| m != leader)
-        .expect("a follower");
+    let late = c.other_than(leader);
     write_spread(&c, leader, 1, 30).await;
     c.converged().await;
     c.crash(late).await;
@@ -1663,7 +1660,7 @@ async fn peer_calls_round_trip_and_call_leader_reaches_the_leader() {
     assert_eq!(delivered, 6, "calls to itself must not cross the network");
 
     // From a follower: the leader's handler answers, over the network.
-    let follower = *c.members.iter().find(|&&m| m != leader).unwrap();
+    let follower = c.other_than(leader);
     let r = c
         .node(follower)
         .call_leader(Bytes::from_static(b"renew"), CALL_TIMEOUT)

@@ -361,13 +361,10 @@ async fn watch_stalls(http: reqwest::Client, urls: Vec<(u64, String)>, s: Arc<Sh
             continue;
         }
         reported += 1;
-        let answers = futures::future::join_all(urls.iter().map(|(id, url)| {
-            let http = &http;
-            async move {
-                let v = async { http.get(url).send().await.ok()?.json::<Value>().await.ok() }.await;
-                (*id, v)
-            }
-        }))
+        let answers = futures::future::join_all(
+            urls.iter()
+                .map(|(id, url)| async { (*id, status_at(&http, url).await) }),
+        )
         .await;
         let mut lines = vec![format!(
             "{:>7.1}s  no write acknowledged for {} ms:",
@@ -425,7 +422,12 @@ fn describe_member(id: u64, v: &Value) -> String {
 /// Member status answers, short deadline: a paused member must not hold
 /// the scheduler up.
 async fn status(http: &reqwest::Client, c: &Cluster, id: u64) -> Option<Value> {
-    let r = http.get(c.url(id, "/v1/status")).send().await.ok()?;
+    status_at(http, &c.url(id, "/v1/status")).await
+}
+
+/// `GET url` as JSON, if it answers.
+async fn status_at(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let r = http.get(url).send().await.ok()?;
     r.json::<Value>().await.ok()
 }
 

@@ -334,10 +334,10 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                     return false;
                 };
                 newest = newest.max(main);
-                let rec = match WRecord::decode(v) {
+                let rec = match decode_record(v) {
                     Ok(r) => r,
                     Err(e) => {
-                        err = Some(StorageError::corrupt("kv record", e.to_string()));
+                        err = Some(e);
                         return false;
                     }
                 };

@@ -133,10 +133,30 @@ impl RocksStateStore {
     }
 }
 
+/// Both data families' handles, looked up once per call rather than per
+/// key.
+struct Families<'a> {
+    default: &'a ColumnFamily,
+    records: &'a ColumnFamily,
+}
+
+impl<'a> Families<'a> {
+    /// The family `key` lives in.
+    fn of(&self, key: &[u8]) -> &'a ColumnFamily {
+        self.part(is_record(key))
+    }
+
+    fn part(&self, records: bool) -> &'a ColumnFamily {
+        if records { self.records } else { self.default }
+    }
+}
+
 impl Shared {
-    /// The column family `key` lives in.
-    fn cf(&self, key: &[u8]) -> &ColumnFamily {
-        self.family(is_record(key))
+    fn families(&self) -> Families<'_> {
+        Families {
+            default: self.family(false),
+            records: self.family(true),
+        }
     }
 
     fn family(&self, records: bool) -> &ColumnFamily {
@@ -267,7 +287,7 @@ struct RocksView<'a> {
 impl StateView for RocksView<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.snapshot
-            .get_cf(self.shared.cf(key), key)
+            .get_cf(self.shared.family(is_record(key)), key)
             .map_err(|e| self.shared.name.error("get", e))
     }
 
@@ -278,8 +298,9 @@ impl StateView for RocksView<'_> {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let shared = self.shared;
+        let families = shared.families();
         scan_parts(start, end, visit, &mut |records, lo, hi, visit| {
-            let cf = shared.family(records);
+            let cf = families.part(records);
             scan_with(
                 &shared.name,
                 &|options| self.snapshot.raw_iterator_cf_opt(cf, options),
@@ -296,7 +317,7 @@ impl StateStore for RocksStateStore {
         let shared = &*self.shared;
         shared
             .db
-            .get_cf(shared.cf(key), key)
+            .get_cf(shared.family(is_record(key)), key)
             .map_err(|e| shared.name.error("get", e))
     }
 
@@ -306,8 +327,23 @@ impl StateStore for RocksStateStore {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
-        // One snapshot for every part: the scan sees one point in time.
-        self.read_consistent(&mut |view| view.scan(start, end, &mut *visit))
+        let shared = &*self.shared;
+        match parts(start, end).as_slice() {
+            // Within one family an iterator is a point in time already.
+            [(records, lo, hi)] => {
+                let cf = shared.family(*records);
+                scan_with(
+                    &shared.name,
+                    &|options| shared.db.raw_iterator_cf_opt(cf, options),
+                    lo,
+                    *hi,
+                    visit,
+                )
+            }
+            [] => Ok(()),
+            // Across families: one snapshot for every part.
+            _ => self.read_consistent(&mut |view| view.scan(start, end, &mut *visit)),
+        }
     }
 
     fn read_consistent(
@@ -359,10 +395,11 @@ impl StateStore for RocksStateStore {
                 write(batch)?;
             }
         }
+        let families = shared.families();
         let mut batch = rocksdb::WriteBatch::default();
         for pair in pairs {
             let (key, value) = pair?;
-            batch.put_cf(shared.cf(&key), &key, value);
+            batch.put_cf(families.of(&key), &key, value);
             if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
                 write(std::mem::take(&mut batch))?;
             }
@@ -385,11 +422,12 @@ impl StateStore for RocksStateStore {
             }
             return Ok(());
         }
+        let families = shared.families();
         let mut rocks = rocksdb::WriteBatch::default();
         for op in batch.into_ops() {
             match op {
-                BatchOp::Put { key, value } => rocks.put_cf(shared.cf(&key), &key, value),
-                BatchOp::Delete { key } => rocks.delete_cf(shared.cf(&key), &key),
+                BatchOp::Put { key, value } => rocks.put_cf(families.of(&key), &key, value),
+                BatchOp::Delete { key } => rocks.delete_cf(families.of(&key), &key),
             }
         }
         let mut options = WriteOptions::default();
