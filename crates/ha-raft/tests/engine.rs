@@ -1901,6 +1901,32 @@ async fn raft_lease_based_reads_do_serve_stale_values_after_a_partition() {
     );
 }
 
+/// raft gives a transfer up after one election timeout. A transferee that
+/// could not take over by then (here: it heard nothing from the leader for
+/// a while) must still get leadership once it can, before the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_raft_gave_up_on_is_asked_again_until_the_deadline() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let target = c.other_than(leader);
+    c.node(leader).propose(cmd(1, b"x")).await.unwrap();
+    c.net.cut(leader, target);
+    let transfer = {
+        let n = c.node(leader).clone();
+        tokio::spawn(async move { n.transfer_leader(target).await })
+    };
+    // Well past raft's own give-up point (25 ticks of 10 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(c.node(leader).status().role, Role::Leader);
+    c.net.heal();
+    transfer
+        .await
+        .unwrap()
+        .expect("the transfer is asked again and completes once the link heals");
+    assert_eq!(c.leader().await, target);
+    c.shutdown().await;
+}
+
 /// The transfer scenario: the leader holds a lease, stops hearing from the
 /// group (its outbound links still work), and hands leadership over; the
 /// new leader commits v2. Returns whether the old leader answered a lease

@@ -815,18 +815,55 @@ impl Node {
 
     async fn transfer(&self, target: Option<NodeId>, timeout: Duration) -> Result<NodeId> {
         self.shared.check_running()?;
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .tx
-            .send(Input::Transfer { target, reply: tx })
-            .map_err(|_| self.shared.stopped_error())?;
-        let target = rx.await.map_err(|_| self.shared.stopped_error())??;
-        let mut leader = self.leader_rx.clone();
-        let wait = leader.wait_for(|l| l.leader == Some(target));
-        match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(_)) => Ok(target),
-            Ok(Err(_)) => Err(self.shared.stopped_error()),
-            Err(_) => Err(Error::Timeout { after: timeout }),
+        self.hand_over(target, timeout, || self.shared.stopped_error())
+            .await
+    }
+
+    /// Asks raft to hand leadership to `target` (or the best voter) and
+    /// waits until it moved. raft gives a transfer up after one election
+    /// timeout when the transferee did not take over (it was slow, or did
+    /// not hear the leader); while this member still leads, it asks again
+    /// each time until `timeout`.
+    async fn hand_over(
+        &self,
+        target: Option<NodeId>,
+        timeout: Duration,
+        stopped: impl Fn() -> Error,
+    ) -> Result<NodeId> {
+        let sh = &self.shared;
+        let deadline = Instant::now() + timeout;
+        // raft's give-up point, plus two ticks of slack.
+        let round = sh.cfg.tick_interval * (sh.cfg.election_tick as u32 + 2);
+        let me = sh.id;
+        let mut first = true;
+        loop {
+            if first || self.status().role == Role::Leader {
+                let (tx, rx) = oneshot::channel();
+                sh.tx
+                    .send(Input::Transfer { target, reply: tx })
+                    .map_err(|_| stopped())?;
+                match rx.await.map_err(|_| stopped())? {
+                    Ok(_) => {}
+                    // Leadership moved between the check and the ask.
+                    Err(Error::NotLeader { .. }) if !first => {}
+                    Err(e) => return Err(e),
+                }
+                first = false;
+            }
+            let mut leader = self.leader_rx.clone();
+            let moved = leader.wait_for(|l| match target {
+                Some(t) => l.leader == Some(t),
+                None => l.leader.is_some_and(|l| l != me),
+            });
+            let until = deadline.min(Instant::now() + round);
+            match tokio::time::timeout_at(until.into(), moved).await {
+                Ok(Ok(l)) => return l.leader.ok_or_else(&stopped),
+                Ok(Err(_)) => return Err(stopped()),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(Error::Timeout { after: timeout });
+                }
+                Err(_) => {}
+            }
         }
     }
 
@@ -1180,20 +1217,7 @@ impl Node {
     }
 
     async fn transfer_while_stopping(&self, timeout: Duration) -> Result<NodeId> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .tx
-            .send(Input::Transfer {
-                target: None,
-                reply: tx,
-            })
-            .map_err(|_| Error::Shutdown)?;
-        let target = rx.await.map_err(|_| Error::Shutdown)??;
-        let mut leader = self.leader_rx.clone();
-        match tokio::time::timeout(timeout, leader.wait_for(|l| l.leader == Some(target))).await {
-            Ok(Ok(_)) => Ok(target),
-            _ => Err(Error::Timeout { after: timeout }),
-        }
+        self.hand_over(None, timeout, || Error::Shutdown).await
     }
 
     /// Stops this member at once, as if its process died: no leadership
