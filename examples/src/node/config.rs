@@ -128,6 +128,11 @@ pub struct Flags {
     /// defaults to its --etcd-listen address.
     #[arg(long)]
     pub etcd_client_urls: Option<String>,
+    /// Requests in flight on one etcd gateway connection (HTTP/2 streams;
+    /// default 1024). etcd clients multiplex every call of a process over
+    /// one connection per endpoint, so this bounds a client's concurrency.
+    #[arg(long)]
+    pub etcd_max_streams: Option<u32>,
     /// Dial these members at these addresses instead of the ones the
     /// membership records for them, `4=10.0.0.9:7001,5=...`: a local route
     /// (NAT, a proxy, a tunnel) that the rest of the group does not use.
@@ -203,6 +208,8 @@ pub struct FileConfig {
     pub etcd_listen: Option<SocketAddr>,
     /// `--etcd-client-urls`.
     pub etcd_client_urls: Option<String>,
+    /// `--etcd-max-streams`.
+    pub etcd_max_streams: Option<u32>,
     /// `--peer-routes`.
     pub peer_routes: Option<String>,
     /// `--enable-failpoints`.
@@ -254,6 +261,8 @@ pub struct Settings {
     pub etcd_listen: Option<SocketAddr>,
     /// Members' etcd client URLs (for `MemberList`).
     pub etcd_client_urls: BTreeMap<NodeId, Vec<String>>,
+    /// Requests in flight on one etcd gateway connection.
+    pub etcd_max_streams: u32,
     /// Local routes: members dialled at these addresses whatever the
     /// membership records.
     pub peer_routes: BTreeMap<NodeId, SocketAddr>,
@@ -266,6 +275,11 @@ pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default `http-max-connections`.
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 1024;
+
+/// Default for `--etcd-max-streams`. etcd itself sets no bound; 16 (the
+/// client API's bound, where HTTP/1.1 carries one request per connection)
+/// held back a single etcd client's 64 concurrent calls.
+pub const DEFAULT_ETCD_MAX_STREAMS: u32 = 1024;
 
 /// TLS files from flags and file, or plaintext when explicitly asked for;
 /// anything else (neither, both, a partial set) is an error.
@@ -494,9 +508,14 @@ impl Settings {
             .peer_max_connections
             .or(file.peer_max_connections)
             .unwrap_or(ha_raft::TcpConfig::default().max_inbound_connections);
+        let etcd_max_streams = flags
+            .etcd_max_streams
+            .or(file.etcd_max_streams)
+            .unwrap_or(DEFAULT_ETCD_MAX_STREAMS);
         for (setting, n) in [
             ("http-max-connections", http_max_connections),
             ("peer-max-connections", peer_max_connections),
+            ("etcd-max-streams", etcd_max_streams as usize),
         ] {
             if n == 0 {
                 return Err(SettingsError::Invalid {
@@ -544,6 +563,7 @@ impl Settings {
             http_max_connections,
             peer_max_connections,
             etcd_listen: flags.etcd_listen.or(file.etcd_listen),
+            etcd_max_streams,
             etcd_client_urls: match flags.etcd_client_urls.or(file.etcd_client_urls) {
                 Some(text) => parse_client_urls(&text)?,
                 None => BTreeMap::new(),
@@ -748,6 +768,46 @@ mod tests {
                 FileConfig::default()
             ),
             Err(SettingsError::Missing("data-dir"))
+        ));
+    }
+
+    #[test]
+    fn etcd_max_streams_defaults_reads_the_file_and_refuses_zero() {
+        let flags = |n: Option<u32>| Flags {
+            id: Some(1),
+            members: Some("1=127.0.0.1:7001".into()),
+            data_dir: Some("/tmp/x".into()),
+            http: Some("127.0.0.1:1".parse().expect("addr")),
+            insecure_plaintext: true,
+            etcd_max_streams: n,
+            ..Flags::default()
+        };
+        let resolved = |f: Flags, file: FileConfig| Settings::resolve(f, file);
+        assert_eq!(
+            resolved(flags(None), FileConfig::default())
+                .expect("defaults")
+                .etcd_max_streams,
+            DEFAULT_ETCD_MAX_STREAMS
+        );
+        let file = || FileConfig::parse("etcd-max-streams = 64").expect("file");
+        assert_eq!(
+            resolved(flags(None), file())
+                .expect("file")
+                .etcd_max_streams,
+            64
+        );
+        assert_eq!(
+            resolved(flags(Some(8)), file())
+                .expect("flag wins")
+                .etcd_max_streams,
+            8
+        );
+        assert!(matches!(
+            resolved(flags(Some(0)), FileConfig::default()),
+            Err(SettingsError::Invalid {
+                setting: "etcd-max-streams",
+                ..
+            })
         ));
     }
 

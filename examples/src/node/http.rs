@@ -35,8 +35,8 @@ pub struct HttpLimits {
     /// connection too).
     pub handshake_timeout: Duration,
     /// Requests in flight on one connection. With HTTP/1.1 a connection
-    /// carries one request at a time (pipelined ones wait unread), so
-    /// this is a ceiling that matters only if HTTP/2 is ever enabled.
+    /// carries one request at a time (pipelined ones wait unread); with
+    /// HTTP/2 (the etcd gateway) it is the streams a connection may open.
     pub max_in_flight_per_connection: usize,
 }
 

@@ -436,7 +436,10 @@ pub async fn run(settings: Settings, stop: impl Future<Output = ()>) -> Result<(
                 listener,
                 gateway.routes().into_axum_router(),
                 http::Protocol::Http2,
-                http_limits,
+                http::HttpLimits {
+                    max_in_flight_per_connection: app.settings.etcd_max_streams as usize,
+                    ..http_limits
+                },
                 http_tls.clone(),
                 app.metrics.http.clone(),
                 async {
