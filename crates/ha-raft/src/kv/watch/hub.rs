@@ -87,7 +87,8 @@ pub(crate) struct WatchHub {
     matcher: Matcher,
     unsynced: BTreeSet<WatchId>,
     progress_notify: BTreeSet<WatchId>,
-    /// Asked for progress and not yet sent it (the buffer was full).
+    /// Asked for progress and not yet sent it (the buffer was full, or the
+    /// watcher is still catching up).
     progress_requested: BTreeSet<WatchId>,
     next_id: u64,
     /// Scratch space for matching.
@@ -453,6 +454,13 @@ impl WatchHub {
                             self.unsynced.remove(&id);
                         }
                     }
+                    // Progress asked for during the catch-up is due now.
+                    if self.progress_may_go(id)
+                        && self.progress_requested.contains(&id)
+                        && self.send_progress(id, now)
+                    {
+                        self.progress_requested.remove(&id);
+                    }
                 }
                 Offer::Full => {}
                 Offer::Closed => {
@@ -468,12 +476,27 @@ impl WatchHub {
         self.on_compacted(compact_revision);
     }
 
-    /// A watcher asks for progress: sent now if its buffer has room, else
-    /// at the next [`tick`](Self::tick) that finds room.
+    /// A watcher asks for progress: sent now if it is synced and its
+    /// buffer has room, else once both hold (as etcd, progress goes to
+    /// synced watchers only: one still catching up from history would
+    /// otherwise spend its buffer on notifications instead of events).
     pub(crate) fn request_progress(&mut self, id: WatchId, now: Instant) {
-        if self.watchers.contains_key(&id) && !self.send_progress(id, now) {
+        let Some(w) = self.watchers.get(&id) else {
+            return;
+        };
+        if !self.progress_due(w) || !self.send_progress(id, now) {
             self.progress_requested.insert(id);
         }
+    }
+
+    /// Whether a watcher may be sent progress: once synced (with the
+    /// injected `watch-progress-ahead` bug, always).
+    fn progress_due(&self, w: &Watcher) -> bool {
+        w.synced || self.progress_ahead
+    }
+
+    fn progress_may_go(&self, id: WatchId) -> bool {
+        self.watchers.get(&id).is_some_and(|w| self.progress_due(w))
     }
 
     /// The progress revision of a watcher: every event it wants at or
@@ -514,7 +537,12 @@ impl WatchHub {
     /// room, and watchers that asked for periodic progress and got nothing
     /// for the progress interval get a notification.
     pub(crate) fn tick(&mut self, now: Instant) {
-        let owed: Vec<WatchId> = self.progress_requested.iter().copied().collect();
+        let owed: Vec<WatchId> = self
+            .progress_requested
+            .iter()
+            .copied()
+            .filter(|&id| self.progress_may_go(id) || !self.watchers.contains_key(&id))
+            .collect();
         for id in owed {
             if self.send_progress(id, now) {
                 self.progress_requested.remove(&id);
@@ -526,9 +554,9 @@ impl WatchHub {
             .iter()
             .copied()
             .filter(|id| {
-                self.watchers
-                    .get(id)
-                    .is_some_and(|w| now.saturating_duration_since(w.last_sent) >= interval)
+                self.watchers.get(id).is_some_and(|w| {
+                    self.progress_due(w) && now.saturating_duration_since(w.last_sent) >= interval
+                })
             })
             .collect();
         for id in idle {
