@@ -1248,6 +1248,18 @@ impl<L: LogStore> Core<L> {
         Ok(())
     }
 
+    /// Whether this leader heard from `peer` within the last election
+    /// timeout (raft's `recent_active`); false on a follower.
+    pub(crate) fn recently_active(&self, peer: NodeId) -> bool {
+        self.is_leader()
+            && self
+                .raw
+                .raft
+                .prs()
+                .get(peer.0)
+                .is_some_and(|p| p.recent_active)
+    }
+
     /// The most up-to-date voter other than this member: the best target
     /// for a leader transfer.
     pub(crate) fn best_transferee(&self) -> Option<NodeId> {

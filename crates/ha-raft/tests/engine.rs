@@ -1927,6 +1927,45 @@ async fn a_transfer_raft_gave_up_on_is_asked_again_until_the_deadline() {
     c.shutdown().await;
 }
 
+/// raft drops proposals while a transfer is under way. Asking again for
+/// a transferee the leader does not hear from would hold writes up until
+/// the caller's deadline; only the first ask may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_an_unreachable_member_does_not_hold_writes_up() {
+    let c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let target = c.other_than(leader);
+    c.node(leader).propose(cmd(1, b"x")).await.unwrap();
+    c.net.isolate(target);
+    let transfer = {
+        let n = c.node(leader).clone();
+        tokio::spawn(async move { n.transfer_leader(target).await })
+    };
+    // Past raft's give-up point for the first ask (25 ticks of 10 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // For over a second (four of raft's give-up periods), writes go
+    // through; a write caught behind a transfer would wait ~250 ms.
+    let started = tokio::time::Instant::now();
+    let mut held = Vec::new();
+    let mut i = 2;
+    while started.elapsed() < Duration::from_millis(1200) {
+        let t = tokio::time::Instant::now();
+        c.node(leader).propose(cmd(i, b"y")).await.expect("write");
+        if t.elapsed() > Duration::from_millis(150) {
+            held.push(t.elapsed());
+        }
+        i += 1;
+    }
+    assert!(
+        held.len() <= 1,
+        "writes held up while the caller waited for the transfer: {held:?}"
+    );
+    assert!(!transfer.is_finished(), "still waiting for its deadline");
+    transfer.abort();
+    c.net.heal();
+    c.shutdown().await;
+}
+
 /// The transfer scenario: the leader holds a lease, stops hearing from the
 /// group (its outbound links still work), and hands leadership over; the
 /// new leader commits v2. Returns whether the old leader answered a lease

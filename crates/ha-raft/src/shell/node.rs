@@ -840,7 +840,11 @@ impl Node {
             if first || self.status().role == Role::Leader {
                 let (tx, rx) = oneshot::channel();
                 sh.tx
-                    .send(Input::Transfer { target, reply: tx })
+                    .send(Input::Transfer {
+                        target,
+                        again: !first,
+                        reply: tx,
+                    })
                     .map_err(|_| stopped())?;
                 match rx.await.map_err(|_| stopped())? {
                     Ok(_) => {}

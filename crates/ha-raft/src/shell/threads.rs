@@ -72,6 +72,10 @@ pub(crate) enum Input {
     },
     Transfer {
         target: Option<NodeId>,
+        /// Asked again after raft gave an earlier ask up: only sent on to
+        /// raft for a transferee heard from lately (raft drops proposals
+        /// while a transfer is under way).
+        again: bool,
         reply: tokio::sync::oneshot::Sender<Result<NodeId, Error>>,
     },
     Campaign,
@@ -313,11 +317,17 @@ impl<L: LogStore> RaftThread<L> {
                         .propose_address_update(token, id, address, deadline, out);
                 }
             },
-            Input::Transfer { target, reply } => {
+            Input::Transfer {
+                target,
+                again,
+                reply,
+            } => {
                 let result = match target.or_else(|| self.core.best_transferee()) {
                     None => Err(Error::NotLeader {
                         leader_hint: self.core.leader().leader,
                     }),
+                    // Writes keep flowing while the caller waits for it.
+                    Some(t) if again && !self.core.recently_active(t) => Ok(t),
                     Some(t) => self.core.transfer_leader(t).map(|()| t),
                 };
                 let _ = reply.send(result);
