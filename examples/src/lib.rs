@@ -4,6 +4,12 @@
 
 pub mod bench;
 
+/// Every binary and test of this package allocates with mimalloc (feature
+/// `mimalloc`, on by default).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod bench_kv;
 
 pub mod certs;
