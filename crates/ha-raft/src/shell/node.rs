@@ -837,23 +837,21 @@ impl Node {
         let me = sh.id;
         let mut first = true;
         loop {
-            if first || self.status().role == Role::Leader {
-                let (tx, rx) = oneshot::channel();
-                sh.tx
-                    .send(Input::Transfer {
-                        target,
-                        again: !first,
-                        reply: tx,
-                    })
-                    .map_err(|_| stopped())?;
-                match rx.await.map_err(|_| stopped())? {
-                    Ok(_) => {}
-                    // Leadership moved between the check and the ask.
-                    Err(Error::NotLeader { .. }) if !first => {}
-                    Err(e) => return Err(e),
-                }
-                first = false;
+            let (tx, rx) = oneshot::channel();
+            sh.tx
+                .send(Input::Transfer {
+                    target,
+                    again: !first,
+                    reply: tx,
+                })
+                .map_err(|_| stopped())?;
+            match rx.await.map_err(|_| stopped())? {
+                Ok(_) => {}
+                // No longer leading: the wait below decides.
+                Err(Error::NotLeader { .. }) if !first => {}
+                Err(e) => return Err(e),
             }
+            first = false;
             let mut leader = self.leader_rx.clone();
             let moved = leader.wait_for(|l| match target {
                 Some(t) => l.leader == Some(t),

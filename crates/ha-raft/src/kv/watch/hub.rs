@@ -455,12 +455,7 @@ impl WatchHub {
                         }
                     }
                     // Progress asked for during the catch-up is due now.
-                    if self.progress_may_go(id)
-                        && self.progress_requested.contains(&id)
-                        && self.send_progress(id, now)
-                    {
-                        self.progress_requested.remove(&id);
-                    }
+                    self.send_owed_progress(id, now);
                 }
                 Offer::Full => {}
                 Offer::Closed => {
@@ -495,8 +490,13 @@ impl WatchHub {
         w.synced || self.progress_ahead
     }
 
-    fn progress_may_go(&self, id: WatchId) -> bool {
-        self.watchers.get(&id).is_some_and(|w| self.progress_due(w))
+    /// Sends progress `id` asked for and is still owed, if it may go now
+    /// and fits.
+    fn send_owed_progress(&mut self, id: WatchId, now: Instant) {
+        let due = self.watchers.get(&id).is_some_and(|w| self.progress_due(w));
+        if due && self.progress_requested.contains(&id) && self.send_progress(id, now) {
+            self.progress_requested.remove(&id);
+        }
     }
 
     /// The progress revision of a watcher: every event it wants at or
@@ -537,16 +537,10 @@ impl WatchHub {
     /// room, and watchers that asked for periodic progress and got nothing
     /// for the progress interval get a notification.
     pub(crate) fn tick(&mut self, now: Instant) {
-        let owed: Vec<WatchId> = self
-            .progress_requested
-            .iter()
-            .copied()
-            .filter(|&id| self.progress_may_go(id) || !self.watchers.contains_key(&id))
-            .collect();
+        // A removed watcher leaves this set with it (`forget`).
+        let owed: Vec<WatchId> = self.progress_requested.iter().copied().collect();
         for id in owed {
-            if self.send_progress(id, now) {
-                self.progress_requested.remove(&id);
-            }
+            self.send_owed_progress(id, now);
         }
         let interval = self.config.progress_interval;
         let idle: Vec<WatchId> = self
