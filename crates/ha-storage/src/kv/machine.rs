@@ -13,10 +13,13 @@
 //!
 //! In memory, rebuilt from the store on open and after a snapshot:
 //!
-//! - the key index (etcd's treeIndex): per key its revisions in order,
-//!   tombstones marking where one generation ends and the next begins;
-//! - the live keys with their current values, so that writes, compares and
-//!   current reads never touch the store (apply cannot fail on I/O);
+//! - one ordered map of keys, each with
+//!   - its revisions in order (etcd's treeIndex), tombstones marking where
+//!     one generation ends and the next begins, and
+//!   - while the key is live, its current value, so that writes, compares
+//!     and current reads never touch the store (apply cannot fail on I/O);
+//!
+//!   one map, so that a put finds its key once;
 //! - the records of the current apply step, not yet committed (the engine
 //!   commits the step's batch after the last command), for past-revision
 //!   reads within the step.
@@ -120,12 +123,21 @@ fn cost(key: &[u8], value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + RECORD_OVERHEAD
 }
 
+/// A key as the machine holds it in memory: its revisions until
+/// compaction and, while it is live, its current value. An entry exists
+/// while it has revisions; a live key always has at least one.
+#[derive(Debug, Default)]
+struct KeyEntry {
+    revs: Vec<Rev>,
+    live: Option<KeyValue>,
+}
+
 /// Writes one revision record: to the batch, the step's pending records
-/// and the index. The revision itself is not stored per write: on open it
-/// is the newest record's, or what compaction last wrote (see `reload`),
-/// so a step of many writes costs no extra store key.
+/// and the key's revisions. The revision itself is not stored per write:
+/// on open it is the newest record's, or what compaction last wrote (see
+/// `reload`), so a step of many writes costs no extra store key.
 fn write_record(
-    index: &mut BTreeMap<Vec<u8>, Vec<Rev>>,
+    revs: &mut Vec<Rev>,
     pending: &mut BTreeMap<(i64, i64), Vec<u8>>,
     used_bytes: &mut u64,
     w: &mut Writer<'_>,
@@ -138,12 +150,7 @@ fn write_record(
         cost: c,
         tombstone: rec.tombstone,
     };
-    match index.get_mut(rec.key) {
-        Some(revs) => revs.push(rev),
-        None => {
-            index.insert(rec.key.to_vec(), vec![rev]);
-        }
-    }
+    revs.push(rev);
     let bytes = rec.encode();
     w.batch.put(record_key(w.main, w.sub), bytes.clone());
     pending.insert((w.main, w.sub), bytes);
@@ -238,8 +245,9 @@ struct Writer<'a> {
 /// [`InvalidRequest::Malformed`] reply, never a panic.
 pub struct MvccMachine<S: StateStore + ?Sized> {
     store: Arc<S>,
-    index: BTreeMap<Vec<u8>, Vec<Rev>>,
-    live: BTreeMap<Vec<u8>, KeyValue>,
+    keys: BTreeMap<Vec<u8>, KeyEntry>,
+    /// How many entries of `keys` are live.
+    live_keys: usize,
     /// The current step's records, encoded as in the batch.
     pending: BTreeMap<(i64, i64), Vec<u8>>,
     revision: i64,
@@ -263,7 +271,7 @@ impl<S: StateStore + ?Sized> std::fmt::Debug for MvccMachine<S> {
         f.debug_struct("MvccMachine")
             .field("revision", &self.revision)
             .field("compact_revision", &self.compact_revision)
-            .field("keys", &self.live.len())
+            .field("keys", &self.live_keys)
             .field("used_bytes", &self.used_bytes)
             .finish()
     }
@@ -294,8 +302,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
     pub fn open(store: Arc<S>) -> Result<Self, StorageError> {
         let mut m = MvccMachine {
             store,
-            index: BTreeMap::new(),
-            live: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            live_keys: 0,
             pending: BTreeMap::new(),
             revision: 1,
             compact_revision: 0,
@@ -312,8 +320,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
     }
 
     fn reload(&mut self) -> Result<(), StorageError> {
-        self.index.clear();
-        self.live.clear();
+        self.keys.clear();
+        self.live_keys = 0;
         self.pending.clear();
         self.step_events.clear();
         self.step_compacted = false;
@@ -322,7 +330,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         self.compact_revision =
             read_i64(&*self.store, META_COMPACT, "kv compact revision")?.unwrap_or(0);
         let mut err = None;
-        let (index, live, used) = (&mut self.index, &mut self.live, &mut self.used_bytes);
+        let (keys, live_keys, used) = (&mut self.keys, &mut self.live_keys, &mut self.used_bytes);
         // Writes do not store the revision (see `write_record`): it is the
         // newest record's, unless compaction removed that record, and
         // compaction stores the revision it ran at.
@@ -343,26 +351,26 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 };
                 let c = cost(&rec.key, &rec.value);
                 *used += c;
-                index.entry(rec.key.clone()).or_default().push(Rev {
+                let entry = keys.entry(rec.key.clone()).or_default();
+                entry.revs.push(Rev {
                     main,
                     sub,
                     cost: c,
                     tombstone: rec.tombstone,
                 });
-                if rec.tombstone {
-                    live.remove(&rec.key);
-                } else {
-                    live.insert(
-                        rec.key.clone(),
-                        KeyValue {
-                            key: rec.key,
-                            create_revision: rec.create_revision,
-                            mod_revision: main,
-                            version: rec.version,
-                            value: rec.value,
-                            lease: LeaseId(rec.lease),
-                        },
-                    );
+                let was_live = entry.live.is_some();
+                entry.live = (!rec.tombstone).then(|| KeyValue {
+                    key: rec.key,
+                    create_revision: rec.create_revision,
+                    mod_revision: main,
+                    version: rec.version,
+                    value: rec.value,
+                    lease: LeaseId(rec.lease),
+                });
+                match (was_live, entry.live.is_some()) {
+                    (false, true) => *live_keys += 1,
+                    (true, false) => *live_keys -= 1,
+                    _ => {}
                 }
                 true
             })?;
@@ -403,7 +411,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         if let Some(e) = err {
             return Err(e);
         }
-        for kv in self.live.values() {
+        for kv in self.keys.values().filter_map(|e| e.live.as_ref()) {
             if let Some(lease) = self.leases.get_mut(&kv.lease) {
                 lease.keys.insert(kv.key.clone());
             }
@@ -513,7 +521,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
     }
 
     fn history_event(&self, main: i64, sub: i64, rec: WRecord) -> Result<WatchEvent, Error> {
-        let prev = match self.index.get(&rec.key) {
+        let prev = match self.keys.get(&rec.key).map(|e| &e.revs) {
             Some(revs) => {
                 let n = revs.partition_point(|r| (r.main, r.sub) < (main, sub));
                 match n.checked_sub(1).and_then(|i| revs.get(i)) {
@@ -567,12 +575,12 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
 
     /// Number of live keys.
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.live_keys
     }
 
     /// True when no key is live.
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.live_keys == 0
     }
 
     fn execute(
@@ -702,7 +710,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         if (p.ignore_value && !p.value.is_empty()) || (p.ignore_lease && p.lease != LeaseId::NONE) {
             return invalid(InvalidRequest::IgnoredFieldSet);
         }
-        if (p.ignore_value || p.ignore_lease) && !self.live.contains_key(&p.key) {
+        if (p.ignore_value || p.ignore_lease) && self.live(&p.key).is_none() {
             return invalid(InvalidRequest::KeyNotFound);
         }
         if p.lease != LeaseId::NONE && !self.leases.contains_key(&p.lease) {
@@ -735,15 +743,9 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         })
     }
 
-    fn write_record(&mut self, w: &mut Writer<'_>, rec: RecordRef<'_>) {
-        self.revision = w.main;
-        write_record(
-            &mut self.index,
-            &mut self.pending,
-            &mut self.used_bytes,
-            w,
-            rec,
-        );
+    /// The live key-value at `key`.
+    fn live(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.keys.get(key).and_then(|e| e.live.as_ref())
     }
 
     fn put(&mut self, p: PutRequest, w: &mut Writer<'_>) -> Reply {
@@ -758,8 +760,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         } = p;
         self.revision = w.main;
         let MvccMachine {
-            live,
-            index,
+            keys,
+            live_keys,
             pending,
             used_bytes,
             leases,
@@ -767,39 +769,43 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             step_events,
             ..
         } = self;
-        // The live entry is replaced in place; the old one moves out, not
+        // One lookup for the key (a new key takes a second, to insert it).
+        let entry = match keys.get_mut(&key) {
+            Some(entry) => entry,
+            None => keys.entry(key.clone()).or_default(),
+        };
+        // The live value is replaced in place; the old one moves out, not
         // copied (it is the reply's and the event's `prev_kv`).
-        let (cur, prev): (&KeyValue, Option<KeyValue>) = match live.get_mut(&key) {
-            Some(cur) => {
-                let next = KeyValue {
-                    key,
-                    create_revision: cur.create_revision,
-                    mod_revision: w.main,
-                    version: cur.version + 1,
-                    value: if ignore_value {
-                        cur.value.clone()
-                    } else {
-                        value
-                    },
-                    lease: if ignore_lease { cur.lease } else { lease },
-                };
-                let prev = std::mem::replace(cur, next);
-                (&*cur, Some(prev))
-            }
+        let next = match &entry.live {
+            Some(cur) => KeyValue {
+                key,
+                create_revision: cur.create_revision,
+                mod_revision: w.main,
+                version: cur.version + 1,
+                value: if ignore_value {
+                    cur.value.clone()
+                } else {
+                    value
+                },
+                lease: if ignore_lease { cur.lease } else { lease },
+            },
             None => {
-                let kv = KeyValue {
-                    key: key.clone(),
+                *live_keys += 1;
+                KeyValue {
+                    key,
                     create_revision: w.main,
                     mod_revision: w.main,
                     version: 1,
                     value,
                     lease,
-                };
-                (&*live.entry(key).or_insert(kv), None)
+                }
             }
         };
+        let KeyEntry { revs, live } = entry;
+        let prev = live.take();
+        let cur = &*live.insert(next);
         write_record(
-            index,
+            revs,
             pending,
             used_bytes,
             w,
@@ -844,8 +850,28 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         let keys: Vec<Vec<u8>> = self.live_range(&d.range).map(|kv| kv.key.clone()).collect();
         let mut prev_kvs = Vec::new();
         for key in &keys {
-            let prev = self.live.remove(key);
+            // Listed by `live_range` just above, so always found.
+            let Some(entry) = self.keys.get_mut(key) else {
+                continue;
+            };
+            let prev = entry.live.take();
+            self.revision = w.main;
+            write_record(
+                &mut entry.revs,
+                &mut self.pending,
+                &mut self.used_bytes,
+                w,
+                RecordRef {
+                    key,
+                    value: &[],
+                    create_revision: 0,
+                    version: 0,
+                    lease: 0,
+                    tombstone: true,
+                },
+            );
             if let Some(kv) = &prev {
+                self.live_keys -= 1;
                 self.detach(kv.lease, key);
             }
             if self.observer.is_some() {
@@ -862,17 +888,6 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             if let (Some(kv), true) = (prev, d.prev_kv) {
                 prev_kvs.push(kv);
             }
-            self.write_record(
-                w,
-                RecordRef {
-                    key,
-                    value: &[],
-                    create_revision: 0,
-                    version: 0,
-                    lease: 0,
-                    tombstone: true,
-                },
-            );
         }
         Reply::Delete {
             revision: if keys.is_empty() {
@@ -893,7 +908,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
 
     fn live_range<'a>(&'a self, range: &KeyRange) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
         if let KeyRange::Key(k) = range {
-            return Box::new(self.live.get(k).into_iter());
+            return Box::new(self.live(k).into_iter());
         }
         let (start, end) = range.bounds();
         if end.as_ref().is_some_and(|e| *e <= start) {
@@ -904,9 +919,9 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             None => Bound::Unbounded,
         };
         Box::new(
-            self.live
+            self.keys
                 .range((Bound::Included(start), upper))
-                .map(|(_, kv)| kv),
+                .filter_map(|(_, e)| e.live.as_ref()),
         )
     }
 
@@ -1067,9 +1082,9 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
             Some(e) => Bound::Excluded(e),
             None => Bound::Unbounded,
         };
-        self.index
+        self.keys
             .range((Bound::Included(start), upper))
-            .filter_map(|(_, revs)| {
+            .filter_map(|(_, KeyEntry { revs, .. })| {
                 let n = revs.partition_point(|r| r.main <= at);
                 let r = revs.get(n.checked_sub(1)?)?;
                 (!r.tombstone).then_some((r.main, r.sub))
@@ -1120,7 +1135,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         batch.put(META_REVISION.to_vec(), self.revision.to_be_bytes().to_vec());
         let mut freed = 0;
         let pending = &mut self.pending;
-        self.index.retain(|_, revs| {
+        self.keys.retain(|_, KeyEntry { revs, live }| {
             let n = revs.partition_point(|r| r.main <= revision);
             if n == 0 {
                 return true;
@@ -1133,6 +1148,8 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 pending.remove(&(r.main, r.sub));
                 freed += r.cost;
             }
+            // A live key keeps its newest revision, which is no tombstone.
+            debug_assert!(live.is_none() || !revs.is_empty());
             !revs.is_empty()
         });
         self.used_bytes -= freed;

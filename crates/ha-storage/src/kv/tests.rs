@@ -1541,6 +1541,9 @@ fn check_against_model<B: Backend>(mut h: Harness<B>, ops: Vec<Op>) -> Result<()
             Op::Reopen => h.reopen(),
         }
         prop_assert_eq!(h.m().revision(), model.rev());
+        let live = model.states[model.rev() as usize].len();
+        prop_assert_eq!(h.m().len(), live, "live keys");
+        prop_assert_eq!(h.m().is_empty(), live == 0);
     }
     // Finally every key at every readable revision.
     for rev in model.compacted.max(1)..=model.rev() {
