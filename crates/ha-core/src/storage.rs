@@ -81,6 +81,10 @@ impl LogWrite {
 /// thread, in the same order, which must not return before the write is
 /// durable when `sync` is set. A crash may lose writes that were not synced,
 /// but never a synced one, and never part of a write.
+///
+/// The entries are raft's: two entries with the same index and term are the
+/// same entry (raft's log matching property), and a store may rely on it,
+/// for example to tell which of two writes of an index it holds.
 pub trait LogStore: Send + Sync + 'static {
     /// The stored identity, or `None` for a fresh store.
     fn identity(&self) -> Result<Option<MemberIdentity>, StorageError>;

@@ -537,7 +537,12 @@ impl View {
         }
         for entry in &write.entries {
             if let Some(c) = self.cached_mut(entry.index) {
-                c.stored = c.entry == *entry;
+                // The same index and term is the same entry (raft's log
+                // matching: a leader writes one entry per index in its
+                // term), so the terms decide whether the cached entry is
+                // the one just stored or a newer one that replaced it; no
+                // need to compare the payloads byte by byte.
+                c.stored = c.entry.term == entry.term;
             }
         }
         if let Some(hs) = &write.hard_state {
