@@ -9,7 +9,7 @@ use std::time::Duration;
 use ha_core::{
     Compare, CompareOp, CompareTarget, Config, DeleteRequest, Error, InvalidRequest, KeyRange,
     KvClient, KvLimit, KvOptions, NodeId, PutRequest, RangeRequest, TxnOp, TxnOpResponse,
-    TxnRequest,
+    TxnRequest, WatchRequest,
 };
 use ha_raft::{AutoCompaction, KvConfig, KvNode, MemNetwork};
 use ha_storage::{MemLogStore, MemStateStore};
@@ -679,5 +679,41 @@ proptest! {
     fn random_histories_through_a_group_match_the_model(ops in prop::collection::vec(op(), 1..30)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(run_history(ops))?;
+    }
+}
+
+/// An application that shuts a member down and then exits must find its
+/// stores free: a RocksDB database still open when the process exits aborts
+/// in RocksDB's static destructors. So no thread of the member, the watch
+/// thread included, may hold the state store once `shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_after_every_thread_let_go_of_the_stores() {
+    for round in 0..20 {
+        let net = MemNetwork::new();
+        let id = NodeId(1);
+        let log = Arc::new(MemLogStore::new());
+        let state = Arc::new(MemStateStore::new());
+        let kv = KvNode::start(
+            Config::new(id, vec![id]),
+            KvConfig::default(),
+            log.clone(),
+            state.clone(),
+            net.transport(id),
+        )
+        .await
+        .expect("member starts");
+        kv.node().wait_for_leader(PATIENCE).await.expect("a leader");
+        let _watch = kv
+            .watch(WatchRequest::new(KeyRange::prefix("k")))
+            .await
+            .expect("watch");
+        put(&kv, "k1", "v").await;
+        kv.shutdown().await.expect("shutdown");
+        drop(kv);
+        assert_eq!(
+            (Arc::strong_count(&log), Arc::strong_count(&state)),
+            (1, 1),
+            "round {round}: a thread still holds the stores after shutdown"
+        );
     }
 }

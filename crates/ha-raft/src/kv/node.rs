@@ -325,7 +325,7 @@ impl KvNode {
             .hub
             .lock()
             .cancel_all(WatchCancelReason::MemberStopped);
-        self.inner.watch_driver.stop_soon();
+        self.inner.watch_driver.stop().await;
         result
     }
 
