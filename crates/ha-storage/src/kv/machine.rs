@@ -359,7 +359,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                     tombstone: rec.tombstone,
                 });
                 let was_live = entry.live.is_some();
-                entry.live = (!rec.tombstone).then(|| KeyValue {
+                entry.live = (!rec.tombstone).then_some(KeyValue {
                     key: rec.key,
                     create_revision: rec.create_revision,
                     mod_revision: main,
