@@ -104,6 +104,19 @@ fn decode_record(bytes: &[u8]) -> Result<WRecord, StorageError> {
     WRecord::decode(bytes).map_err(|e| StorageError::corrupt("kv record", e.to_string()))
 }
 
+/// The key-value a (non-tombstone) record stores, written at revision
+/// `main`.
+fn record_kv(rec: WRecord, main: i64) -> KeyValue {
+    KeyValue {
+        key: rec.key,
+        create_revision: rec.create_revision,
+        mod_revision: main,
+        version: rec.version,
+        value: rec.value,
+        lease: LeaseId(rec.lease),
+    }
+}
+
 fn malformed() -> Error {
     Error::InvalidRequest {
         reason: InvalidRequest::Malformed,
@@ -359,14 +372,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                     tombstone: rec.tombstone,
                 });
                 let was_live = entry.live.is_some();
-                entry.live = (!rec.tombstone).then_some(KeyValue {
-                    key: rec.key,
-                    create_revision: rec.create_revision,
-                    mod_revision: main,
-                    version: rec.version,
-                    value: rec.value,
-                    lease: LeaseId(rec.lease),
-                });
+                entry.live = (!rec.tombstone).then(|| record_kv(rec, main));
                 match (was_live, entry.live.is_some()) {
                     (false, true) => *live_keys += 1,
                     (true, false) => *live_keys -= 1,
@@ -544,14 +550,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         } else {
             WatchEvent {
                 kind: EventKind::Put,
-                kv: KeyValue {
-                    key: rec.key,
-                    create_revision: rec.create_revision,
-                    mod_revision: main,
-                    version: rec.version,
-                    value: rec.value,
-                    lease: LeaseId(rec.lease),
-                },
+                kv: record_kv(rec, main),
                 prev_kv: prev,
             }
         })
@@ -1105,14 +1104,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                 decode_record(&bytes)?
             }
         };
-        Ok(KeyValue {
-            key: rec.key,
-            create_revision: rec.create_revision,
-            mod_revision: main,
-            version: rec.version,
-            value: rec.value,
-            lease: LeaseId(rec.lease),
-        })
+        Ok(record_kv(rec, main))
     }
 
     fn compact(&mut self, revision: i64, batch: &mut WriteBatch) -> Result<Reply, Error> {
