@@ -7,7 +7,7 @@
 //! Every process is killed (SIGKILL) when its handle drops, and stops by
 //! itself when this process dies (`--exit-on-stdin-close`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -61,10 +61,22 @@ pub async fn one_at_a_time<F: std::future::Future<Output = ()>>(test: F) {
 }
 
 /// A port nobody listens on now (the OS picked it for a socket that is
-/// closed again at once).
+/// closed again at once), and that this process has not handed out before:
+/// the OS may offer a port again as soon as its socket is closed, and two
+/// members given the same port fail to start (seen in CI: one member's
+/// peer port was another's HTTP port).
 pub fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let l = StdListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One ha-node process; killed (SIGKILL) on drop. It also holds the
@@ -879,5 +891,17 @@ impl Cluster {
     /// `order`, in that order: a `RemoteKv` talks to the first one first.
     pub fn endpoints(&self, order: &[u64]) -> Vec<String> {
         order.iter().map(|id| self.url(*id, "")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
     }
 }
