@@ -512,11 +512,12 @@ fn advertised(settings: &Settings, known: Option<SocketAddr>) -> Result<SocketAd
     }
 }
 
-/// Waits until the member's threads and tasks have let go of its RocksDB
-/// stores, then closes them. A process that exits with a database still
-/// open (a watch or apply thread finishing late) runs RocksDB's static
-/// destructors under its background threads, which aborts
-/// ("pthread lock: Invalid argument") instead of exiting cleanly.
+/// Waits until the member's tasks have let go of its RocksDB stores, then
+/// closes them (`KvNode::shutdown` has already joined its threads; an HTTP
+/// or gateway task still finishing may hold a handle). A process that exits
+/// with a database still open runs RocksDB's static destructors under its
+/// background threads, which aborts ("pthread lock: Invalid argument")
+/// instead of exiting cleanly.
 async fn close_storage<L: Send + Sync + 'static, S: Send + Sync + 'static>(
     log: Arc<L>,
     state: Arc<S>,

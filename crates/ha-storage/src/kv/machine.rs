@@ -343,7 +343,7 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
         self.compact_revision =
             read_i64(&*self.store, META_COMPACT, "kv compact revision")?.unwrap_or(0);
         let mut err = None;
-        let (keys, live_keys, used) = (&mut self.keys, &mut self.live_keys, &mut self.used_bytes);
+        let (keys, used) = (&mut self.keys, &mut self.used_bytes);
         // Writes do not store the revision (see `write_record`): it is the
         // newest record's, unless compaction removed that record, and
         // compaction stores the revision it ran at.
@@ -371,18 +371,13 @@ impl<S: StateStore + ?Sized> MvccMachine<S> {
                     cost: c,
                     tombstone: rec.tombstone,
                 });
-                let was_live = entry.live.is_some();
                 entry.live = (!rec.tombstone).then(|| record_kv(rec, main));
-                match (was_live, entry.live.is_some()) {
-                    (false, true) => *live_keys += 1,
-                    (true, false) => *live_keys -= 1,
-                    _ => {}
-                }
                 true
             })?;
         if let Some(e) = err {
             return Err(e);
         }
+        self.live_keys = self.keys.values().filter(|e| e.live.is_some()).count();
         self.revision = self.revision.max(newest);
         self.reload_leases()
     }

@@ -122,12 +122,18 @@ impl Driver {
         })
     }
 
-    /// Asks the thread to stop; it does within one wait. Not joined: for
-    /// a kill, which must not wait.
-    pub(crate) fn stop_soon(&self) {
+    /// Asks the thread to stop (it does within one wait) and hands over
+    /// its handle, the first time.
+    fn ask_to_stop(&self) -> Option<JoinHandle<()>> {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.wake();
-        drop(self.thread.lock().take());
+        self.thread.lock().take()
+    }
+
+    /// Asks the thread to stop without joining it: for a kill, which must
+    /// not wait.
+    pub(crate) fn stop_soon(&self) {
+        drop(self.ask_to_stop());
     }
 
     /// Asks the thread to stop and waits until it has, off the runtime's
@@ -135,10 +141,7 @@ impl Driver {
     /// store: an application that exits right after a shutdown must find
     /// the store free, or RocksDB aborts in its static destructors.
     pub(crate) async fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake.wake();
-        let thread = self.thread.lock().take();
-        if let Some(thread) = thread {
+        if let Some(thread) = self.ask_to_stop() {
             // The thread ends within one wait; a panic in it was already
             // reported where it happened.
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
