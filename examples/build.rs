@@ -24,6 +24,11 @@ fn main() {
     println!("cargo:rerun-if-changed={}", order.display());
     println!("cargo:rerun-if-env-changed=HA_CODE_LAYOUT");
     let path = Path::new(&env("CARGO_MANIFEST_DIR")).join(order);
+    // The linker reads a copy in this build's own directory: cargo keeps
+    // this script's output while the file is unchanged, and a build
+    // directory shared by several checkouts (CI's) would otherwise point
+    // at a checkout that may be gone.
+    let copy = Path::new(&env("OUT_DIR")).join("ha-node.order");
     let skipped = if env("HA_CODE_LAYOUT") == "0" {
         Some("HA_CODE_LAYOUT=0".to_string())
     } else if !path.is_file() {
@@ -31,8 +36,12 @@ fn main() {
             "no {} (scripts/code-layout makes it)",
             order.display()
         ))
+    } else if let Some(why) = layout_skipped() {
+        Some(why)
     } else {
-        layout_skipped()
+        std::fs::copy(&path, &copy)
+            .err()
+            .map(|e| format!("copying {} failed: {e}", path.display()))
     };
     // For tests/code_layout.rs: empty when applied, else why not.
     println!(
@@ -46,7 +55,7 @@ fn main() {
         None => {
             println!(
                 "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-                path.display()
+                copy.display()
             );
             // Functions the file names and this build lacks are expected.
             println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
