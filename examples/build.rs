@@ -29,19 +29,20 @@ fn main() {
     // directory shared by several checkouts (CI's) would otherwise point
     // at a checkout that may be gone.
     let copy = Path::new(&env("OUT_DIR")).join("ha-node.order");
-    let skipped = if env("HA_CODE_LAYOUT") == "0" {
+    let off = env("HA_CODE_LAYOUT") == "0";
+    let skipped = if off {
         Some("HA_CODE_LAYOUT=0".to_string())
     } else if !path.is_file() {
         Some(format!(
             "no {} (scripts/code-layout makes it)",
             order.display()
         ))
-    } else if let Some(why) = layout_skipped() {
-        Some(why)
     } else {
-        std::fs::copy(&path, &copy)
-            .err()
-            .map(|e| format!("copying {} failed: {e}", path.display()))
+        layout_skipped().or_else(|| {
+            std::fs::copy(&path, &copy)
+                .err()
+                .map(|e| format!("copying {} failed: {e}", path.display()))
+        })
     };
     // For tests/code_layout.rs: empty when applied, else why not.
     println!(
@@ -50,7 +51,7 @@ fn main() {
     );
     match skipped {
         // Turned off on purpose: no warning.
-        Some(why) if why.starts_with("HA_CODE_LAYOUT=") => {}
+        Some(_) if off => {}
         Some(why) => println!("cargo:warning=code layout not applied: {why}"),
         None => {
             println!(
